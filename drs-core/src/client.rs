@@ -1,0 +1,136 @@
+//! [`Client`]: dial a transport with a protocol and get a [`Conn`].
+
+use std::{fmt, sync::Arc};
+
+use tokio::io::{AsyncRead, AsyncWrite};
+use tokio_util::sync::CancellationToken;
+
+use crate::{
+    codec::FramedIo,
+    conn::{Conn, ConnConfig},
+    error::Error,
+    handler::{Handler, Msg, Outcome},
+    protocol::Protocol,
+    router::Router,
+    transport::{ConnInfo, Dialer, Transport},
+};
+
+/// Builds client connections, with handlers registered before the first
+/// frame is read (so nothing the server sends right away is missed).
+///
+/// Three ways in: [`connect`](Client::connect) with a [`Dialer`] (what a
+/// transport crate's `connect` uses), [`connect_io`](Client::connect_io) with
+/// an already-open byte stream, [`connect_transport`](Client::connect_transport)
+/// with any [`Transport`].
+///
+/// ```no_run
+/// # async fn f<D: drs_core::Dialer>(dialer: D, json: impl drs_core::Protocol) -> Result<(), drs_core::Error> {
+/// use drs_core::{Client, HandlerResult};
+/// let conn = Client::new()
+///     .on("shout", |text: String| async move { println!("{text}"); HandlerResult::Ok(()) })
+///     .connect(dialer, json)
+///     .await?;
+/// let n: u64 = conn.call("drs.ping", ()).await?;
+/// # Ok(()) }
+/// ```
+pub struct Client {
+    router: Arc<Router>,
+    config: ConnConfig,
+}
+
+impl Default for Client {
+    fn default() -> Self {
+        Self::new()
+    }
+}
+
+impl fmt::Debug for Client {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("Client")
+            .field("config", &self.config)
+            .finish_non_exhaustive()
+    }
+}
+
+impl Client {
+    /// A client with default settings and the built-in `drs.ping` handler.
+    pub fn new() -> Self {
+        Self {
+            router: Router::root(),
+            config: ConnConfig::default(),
+        }
+    }
+
+    /// Sets the connection settings.
+    pub fn config(mut self, config: ConnConfig) -> Self {
+        self.config = config;
+        self
+    }
+
+    /// Registers a handler for what the server fires or calls.
+    pub fn on<H: Handler<A>, A>(self, action: impl Into<String>, handler: H) -> Self {
+        self.router.on(action, handler);
+        self
+    }
+
+    /// Adds a hook run before every inbound command's handler (see [`Server::before`](crate::Server::before)).
+    pub fn before<H: Handler<A>, A>(self, hook: H) -> Self {
+        self.router.before(hook);
+        self
+    }
+
+    /// Adds a hook that sees every inbound command with its outcome.
+    pub fn after(self, hook: impl Fn(&Msg, &Outcome) + Send + Sync + 'static) -> Self {
+        self.router.after(Arc::new(hook));
+        self
+    }
+
+    /// Dials and starts the connection. Must be called within a Tokio runtime.
+    /// Dialing is bounded by the handshake timeout of the settings.
+    pub async fn connect<D: Dialer, P: Protocol>(
+        self,
+        dialer: D,
+        protocol: P,
+    ) -> Result<Conn, Error> {
+        let protocol: Arc<dyn Protocol> = Arc::new(protocol);
+        let spec = self.config.frame_spec(&*protocol);
+        let timeout = self.config.handshake_timeout;
+        let (io, info) = tokio::time::timeout(timeout, dialer.dial(spec))
+            .await
+            .map_err(|_| Error::Timeout(timeout))??;
+        Ok(self.connect_transport(io, info, protocol))
+    }
+
+    /// Starts a connection over an open byte stream, framed as the protocol wants.
+    pub fn connect_io<IO>(self, io: IO, info: ConnInfo, protocol: Arc<dyn Protocol>) -> Conn
+    where
+        IO: AsyncRead + AsyncWrite + Send + Unpin + 'static,
+    {
+        let framed = FramedIo::new(io, self.config.frame_spec(&*protocol));
+        self.connect_transport(framed, info, protocol)
+    }
+
+    /// Starts a connection over any transport. Must be called within a Tokio runtime.
+    pub fn connect_transport<T: Transport>(
+        self,
+        io: T,
+        info: ConnInfo,
+        protocol: Arc<dyn Protocol>,
+    ) -> Conn {
+        let (conn, driver) = Conn::new(
+            io,
+            info,
+            protocol,
+            self.router,
+            self.config,
+            CancellationToken::new(),
+        );
+        tokio::spawn(driver.run());
+        conn
+    }
+}
+
+/// Dials with default settings: `Client::new().connect(dialer, protocol)`.
+pub async fn connect<D: Dialer, P: Protocol>(dialer: D, protocol: P) -> Result<Conn, Error> {
+    Client::new().connect(dialer, protocol).await
+}

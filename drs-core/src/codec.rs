@@ -1,0 +1,433 @@
+//! The framing layer shared by byte-stream transports (TCP, IPC, tests over
+//! `tokio::io::duplex`): [`FrameCodec`] delimits frames, [`FramedIo`] turns
+//! any `AsyncRead + AsyncWrite` into a [`Transport`](crate::Transport).
+
+use std::{
+    fmt, io,
+    pin::Pin,
+    task::{ready, Context, Poll},
+};
+
+use bytes::{Buf, BufMut, Bytes, BytesMut};
+use futures::{Sink, Stream};
+use tokio::io::{AsyncRead, AsyncWrite};
+use tokio_util::codec::{Decoder, Encoder};
+
+use crate::{protocol::Framing, transport::FrameSpec};
+
+/// A frame exceeded the maximum frame size. Transports report it as an
+/// [`io::Error`] of kind `InvalidData` wrapping this type; the connection
+/// answers with a keyless `drs.error` and closes.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[error("frame exceeds the maximum frame size of {limit} bytes")]
+pub struct FrameTooLarge {
+    /// The configured maximum frame size.
+    pub limit: usize,
+}
+
+impl FrameTooLarge {
+    /// Wraps this error in an `io::Error` of kind `InvalidData`.
+    pub fn into_io(self) -> io::Error {
+        io::Error::new(io::ErrorKind::InvalidData, self)
+    }
+
+    /// Finds a `FrameTooLarge` inside an `io::Error`.
+    pub fn find(err: &io::Error) -> Option<&FrameTooLarge> {
+        err.get_ref()
+            .and_then(|e| e.downcast_ref::<FrameTooLarge>())
+    }
+}
+
+/// Delimits frames on a byte stream: newline-terminated lines or 4-byte
+/// big-endian length prefixes, with a maximum frame size.
+///
+/// Decoding lines: `\r\n` is accepted as a terminator, lines holding only
+/// whitespace are skipped, and a final line without terminator at end of
+/// stream is still a frame. A line (or prefix length) longer than the maximum
+/// is an error ([`FrameTooLarge`]) and the stream cannot be resynchronised.
+#[derive(Debug, Clone)]
+pub struct FrameCodec {
+    framing: Framing,
+    max_frame_len: usize,
+    /// Bytes of the buffer already searched for a newline.
+    scanned: usize,
+}
+
+impl FrameCodec {
+    /// A codec for the given framing and maximum frame size.
+    pub fn new(spec: FrameSpec) -> Self {
+        Self {
+            framing: spec.framing,
+            max_frame_len: spec.max_frame_len,
+            scanned: 0,
+        }
+    }
+
+    fn too_large(&self) -> io::Error {
+        FrameTooLarge {
+            limit: self.max_frame_len,
+        }
+        .into_io()
+    }
+
+    fn decode_line(&mut self, src: &mut BytesMut) -> io::Result<Option<Bytes>> {
+        loop {
+            let Some(i) = memchr::memchr(b'\n', &src[self.scanned..]) else {
+                // A frame may be `max` bytes plus an optional `\r` before its `\n`.
+                if src.len() > self.max_frame_len + 1 {
+                    return Err(self.too_large());
+                }
+                self.scanned = src.len();
+                return Ok(None);
+            };
+            let end = self.scanned + i;
+            self.scanned = 0;
+            let mut line = src.split_to(end + 1);
+            line.truncate(end);
+            if line.last() == Some(&b'\r') {
+                line.truncate(end - 1);
+            }
+            if line.len() > self.max_frame_len {
+                return Err(self.too_large());
+            }
+            if line.iter().all(u8::is_ascii_whitespace) {
+                continue;
+            }
+            return Ok(Some(line.freeze()));
+        }
+    }
+
+    fn decode_prefixed(&mut self, src: &mut BytesMut) -> io::Result<Option<Bytes>> {
+        if src.len() < 4 {
+            return Ok(None);
+        }
+        let len = u32::from_be_bytes([src[0], src[1], src[2], src[3]]) as usize;
+        if len > self.max_frame_len {
+            return Err(self.too_large());
+        }
+        if src.len() < 4 + len {
+            src.reserve(4 + len - src.len());
+            return Ok(None);
+        }
+        src.advance(4);
+        Ok(Some(src.split_to(len).freeze()))
+    }
+}
+
+impl Decoder for FrameCodec {
+    type Item = Bytes;
+    type Error = io::Error;
+
+    fn decode(&mut self, src: &mut BytesMut) -> io::Result<Option<Bytes>> {
+        match self.framing {
+            Framing::Lines => self.decode_line(src),
+            Framing::LengthPrefixed => self.decode_prefixed(src),
+        }
+    }
+
+    fn decode_eof(&mut self, src: &mut BytesMut) -> io::Result<Option<Bytes>> {
+        if let Some(frame) = self.decode(src)? {
+            return Ok(Some(frame));
+        }
+        if src.is_empty() {
+            return Ok(None);
+        }
+        match self.framing {
+            Framing::Lines => {
+                // A last line without newline: still a frame, unless blank.
+                src.put_u8(b'\n');
+                self.decode_line(src)
+            }
+            Framing::LengthPrefixed => Err(io::Error::new(
+                io::ErrorKind::UnexpectedEof,
+                format!(
+                    "stream ended inside a frame ({} bytes left over)",
+                    src.len()
+                ),
+            )),
+        }
+    }
+}
+
+impl Encoder<Bytes> for FrameCodec {
+    type Error = io::Error;
+
+    fn encode(&mut self, frame: Bytes, dst: &mut BytesMut) -> io::Result<()> {
+        if frame.len() > self.max_frame_len {
+            return Err(self.too_large());
+        }
+        match self.framing {
+            Framing::Lines => {
+                if memchr::memchr(b'\n', &frame).is_some() {
+                    return Err(io::Error::new(
+                        io::ErrorKind::InvalidInput,
+                        "a line-framed frame must not contain a newline",
+                    ));
+                }
+                dst.reserve(frame.len() + 1);
+                dst.put_slice(&frame);
+                dst.put_u8(b'\n');
+            }
+            Framing::LengthPrefixed => {
+                dst.reserve(frame.len() + 4);
+                dst.put_u32(frame.len() as u32);
+                dst.put_slice(&frame);
+            }
+        }
+        Ok(())
+    }
+}
+
+/// Read in chunks of this size (or more when a frame needs it).
+const READ_CHUNK: usize = 8 * 1024;
+/// `poll_ready` writes out the buffer once it holds this much.
+const WRITE_HIGH_WATER: usize = 64 * 1024;
+/// Buffers that grew beyond this (for a large frame) are released once empty.
+const KEEP_CAPACITY: usize = 256 * 1024;
+
+/// A byte stream framed by a [`FrameCodec`]: a [`Transport`](crate::Transport)
+/// of whole frames.
+///
+/// Writes are batched: [`start_send`](Sink::start_send) only appends to a
+/// buffer, which goes out on [`poll_flush`](Sink::poll_flush) or when it holds
+/// 64 KiB. Buffers are allocated when first needed and the read buffer is
+/// released while a connection is idle, so an idle connection holds no
+/// buffer memory.
+pub struct FramedIo<T> {
+    io: T,
+    codec: FrameCodec,
+    rbuf: BytesMut,
+    wbuf: BytesMut,
+    eof: bool,
+}
+
+impl<T> FramedIo<T> {
+    /// Frames `io` according to `spec`.
+    pub fn new(io: T, spec: FrameSpec) -> Self {
+        Self {
+            io,
+            codec: FrameCodec::new(spec),
+            rbuf: BytesMut::new(),
+            wbuf: BytesMut::new(),
+            eof: false,
+        }
+    }
+
+    /// The underlying I/O object.
+    pub fn get_ref(&self) -> &T {
+        &self.io
+    }
+}
+
+impl<T> fmt::Debug for FramedIo<T> {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("FramedIo")
+            .field("codec", &self.codec)
+            .field("buffered_read", &self.rbuf.len())
+            .field("buffered_write", &self.wbuf.len())
+            .finish_non_exhaustive()
+    }
+}
+
+impl<T: AsyncRead + Unpin> Stream for FramedIo<T> {
+    type Item = io::Result<Bytes>;
+
+    fn poll_next(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Option<Self::Item>> {
+        let this = self.get_mut();
+        loop {
+            if this.eof {
+                return Poll::Ready(this.codec.decode_eof(&mut this.rbuf).transpose());
+            }
+            match this.codec.decode(&mut this.rbuf) {
+                Ok(Some(frame)) => return Poll::Ready(Some(Ok(frame))),
+                Ok(None) => {}
+                Err(e) => {
+                    this.eof = true;
+                    this.rbuf = BytesMut::new();
+                    return Poll::Ready(Some(Err(e)));
+                }
+            }
+            if this.rbuf.capacity() - this.rbuf.len() < READ_CHUNK / 4 {
+                this.rbuf.reserve(READ_CHUNK);
+            }
+            match tokio_util::io::poll_read_buf(Pin::new(&mut this.io), cx, &mut this.rbuf) {
+                Poll::Ready(Ok(0)) => this.eof = true,
+                Poll::Ready(Ok(_)) => {}
+                Poll::Ready(Err(e)) => {
+                    this.eof = true;
+                    return Poll::Ready(Some(Err(e)));
+                }
+                Poll::Pending => {
+                    if this.rbuf.is_empty() {
+                        // Idle: hold no memory until the peer sends again.
+                        this.rbuf = BytesMut::new();
+                        this.codec.scanned = 0;
+                    }
+                    return Poll::Pending;
+                }
+            }
+        }
+    }
+}
+
+impl<T: AsyncWrite + Unpin> FramedIo<T> {
+    fn poll_write_buf(&mut self, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
+        while !self.wbuf.is_empty() {
+            let n = ready!(Pin::new(&mut self.io).poll_write(cx, &self.wbuf))?;
+            if n == 0 {
+                return Poll::Ready(Err(io::ErrorKind::WriteZero.into()));
+            }
+            self.wbuf.advance(n);
+        }
+        if self.wbuf.capacity() > KEEP_CAPACITY {
+            self.wbuf = BytesMut::new();
+        }
+        Poll::Ready(Ok(()))
+    }
+}
+
+impl<T: AsyncWrite + Unpin> Sink<Bytes> for FramedIo<T> {
+    type Error = io::Error;
+
+    fn poll_ready(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
+        let this = self.get_mut();
+        if this.wbuf.len() >= WRITE_HIGH_WATER {
+            ready!(this.poll_write_buf(cx))?;
+        }
+        Poll::Ready(Ok(()))
+    }
+
+    fn start_send(self: Pin<&mut Self>, frame: Bytes) -> io::Result<()> {
+        let this = self.get_mut();
+        this.codec.encode(frame, &mut this.wbuf)
+    }
+
+    fn poll_flush(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
+        let this = self.get_mut();
+        ready!(this.poll_write_buf(cx))?;
+        Pin::new(&mut this.io).poll_flush(cx)
+    }
+
+    fn poll_close(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
+        let this = self.get_mut();
+        ready!(this.poll_write_buf(cx))?;
+        ready!(Pin::new(&mut this.io).poll_flush(cx))?;
+        Pin::new(&mut this.io).poll_shutdown(cx)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn codec(framing: Framing, max: usize) -> FrameCodec {
+        FrameCodec::new(FrameSpec::new(framing).max_frame_len(max))
+    }
+
+    fn decode_all(c: &mut FrameCodec, input: &[u8]) -> Vec<Bytes> {
+        let mut buf = BytesMut::from(input);
+        let mut out = Vec::new();
+        while let Some(f) = c.decode(&mut buf).unwrap() {
+            out.push(f);
+        }
+        if let Some(f) = c.decode_eof(&mut buf).unwrap() {
+            out.push(f);
+        }
+        out
+    }
+
+    #[test]
+    fn lines_split_on_newline_and_tolerate_crlf_and_blanks() {
+        let mut c = codec(Framing::Lines, 100);
+        let frames = decode_all(&mut c, b"{\"a\":1}\n\r\n  \n{\"b\":2}\r\n\n{\"c\":3}");
+        assert_eq!(frames, vec![&b"{\"a\":1}"[..], b"{\"b\":2}", b"{\"c\":3}"]);
+    }
+
+    #[test]
+    fn lines_arriving_in_pieces() {
+        let mut c = codec(Framing::Lines, 100);
+        let mut buf = BytesMut::new();
+        buf.extend_from_slice(b"{\"a\"");
+        assert_eq!(c.decode(&mut buf).unwrap(), None);
+        buf.extend_from_slice(b":1}\r");
+        assert_eq!(c.decode(&mut buf).unwrap(), None);
+        buf.extend_from_slice(b"\n{");
+        assert_eq!(c.decode(&mut buf).unwrap().unwrap(), &b"{\"a\":1}"[..]);
+        assert_eq!(c.decode(&mut buf).unwrap(), None);
+        assert_eq!(&buf[..], b"{");
+    }
+
+    #[test]
+    fn line_at_the_limit_passes_and_one_byte_over_fails() {
+        let mut c = codec(Framing::Lines, 4);
+        assert_eq!(decode_all(&mut c, b"abcd\r\n"), vec![&b"abcd"[..]]);
+        let mut c = codec(Framing::Lines, 4);
+        let err = c.decode(&mut BytesMut::from(&b"abcde\n"[..])).unwrap_err();
+        assert_eq!(FrameTooLarge::find(&err), Some(&FrameTooLarge { limit: 4 }));
+        // Without a newline yet: the error comes as soon as the limit is passed.
+        let mut c = codec(Framing::Lines, 4);
+        let err = c.decode(&mut BytesMut::from(&b"abcdef"[..])).unwrap_err();
+        assert!(FrameTooLarge::find(&err).is_some());
+    }
+
+    #[test]
+    fn length_prefixed_round_trip_and_limit() {
+        let mut c = codec(Framing::LengthPrefixed, 5);
+        let mut buf = BytesMut::new();
+        c.encode(Bytes::from_static(b"hello"), &mut buf).unwrap();
+        c.encode(Bytes::from_static(b""), &mut buf).unwrap();
+        assert_eq!(&buf[..], b"\0\0\0\x05hello\0\0\0\0");
+        assert_eq!(decode_all(&mut c, &buf), vec![&b"hello"[..], b""]);
+        assert!(c.encode(Bytes::from_static(b"toolong"), &mut buf).is_err());
+        let err = c
+            .decode(&mut BytesMut::from(&b"\0\0\0\x06"[..]))
+            .unwrap_err();
+        assert!(FrameTooLarge::find(&err).is_some());
+    }
+
+    #[test]
+    fn length_prefixed_truncated_stream_is_an_error_at_eof() {
+        let mut c = codec(Framing::LengthPrefixed, 100);
+        let mut buf = BytesMut::from(&b"\0\0\0\x09abc"[..]);
+        assert_eq!(c.decode(&mut buf).unwrap(), None);
+        let err = c.decode_eof(&mut buf).unwrap_err();
+        assert_eq!(err.kind(), io::ErrorKind::UnexpectedEof);
+    }
+
+    #[test]
+    fn lines_encoder_appends_newline_and_rejects_embedded_newline() {
+        let mut c = codec(Framing::Lines, 100);
+        let mut buf = BytesMut::new();
+        c.encode(Bytes::from_static(b"{}"), &mut buf).unwrap();
+        assert_eq!(&buf[..], b"{}\n");
+        assert!(c.encode(Bytes::from_static(b"{\n}"), &mut buf).is_err());
+    }
+
+    #[tokio::test]
+    async fn framed_io_over_duplex() {
+        use futures::{SinkExt, StreamExt};
+        let (a, b) = tokio::io::duplex(64);
+        let spec = FrameSpec::new(Framing::Lines);
+        let mut a = FramedIo::new(a, spec);
+        let mut b = FramedIo::new(b, spec);
+        let big = Bytes::from(vec![b'x'; 1000]);
+        let writer = async {
+            a.feed(Bytes::from_static(b"one")).await.unwrap();
+            a.feed(big.clone()).await.unwrap();
+            a.close().await.unwrap();
+        };
+        let reader = async {
+            let mut got = Vec::new();
+            while let Some(f) = b.next().await {
+                got.push(f.unwrap());
+            }
+            got
+        };
+        let ((), got) = tokio::time::timeout(std::time::Duration::from_secs(5), async {
+            tokio::join!(writer, reader)
+        })
+        .await
+        .unwrap();
+        assert_eq!(got, vec![Bytes::from_static(b"one"), big]);
+    }
+}

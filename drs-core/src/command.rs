@@ -1,0 +1,238 @@
+//! [`Command`], the unit of exchange, and [`Body`], its payload kept in wire form.
+
+use std::fmt;
+
+use bytes::Bytes;
+use serde::{de::DeserializeOwned, ser::SerializeMap, Serialize, Serializer};
+
+use crate::protocol::{BodyFormat, DecodeError};
+
+/// The reply action for a handler's value.
+pub const RESPONSE: &str = "drs.response";
+/// The reply action for an application error.
+pub const ERROR: &str = "drs.error";
+/// The reply action for a panic or unexpected failure.
+pub const EXCEPTION: &str = "drs.exception";
+/// The built-in action answering with the current time in ms since the epoch.
+pub const PING: &str = "drs.ping";
+
+/// Whether `action` is one of the three reply actions.
+pub fn is_reply_action(action: &str) -> bool {
+    matches!(action, RESPONSE | ERROR | EXCEPTION)
+}
+
+/// One decoded command: `{"key": …, "action": …, "body": …, "version": …}`.
+///
+/// - `action` names what to do; names beginning with `drs.` are reserved.
+/// - `key` is present when the sender wants a reply; replies carry the key of
+///   the command they answer and one of [`RESPONSE`], [`ERROR`], [`EXCEPTION`].
+/// - `body` is kept in its wire encoding until someone asks for a typed value
+///   (see [`Body`]).
+/// - `version` is carried through, unused by the core.
+///
+/// Serializing a `Command` with serde gives the DRS v1 shape with absent
+/// fields omitted.
+#[derive(Debug, Clone)]
+#[non_exhaustive]
+pub struct Command {
+    /// Present when the sender wants a reply.
+    pub key: Option<String>,
+    /// What to do.
+    pub action: String,
+    /// The payload.
+    pub body: Body,
+    /// Optional version, carried through.
+    pub version: Option<i64>,
+}
+
+impl Command {
+    /// A command with the given action, no key, an absent body and no version.
+    pub fn new(action: impl Into<String>) -> Self {
+        Self {
+            key: None,
+            action: action.into(),
+            body: Body::absent(),
+            version: None,
+        }
+    }
+
+    /// Sets the key.
+    pub fn with_key(mut self, key: Option<String>) -> Self {
+        self.key = key;
+        self
+    }
+
+    /// Sets the body.
+    pub fn with_body(mut self, body: Body) -> Self {
+        self.body = body;
+        self
+    }
+
+    /// Sets the version.
+    pub fn with_version(mut self, version: Option<i64>) -> Self {
+        self.version = version;
+        self
+    }
+
+    /// Whether this command is a reply (`drs.response`, `drs.error`, `drs.exception`).
+    pub fn is_reply(&self) -> bool {
+        is_reply_action(&self.action)
+    }
+}
+
+impl Serialize for Command {
+    fn serialize<S: Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
+        let len = 1
+            + usize::from(self.key.is_some())
+            + usize::from(!self.body.is_absent())
+            + usize::from(self.version.is_some());
+        let mut map = s.serialize_map(Some(len))?;
+        if let Some(key) = &self.key {
+            map.serialize_entry("key", key)?;
+        }
+        map.serialize_entry("action", &self.action)?;
+        if !self.body.is_absent() {
+            map.serialize_entry("body", &self.body)?;
+        }
+        if let Some(v) = self.version {
+            map.serialize_entry("version", &v)?;
+        }
+        map.end()
+    }
+}
+
+/// A command's payload, kept in the encoding it arrived in.
+///
+/// Decoding a frame does not build a tree of values: the body stays a slice of
+/// the frame, and is deserialized once, straight into the type a handler or a
+/// caller asks for ([`Body::deserialize`]). Re-sending a body through the same
+/// protocol copies its bytes; through another protocol, it is transcoded
+/// (`Body` implements [`Serialize`]).
+///
+/// An absent body reads as null: it deserializes into `()`, `Option::None`,
+/// or `serde_json::Value::Null`.
+#[derive(Clone, Default)]
+pub struct Body {
+    raw: Option<(Bytes, &'static dyn BodyFormat)>,
+}
+
+impl Body {
+    /// The absent body.
+    pub const fn absent() -> Self {
+        Self { raw: None }
+    }
+
+    /// A body holding `bytes` encoded in `format`. The bytes are not validated here.
+    pub fn from_raw(bytes: Bytes, format: &'static dyn BodyFormat) -> Self {
+        Self {
+            raw: Some((bytes, format)),
+        }
+    }
+
+    /// Whether the body was absent on the wire.
+    pub fn is_absent(&self) -> bool {
+        self.raw.is_none()
+    }
+
+    /// The encoded bytes and their format, unless the body is absent.
+    pub fn raw(&self) -> Option<(&Bytes, &'static dyn BodyFormat)> {
+        self.raw.as_ref().map(|(b, f)| (b, *f))
+    }
+
+    /// Deserializes the body into `T`.
+    pub fn deserialize<T: DeserializeOwned>(&self) -> Result<T, DecodeError> {
+        let Some((bytes, format)) = &self.raw else {
+            return T::deserialize(
+                serde::de::value::UnitDeserializer::<serde::de::value::Error>::new(),
+            )
+            .map_err(|e| DecodeError::new(e.to_string()));
+        };
+        let mut out = None;
+        format.deserialize(bytes, &mut |de| {
+            out = Some(erased_serde::deserialize::<T>(de)?);
+            Ok(())
+        })?;
+        out.ok_or_else(|| DecodeError::new("body format produced no value"))
+    }
+
+    /// Whether this body is encoded in `format` (compared by name).
+    pub fn is_format(&self, format: &dyn BodyFormat) -> bool {
+        matches!(&self.raw, Some((_, f)) if f.name() == format.name())
+    }
+}
+
+impl Serialize for Body {
+    fn serialize<S: Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
+        let Some((bytes, format)) = &self.raw else {
+            return s.serialize_unit();
+        };
+        let mut serializer = Some(s);
+        let mut out = None;
+        let res = format.deserialize(bytes, &mut |de| {
+            if let Some(s) = serializer.take() {
+                out = Some(serde_transcode::transcode(de, s));
+            }
+            Ok(())
+        });
+        match (out, res) {
+            (Some(Ok(ok)), Ok(())) => Ok(ok),
+            (Some(Err(e)), _) => Err(e),
+            (_, Err(e)) => Err(serde::ser::Error::custom(e)),
+            (None, Ok(())) => Err(serde::ser::Error::custom("body format produced no value")),
+        }
+    }
+}
+
+impl fmt::Debug for Body {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match &self.raw {
+            None => f.write_str("Body(absent)"),
+            Some((bytes, format)) if format.is_text() => {
+                const MAX: usize = 256;
+                let shown = &bytes[..bytes.len().min(MAX)];
+                write!(
+                    f,
+                    "Body({}: {}",
+                    format.name(),
+                    String::from_utf8_lossy(shown)
+                )?;
+                if bytes.len() > MAX {
+                    write!(f, "… ({} bytes)", bytes.len())?;
+                }
+                f.write_str(")")
+            }
+            Some((bytes, format)) => write!(f, "Body({}: {} bytes)", format.name(), bytes.len()),
+        }
+    }
+}
+
+impl PartialEq for Body {
+    /// Bodies are equal when they are both absent, or hold the same bytes in
+    /// the same format.
+    fn eq(&self, other: &Self) -> bool {
+        match (&self.raw, &other.raw) {
+            (None, None) => true,
+            (Some((a, fa)), Some((b, fb))) => fa.name() == fb.name() && a == b,
+            _ => false,
+        }
+    }
+}
+
+impl fmt::Debug for dyn BodyFormat {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(self.name())
+    }
+}
+
+/// Serializes `message` as the `{"message": …}` body of an error reply without
+/// allocating a [`RemoteError`](crate::RemoteError).
+#[derive(Debug, Clone, Copy)]
+pub(crate) struct MessageBody<'a>(pub(crate) &'a str);
+
+impl Serialize for MessageBody<'_> {
+    fn serialize<S: Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
+        let mut map = s.serialize_map(Some(1))?;
+        map.serialize_entry("message", self.0)?;
+        map.end()
+    }
+}

@@ -1,0 +1,435 @@
+//! [`Conn`]: the handle to one connection, and its driver.
+
+mod driver;
+mod pending;
+
+use std::{
+    fmt,
+    future::{Future, IntoFuture},
+    marker::PhantomData,
+    pin::Pin,
+    sync::{
+        atomic::{AtomicU64, Ordering},
+        Arc, Mutex,
+    },
+    time::Duration,
+};
+
+use bytes::{Bytes, BytesMut};
+use serde::{de::DeserializeOwned, Serialize};
+use tokio::sync::mpsc;
+use tokio_util::sync::CancellationToken;
+
+pub(crate) use driver::Driver;
+pub(crate) use pending::{remote_error, Pending, PendingGuard, Reply, ReplyKind};
+
+use crate::{
+    error::Error,
+    ext::Extensions,
+    handler::Handler,
+    protocol::{encode_into, OutBody, Outgoing, Protocol},
+    router::Router,
+    sync::lock,
+    transport::{ConnInfo, FrameSpec, DEFAULT_MAX_FRAME_LEN},
+};
+
+/// Settings of a connection. `Default` gives the documented defaults.
+///
+/// ```
+/// # use std::time::Duration;
+/// let config = drs_core::ConnConfig::default()
+///     .call_timeout(Duration::from_secs(2))
+///     .max_in_flight(256);
+/// ```
+#[derive(Debug, Clone)]
+#[non_exhaustive]
+pub struct ConnConfig {
+    /// Timeout of a call unless the call sets its own. Default 5 s.
+    pub call_timeout: Duration,
+    /// Inbound commands served at once; past this the connection stops
+    /// reading until one finishes. Default 1024.
+    pub max_in_flight: usize,
+    /// The largest frame sent or accepted. Default 8 MiB.
+    pub max_frame_len: usize,
+    /// Frames that may wait in the outbound queue. A `fire` or `call` waits
+    /// for room; a broadcast finding the queue full disconnects the slow
+    /// consumer. Default 1024.
+    pub outbound_queue: usize,
+    /// How long a closing connection may take to write out what is queued.
+    /// Default 1 s.
+    pub close_linger: Duration,
+    /// How long a server waits for a transport handshake (e.g. a WebSocket
+    /// upgrade). Default 10 s.
+    pub handshake_timeout: Duration,
+}
+
+impl Default for ConnConfig {
+    fn default() -> Self {
+        Self {
+            call_timeout: Duration::from_secs(5),
+            max_in_flight: 1024,
+            max_frame_len: DEFAULT_MAX_FRAME_LEN,
+            outbound_queue: 1024,
+            close_linger: Duration::from_secs(1),
+            handshake_timeout: Duration::from_secs(10),
+        }
+    }
+}
+
+impl ConnConfig {
+    /// Sets the default call timeout.
+    pub fn call_timeout(mut self, timeout: Duration) -> Self {
+        self.call_timeout = timeout;
+        self
+    }
+
+    /// Sets the in-flight limit (at least 1).
+    pub fn max_in_flight(mut self, max: usize) -> Self {
+        self.max_in_flight = max.max(1);
+        self
+    }
+
+    /// Sets the maximum frame size.
+    pub fn max_frame_len(mut self, max: usize) -> Self {
+        self.max_frame_len = max;
+        self
+    }
+
+    /// Sets the outbound queue capacity (at least 1).
+    pub fn outbound_queue(mut self, frames: usize) -> Self {
+        self.outbound_queue = frames.max(1);
+        self
+    }
+
+    /// Sets how long a closing connection may take to flush.
+    pub fn close_linger(mut self, linger: Duration) -> Self {
+        self.close_linger = linger;
+        self
+    }
+
+    /// Sets the handshake timeout.
+    pub fn handshake_timeout(mut self, timeout: Duration) -> Self {
+        self.handshake_timeout = timeout;
+        self
+    }
+
+    pub(crate) fn frame_spec(&self, protocol: &dyn Protocol) -> FrameSpec {
+        FrameSpec::new(protocol.framing()).max_frame_len(self.max_frame_len)
+    }
+}
+
+static NEXT_CONN_ID: AtomicU64 = AtomicU64::new(1);
+
+pub(crate) struct Shared {
+    id: u64,
+    info: ConnInfo,
+    pub(crate) protocol: Arc<dyn Protocol>,
+    pub(crate) router: Arc<Router>,
+    pub(crate) config: ConnConfig,
+    pub(crate) pending: Pending,
+    next_key: AtomicU64,
+    /// Cancelled to ask the driver to close.
+    pub(crate) close: CancellationToken,
+    /// Cancelled by the driver once the connection is closed.
+    pub(crate) closed: CancellationToken,
+    ext: Mutex<Extensions>,
+}
+
+/// A handle to one connection: cheap to clone, usable from any task.
+///
+/// Through it you register handlers for what the peer sends
+/// ([`on`](Conn::on)), send one-way commands ([`fire`](Conn::fire)) and calls
+/// ([`call`](Conn::call)), and close the connection. Servers and clients hold
+/// the same type: a server can call a client exactly as a client calls it.
+///
+/// A driver task owns the transport. The connection closes when the peer
+/// goes away, when [`close`](Conn::close) is called, or when every handle
+/// (and every running handler) is gone. Every pending call then fails at once
+/// with [`Error::Closed`] and running handlers are stopped.
+#[derive(Clone)]
+pub struct Conn {
+    pub(crate) shared: Arc<Shared>,
+    pub(crate) tx: mpsc::Sender<Bytes>,
+}
+
+impl fmt::Debug for Conn {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("Conn")
+            .field("id", &self.shared.id)
+            .field("info", &self.shared.info)
+            .field("protocol", &self.shared.protocol.name())
+            .finish_non_exhaustive()
+    }
+}
+
+impl Conn {
+    /// Builds the handle and its driver; the caller runs the driver.
+    pub(crate) fn new<T: crate::Transport>(
+        io: T,
+        info: ConnInfo,
+        protocol: Arc<dyn Protocol>,
+        router: Arc<Router>,
+        config: ConnConfig,
+        close: CancellationToken,
+    ) -> (Conn, Driver<T>) {
+        let (tx, rx) = mpsc::channel(config.outbound_queue);
+        let shared = Arc::new(Shared {
+            id: NEXT_CONN_ID.fetch_add(1, Ordering::Relaxed),
+            info,
+            protocol,
+            router,
+            config,
+            pending: Pending::default(),
+            next_key: AtomicU64::new(1),
+            close,
+            closed: CancellationToken::new(),
+            ext: Mutex::new(Extensions::new()),
+        });
+        let driver = Driver::new(io, shared.clone(), tx.downgrade(), rx);
+        (Conn { shared, tx }, driver)
+    }
+
+    /// A process-wide unique id of this connection.
+    pub fn id(&self) -> u64 {
+        self.shared.id
+    }
+
+    /// What is known about the connection: transport, addresses, request target.
+    pub fn info(&self) -> &ConnInfo {
+        &self.shared.info
+    }
+
+    /// The peer's address, as the transport writes it.
+    pub fn peer_addr(&self) -> Option<&str> {
+        self.shared.info.peer_addr.as_deref()
+    }
+
+    /// The protocol spoken on this connection.
+    pub fn protocol(&self) -> &dyn Protocol {
+        &*self.shared.protocol
+    }
+
+    /// The connection's settings.
+    pub fn config(&self) -> &ConnConfig {
+        &self.shared.config
+    }
+
+    /// Registers `handler` for `action`, replacing any previous one.
+    ///
+    /// On a client, this is the client's routing table. On a server
+    /// connection, the handler applies to this connection only and takes
+    /// precedence over the server's handlers.
+    ///
+    /// # Panics
+    /// If `action` is a reply action (`drs.response`, `drs.error`, `drs.exception`).
+    pub fn on<H: Handler<A>, A>(&self, action: impl Into<String>, handler: H) -> &Self {
+        self.shared.router.on(action, handler);
+        self
+    }
+
+    /// Removes the handler for `action`; true if there was one.
+    pub fn off(&self, action: &str) -> bool {
+        self.shared.router.off(action)
+    }
+
+    /// Sends a one-way command. The body is encoded before this returns; the
+    /// future waits for room in the outbound queue (backpressure).
+    pub fn fire(
+        &self,
+        action: &str,
+        body: impl Serialize,
+    ) -> impl Future<Output = Result<(), Error>> + Send + 'static {
+        let frame = self.encode(None, action, OutBody::Value(&body));
+        let tx = self.tx.clone();
+        async move { tx.send(frame?).await.map_err(|_| Error::Closed) }
+    }
+
+    /// Calls `action` on the peer and waits for the reply, deserialized into `R`.
+    ///
+    /// Await the returned [`Call`]; set a timeout other than the connection's
+    /// default with [`Call::timeout`]. The body is encoded before this returns.
+    ///
+    /// ```no_run
+    /// # async fn f(conn: drs_core::Conn) -> Result<(), drs_core::Error> {
+    /// # use std::time::Duration;
+    /// let sum: f64 = conn.call("add", serde_json::json!({"a": 1, "b": 2})).await?;
+    /// let echoed: String = conn.call("echo", "hi").timeout(Duration::from_millis(200)).await?;
+    /// # Ok(()) }
+    /// ```
+    pub fn call<R>(&self, action: &str, body: impl Serialize) -> Call<R> {
+        let key = self.shared.next_key.fetch_add(1, Ordering::Relaxed);
+        let mut digits = KeyText::default();
+        let frame = self.encode(Some(digits.format(key)), action, OutBody::Value(&body));
+        Call {
+            conn: self.clone(),
+            prepared: frame.map(|f| (key, f)),
+            timeout: self.shared.config.call_timeout,
+            _reply: PhantomData,
+        }
+    }
+
+    fn encode(&self, key: Option<&str>, action: &str, body: OutBody<'_>) -> Result<Bytes, Error> {
+        encode_frame(
+            &*self.shared.protocol,
+            self.shared.config.max_frame_len,
+            key,
+            action,
+            body,
+        )
+    }
+
+    /// Queues an encoded frame without waiting (used by broadcast).
+    pub(crate) fn try_send_frame(
+        &self,
+        frame: Bytes,
+    ) -> Result<(), mpsc::error::TrySendError<Bytes>> {
+        self.tx.try_send(frame)
+    }
+
+    /// Asks the connection to close: what is queued is written out (within
+    /// the close linger), running handlers are stopped, pending calls fail.
+    pub fn close(&self) {
+        self.shared.close.cancel();
+    }
+
+    /// Waits until the connection is closed.
+    pub async fn closed(&self) {
+        self.shared.closed.cancelled().await;
+    }
+
+    /// Whether the connection is closed.
+    pub fn is_closed(&self) -> bool {
+        self.shared.closed.is_cancelled()
+    }
+
+    /// How many calls on this connection are waiting for a reply.
+    pub fn pending_calls(&self) -> usize {
+        self.shared.pending.len()
+    }
+
+    /// Attaches a value to the connection (one per type), e.g. the user an
+    /// `on_connect` hook authenticated.
+    pub fn insert<T: Send + Sync + 'static>(&self, value: T) -> Option<T> {
+        lock(&self.shared.ext).insert(value)
+    }
+
+    /// A copy of the value of type `T` attached to the connection.
+    pub fn get<T: Clone + Send + Sync + 'static>(&self) -> Option<T> {
+        lock(&self.shared.ext).get::<T>().cloned()
+    }
+
+    /// Runs `f` with the connection's extensions.
+    pub fn with_extensions<R>(&self, f: impl FnOnce(&mut Extensions) -> R) -> R {
+        f(&mut lock(&self.shared.ext))
+    }
+}
+
+/// Encodes one frame, checking the maximum frame size.
+pub(crate) fn encode_frame(
+    protocol: &dyn Protocol,
+    max_frame_len: usize,
+    key: Option<&str>,
+    action: &str,
+    body: OutBody<'_>,
+) -> Result<Bytes, Error> {
+    let mut buf = BytesMut::with_capacity(128);
+    encode_into(
+        protocol,
+        &Outgoing::new(action).key(key).body(body),
+        &mut buf,
+    )?;
+    if buf.len() > max_frame_len {
+        return Err(Error::FrameTooLarge {
+            len: buf.len(),
+            limit: max_frame_len,
+        });
+    }
+    Ok(buf.freeze())
+}
+
+/// A call key written in decimal without allocating.
+#[derive(Default)]
+pub(crate) struct KeyText([u8; 20]);
+
+impl KeyText {
+    pub(crate) fn format(&mut self, mut n: u64) -> &str {
+        let mut i = self.0.len();
+        loop {
+            i -= 1;
+            self.0[i] = b'0' + (n % 10) as u8;
+            n /= 10;
+            if n == 0 {
+                break;
+            }
+        }
+        std::str::from_utf8(&self.0[i..]).unwrap_or("0")
+    }
+}
+
+/// A call on its way: await it for the reply. See [`Conn::call`].
+#[must_use = "a call does nothing unless awaited"]
+pub struct Call<R> {
+    conn: Conn,
+    prepared: Result<(u64, Bytes), Error>,
+    timeout: Duration,
+    _reply: PhantomData<fn() -> R>,
+}
+
+impl<R> fmt::Debug for Call<R> {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("Call")
+            .field("conn", &self.conn.id())
+            .field("timeout", &self.timeout)
+            .finish_non_exhaustive()
+    }
+}
+
+impl<R> Call<R> {
+    /// Sets this call's timeout.
+    pub fn timeout(mut self, timeout: Duration) -> Self {
+        self.timeout = timeout;
+        self
+    }
+}
+
+impl<R: DeserializeOwned + Send + 'static> IntoFuture for Call<R> {
+    type Output = Result<R, Error>;
+    type IntoFuture = Pin<Box<dyn Future<Output = Result<R, Error>> + Send>>;
+
+    fn into_future(self) -> Self::IntoFuture {
+        Box::pin(async move {
+            let (key, frame) = self.prepared?;
+            let conn = self.conn;
+            let rx = conn.shared.pending.register(key)?;
+            let mut guard = PendingGuard {
+                pending: &conn.shared.pending,
+                key,
+                armed: true,
+            };
+            let exchange = async {
+                conn.tx.send(frame).await.map_err(|_| Error::Closed)?;
+                rx.await.map_err(|_| Error::Closed)
+            };
+            let reply = match tokio::time::timeout(self.timeout, exchange).await {
+                Ok(reply) => reply?,
+                Err(_) => return Err(Error::Timeout(self.timeout)),
+            };
+            guard.armed = false;
+            reply.into_result()
+        })
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::KeyText;
+
+    #[test]
+    fn key_text() {
+        let mut k = KeyText::default();
+        assert_eq!(k.format(0), "0");
+        assert_eq!(k.format(7), "7");
+        assert_eq!(k.format(1234567890), "1234567890");
+        assert_eq!(k.format(u64::MAX), "18446744073709551615");
+    }
+}

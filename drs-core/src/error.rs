@@ -1,0 +1,106 @@
+//! The error type of drs and the error body that crosses the wire.
+
+use std::{fmt, io, time::Duration};
+
+use serde::{Deserialize, Serialize};
+
+use crate::protocol::{DecodeError, EncodeError};
+
+/// The body of a `drs.error` or `drs.exception` reply: `{"message": "…"}`.
+///
+/// This is what crosses the wire; [`Error`] is what a Rust caller matches on.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct RemoteError {
+    /// Human-readable description of what went wrong on the remote side.
+    pub message: String,
+}
+
+impl RemoteError {
+    /// Creates a remote error with the given message.
+    pub fn new(message: impl Into<String>) -> Self {
+        Self {
+            message: message.into(),
+        }
+    }
+}
+
+impl fmt::Display for RemoteError {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(&self.message)
+    }
+}
+
+impl std::error::Error for RemoteError {}
+
+/// Everything that can go wrong with a call, a fire or a connection.
+///
+/// The four outcomes a caller usually distinguishes — the remote answered with
+/// an application error, the remote handler failed unexpectedly, the call timed
+/// out, the connection is gone — are separate variants, each with a predicate
+/// ([`is_remote`](Error::is_remote), [`is_exception`](Error::is_exception),
+/// [`is_timeout`](Error::is_timeout), [`is_closed`](Error::is_closed)) so that
+/// callers need not match the (non-exhaustive) enum.
+#[derive(Debug, thiserror::Error)]
+#[non_exhaustive]
+pub enum Error {
+    /// The remote handler returned an application error (`drs.error`).
+    #[error("remote error: {0}")]
+    Remote(RemoteError),
+    /// The remote handler panicked or failed unexpectedly (`drs.exception`).
+    #[error("remote exception: {0}")]
+    Exception(RemoteError),
+    /// No reply arrived within the call's timeout.
+    #[error("call timed out after {0:?}")]
+    Timeout(Duration),
+    /// The connection is closed (or closed while the call was pending).
+    #[error("connection closed")]
+    Closed,
+    /// A frame would exceed (or did exceed) the maximum frame size.
+    #[error("frame of {len} bytes exceeds the maximum frame size of {limit} bytes")]
+    FrameTooLarge {
+        /// Size of the offending frame.
+        len: usize,
+        /// The configured maximum.
+        limit: usize,
+    },
+    /// A command or reply could not be encoded.
+    #[error(transparent)]
+    Encode(#[from] EncodeError),
+    /// A command, reply or body could not be decoded (for example a reply body
+    /// that does not deserialize into the type the caller asked for).
+    #[error(transparent)]
+    Decode(#[from] DecodeError),
+    /// The transport failed.
+    #[error("transport error: {0}")]
+    Io(#[from] io::Error),
+}
+
+impl Error {
+    /// The remote handler returned an application error (`drs.error`).
+    pub fn is_remote(&self) -> bool {
+        matches!(self, Error::Remote(_))
+    }
+
+    /// The remote handler panicked or failed unexpectedly (`drs.exception`).
+    pub fn is_exception(&self) -> bool {
+        matches!(self, Error::Exception(_))
+    }
+
+    /// The call timed out.
+    pub fn is_timeout(&self) -> bool {
+        matches!(self, Error::Timeout(_))
+    }
+
+    /// The connection is closed.
+    pub fn is_closed(&self) -> bool {
+        matches!(self, Error::Closed)
+    }
+
+    /// The error body sent by the remote side, for `drs.error` and `drs.exception`.
+    pub fn remote(&self) -> Option<&RemoteError> {
+        match self {
+            Error::Remote(e) | Error::Exception(e) => Some(e),
+            _ => None,
+        }
+    }
+}

@@ -1,0 +1,90 @@
+//! [`Extensions`]: a small type map for per-command and per-connection state.
+
+use std::{
+    any::{Any, TypeId},
+    collections::HashMap,
+    fmt,
+};
+
+/// A map from types to values, one value per type, as in `http::Extensions`.
+///
+/// Used for state that handlers of one chain share ([`Msg`](crate::Msg)) and
+/// for state attached to a connection ([`Conn`](crate::Conn)), for example
+/// the user an `on_connect` hook authenticated. Allocates nothing while empty.
+#[derive(Default)]
+pub struct Extensions {
+    map: Option<HashMap<TypeId, Box<dyn Any + Send + Sync>>>,
+}
+
+impl Extensions {
+    /// An empty map.
+    pub fn new() -> Self {
+        Self::default()
+    }
+
+    /// Inserts a value, returning the previous value of the same type.
+    pub fn insert<T: Send + Sync + 'static>(&mut self, value: T) -> Option<T> {
+        self.map
+            .get_or_insert_with(Default::default)
+            .insert(TypeId::of::<T>(), Box::new(value))
+            .and_then(|old| old.downcast().ok().map(|b| *b))
+    }
+
+    /// The value of type `T`, if any.
+    pub fn get<T: Send + Sync + 'static>(&self) -> Option<&T> {
+        self.map.as_ref()?.get(&TypeId::of::<T>())?.downcast_ref()
+    }
+
+    /// The value of type `T`, mutably, if any.
+    pub fn get_mut<T: Send + Sync + 'static>(&mut self) -> Option<&mut T> {
+        self.map
+            .as_mut()?
+            .get_mut(&TypeId::of::<T>())?
+            .downcast_mut()
+    }
+
+    /// Removes and returns the value of type `T`.
+    pub fn remove<T: Send + Sync + 'static>(&mut self) -> Option<T> {
+        self.map
+            .as_mut()?
+            .remove(&TypeId::of::<T>())
+            .and_then(|old| old.downcast().ok().map(|b| *b))
+    }
+
+    /// Number of values.
+    pub fn len(&self) -> usize {
+        self.map.as_ref().map_or(0, |m| m.len())
+    }
+
+    /// Whether the map is empty.
+    pub fn is_empty(&self) -> bool {
+        self.len() == 0
+    }
+}
+
+impl fmt::Debug for Extensions {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("Extensions")
+            .field("len", &self.len())
+            .finish()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn one_value_per_type() {
+        let mut e = Extensions::new();
+        assert!(e.is_empty());
+        assert_eq!(e.insert(5u32), None);
+        assert_eq!(e.insert(6u32), Some(5));
+        e.insert(String::from("x"));
+        assert_eq!(e.get::<u32>(), Some(&6));
+        *e.get_mut::<String>().unwrap() += "y";
+        assert_eq!(e.remove::<String>().as_deref(), Some("xy"));
+        assert_eq!(e.get::<u64>(), None);
+        assert_eq!(e.len(), 1);
+    }
+}

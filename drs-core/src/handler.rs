@@ -1,0 +1,436 @@
+//! Handlers: plain async functions, erased into boxed closures when registered.
+
+use std::{
+    any::Any,
+    fmt,
+    future::Future,
+    panic::AssertUnwindSafe,
+    pin::Pin,
+    sync::{Arc, Mutex},
+};
+
+use futures::FutureExt;
+use serde::{de::DeserializeOwned, Serialize};
+
+use crate::{
+    command::{Body, Command},
+    conn::Conn,
+    ext::Extensions,
+    sync::lock,
+    Error,
+};
+
+/// The future a registered handler returns once erased.
+pub(crate) type HandlerFuture = Pin<Box<dyn Future<Output = Outcome> + Send>>;
+/// A handler (or a whole chain) after registration.
+pub(crate) type BoxedHandler = Arc<dyn Fn(Msg) -> HandlerFuture + Send + Sync>;
+
+/// One inbound command as a handler sees it: the command, the connection it
+/// came on, and extensions shared by every handler of its chain.
+///
+/// Cloning is cheap (an `Arc`).
+#[derive(Clone)]
+pub struct Msg {
+    inner: Arc<MsgInner>,
+}
+
+struct MsgInner {
+    conn: Conn,
+    cmd: Command,
+    ext: Mutex<Extensions>,
+}
+
+impl Msg {
+    pub(crate) fn new(conn: Conn, cmd: Command) -> Self {
+        Self {
+            inner: Arc::new(MsgInner {
+                conn,
+                cmd,
+                ext: Mutex::new(Extensions::new()),
+            }),
+        }
+    }
+
+    /// The action.
+    pub fn action(&self) -> &str {
+        &self.inner.cmd.action
+    }
+
+    /// The key, present when the sender waits for a reply.
+    pub fn key(&self) -> Option<&str> {
+        self.inner.cmd.key.as_deref()
+    }
+
+    /// The body, in its wire encoding.
+    pub fn body(&self) -> &Body {
+        &self.inner.cmd.body
+    }
+
+    /// The version, if the sender gave one.
+    pub fn version(&self) -> Option<i64> {
+        self.inner.cmd.version
+    }
+
+    /// The whole command.
+    pub fn command(&self) -> &Command {
+        &self.inner.cmd
+    }
+
+    /// The connection the command arrived on; handlers may fire to or call the
+    /// peer through it.
+    pub fn conn(&self) -> &Conn {
+        &self.inner.conn
+    }
+
+    /// Deserializes the body into `T`; the error names the action and the problem.
+    pub fn body_as<T: DeserializeOwned>(&self) -> Result<T, HandlerError> {
+        self.body()
+            .deserialize()
+            .map_err(|e| HandlerError::new(format!("invalid body for {}: {e}", self.action())))
+    }
+
+    /// Stores a value for the handlers that follow in the chain (and hooks).
+    pub fn insert<T: Send + Sync + 'static>(&self, value: T) -> Option<T> {
+        lock(&self.inner.ext).insert(value)
+    }
+
+    /// A copy of the value of type `T` stored by an earlier handler or hook.
+    pub fn get<T: Clone + Send + Sync + 'static>(&self) -> Option<T> {
+        lock(&self.inner.ext).get::<T>().cloned()
+    }
+
+    /// Runs `f` with the command's extensions.
+    pub fn with_extensions<R>(&self, f: impl FnOnce(&mut Extensions) -> R) -> R {
+        f(&mut lock(&self.inner.ext))
+    }
+}
+
+impl fmt::Debug for Msg {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("Msg")
+            .field("conn", &self.inner.conn.id())
+            .field("command", &self.inner.cmd)
+            .finish_non_exhaustive()
+    }
+}
+
+/// The error a handler returns: an application error (`drs.error`) or, with
+/// [`HandlerError::exception`], an unexpected failure (`drs.exception`).
+///
+/// Any `std::error::Error` converts into it with `?` (as an application error;
+/// a drs [`Error`] keeps its meaning: a remote error stays an error, a
+/// timeout, a closed connection or a remote exception becomes an exception).
+/// Handlers may also return any other error type that implements `Display`;
+/// it becomes a `drs.error` with that text.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct HandlerError {
+    message: String,
+    exception: bool,
+}
+
+impl HandlerError {
+    /// An application error, answered with `drs.error`.
+    pub fn new(message: impl Into<String>) -> Self {
+        Self {
+            message: message.into(),
+            exception: false,
+        }
+    }
+
+    /// An unexpected failure, answered with `drs.exception`.
+    pub fn exception(message: impl Into<String>) -> Self {
+        Self {
+            message: message.into(),
+            exception: true,
+        }
+    }
+
+    /// The message sent to the caller.
+    pub fn message(&self) -> &str {
+        &self.message
+    }
+
+    /// Whether this is answered with `drs.exception`.
+    pub fn is_exception(&self) -> bool {
+        self.exception
+    }
+
+    fn into_outcome(self) -> Outcome {
+        if self.exception {
+            Outcome::Exception(self.message)
+        } else {
+            Outcome::Error(self.message)
+        }
+    }
+}
+
+impl fmt::Display for HandlerError {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(&self.message)
+    }
+}
+
+impl<E: std::error::Error + Send + Sync + 'static> From<E> for HandlerError {
+    fn from(e: E) -> Self {
+        match Outcome::from_error(e) {
+            Outcome::Exception(m) => HandlerError::exception(m),
+            Outcome::Error(m) => HandlerError::new(m),
+            _ => unreachable!("from_error gives an error or an exception"),
+        }
+    }
+}
+
+/// `Result<T, HandlerError>`.
+pub type HandlerResult<T> = Result<T, HandlerError>;
+
+/// What a handler produced: the reply that its caller gets.
+#[non_exhaustive]
+pub enum Outcome {
+    /// A value, sent as `drs.response`.
+    Value(Box<dyn erased_serde::Serialize + Send>),
+    /// A body passed through as received, sent as `drs.response`.
+    Body(Body),
+    /// An application error, sent as `drs.error`.
+    Error(String),
+    /// A panic or unexpected failure, sent as `drs.exception`.
+    Exception(String),
+}
+
+impl Outcome {
+    /// Whether the handler succeeded.
+    pub fn is_ok(&self) -> bool {
+        matches!(self, Outcome::Value(_) | Outcome::Body(_))
+    }
+
+    /// The error or exception message.
+    pub fn error_message(&self) -> Option<&str> {
+        match self {
+            Outcome::Error(m) | Outcome::Exception(m) => Some(m),
+            _ => None,
+        }
+    }
+
+    /// The reply action this outcome is sent with.
+    pub fn reply_action(&self) -> &'static str {
+        match self {
+            Outcome::Value(_) | Outcome::Body(_) => crate::command::RESPONSE,
+            Outcome::Error(_) => crate::command::ERROR,
+            Outcome::Exception(_) => crate::command::EXCEPTION,
+        }
+    }
+
+    pub(crate) fn from_result<R, E>(res: Result<R, E>) -> Self
+    where
+        R: Serialize + Send + 'static,
+        E: fmt::Display + 'static,
+    {
+        match res {
+            Ok(value) => {
+                let mut slot = Some(value);
+                if let Some(body) = (&mut slot as &mut dyn Any).downcast_mut::<Option<Body>>() {
+                    return Outcome::Body(body.take().unwrap_or_default());
+                }
+                match slot {
+                    Some(value) => Outcome::Value(Box::new(value)),
+                    None => Outcome::Value(Box::new(())),
+                }
+            }
+            Err(e) => Outcome::from_error(e),
+        }
+    }
+
+    pub(crate) fn from_error<E: fmt::Display + 'static>(e: E) -> Self {
+        let any = &e as &dyn Any;
+        if let Some(h) = any.downcast_ref::<HandlerError>() {
+            return h.clone().into_outcome();
+        }
+        if let Some(err) = any.downcast_ref::<Error>() {
+            return match err {
+                Error::Remote(r) => Outcome::Error(r.message.clone()),
+                Error::Exception(r) => Outcome::Exception(r.message.clone()),
+                other => Outcome::Exception(other.to_string()),
+            };
+        }
+        Outcome::Error(e.to_string())
+    }
+
+    pub(crate) fn from_panic(payload: Box<dyn Any + Send>) -> Self {
+        let text = payload
+            .downcast_ref::<&str>()
+            .map(|s| s.to_string())
+            .or_else(|| payload.downcast_ref::<String>().cloned())
+            .unwrap_or_else(|| "unknown panic payload".to_string());
+        Outcome::Exception(format!("handler panicked: {text}"))
+    }
+}
+
+impl fmt::Debug for Outcome {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            Outcome::Value(_) => f.write_str("Value(..)"),
+            Outcome::Body(b) => f.debug_tuple("Body").field(b).finish(),
+            Outcome::Error(m) => f.debug_tuple("Error").field(m).finish(),
+            Outcome::Exception(m) => f.debug_tuple("Exception").field(m).finish(),
+        }
+    }
+}
+
+/// A handler argument taken from the command.
+///
+/// Implemented for [`Msg`], [`Conn`], [`Body`] (the raw body) and every
+/// `T: DeserializeOwned` (the body, deserialized; a body that does not fit is
+/// answered with a `drs.error` naming the action and the problem).
+pub trait FromMsg: Sized {
+    /// Extracts the argument.
+    fn from_msg(msg: &Msg) -> Result<Self, HandlerError>;
+}
+
+impl<T: DeserializeOwned> FromMsg for T {
+    fn from_msg(msg: &Msg) -> Result<Self, HandlerError> {
+        msg.body_as()
+    }
+}
+
+impl FromMsg for Msg {
+    fn from_msg(msg: &Msg) -> Result<Self, HandlerError> {
+        Ok(msg.clone())
+    }
+}
+
+impl FromMsg for Conn {
+    fn from_msg(msg: &Msg) -> Result<Self, HandlerError> {
+        Ok(msg.conn().clone())
+    }
+}
+
+impl FromMsg for Body {
+    fn from_msg(msg: &Msg) -> Result<Self, HandlerError> {
+        Ok(msg.body().clone())
+    }
+}
+
+/// An async function usable as a handler.
+///
+/// Implemented for `Fn(A, …) -> impl Future<Output = Result<R, E>>` with zero
+/// to three arguments, each [`FromMsg`] (a typed body, [`Msg`], [`Conn`] or
+/// [`Body`]); `R: Serialize` is the reply; `E: Display` is answered with
+/// `drs.error` (see [`HandlerError`] for `drs.exception`). A panic is caught
+/// and answered with `drs.exception`. Also implemented for [`Chain`].
+pub trait Handler<Args>: Clone + Send + Sync + 'static {
+    /// Runs the handler for one command.
+    #[doc(hidden)]
+    fn call(&self, msg: Msg) -> Pin<Box<dyn Future<Output = Outcome> + Send>>;
+}
+
+macro_rules! impl_handler {
+    ($($arg:ident),*) => {
+        impl<F, Fut, R, E, $($arg,)*> Handler<($($arg,)*)> for F
+        where
+            F: Fn($($arg),*) -> Fut + Clone + Send + Sync + 'static,
+            Fut: Future<Output = Result<R, E>> + Send + 'static,
+            R: Serialize + Send + 'static,
+            E: fmt::Display + Send + 'static,
+            $($arg: FromMsg + Send + 'static,)*
+        {
+            #[allow(non_snake_case, unused_variables)]
+            fn call(&self, msg: Msg) -> HandlerFuture {
+                let f = self.clone();
+                let fut = AssertUnwindSafe(async move {
+                    $(
+                        let $arg = match $arg::from_msg(&msg) {
+                            Ok(v) => v,
+                            Err(e) => return e.into_outcome(),
+                        };
+                    )*
+                    drop(msg);
+                    Outcome::from_result(f($($arg),*).await)
+                });
+                Box::pin(fut.catch_unwind().map(|r| r.unwrap_or_else(Outcome::from_panic)))
+            }
+        }
+    };
+}
+
+impl_handler!();
+impl_handler!(A1);
+impl_handler!(A1, A2);
+impl_handler!(A1, A2, A3);
+
+pub(crate) fn erase<H: Handler<A>, A>(h: H) -> BoxedHandler {
+    Arc::new(move |msg| h.call(msg))
+}
+
+/// Handlers run in order over one command: the first error stops the chain,
+/// the last handler's value is the reply, the handlers share the command's
+/// [`Msg`] extensions.
+///
+/// ```
+/// # use drs_core::{Chain, Msg, HandlerError};
+/// let chain = Chain::new()
+///     .then(|msg: Msg| async move {
+///         let user = msg.conn().get::<String>().ok_or(HandlerError::new("not logged in"))?;
+///         msg.insert(user);
+///         Ok::<_, HandlerError>(())
+///     })
+///     .then(|msg: Msg| async move { Ok::<_, HandlerError>(format!("hello {}", msg.get::<String>().unwrap())) });
+/// ```
+#[derive(Clone, Default)]
+pub struct Chain {
+    handlers: Arc<Vec<BoxedHandler>>,
+}
+
+impl Chain {
+    /// An empty chain (its reply is null).
+    pub fn new() -> Self {
+        Self::default()
+    }
+
+    /// Appends a handler.
+    pub fn then<H: Handler<A>, A>(mut self, handler: H) -> Self {
+        Arc::make_mut(&mut self.handlers).push(erase(handler));
+        self
+    }
+
+    /// Number of handlers.
+    pub fn len(&self) -> usize {
+        self.handlers.len()
+    }
+
+    /// Whether the chain is empty.
+    pub fn is_empty(&self) -> bool {
+        self.handlers.is_empty()
+    }
+}
+
+impl fmt::Debug for Chain {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("Chain")
+            .field("len", &self.handlers.len())
+            .finish()
+    }
+}
+
+/// Marker for the [`Handler`] implementation of [`Chain`].
+#[derive(Debug)]
+#[non_exhaustive]
+pub struct ChainMarker;
+
+impl Handler<ChainMarker> for Chain {
+    fn call(&self, msg: Msg) -> HandlerFuture {
+        if let [only] = &self.handlers[..] {
+            return only(msg);
+        }
+        Box::pin(run_chain(self.handlers.clone(), msg))
+    }
+}
+
+async fn run_chain(handlers: Arc<Vec<BoxedHandler>>, msg: Msg) -> Outcome {
+    let mut last = Outcome::Value(Box::new(()));
+    for h in handlers.iter() {
+        last = h(msg.clone()).await;
+        if !last.is_ok() {
+            break;
+        }
+    }
+    last
+}

@@ -1,0 +1,96 @@
+//! The core of **drs**: services, and programs in any language, exchange
+//! commands `{action, body, key}` over a transport they pick (TCP, WebSocket,
+//! local sockets…) in a protocol they pick (JSON, MessagePack…).
+//!
+//! This crate holds what every transport and protocol shares: the
+//! [`Command`], the [`Protocol`] and [`Transport`] contracts, the framing of
+//! byte streams ([`FramedIo`]), connections ([`Conn`]), [`Server`] and
+//! [`Client`]. Transports and protocols live in crates of their own
+//! (`drs-transport-tcp`, `drs-protocol-json`, …).
+//!
+//! # Example
+//!
+//! ```
+//! use drs_core::{memory, Client, HandlerResult, Server};
+//! use drs_protocol_json::Json;
+//!
+//! #[derive(serde::Deserialize)]
+//! struct Add { a: f64, b: f64 }
+//!
+//! # #[tokio::main(flavor = "current_thread")]
+//! # async fn main() -> Result<(), drs_core::Error> {
+//! let server = Server::new();
+//! server.on("add", |args: Add| async move { HandlerResult::Ok(args.a + args.b) });
+//!
+//! let (listener, dialer) = memory::listener();
+//! server.listen(listener, Json)?;
+//!
+//! let conn = Client::new().connect(dialer, Json).await?;
+//! let sum: f64 = conn.call("add", serde_json::json!({"a": 1, "b": 2})).await?;
+//! assert_eq!(sum, 3.0);
+//! # Ok(()) }
+//! ```
+//!
+//! # Concepts
+//!
+//! - A **command** is `{key?, action, body?, version?}`. A command with a key
+//!   is a *call* and gets exactly one reply with the same key and the action
+//!   `drs.response`, `drs.error` or `drs.exception`; one without is a *fire*.
+//! - A **handler** is a plain async function registered for an action
+//!   ([`Server::on`], [`Conn::on`]); see [`Handler`] for the signatures.
+//!   Each inbound command is served concurrently with the others; a panic
+//!   becomes a `drs.exception` reply and nothing else notices.
+//! - A **connection** ([`Conn`]) is a cheap handle; a driver task owns the
+//!   transport. Calls time out (5 s by default); when a connection ends,
+//!   its pending calls fail at once with [`Error::Closed`].
+//! - Everything is **bounded**: frame size (8 MiB), commands in flight per
+//!   connection (1024, then the connection stops reading), the outbound
+//!   queue (1024 frames; a broadcast disconnects a consumer that is that far
+//!   behind).
+//!
+//! # Bad input
+//!
+//! - A frame that does not decode is **skipped**: the peer gets a
+//!   `drs.error` saying why (with the command's key when it could be read,
+//!   keyless otherwise) and the connection goes on. After 32 such frames in
+//!   a row the peer is disconnected.
+//! - A frame over the maximum size **disconnects** the peer, after a keyless
+//!   `drs.error` saying so: past that point a byte stream cannot be trusted
+//!   to be in sync.
+//!
+//! # Features
+//!
+//! - `test-util`: the in-memory transport ([`memory`]).
+
+mod client;
+mod codec;
+mod command;
+mod conn;
+mod error;
+mod ext;
+mod handler;
+#[cfg(feature = "test-util")]
+pub mod memory;
+mod protocol;
+mod router;
+mod server;
+mod sync;
+mod transport;
+
+pub use client::{connect, Client};
+pub use codec::{FrameCodec, FrameTooLarge, FramedIo};
+pub use command::{is_reply_action, Body, Command, ERROR, EXCEPTION, PING, RESPONSE};
+pub use conn::{Call, Conn, ConnConfig};
+pub use error::{Error, RemoteError};
+pub use ext::Extensions;
+pub use handler::{
+    Chain, ChainMarker, FromMsg, Handler, HandlerError, HandlerResult, Msg, Outcome,
+};
+pub use protocol::{
+    BodyFormat, DecodeError, EncodeError, FrameKind, Framing, OutBody, Outgoing, Protocol,
+};
+pub use server::Server;
+pub use transport::{ConnInfo, Dialer, FrameSpec, Listener, Transport, DEFAULT_MAX_FRAME_LEN};
+
+#[doc(hidden)]
+pub use erased_serde;

@@ -1,0 +1,382 @@
+//! [`Server`]: accepts connections on any number of listeners, each with its
+//! protocol, and serves them all with one routing table.
+
+use std::{
+    collections::HashMap,
+    fmt,
+    future::Future,
+    io,
+    pin::Pin,
+    sync::{Arc, RwLock},
+    time::Duration,
+};
+
+use bytes::Bytes;
+use serde::Serialize;
+use tokio::sync::mpsc::error::TrySendError;
+use tokio_util::{sync::CancellationToken, task::TaskTracker};
+
+use crate::{
+    conn::{encode_frame, Conn, ConnConfig},
+    error::Error,
+    handler::{Handler, Msg, Outcome},
+    protocol::{OutBody, Protocol},
+    router::Router,
+    sync::{read, write},
+    transport::{ConnInfo, Listener, Transport},
+};
+
+type ConnectHook =
+    Arc<dyn Fn(Conn) -> Pin<Box<dyn Future<Output = Result<(), String>> + Send>> + Send + Sync>;
+type DisconnectHook = Arc<dyn Fn(&Conn) + Send + Sync>;
+
+struct Inner {
+    router: Arc<Router>,
+    config: ConnConfig,
+    conns: RwLock<HashMap<u64, Conn>>,
+    on_connect: RwLock<Vec<ConnectHook>>,
+    on_disconnect: RwLock<Vec<DisconnectHook>>,
+    /// Stops the accept loops.
+    stop_accepting: CancellationToken,
+    /// Starts the graceful drain of every connection.
+    drain: CancellationToken,
+    /// Closes every connection now.
+    force: CancellationToken,
+    tasks: TaskTracker,
+}
+
+/// A drs server: one routing table, any number of listeners (each with its
+/// own transport and protocol), and the set of live connections.
+///
+/// ```no_run
+/// # async fn f<L: drs_core::Listener>(listener: L, json: impl drs_core::Protocol, stop: impl std::future::Future<Output = ()>) -> std::io::Result<()> {
+/// use drs_core::{HandlerResult, Server};
+/// #[derive(serde::Deserialize)]
+/// struct Add { a: f64, b: f64 }
+///
+/// let server = Server::new();
+/// server.on("add", |args: Add| async move { HandlerResult::Ok(args.a + args.b) });
+/// let addr = server.listen(listener, json)?;
+/// println!("listening on {addr}");
+/// stop.await; // e.g. Ctrl-C
+/// server.shutdown(std::time::Duration::from_secs(5)).await;
+/// # Ok(()) }
+/// ```
+///
+/// Cloning gives another handle to the same server.
+#[derive(Clone)]
+pub struct Server {
+    inner: Arc<Inner>,
+}
+
+impl Default for Server {
+    fn default() -> Self {
+        Self::new()
+    }
+}
+
+impl fmt::Debug for Server {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("Server")
+            .field("connections", &self.connection_count())
+            .field("config", &self.inner.config)
+            .finish_non_exhaustive()
+    }
+}
+
+impl Server {
+    /// A server with default connection settings.
+    pub fn new() -> Self {
+        Self::with_config(ConnConfig::default())
+    }
+
+    /// A server whose connections use `config`.
+    pub fn with_config(config: ConnConfig) -> Self {
+        Self {
+            inner: Arc::new(Inner {
+                router: Router::root(),
+                config,
+                conns: RwLock::default(),
+                on_connect: RwLock::default(),
+                on_disconnect: RwLock::default(),
+                stop_accepting: CancellationToken::new(),
+                drain: CancellationToken::new(),
+                force: CancellationToken::new(),
+                tasks: TaskTracker::new(),
+            }),
+        }
+    }
+
+    /// The settings every connection gets.
+    pub fn config(&self) -> &ConnConfig {
+        &self.inner.config
+    }
+
+    /// Registers `handler` for `action` on every connection, replacing any
+    /// previous one. A [`Chain`](crate::Chain) registers several in order.
+    ///
+    /// # Panics
+    /// If `action` is a reply action (`drs.response`, `drs.error`, `drs.exception`).
+    pub fn on<H: Handler<A>, A>(&self, action: impl Into<String>, handler: H) -> &Self {
+        self.inner.router.on(action, handler);
+        self
+    }
+
+    /// Removes the handler for `action`; true if there was one.
+    pub fn off(&self, action: &str) -> bool {
+        self.inner.router.off(action)
+    }
+
+    /// Adds a hook that runs before the handler of every command, including
+    /// commands with no handler. An error stops the command: the caller gets
+    /// it as the reply (use it for authorization).
+    pub fn before<H: Handler<A>, A>(&self, hook: H) -> &Self {
+        self.inner.router.before(hook);
+        self
+    }
+
+    /// Adds a hook that sees every command with its outcome once it is
+    /// served (logging, metrics). It runs before the reply is sent.
+    pub fn after(&self, hook: impl Fn(&Msg, &Outcome) + Send + Sync + 'static) -> &Self {
+        self.inner.router.after(Arc::new(hook));
+        self
+    }
+
+    /// Adds a hook that runs when a connection is established, before any of
+    /// its commands is served and before it joins
+    /// [`connections`](Server::connections) and broadcasts. An error rejects
+    /// the connection: the peer gets a keyless `drs.error` with the message
+    /// and is disconnected. Hooks run in the order added.
+    ///
+    /// The hook may fire to or call the peer; commands the peer sends in the
+    /// meantime wait until the connection is admitted.
+    pub fn on_connect<F, Fut, E>(&self, hook: F) -> &Self
+    where
+        F: Fn(Conn) -> Fut + Send + Sync + 'static,
+        Fut: Future<Output = Result<(), E>> + Send + 'static,
+        E: fmt::Display + 'static,
+    {
+        let hook: ConnectHook = Arc::new(move |conn| {
+            let fut = hook(conn);
+            Box::pin(async move { fut.await.map_err(|e| e.to_string()) })
+        });
+        write(&self.inner.on_connect).push(hook);
+        self
+    }
+
+    /// Adds a hook that runs when an admitted connection has closed.
+    pub fn on_disconnect(&self, hook: impl Fn(&Conn) + Send + Sync + 'static) -> &Self {
+        write(&self.inner.on_disconnect).push(Arc::new(hook));
+        self
+    }
+
+    /// Starts accepting connections from `listener`, speaking `protocol`, and
+    /// returns the listener's local address. Must be called within a Tokio runtime.
+    pub fn listen<L: Listener, P: Protocol>(&self, listener: L, protocol: P) -> io::Result<String> {
+        self.listen_arc(listener, Arc::new(protocol))
+    }
+
+    /// [`listen`](Server::listen) with a shared protocol.
+    pub fn listen_arc<L: Listener>(
+        &self,
+        listener: L,
+        protocol: Arc<dyn Protocol>,
+    ) -> io::Result<String> {
+        let addr = listener.local_addr()?;
+        if self.inner.stop_accepting.is_cancelled() {
+            return Err(io::Error::other("the server is shut down"));
+        }
+        let server = self.clone();
+        self.inner
+            .tasks
+            .spawn(async move { server.accept_loop(listener, protocol).await });
+        Ok(addr)
+    }
+
+    async fn accept_loop<L: Listener>(self, mut listener: L, protocol: Arc<dyn Protocol>) {
+        let spec = self.inner.config.frame_spec(&*protocol);
+        let stop = self.inner.stop_accepting.clone();
+        let mut pause = Duration::from_millis(5);
+        loop {
+            let accepted = tokio::select! {
+                _ = stop.cancelled() => return,
+                accepted = listener.accept(spec) => accepted,
+            };
+            match accepted {
+                Ok(handshake) => {
+                    pause = Duration::from_millis(5);
+                    let server = self.clone();
+                    let protocol = protocol.clone();
+                    self.inner.tasks.spawn(async move {
+                        let timeout = server.inner.config.handshake_timeout;
+                        let established = tokio::select! {
+                            _ = server.inner.force.cancelled() => return,
+                            r = tokio::time::timeout(timeout, handshake) => r,
+                        };
+                        match established {
+                            Ok(Ok((io, info))) => server.serve(io, info, protocol).await,
+                            Ok(Err(e)) => tracing::debug!(error = %e, "handshake failed"),
+                            Err(_) => tracing::debug!(?timeout, "handshake timed out"),
+                        }
+                    });
+                }
+                Err(e) => {
+                    // Out of file descriptors and the like: log, pause, retry.
+                    tracing::warn!(error = %e, "accept failed");
+                    tokio::select! {
+                        _ = stop.cancelled() => return,
+                        _ = tokio::time::sleep(pause) => {}
+                    }
+                    pause = (pause * 2).min(Duration::from_secs(1));
+                }
+            }
+        }
+    }
+
+    /// Serves one established connection (from any transport) on this
+    /// server, in a task of its own. For transports without a
+    /// [`Listener`], and for tests.
+    pub fn accept_transport<T: Transport>(
+        &self,
+        io: T,
+        info: ConnInfo,
+        protocol: Arc<dyn Protocol>,
+    ) {
+        let server = self.clone();
+        self.inner
+            .tasks
+            .spawn(async move { server.serve(io, info, protocol).await });
+    }
+
+    async fn serve<T: Transport>(self, io: T, info: ConnInfo, protocol: Arc<dyn Protocol>) {
+        let inner = &self.inner;
+        let router = Router::child(inner.router.clone());
+        let (conn, mut driver) = Conn::new(
+            io,
+            info,
+            protocol,
+            router,
+            inner.config.clone(),
+            inner.force.child_token(),
+        );
+        driver.set_drain(inner.drain.clone());
+        let hooks = read(&inner.on_connect).clone();
+        let admitted = Arc::new(std::sync::atomic::AtomicBool::new(false));
+        let gate = {
+            let conn = conn.clone();
+            let server = self.clone();
+            let admitted = admitted.clone();
+            async move {
+                for hook in hooks {
+                    hook(conn.clone()).await?;
+                }
+                if server.inner.drain.is_cancelled() {
+                    return Err("the server is shutting down".to_string());
+                }
+                write(&server.inner.conns).insert(conn.id(), conn.clone());
+                admitted.store(true, std::sync::atomic::Ordering::Release);
+                tracing::debug!(
+                    id = conn.id(),
+                    peer = conn.peer_addr(),
+                    "connection admitted"
+                );
+                Ok(())
+            }
+        };
+        driver.set_gate(Box::pin(gate));
+        driver.run().await;
+        write(&inner.conns).remove(&conn.id());
+        if admitted.load(std::sync::atomic::Ordering::Acquire) {
+            for hook in read(&inner.on_disconnect).clone() {
+                if std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| hook(&conn))).is_err() {
+                    tracing::error!("an on_disconnect hook panicked");
+                }
+            }
+        }
+    }
+
+    /// The live (admitted) connections.
+    pub fn connections(&self) -> Vec<Conn> {
+        read(&self.inner.conns).values().cloned().collect()
+    }
+
+    /// The live connection with this id.
+    pub fn connection(&self, id: u64) -> Option<Conn> {
+        read(&self.inner.conns).get(&id).cloned()
+    }
+
+    /// The number of live connections.
+    pub fn connection_count(&self) -> usize {
+        read(&self.inner.conns).len()
+    }
+
+    /// Fires `action` with `body` to every live connection and returns how
+    /// many it was queued for.
+    ///
+    /// The command is encoded once per protocol and the same bytes are queued
+    /// on every connection. A connection whose outbound queue is full is a
+    /// slow consumer: it is disconnected (and logged), so that it never
+    /// stalls the broadcast nor grows memory.
+    pub fn broadcast(&self, action: &str, body: impl Serialize) -> Result<usize, Error> {
+        let conns = self.connections();
+        let mut encoded: Vec<(&'static str, Bytes)> = Vec::with_capacity(1);
+        let mut delivered = 0;
+        for conn in &conns {
+            let protocol = conn.protocol();
+            let frame = match encoded.iter().find(|(name, _)| *name == protocol.name()) {
+                Some((_, frame)) => frame.clone(),
+                None => {
+                    let frame = encode_frame(
+                        protocol,
+                        self.inner.config.max_frame_len,
+                        None,
+                        action,
+                        OutBody::Value(&body),
+                    )?;
+                    encoded.push((protocol.name(), frame.clone()));
+                    frame
+                }
+            };
+            match conn.try_send_frame(frame) {
+                Ok(()) => delivered += 1,
+                Err(TrySendError::Full(_)) => {
+                    tracing::warn!(
+                        id = conn.id(),
+                        peer = conn.peer_addr(),
+                        "slow consumer disconnected"
+                    );
+                    conn.close();
+                }
+                Err(TrySendError::Closed(_)) => {}
+            }
+        }
+        Ok(delivered)
+    }
+
+    /// Shuts the server down gracefully: stops accepting, refuses new
+    /// commands (answering them with `drs.error`), lets running handlers
+    /// finish and their replies go out for up to `grace`, then closes every
+    /// connection. Returns when all connection tasks have ended.
+    pub async fn shutdown(&self, grace: Duration) {
+        let inner = &self.inner;
+        inner.stop_accepting.cancel();
+        inner.drain.cancel();
+        inner.tasks.close();
+        if tokio::time::timeout(grace, inner.tasks.wait())
+            .await
+            .is_err()
+        {
+            tracing::info!(
+                ?grace,
+                "grace period over; closing the remaining connections"
+            );
+            inner.force.cancel();
+            inner.tasks.wait().await;
+        }
+    }
+
+    /// Whether [`shutdown`](Server::shutdown) has begun.
+    pub fn is_shutting_down(&self) -> bool {
+        self.inner.stop_accepting.is_cancelled()
+    }
+}
