@@ -161,6 +161,25 @@ impl Body {
     }
 }
 
+/// What a call's reply body can be read as: any `T: DeserializeOwned`, or
+/// the [`Body`] itself (to pass it on untouched).
+pub trait FromBody: Sized {
+    /// Reads the value out of the body.
+    fn from_body(body: Body) -> Result<Self, DecodeError>;
+}
+
+impl<T: DeserializeOwned> FromBody for T {
+    fn from_body(body: Body) -> Result<Self, DecodeError> {
+        body.deserialize()
+    }
+}
+
+impl FromBody for Body {
+    fn from_body(body: Body) -> Result<Self, DecodeError> {
+        Ok(body)
+    }
+}
+
 impl Serialize for Body {
     fn serialize<S: Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
         let Some((bytes, format)) = &self.raw else {

@@ -79,7 +79,7 @@ mod transport;
 
 pub use client::{connect, Client};
 pub use codec::{FrameCodec, FrameTooLarge, FramedIo};
-pub use command::{is_reply_action, Body, Command, ERROR, EXCEPTION, PING, RESPONSE};
+pub use command::{is_reply_action, Body, Command, FromBody, ERROR, EXCEPTION, PING, RESPONSE};
 pub use conn::{Call, Conn, ConnConfig};
 pub use error::{Error, RemoteError};
 pub use ext::Extensions;

@@ -233,3 +233,34 @@ pub(crate) fn encode_into(
     }
     res
 }
+
+macro_rules! forward_protocol {
+    ($($ptr:ty),*) => {$(
+        /// A shared or boxed protocol is a protocol, so one can be chosen at run time.
+        impl<P: Protocol + ?Sized> Protocol for $ptr {
+            fn name(&self) -> &'static str {
+                (**self).name()
+            }
+            fn framing(&self) -> Framing {
+                (**self).framing()
+            }
+            fn decode(&self, frame: Bytes) -> Result<Command, DecodeError> {
+                (**self).decode(frame)
+            }
+            fn encode(&self, cmd: &Outgoing<'_>, dst: &mut BytesMut) -> Result<(), EncodeError> {
+                (**self).encode(cmd, dst)
+            }
+            fn body_format(&self) -> &'static dyn BodyFormat {
+                (**self).body_format()
+            }
+        }
+    )*};
+}
+
+forward_protocol!(std::sync::Arc<P>, Box<P>);
+
+impl fmt::Debug for dyn Protocol {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(self.name())
+    }
+}

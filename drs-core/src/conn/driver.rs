@@ -160,7 +160,8 @@ impl<T: Transport> Driver<T> {
     }
 
     /// Starts ending the connection for `reason`: stop reading, fail pending
-    /// calls, and (unless the handlers may finish) stop handlers.
+    /// calls, stop handlers now (or, if they may finish, when the close
+    /// linger ends), and close once what is queued is written.
     fn begin_end(&mut self, reason: End, stop_handlers: bool) {
         if self.ending.is_some() {
             return;
@@ -171,10 +172,11 @@ impl<T: Transport> Driver<T> {
         self.shared.pending.close();
         if stop_handlers {
             self.tasks.abort_all();
-            self.linger = Some(Box::pin(tokio::time::sleep(
-                self.shared.config.close_linger,
-            )));
         }
+        // Whatever is left after the linger is cut off: nothing waits on a
+        // peer that is gone, or on a handler that never ends.
+        let linger = self.shared.config.close_linger;
+        self.linger = Some(Box::pin(tokio::time::sleep(linger)));
         self.ending = Some(reason);
     }
 
@@ -296,8 +298,9 @@ impl<T: Transport> Driver<T> {
                     }
                     Poll::Ready(None) => {
                         progress = true;
-                        // The peer will send nothing more: fail our calls now,
-                        // but finish what it asked of us and write the replies.
+                        // The peer will send nothing more: fail our calls now.
+                        // It may still read (a half-close): its handlers get
+                        // the close linger to finish and send their replies.
                         self.begin_end(End::PeerClosed, false);
                     }
                     Poll::Pending => break,
@@ -453,6 +456,13 @@ impl<T: Transport> Driver<T> {
     }
 
     fn push_reply(&mut self, key: &str, outcome: &Outcome) {
+        // Frames the handler queued before it returned go out before its reply.
+        while self.rx_open {
+            match self.rx.try_recv() {
+                Ok(frame) => self.outq.push_back(frame),
+                Err(_) => break,
+            }
+        }
         encode_reply(&self.shared, key, outcome, &mut self.wbuf);
         let frame = self.wbuf.split().freeze();
         self.outq.push_back(frame);

@@ -16,7 +16,7 @@ use std::{
 };
 
 use bytes::{Bytes, BytesMut};
-use serde::{de::DeserializeOwned, Serialize};
+use serde::Serialize;
 use tokio::sync::mpsc;
 use tokio_util::sync::CancellationToken;
 
@@ -24,6 +24,7 @@ pub(crate) use driver::Driver;
 pub(crate) use pending::{remote_error, Pending, PendingGuard, Reply, ReplyKind};
 
 use crate::{
+    command::FromBody,
     error::Error,
     ext::Extensions,
     handler::Handler,
@@ -55,8 +56,9 @@ pub struct ConnConfig {
     /// for room; a broadcast finding the queue full disconnects the slow
     /// consumer. Default 1024.
     pub outbound_queue: usize,
-    /// How long a closing connection may take to write out what is queued.
-    /// Default 1 s.
+    /// How long a closing connection may take to write out what is queued;
+    /// also how long handlers may go on after the peer closed its side (a
+    /// half-close), so that it still gets their replies. Default 1 s.
     pub close_linger: Duration,
     /// How long a server waits for a transport handshake (e.g. a WebSocket
     /// upgrade). Default 10 s.
@@ -244,7 +246,8 @@ impl Conn {
         async move { tx.send(frame?).await.map_err(|_| Error::Closed) }
     }
 
-    /// Calls `action` on the peer and waits for the reply, deserialized into `R`.
+    /// Calls `action` on the peer and waits for the reply, deserialized into `R`
+    /// (or kept as a [`Body`](crate::Body)).
     ///
     /// Await the returned [`Call`]; set a timeout other than the connection's
     /// default with [`Call::timeout`]. The body is encoded before this returns.
@@ -392,7 +395,7 @@ impl<R> Call<R> {
     }
 }
 
-impl<R: DeserializeOwned + Send + 'static> IntoFuture for Call<R> {
+impl<R: FromBody + Send + 'static> IntoFuture for Call<R> {
     type Output = Result<R, Error>;
     type IntoFuture = Pin<Box<dyn Future<Output = Result<R, Error>> + Send>>;
 

@@ -9,7 +9,7 @@ use std::{
 use tokio::sync::oneshot;
 
 use crate::{
-    command::{Body, ERROR, EXCEPTION},
+    command::{Body, FromBody, ERROR, EXCEPTION},
     error::{Error, RemoteError},
     protocol::DecodeError,
     sync::lock,
@@ -40,11 +40,9 @@ pub(crate) struct Reply {
 }
 
 impl Reply {
-    pub(crate) fn into_result<R: serde::de::DeserializeOwned>(self) -> Result<R, Error> {
+    pub(crate) fn into_result<R: FromBody>(self) -> Result<R, Error> {
         match self.kind {
-            ReplyKind::Response => self
-                .body
-                .deserialize()
+            ReplyKind::Response => R::from_body(self.body)
                 .map_err(|e| Error::Decode(DecodeError::new(format!("reply body: {e}")))),
             ReplyKind::Error => Err(Error::Remote(remote_error(&self.body))),
             ReplyKind::Exception => Err(Error::Exception(remote_error(&self.body))),

@@ -1,0 +1,351 @@
+//! The behaviour suite of DESIGN §2, written once against the transport and
+//! protocol traits and run for every transport × protocol pair.
+//!
+//! A pair is a [`Pair`]; [`conformance_suite!`] expands to one `#[tokio::test]`
+//! per behaviour, each under a timeout. Adding a transport or a protocol means
+//! adding a variant to [`Net`] or [`Proto`] (with its listen/connect arms) and
+//! one `conformance_suite!` line in `tests/suite.rs`.
+
+use std::{
+    future::Future,
+    sync::{
+        atomic::{AtomicUsize, Ordering},
+        Arc,
+    },
+    time::Duration,
+};
+
+use bytes::{Bytes, BytesMut};
+use drs_core::{
+    memory::{self, MemoryDialer},
+    Body, Client, Command, Conn, ConnConfig, FrameSpec, FramedIo, HandlerError, HandlerResult, Msg,
+    Outgoing, Protocol, Server, Transport,
+};
+use drs_protocol_json::Json;
+use drs_transport_tcp::{TcpDialer, TcpListener};
+use futures::{SinkExt, StreamExt};
+use serde::Deserialize;
+use serde_json::{json, Value};
+
+mod behaviours;
+pub use behaviours::*;
+
+/// How long any one behaviour may take before it counts as hung.
+pub const TEST_TIMEOUT: Duration = Duration::from_secs(30);
+
+/// A transport under test.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[non_exhaustive]
+pub enum Net {
+    /// The in-memory transport.
+    Memory,
+    /// TCP on 127.0.0.1, port 0.
+    Tcp,
+}
+
+/// A protocol under test.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[non_exhaustive]
+pub enum Proto {
+    /// DRS v1 JSON.
+    Json,
+}
+
+impl Proto {
+    /// A frame with a key and no action, as this protocol writes it.
+    pub fn frame_without_action(&self, key: &str) -> Bytes {
+        match self {
+            Proto::Json => Bytes::from(json!({ "key": key }).to_string()),
+        }
+    }
+}
+
+/// One transport × protocol pair.
+#[derive(Debug, Clone, Copy)]
+pub struct Pair {
+    /// The transport.
+    pub net: Net,
+    /// The protocol.
+    pub proto: Proto,
+}
+
+impl Pair {
+    /// The pair `net` × `proto`.
+    pub const fn new(net: Net, proto: Proto) -> Self {
+        Self { net, proto }
+    }
+
+    /// The protocol object.
+    pub fn protocol(&self) -> Arc<dyn Protocol> {
+        match self.proto {
+            Proto::Json => Arc::new(Json),
+        }
+    }
+
+    /// Starts `server` listening on this pair's transport.
+    pub async fn listen(&self, server: &Server) -> Endpoint {
+        let protocol = self.protocol();
+        let place = match self.net {
+            Net::Memory => {
+                let (listener, dialer) = memory::listener();
+                server
+                    .listen_arc(listener, protocol.clone())
+                    .expect("listen");
+                Place::Memory(dialer)
+            }
+            Net::Tcp => {
+                let listener = TcpListener::bind("127.0.0.1:0").await.expect("bind");
+                Place::Tcp(
+                    server
+                        .listen_arc(listener, protocol.clone())
+                        .expect("listen"),
+                )
+            }
+        };
+        Endpoint { place, protocol }
+    }
+}
+
+#[derive(Debug)]
+pub(crate) enum Place {
+    Memory(MemoryDialer),
+    Tcp(String),
+}
+
+/// Where a test server listens.
+#[derive(Debug)]
+pub struct Endpoint {
+    pub(crate) place: Place,
+    pub(crate) protocol: Arc<dyn Protocol>,
+}
+
+impl Endpoint {
+    /// Connects a client built by `client`.
+    pub async fn connect_with(&self, client: Client) -> Conn {
+        let protocol = self.protocol.clone();
+        match &self.place {
+            Place::Memory(d) => client.connect(d.clone(), protocol).await,
+            Place::Tcp(addr) => client.connect(TcpDialer::new(addr), protocol).await,
+        }
+        .expect("connect")
+    }
+
+    /// Connects a default client.
+    pub async fn connect(&self) -> Conn {
+        self.connect_with(Client::new()).await
+    }
+
+    /// Opens a raw connection: frames in and out, no drs on this side.
+    pub async fn raw(&self) -> RawPeer {
+        // The raw side accepts anything, so that the server's limits are what is tested.
+        let spec = FrameSpec::new(self.protocol.framing()).max_frame_len(1 << 30);
+        let io: Box<dyn Transport> = match &self.place {
+            Place::Memory(d) => {
+                let (io, _) = drs_core::Dialer::dial(d, spec).await.expect("dial");
+                Box::new(io)
+            }
+            Place::Tcp(addr) => {
+                let stream = tokio::net::TcpStream::connect(addr).await.expect("connect");
+                Box::new(FramedIo::new(stream, spec))
+            }
+        };
+        RawPeer {
+            io,
+            protocol: self.protocol.clone(),
+        }
+    }
+}
+
+/// A peer that speaks frames directly, as a program in another language would.
+pub struct RawPeer {
+    io: Box<dyn Transport>,
+    protocol: Arc<dyn Protocol>,
+}
+
+impl std::fmt::Debug for RawPeer {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("RawPeer")
+            .field("protocol", &self.protocol.name())
+            .finish_non_exhaustive()
+    }
+}
+
+impl RawPeer {
+    /// Sends one frame as is.
+    pub async fn send_frame(&mut self, frame: impl Into<Bytes>) {
+        self.io.send(frame.into()).await.expect("send frame");
+    }
+
+    /// Encodes and sends a command with a JSON-valued body.
+    pub async fn send(&mut self, key: Option<&str>, action: &str, body: Value) {
+        let mut buf = BytesMut::new();
+        let out = Outgoing::new(action)
+            .key(key)
+            .body(drs_core::OutBody::Value(&body));
+        self.protocol.encode(&out, &mut buf).expect("encode");
+        self.send_frame(buf.freeze()).await;
+    }
+
+    /// The next command from the server, or `None` once it closed the connection.
+    pub async fn recv(&mut self) -> Option<Command> {
+        match self.io.next().await? {
+            Ok(frame) => Some(
+                self.protocol
+                    .decode(frame)
+                    .expect("server sent a valid frame"),
+            ),
+            Err(_) => None,
+        }
+    }
+
+    /// Reads until the server closes the connection; returns what came.
+    pub async fn until_closed(&mut self) -> Vec<Command> {
+        let mut got = Vec::new();
+        while let Some(cmd) = self.recv().await {
+            got.push(cmd);
+        }
+        got
+    }
+}
+
+/// Runs `behaviour` for `pair` under [`TEST_TIMEOUT`].
+pub async fn run<F, Fut>(pair: Pair, behaviour: F)
+where
+    F: FnOnce(Pair) -> Fut,
+    Fut: Future<Output = ()>,
+{
+    if tokio::time::timeout(TEST_TIMEOUT, behaviour(pair))
+        .await
+        .is_err()
+    {
+        panic!("behaviour did not finish within {TEST_TIMEOUT:?} for {pair:?}");
+    }
+}
+
+/// Waits until `cond` holds, checking whenever `notify` fires (no sleeps).
+pub async fn until(notify: &tokio::sync::Notify, mut cond: impl FnMut() -> bool) {
+    loop {
+        let notified = notify.notified();
+        if cond() {
+            return;
+        }
+        notified.await;
+    }
+}
+
+/// A server with the handlers the behaviours use.
+pub fn test_server(config: ConnConfig) -> Server {
+    let server = Server::with_config(config);
+    server.on("echo", |body: Body| async move { HandlerResult::Ok(body) });
+    server.on("add", |args: Add| async move {
+        HandlerResult::Ok(args.a + args.b)
+    });
+    server.on("sleep", |ms: u64| async move {
+        tokio::time::sleep(Duration::from_millis(ms)).await;
+        HandlerResult::Ok(ms)
+    });
+    server.on("fail", |message: String| async move {
+        Err::<(), _>(HandlerError::new(message))
+    });
+    server.on("kaboom", || async move {
+        if true {
+            panic!("kaboom");
+        }
+        HandlerResult::Ok(())
+    });
+    server.on("peer_name", |msg: Msg| async move {
+        let name: String = msg.conn().call("name", ()).await?;
+        HandlerResult::Ok(name)
+    });
+    server
+}
+
+/// The arguments of `add`.
+#[derive(Debug, Deserialize)]
+pub struct Add {
+    /// First term.
+    pub a: f64,
+    /// Second term.
+    pub b: f64,
+}
+
+/// Counts something across tasks and wakes waiters on each change.
+#[derive(Debug, Default)]
+pub struct Counter {
+    n: AtomicUsize,
+    changed: tokio::sync::Notify,
+}
+
+impl Counter {
+    /// Adds one; returns the new value.
+    pub fn incr(&self) -> usize {
+        let n = self.n.fetch_add(1, Ordering::SeqCst) + 1;
+        self.changed.notify_waiters();
+        n
+    }
+
+    /// Subtracts one.
+    pub fn decr(&self) {
+        self.n.fetch_sub(1, Ordering::SeqCst);
+        self.changed.notify_waiters();
+    }
+
+    /// The value.
+    pub fn get(&self) -> usize {
+        self.n.load(Ordering::SeqCst)
+    }
+
+    /// Waits until the value is at least `n`.
+    pub async fn reach(&self, n: usize) {
+        until(&self.changed, || self.get() >= n).await;
+    }
+}
+
+/// Expands to one test per behaviour for `pair`, in a module named `name`.
+#[macro_export]
+macro_rules! conformance_suite {
+    ($name:ident, $pair:expr) => {
+        mod $name {
+            #[allow(unused_imports)]
+            use super::*;
+            $crate::conformance_suite!(@tests $pair;
+                call_round_trip,
+                typed_body_errors_name_the_action,
+                fire_reaches_handler,
+                unknown_action_is_an_error,
+                remote_error_and_exception_are_distinct,
+                ping_is_built_in,
+                per_call_timeout,
+                per_connection_timeout,
+                pending_calls_fail_at_once_on_disconnect,
+                dropped_call_leaves_no_pending_entry,
+                late_reply_is_dropped,
+                many_calls_multiplexed,
+                commands_run_concurrently,
+                in_flight_limit_applies_backpressure,
+                panic_is_isolated,
+                handler_chain_semantics,
+                before_and_after_hooks,
+                connect_hook_rejects,
+                connect_hook_sees_connection_and_can_call,
+                broadcast_reaches_every_client,
+                server_calls_client,
+                graceful_shutdown_lets_handlers_finish,
+                shutdown_grace_expires,
+                garbage_is_skipped_with_an_error,
+                oversize_frame_disconnects_only_that_peer,
+                oversize_outgoing_is_refused_locally,
+                peer_vanishing_mid_call_harms_no_one,
+                reply_for_unknown_key_is_ignored,
+                dropping_every_handle_closes,
+                slow_consumer_is_disconnected
+            );
+        }
+    };
+    (@tests $pair:expr; $($behaviour:ident),* $(,)?) => {$(
+        #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+        async fn $behaviour() {
+            $crate::run($pair, $crate::$behaviour).await;
+        }
+    )*};
+}
