@@ -36,7 +36,10 @@ use bytes::{BufMut, Bytes, BytesMut};
 use drs_core::{
     Body, BodyFormat, Command, DecodeError, EncodeError, Framing, OutBody, Outgoing, Protocol,
 };
-use serde::{de::IgnoredAny, Deserialize};
+use serde::{
+    de::{IgnoredAny, MapAccess, Visitor},
+    Deserialize,
+};
 use serde_json::value::RawValue;
 
 /// The DRS v1 JSON protocol.
@@ -49,17 +52,101 @@ pub struct JsonFormat;
 
 static FORMAT: JsonFormat = JsonFormat;
 
-#[derive(Deserialize)]
-#[serde(expecting = "a command object")]
+/// A command as it is on the wire, borrowing from the frame.
+#[derive(Default)]
 struct Wire<'a> {
-    #[serde(borrow, default)]
     key: Option<Cow<'a, str>>,
-    #[serde(borrow, default)]
     action: Option<Cow<'a, str>>,
-    #[serde(borrow, default)]
     body: Option<&'a RawValue>,
-    #[serde(default)]
     version: Option<i64>,
+}
+
+#[derive(Deserialize)]
+#[serde(field_identifier, rename_all = "lowercase")]
+enum Field {
+    Key,
+    Action,
+    Body,
+    Version,
+    #[serde(other)]
+    Other,
+}
+
+impl<'de: 'a, 'a> Deserialize<'de> for Wire<'a> {
+    fn deserialize<D: serde::Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        d.deserialize_map(WireVisitor(std::marker::PhantomData))
+    }
+}
+
+struct WireVisitor<'a>(std::marker::PhantomData<&'a ()>);
+
+impl<'de: 'a, 'a> Visitor<'de> for WireVisitor<'a> {
+    type Value = Wire<'a>;
+
+    fn expecting(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("a command object")
+    }
+
+    fn visit_map<M: MapAccess<'de>>(self, mut map: M) -> Result<Wire<'a>, M::Error> {
+        fn once<T, E: serde::de::Error>(slot: &mut Option<T>, value: T, name: &'static str) -> Result<(), E> {
+            match slot.replace(value) {
+                None => Ok(()),
+                Some(_) => Err(E::duplicate_field(name)),
+            }
+        }
+        let mut wire = Wire::default();
+        let mut body_seen = false;
+        while let Some(field) = map.next_key::<Field>()? {
+            match field {
+                Field::Key => {
+                    let key: Option<Cow<'a, str>> = map.next_value::<Option<BorrowedStr<'a>>>()?.map(|s| s.0);
+                    if let Some(key) = key {
+                        once(&mut wire.key, key, "key")?;
+                    }
+                }
+                Field::Action => once(&mut wire.action, map.next_value::<BorrowedStr<'a>>()?.0, "action")?,
+                Field::Body => {
+                    if std::mem::replace(&mut body_seen, true) {
+                        return Err(serde::de::Error::duplicate_field("body"));
+                    }
+                    let raw: &'a RawValue = map.next_value()?;
+                    // `"body": null` reads as an absent body.
+                    wire.body = (raw.get() != "null").then_some(raw);
+                }
+                Field::Version => {
+                    if let Some(v) = map.next_value::<Option<i64>>()? {
+                        once(&mut wire.version, v, "version")?;
+                    }
+                }
+                Field::Other => {
+                    map.next_value::<IgnoredAny>()?;
+                }
+            }
+        }
+        Ok(wire)
+    }
+}
+
+/// A string borrowed from the frame when it has no escapes.
+struct BorrowedStr<'a>(Cow<'a, str>);
+
+impl<'de: 'a, 'a> Deserialize<'de> for BorrowedStr<'a> {
+    fn deserialize<D: serde::Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        struct V;
+        impl<'de> Visitor<'de> for V {
+            type Value = Cow<'de, str>;
+            fn expecting(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+                f.write_str("a string")
+            }
+            fn visit_borrowed_str<E: serde::de::Error>(self, v: &'de str) -> Result<Self::Value, E> {
+                Ok(Cow::Borrowed(v))
+            }
+            fn visit_str<E: serde::de::Error>(self, v: &str) -> Result<Self::Value, E> {
+                Ok(Cow::Owned(v.to_owned()))
+            }
+        }
+        d.deserialize_str(V).map(BorrowedStr)
+    }
 }
 
 /// Reads just the key of a frame that failed to decode.
@@ -67,9 +154,6 @@ struct Wire<'a> {
 struct KeyOnly<'a> {
     #[serde(borrow, default)]
     key: Option<Cow<'a, str>>,
-    #[allow(dead_code)]
-    #[serde(default)]
-    action: Option<IgnoredAny>,
 }
 
 impl Protocol for Json {
@@ -85,8 +169,10 @@ impl Protocol for Json {
         let wire: Wire<'_> = match serde_json::from_slice(&frame) {
             Ok(wire) => wire,
             Err(e) => {
-                let key = serde_json::from_slice::<KeyOnly<'_>>(&frame)
-                    .ok()
+                let is_object = frame.iter().find(|b| !b.is_ascii_whitespace()) == Some(&b'{');
+                let key = is_object
+                    .then(|| serde_json::from_slice::<KeyOnly<'_>>(&frame).ok())
+                    .flatten()
                     .and_then(|k| k.key.map(Cow::into_owned));
                 return Err(DecodeError::new(e.to_string()).with_key(key));
             }
