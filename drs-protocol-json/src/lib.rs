@@ -88,7 +88,11 @@ impl<'de: 'a, 'a> Visitor<'de> for WireVisitor<'a> {
     }
 
     fn visit_map<M: MapAccess<'de>>(self, mut map: M) -> Result<Wire<'a>, M::Error> {
-        fn once<T, E: serde::de::Error>(slot: &mut Option<T>, value: T, name: &'static str) -> Result<(), E> {
+        fn once<T, E: serde::de::Error>(
+            slot: &mut Option<T>,
+            value: T,
+            name: &'static str,
+        ) -> Result<(), E> {
             match slot.replace(value) {
                 None => Ok(()),
                 Some(_) => Err(E::duplicate_field(name)),
@@ -99,12 +103,17 @@ impl<'de: 'a, 'a> Visitor<'de> for WireVisitor<'a> {
         while let Some(field) = map.next_key::<Field>()? {
             match field {
                 Field::Key => {
-                    let key: Option<Cow<'a, str>> = map.next_value::<Option<BorrowedStr<'a>>>()?.map(|s| s.0);
+                    let key: Option<Cow<'a, str>> =
+                        map.next_value::<Option<BorrowedStr<'a>>>()?.map(|s| s.0);
                     if let Some(key) = key {
                         once(&mut wire.key, key, "key")?;
                     }
                 }
-                Field::Action => once(&mut wire.action, map.next_value::<BorrowedStr<'a>>()?.0, "action")?,
+                Field::Action => once(
+                    &mut wire.action,
+                    map.next_value::<BorrowedStr<'a>>()?.0,
+                    "action",
+                )?,
                 Field::Body => {
                     if std::mem::replace(&mut body_seen, true) {
                         return Err(serde::de::Error::duplicate_field("body"));
@@ -138,7 +147,10 @@ impl<'de: 'a, 'a> Deserialize<'de> for BorrowedStr<'a> {
             fn expecting(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
                 f.write_str("a string")
             }
-            fn visit_borrowed_str<E: serde::de::Error>(self, v: &'de str) -> Result<Self::Value, E> {
+            fn visit_borrowed_str<E: serde::de::Error>(
+                self,
+                v: &'de str,
+            ) -> Result<Self::Value, E> {
                 Ok(Cow::Borrowed(v))
             }
             fn visit_str<E: serde::de::Error>(self, v: &str) -> Result<Self::Value, E> {

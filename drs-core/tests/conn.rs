@@ -1,0 +1,342 @@
+//! Connection behaviours that need a controlled peer or clock: a raw
+//! in-memory peer plays the other side frame by frame.
+
+use std::{future::IntoFuture, time::Duration};
+
+use bytes::{Bytes, BytesMut};
+use drs_core::{
+    memory, Body, Client, Command, ConnInfo, Error, HandlerError, HandlerResult, Msg, OutBody,
+    Outgoing, Protocol, Server,
+};
+use drs_protocol_json::Json;
+use futures::{SinkExt, StreamExt};
+use serde_json::{json, Value};
+
+const LIMIT: Duration = Duration::from_secs(20);
+
+async fn within<F: std::future::Future>(f: F) -> F::Output {
+    tokio::time::timeout(LIMIT, f)
+        .await
+        .expect("test timed out")
+}
+
+fn frame(key: Option<&str>, action: &str, body: Value) -> Bytes {
+    let mut buf = BytesMut::new();
+    Json.encode(
+        &Outgoing::new(action).key(key).body(OutBody::Value(&body)),
+        &mut buf,
+    )
+    .unwrap();
+    buf.freeze()
+}
+
+async fn next(raw: &mut memory::MemoryTransport) -> Command {
+    Json.decode(raw.next().await.expect("open").expect("frame"))
+        .unwrap()
+}
+
+fn client_over_memory(client: Client) -> (drs_core::Conn, memory::MemoryTransport) {
+    let (ours, raw) = memory::pair();
+    let conn = client.connect_transport(ours, ConnInfo::new("memory"), std::sync::Arc::new(Json));
+    (conn, raw)
+}
+
+#[tokio::test(start_paused = true)]
+async fn default_call_timeout_is_five_seconds() {
+    let (conn, mut raw) = client_over_memory(Client::new());
+    let start = tokio::time::Instant::now();
+    let call = tokio::spawn(conn.call::<Value>("never", ()).into_future());
+    let sent = next(&mut raw).await;
+    assert_eq!(sent.action, "never");
+    let err = call.await.unwrap().unwrap_err();
+    assert!(
+        matches!(err, Error::Timeout(d) if d == Duration::from_secs(5)),
+        "{err:?}"
+    );
+    assert_eq!(start.elapsed(), Duration::from_secs(5));
+    assert_eq!(conn.pending_calls(), 0);
+}
+
+#[tokio::test]
+async fn late_reply_after_timeout_is_dropped() {
+    within(async {
+        let (conn, mut raw) = client_over_memory(Client::new());
+        let err = conn
+            .call::<u32>("slow", ())
+            .timeout(Duration::from_millis(20))
+            .await
+            .unwrap_err();
+        assert!(err.is_timeout());
+        let sent = next(&mut raw).await;
+        let key = sent.key.expect("a call has a key");
+        // The late reply, then a call to the client: the client reads in
+        // order, so its answer proves the late reply was read (and dropped).
+        raw.send(frame(Some(&key), "drs.response", json!(1)))
+            .await
+            .unwrap();
+        raw.send(frame(Some("p"), "drs.ping", Value::Null))
+            .await
+            .unwrap();
+        let pong = next(&mut raw).await;
+        assert_eq!(
+            (pong.action.as_str(), pong.key.as_deref()),
+            ("drs.response", Some("p"))
+        );
+        assert_eq!(conn.pending_calls(), 0);
+        // Keys are never reused: the next call has a fresh one.
+        let call = tokio::spawn(conn.call::<u32>("again", ()).into_future());
+        let again = next(&mut raw).await;
+        assert_ne!(again.key.as_deref(), Some(key.as_str()));
+        raw.send(frame(again.key.as_deref(), "drs.response", json!(9)))
+            .await
+            .unwrap();
+        assert_eq!(call.await.unwrap().unwrap(), 9);
+    })
+    .await
+}
+
+#[tokio::test]
+async fn replies_of_every_kind_reach_the_caller() {
+    within(async {
+        let (conn, mut raw) = client_over_memory(Client::new());
+        for (action, body) in [
+            ("drs.response", json!({"ok": true})),
+            ("drs.error", json!({"message": "nope"})),
+            ("drs.exception", json!({"message": "boom"})),
+            ("drs.error", json!("bare string")),
+            ("drs.error", json!(42)),
+        ] {
+            let call = tokio::spawn(conn.call::<Value>("x", ()).into_future());
+            let sent = next(&mut raw).await;
+            raw.send(frame(sent.key.as_deref(), action, body.clone()))
+                .await
+                .unwrap();
+            let got = call.await.unwrap();
+            match action {
+                "drs.response" => assert_eq!(got.unwrap(), body),
+                "drs.error" => {
+                    let err = got.unwrap_err();
+                    assert!(err.is_remote());
+                    let expected = match &body {
+                        Value::Object(m) => m["message"].as_str().unwrap().to_string(),
+                        Value::String(s) => s.clone(),
+                        _ => "Body(json: 42)".to_string(),
+                    };
+                    assert_eq!(err.remote().unwrap().message, expected);
+                }
+                _ => assert!(got.unwrap_err().is_exception()),
+            }
+        }
+    })
+    .await
+}
+
+#[tokio::test]
+async fn frames_queued_by_a_handler_precede_its_reply() {
+    within(async {
+        let client = Client::new().on("work", |msg: Msg| async move {
+            msg.conn().fire("progress", 50).await?;
+            HandlerResult::Ok("done")
+        });
+        let (_conn, mut raw) = client_over_memory(client);
+        raw.send(frame(Some("1"), "work", Value::Null))
+            .await
+            .unwrap();
+        assert_eq!(next(&mut raw).await.action, "progress");
+        assert_eq!(next(&mut raw).await.action, "drs.response");
+    })
+    .await
+}
+
+#[tokio::test]
+async fn too_many_bad_frames_in_a_row_disconnect() {
+    within(async {
+        let (conn, mut raw) = client_over_memory(Client::new());
+        for _ in 0..31 {
+            raw.send(Bytes::from_static(b"junk")).await.unwrap();
+            assert_eq!(next(&mut raw).await.action, "drs.error");
+        }
+        // A good frame resets the count.
+        raw.send(frame(Some("p"), "drs.ping", Value::Null))
+            .await
+            .unwrap();
+        assert_eq!(next(&mut raw).await.action, "drs.response");
+        for _ in 0..32 {
+            raw.send(Bytes::from_static(b"junk")).await.unwrap();
+        }
+        let mut notices = Vec::new();
+        while let Some(Ok(f)) = raw.next().await {
+            notices.push(Json.decode(f).unwrap());
+        }
+        assert_eq!(
+            notices.len(),
+            33,
+            "32 notices and the reason for disconnecting"
+        );
+        let last: Value = notices.last().unwrap().body.deserialize().unwrap();
+        assert!(last["message"]
+            .as_str()
+            .unwrap()
+            .contains("too many invalid"));
+        conn.closed().await;
+    })
+    .await
+}
+
+#[tokio::test(flavor = "current_thread")]
+async fn draining_server_refuses_new_commands_but_finishes_running_ones() {
+    within(async {
+        let server = Server::new();
+        let release = std::sync::Arc::new(tokio::sync::Semaphore::new(0));
+        let r = release.clone();
+        server.on("block", move || {
+            let r = r.clone();
+            async move {
+                r.acquire().await.unwrap().forget();
+                HandlerResult::Ok("finished")
+            }
+        });
+        let (listener, dialer) = memory::listener();
+        server.listen(listener, Json).unwrap();
+        let mut raw = {
+            let (io, _) = drs_core::Dialer::dial(&dialer, drs_core::FrameSpec::new(Json.framing()))
+                .await
+                .unwrap();
+            io
+        };
+        raw.send(frame(Some("1"), "block", Value::Null))
+            .await
+            .unwrap();
+        raw.send(frame(Some("p"), "drs.ping", Value::Null))
+            .await
+            .unwrap();
+        assert_eq!(next(&mut raw).await.key.as_deref(), Some("p")); // block is running
+        let mut shutdown = Box::pin(server.shutdown(Duration::from_secs(60)));
+        assert!(futures::poll!(&mut shutdown).is_pending());
+        raw.send(frame(Some("2"), "drs.ping", Value::Null))
+            .await
+            .unwrap();
+        let refused = next(&mut raw).await;
+        assert_eq!(
+            (refused.action.as_str(), refused.key.as_deref()),
+            ("drs.error", Some("2"))
+        );
+        let body: Value = refused.body.deserialize().unwrap();
+        assert_eq!(body, json!({"message": "the server is shutting down"}));
+        release.add_permits(1);
+        let done = next(&mut raw).await;
+        assert_eq!(done.key.as_deref(), Some("1"));
+        assert_eq!(done.body.deserialize::<String>().unwrap(), "finished");
+        shutdown.await;
+        assert!(raw.next().await.is_none(), "closed after the drain");
+    })
+    .await
+}
+
+#[tokio::test]
+async fn handler_errors_keep_their_meaning() {
+    within(async {
+        let server = Server::new();
+        server.on("remote_error", |msg: Msg| async move {
+            let v: Value = msg.conn().call("fail", ()).await?;
+            HandlerResult::Ok(v)
+        });
+        server.on("remote_timeout", |msg: Msg| async move {
+            let v: Value = msg
+                .conn()
+                .call("hang", ())
+                .timeout(Duration::from_millis(20))
+                .await?;
+            HandlerResult::Ok(v)
+        });
+        server.on("explicit", || async {
+            Err::<(), _>(HandlerError::exception("broken invariant"))
+        });
+        server.on("display", || async { Err::<(), _>("plain text error") });
+        server.on("io", || async {
+            Err::<(), _>(std::io::Error::other("disk on fire"))
+        });
+        let (listener, dialer) = memory::listener();
+        server.listen(listener, Json).unwrap();
+        let client = Client::new()
+            .on("fail", || async {
+                Err::<(), _>(HandlerError::new("client refuses"))
+            })
+            .on("hang", || async {
+                std::future::pending::<()>().await;
+                HandlerResult::Ok(())
+            });
+        let conn = client.connect(dialer, Json).await.unwrap();
+        let e = conn.call::<Value>("remote_error", ()).await.unwrap_err();
+        assert!(
+            e.is_remote() && e.remote().unwrap().message == "client refuses",
+            "{e:?}"
+        );
+        let e = conn.call::<Value>("remote_timeout", ()).await.unwrap_err();
+        assert!(
+            e.is_exception() && e.remote().unwrap().message.contains("timed out"),
+            "{e:?}"
+        );
+        let e = conn.call::<Value>("explicit", ()).await.unwrap_err();
+        assert!(e.is_exception() && e.remote().unwrap().message == "broken invariant");
+        let e = conn.call::<Value>("display", ()).await.unwrap_err();
+        assert!(e.is_remote() && e.remote().unwrap().message == "plain text error");
+        let e = conn.call::<Value>("io", ()).await.unwrap_err();
+        assert!(e.is_remote() && e.remote().unwrap().message == "disk on fire");
+    })
+    .await
+}
+
+#[tokio::test]
+async fn per_connection_handlers_take_precedence_on_a_server() {
+    within(async {
+        let server = Server::new();
+        server.on("who", || async { HandlerResult::Ok("everyone") });
+        let nth = std::sync::Arc::new(std::sync::atomic::AtomicUsize::new(0));
+        server.on_connect(move |conn: drs_core::Conn| {
+            let odd = nth.fetch_add(1, std::sync::atomic::Ordering::SeqCst) % 2 == 1;
+            async move {
+                if odd {
+                    conn.on("who", || async { HandlerResult::Ok("just me") });
+                }
+                HandlerResult::Ok(())
+            }
+        });
+        let (listener, dialer) = memory::listener();
+        server.listen(listener, Json).unwrap();
+        let mut seen = std::collections::BTreeSet::new();
+        for _ in 0..4 {
+            let conn = Client::new().connect(dialer.clone(), Json).await.unwrap();
+            let who: String = conn.call("who", ()).await.unwrap();
+            seen.insert(who);
+        }
+        assert_eq!(
+            seen.into_iter().collect::<Vec<_>>(),
+            ["everyone", "just me"]
+        );
+    })
+    .await
+}
+
+#[tokio::test]
+async fn body_passes_between_handlers_untouched() {
+    within(async {
+        let server = Server::new();
+        server.on("relay", |body: Body| async move { HandlerResult::Ok(body) });
+        let (listener, dialer) = memory::listener();
+        server.listen(listener, Json).unwrap();
+        let conn = Client::new().connect(dialer, Json).await.unwrap();
+        let sent =
+            serde_json::value::RawValue::from_string(r#"{ "b" : [1,2], "a":"x" }"#.into()).unwrap();
+        let body: Body = conn.call("relay", &sent).await.unwrap();
+        let (raw, _) = body.raw().unwrap();
+        assert_eq!(&raw[..], br#"{ "b" : [1,2], "a":"x" }"#);
+    })
+    .await
+}
+
+#[test]
+#[should_panic(expected = "reserved")]
+fn reply_actions_cannot_have_handlers() {
+    Server::new().on("drs.response", || async { HandlerResult::Ok(()) });
+}
