@@ -1,0 +1,274 @@
+//! Drives `demo_server` as a separate process through plain TCP sockets,
+//! writing and reading raw JSON lines, as a program in another language would.
+
+use std::{
+    io::{BufRead, BufReader, Read, Write},
+    net::{Shutdown, TcpStream},
+    path::PathBuf,
+    process::{Child, Command, Stdio},
+    sync::mpsc,
+    time::Duration,
+};
+
+use serde_json::{json, Value};
+
+/// Bounds every read, so a bug fails the test instead of hanging it.
+const READ_TIMEOUT: Duration = Duration::from_secs(15);
+
+fn example_path(name: &str) -> PathBuf {
+    // Integration tests live in target/<profile>/deps; examples beside it.
+    let exe = std::env::current_exe().expect("test executable path");
+    let profile_dir = exe.parent().and_then(|d| d.parent()).expect("target dir");
+    let path = profile_dir
+        .join("examples")
+        .join(format!("{name}{}", std::env::consts::EXE_SUFFIX));
+    if !path.exists() {
+        // `cargo test` builds examples; a filtered run may not have.
+        let cargo = std::env::var("CARGO").unwrap_or_else(|_| "cargo".into());
+        let status = Command::new(cargo)
+            .args(["build", "-q", "-p", "examples", "--example", name])
+            .status()
+            .expect("run cargo build");
+        assert!(status.success(), "building example {name} failed");
+    }
+    path
+}
+
+struct DemoServer {
+    child: Child,
+    addr: String,
+}
+
+impl DemoServer {
+    fn start() -> Self {
+        let mut child = Command::new(example_path("demo_server"))
+            .args(["--tcp", "127.0.0.1:0"])
+            .env("RUST_LOG", "warn")
+            .stdout(Stdio::piped())
+            .stderr(Stdio::null())
+            .spawn()
+            .expect("start demo_server");
+        let stdout = child.stdout.take().expect("stdout");
+        let (tx, rx) = mpsc::channel();
+        std::thread::spawn(move || {
+            let mut line = String::new();
+            let _ = BufReader::new(stdout).read_line(&mut line);
+            let _ = tx.send(line);
+        });
+        let line = rx.recv_timeout(READ_TIMEOUT).expect("demo_server announced its address");
+        let addr = line
+            .trim()
+            .strip_prefix("listening tcp ")
+            .unwrap_or_else(|| panic!("unexpected first line {line:?}"))
+            .to_string();
+        DemoServer { child, addr }
+    }
+
+    fn client(&self) -> Peer {
+        let stream = TcpStream::connect(&self.addr).expect("connect");
+        stream.set_read_timeout(Some(READ_TIMEOUT)).unwrap();
+        Peer {
+            reader: BufReader::new(stream.try_clone().unwrap()),
+            stream,
+        }
+    }
+
+    fn interrupt(&self) {
+        let status = Command::new("kill")
+            .args(["-INT", &self.child.id().to_string()])
+            .status()
+            .expect("run kill");
+        assert!(status.success());
+    }
+}
+
+impl Drop for DemoServer {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+struct Peer {
+    stream: TcpStream,
+    reader: BufReader<TcpStream>,
+}
+
+impl Peer {
+    fn send(&mut self, line: &str) {
+        self.stream.write_all(line.as_bytes()).unwrap();
+        self.stream.write_all(b"\n").unwrap();
+    }
+
+    fn recv(&mut self) -> Value {
+        let mut line = String::new();
+        let n = self.reader.read_line(&mut line).expect("read a line");
+        assert!(n > 0, "connection closed");
+        assert!(line.ends_with('\n'), "a frame is one line: {line:?}");
+        serde_json::from_str(&line).unwrap_or_else(|e| panic!("not JSON: {line:?}: {e}"))
+    }
+
+    fn call(&mut self, line: &str) -> Value {
+        self.send(line);
+        self.recv()
+    }
+
+    fn expect_eof(&mut self) {
+        let mut rest = Vec::new();
+        self.reader.read_to_end(&mut rest).expect("read to end");
+        assert!(rest.is_empty(), "unexpected: {}", String::from_utf8_lossy(&rest));
+    }
+}
+
+#[test]
+fn a_session_of_raw_json_lines() {
+    let server = DemoServer::start();
+    let mut c = server.client();
+    let pong = c.call(r#"{"key":"p","action":"drs.ping"}"#);
+    assert_eq!(pong["key"], "p");
+    assert!(pong["body"].as_u64().unwrap() > 1_600_000_000_000);
+    assert_eq!(
+        c.call(r#"{"key":"1","action":"echo","body":{"x":[1,"two",null]}}"#),
+        json!({"key":"1","action":"drs.response","body":{"x":[1,"two",null]}})
+    );
+    assert_eq!(
+        c.call(r#"{"key":"2","action":"add","body":{"a":1.5,"b":2}}"#),
+        json!({"key":"2","action":"drs.response","body":3.5})
+    );
+    assert_eq!(
+        c.call(r#"{"key":"3","action":"fail","body":{"message":"nope"}}"#),
+        json!({"key":"3","action":"drs.error","body":{"message":"nope"}})
+    );
+    let boom = c.call(r#"{"key":"4","action":"kaboom"}"#);
+    assert_eq!(boom["action"], "drs.exception");
+    assert!(boom["body"]["message"].as_str().unwrap().contains("kaboom"));
+    assert_eq!(
+        c.call(r#"{"key":"5","action":"missing"}"#),
+        json!({"key":"5","action":"drs.error","body":{"message":"No handlers for missing"}})
+    );
+    let bad = c.call("this is not json");
+    assert_eq!(bad["action"], "drs.error");
+    assert!(bad.get("key").is_none());
+    let no_action = c.call(r#"{"key":"6","body":1}"#);
+    assert_eq!((no_action["key"].as_str(), no_action["action"].as_str()), (Some("6"), Some("drs.error")));
+    let bad_body = c.call(r#"{"key":"7","action":"add","body":{"a":1}}"#);
+    assert_eq!(bad_body["action"], "drs.error");
+    assert!(bad_body["body"]["message"].as_str().unwrap().contains("add"));
+    // CRLF and blank lines are tolerated; a fire gets no reply.
+    c.send("\r\n{\"action\":\"echo\",\"body\":\"fired\"}\r\n\r");
+    assert_eq!(
+        c.call("{\"key\":\"8\",\"action\":\"echo\",\"body\":8}\r"),
+        json!({"key":"8","action":"drs.response","body":8})
+    );
+    // Commands run concurrently: the quick echo overtakes the sleep.
+    c.send(r#"{"key":"slow","action":"sleep","body":{"ms":300}}"#);
+    c.send(r#"{"key":"fast","action":"echo","body":"first"}"#);
+    assert_eq!(c.recv()["key"], "fast");
+    assert_eq!(c.recv(), json!({"key":"slow","action":"drs.response","body":300}));
+}
+
+#[test]
+fn the_server_calls_the_raw_client_back() {
+    let server = DemoServer::start();
+    let mut c = server.client();
+    c.send(r#"{"key":"1","action":"ask_back","body":{"action":"whoami","body":{"q":1},"timeout_ms":5000}}"#);
+    let asked = c.recv();
+    assert_eq!(asked["action"], "whoami");
+    assert_eq!(asked["body"], json!({"q":1}));
+    let key = asked["key"].as_str().expect("a call has a key").to_string();
+    c.send(&json!({"key": key, "action": "drs.response", "body": "a raw socket"}).to_string());
+    assert_eq!(c.recv(), json!({"key":"1","action":"drs.response","body":"a raw socket"}));
+
+    c.send(r#"{"key":"2","action":"ask_back","body":{"action":"whoami"}}"#);
+    let asked = c.recv();
+    c.send(&json!({"key": asked["key"], "action": "drs.error", "body": {"message": "not telling"}}).to_string());
+    assert_eq!(c.recv(), json!({"key":"2","action":"drs.error","body":{"message":"not telling"}}));
+
+    c.send(r#"{"key":"3","action":"ask_back","body":{"action":"whoami","timeout_ms":100}}"#);
+    let _ignored = c.recv();
+    let timed_out = c.recv();
+    assert_eq!((timed_out["key"].as_str(), timed_out["action"].as_str()), (Some("3"), Some("drs.exception")));
+    assert!(timed_out["body"]["message"].as_str().unwrap().contains("timed out"));
+}
+
+#[test]
+fn shout_reaches_every_raw_client() {
+    let server = DemoServer::start();
+    let mut a = server.client();
+    let mut b = server.client();
+    // Both are admitted once they have been answered.
+    a.call(r#"{"key":"p","action":"drs.ping"}"#);
+    b.call(r#"{"key":"p","action":"drs.ping"}"#);
+    a.send(r#"{"key":"s","action":"shout","body":{"hello":"all"}}"#);
+    assert_eq!(b.recv(), json!({"action":"shout","body":{"hello":"all"}}));
+    assert_eq!(a.recv(), json!({"action":"shout","body":{"hello":"all"}}));
+    assert_eq!(a.recv(), json!({"key":"s","action":"drs.response","body":2}));
+}
+
+#[test]
+fn half_closed_client_still_gets_its_replies() {
+    let server = DemoServer::start();
+    let mut c = server.client();
+    c.send(r#"{"key":"1","action":"sleep","body":{"ms":100}}"#);
+    c.send(r#"{"key":"2","action":"echo","body":2}"#);
+    c.stream.shutdown(Shutdown::Write).unwrap();
+    let mut keys = vec![c.recv()["key"].clone(), c.recv()["key"].clone()];
+    keys.sort_by_key(|k| k.to_string());
+    assert_eq!(keys, [json!("1"), json!("2")]);
+    c.expect_eof();
+}
+
+#[test]
+fn bad_peers_do_not_disturb_others() {
+    let server = DemoServer::start();
+    let mut good = server.client();
+    good.call(r#"{"key":"p","action":"drs.ping"}"#);
+
+    // Vanishes in the middle of a call.
+    let mut gone = server.client();
+    gone.send(r#"{"key":"1","action":"sleep","body":{"ms":200}}"#);
+    drop(gone);
+
+    // Sends a line over the 8 MiB limit: told why, then disconnected.
+    let mut big = server.client();
+    let line = format!(r#"{{"key":"1","action":"echo","body":"{}"}}"#, "x".repeat(9 << 20));
+    // The server may close while we are still writing; that is fine.
+    let _ = big.stream.write_all(line.as_bytes());
+    let notice = big.recv();
+    assert_eq!(notice["action"], "drs.error");
+    assert!(notice["body"]["message"].as_str().unwrap().contains("maximum frame size"));
+
+    assert_eq!(
+        good.call(r#"{"key":"still","action":"echo","body":"here"}"#),
+        json!({"key":"still","action":"drs.response","body":"here"})
+    );
+}
+
+#[test]
+fn ctrl_c_shuts_down_gracefully() {
+    let mut server = DemoServer::start();
+    let mut c = server.client();
+    c.call(r#"{"key":"p","action":"drs.ping"}"#);
+    c.send(r#"{"key":"1","action":"sleep","body":{"ms":300}}"#);
+    c.send(r#"{"key":"e","action":"echo","body":1}"#);
+    assert_eq!(c.recv()["key"], "e"); // the sleep is now running
+    server.interrupt();
+    assert_eq!(c.recv(), json!({"key":"1","action":"drs.response","body":300}));
+    c.expect_eof();
+    let status = server.child.wait().unwrap();
+    assert!(status.success(), "{status:?}");
+}
+
+#[test]
+fn bad_arguments_are_refused() {
+    let out = Command::new(example_path("demo_server"))
+        .args(["--tcp", "not-an-address"])
+        .stderr(Stdio::piped())
+        .stdout(Stdio::null())
+        .output()
+        .unwrap();
+    assert!(!out.status.success());
+    assert!(String::from_utf8_lossy(&out.stderr).contains("cannot listen on not-an-address"));
+    let out = Command::new(example_path("demo_server")).arg("--bogus").output().unwrap();
+    assert_eq!(out.status.code(), Some(2));
+}
