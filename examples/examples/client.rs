@@ -18,7 +18,9 @@ use serde_json::{json, Value};
 async fn main() -> ExitCode {
     init_tracing("warn");
     // The in-process server's `kaboom` panics on purpose: keep that to one line.
-    std::panic::set_hook(Box::new(|info| eprintln!("  (server log) handler panicked: {info}")));
+    std::panic::set_hook(Box::new(|info| {
+        eprintln!("  (server log) handler panicked: {info}")
+    }));
     match tour().await {
         Ok(()) => ExitCode::SUCCESS,
         Err(e) => {
@@ -66,7 +68,10 @@ async fn tour() -> Result<(), Box<dyn std::error::Error>> {
     conn.fire("echo", "a one-way command gets no reply").await?;
     println!("fire echo              -> sent, no reply expected");
 
-    match conn.call::<Value>("fail", json!({"message": "invalid input"})).await {
+    match conn
+        .call::<Value>("fail", json!({"message": "invalid input"}))
+        .await
+    {
         Err(Error::Remote(e)) => println!("fail                   -> drs.error: {e}"),
         other => println!("fail                   -> unexpected {other:?}"),
     }
@@ -83,7 +88,10 @@ async fn tour() -> Result<(), Box<dyn std::error::Error>> {
         .timeout(Duration::from_millis(100))
         .await
         .unwrap_err();
-    println!("sleep 1s, timeout 100ms -> {err} (is_timeout: {})", err.is_timeout());
+    println!(
+        "sleep 1s, timeout 100ms -> {err} (is_timeout: {})",
+        err.is_timeout()
+    );
 
     let answer: String = conn
         .call("ask_back", json!({"action": "whoami", "timeout_ms": 1000}))
@@ -112,7 +120,9 @@ async fn futures_join<T: Send + 'static>(
 where
     T: drs_core::FromBody,
 {
-    let handles: Vec<_> = calls.map(|c| tokio::spawn(std::future::IntoFuture::into_future(c))).collect();
+    let handles: Vec<_> = calls
+        .map(|c| tokio::spawn(std::future::IntoFuture::into_future(c)))
+        .collect();
     let mut out = Vec::with_capacity(handles.len());
     for h in handles {
         out.push(h.await.expect("call task")?);

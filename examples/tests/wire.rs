@@ -55,7 +55,9 @@ impl DemoServer {
             let _ = BufReader::new(stdout).read_line(&mut line);
             let _ = tx.send(line);
         });
-        let line = rx.recv_timeout(READ_TIMEOUT).expect("demo_server announced its address");
+        let line = rx
+            .recv_timeout(READ_TIMEOUT)
+            .expect("demo_server announced its address");
         let addr = line
             .trim()
             .strip_prefix("listening tcp ")
@@ -116,7 +118,11 @@ impl Peer {
     fn expect_eof(&mut self) {
         let mut rest = Vec::new();
         self.reader.read_to_end(&mut rest).expect("read to end");
-        assert!(rest.is_empty(), "unexpected: {}", String::from_utf8_lossy(&rest));
+        assert!(
+            rest.is_empty(),
+            "unexpected: {}",
+            String::from_utf8_lossy(&rest)
+        );
     }
 }
 
@@ -150,10 +156,16 @@ fn a_session_of_raw_json_lines() {
     assert_eq!(bad["action"], "drs.error");
     assert!(bad.get("key").is_none());
     let no_action = c.call(r#"{"key":"6","body":1}"#);
-    assert_eq!((no_action["key"].as_str(), no_action["action"].as_str()), (Some("6"), Some("drs.error")));
+    assert_eq!(
+        (no_action["key"].as_str(), no_action["action"].as_str()),
+        (Some("6"), Some("drs.error"))
+    );
     let bad_body = c.call(r#"{"key":"7","action":"add","body":{"a":1}}"#);
     assert_eq!(bad_body["action"], "drs.error");
-    assert!(bad_body["body"]["message"].as_str().unwrap().contains("add"));
+    assert!(bad_body["body"]["message"]
+        .as_str()
+        .unwrap()
+        .contains("add"));
     // CRLF and blank lines are tolerated; a fire gets no reply.
     c.send("\r\n{\"action\":\"echo\",\"body\":\"fired\"}\r\n\r");
     assert_eq!(
@@ -164,7 +176,10 @@ fn a_session_of_raw_json_lines() {
     c.send(r#"{"key":"slow","action":"sleep","body":{"ms":300}}"#);
     c.send(r#"{"key":"fast","action":"echo","body":"first"}"#);
     assert_eq!(c.recv()["key"], "fast");
-    assert_eq!(c.recv(), json!({"key":"slow","action":"drs.response","body":300}));
+    assert_eq!(
+        c.recv(),
+        json!({"key":"slow","action":"drs.response","body":300})
+    );
 }
 
 #[test]
@@ -177,18 +192,33 @@ fn the_server_calls_the_raw_client_back() {
     assert_eq!(asked["body"], json!({"q":1}));
     let key = asked["key"].as_str().expect("a call has a key").to_string();
     c.send(&json!({"key": key, "action": "drs.response", "body": "a raw socket"}).to_string());
-    assert_eq!(c.recv(), json!({"key":"1","action":"drs.response","body":"a raw socket"}));
+    assert_eq!(
+        c.recv(),
+        json!({"key":"1","action":"drs.response","body":"a raw socket"})
+    );
 
     c.send(r#"{"key":"2","action":"ask_back","body":{"action":"whoami"}}"#);
     let asked = c.recv();
-    c.send(&json!({"key": asked["key"], "action": "drs.error", "body": {"message": "not telling"}}).to_string());
-    assert_eq!(c.recv(), json!({"key":"2","action":"drs.error","body":{"message":"not telling"}}));
+    c.send(
+        &json!({"key": asked["key"], "action": "drs.error", "body": {"message": "not telling"}})
+            .to_string(),
+    );
+    assert_eq!(
+        c.recv(),
+        json!({"key":"2","action":"drs.error","body":{"message":"not telling"}})
+    );
 
     c.send(r#"{"key":"3","action":"ask_back","body":{"action":"whoami","timeout_ms":100}}"#);
     let _ignored = c.recv();
     let timed_out = c.recv();
-    assert_eq!((timed_out["key"].as_str(), timed_out["action"].as_str()), (Some("3"), Some("drs.exception")));
-    assert!(timed_out["body"]["message"].as_str().unwrap().contains("timed out"));
+    assert_eq!(
+        (timed_out["key"].as_str(), timed_out["action"].as_str()),
+        (Some("3"), Some("drs.exception"))
+    );
+    assert!(timed_out["body"]["message"]
+        .as_str()
+        .unwrap()
+        .contains("timed out"));
 }
 
 #[test]
@@ -202,7 +232,10 @@ fn shout_reaches_every_raw_client() {
     a.send(r#"{"key":"s","action":"shout","body":{"hello":"all"}}"#);
     assert_eq!(b.recv(), json!({"action":"shout","body":{"hello":"all"}}));
     assert_eq!(a.recv(), json!({"action":"shout","body":{"hello":"all"}}));
-    assert_eq!(a.recv(), json!({"key":"s","action":"drs.response","body":2}));
+    assert_eq!(
+        a.recv(),
+        json!({"key":"s","action":"drs.response","body":2})
+    );
 }
 
 #[test]
@@ -231,12 +264,18 @@ fn bad_peers_do_not_disturb_others() {
 
     // Sends a line over the 8 MiB limit: told why, then disconnected.
     let mut big = server.client();
-    let line = format!(r#"{{"key":"1","action":"echo","body":"{}"}}"#, "x".repeat(9 << 20));
+    let line = format!(
+        r#"{{"key":"1","action":"echo","body":"{}"}}"#,
+        "x".repeat(9 << 20)
+    );
     // The server may close while we are still writing; that is fine.
     let _ = big.stream.write_all(line.as_bytes());
     let notice = big.recv();
     assert_eq!(notice["action"], "drs.error");
-    assert!(notice["body"]["message"].as_str().unwrap().contains("maximum frame size"));
+    assert!(notice["body"]["message"]
+        .as_str()
+        .unwrap()
+        .contains("maximum frame size"));
 
     assert_eq!(
         good.call(r#"{"key":"still","action":"echo","body":"here"}"#),
@@ -253,7 +292,10 @@ fn ctrl_c_shuts_down_gracefully() {
     c.send(r#"{"key":"e","action":"echo","body":1}"#);
     assert_eq!(c.recv()["key"], "e"); // the sleep is now running
     server.interrupt();
-    assert_eq!(c.recv(), json!({"key":"1","action":"drs.response","body":300}));
+    assert_eq!(
+        c.recv(),
+        json!({"key":"1","action":"drs.response","body":300})
+    );
     c.expect_eof();
     let status = server.child.wait().unwrap();
     assert!(status.success(), "{status:?}");
@@ -269,6 +311,20 @@ fn bad_arguments_are_refused() {
         .unwrap();
     assert!(!out.status.success());
     assert!(String::from_utf8_lossy(&out.stderr).contains("cannot listen on not-an-address"));
-    let out = Command::new(example_path("demo_server")).arg("--bogus").output().unwrap();
+    let out = Command::new(example_path("demo_server"))
+        .arg("--bogus")
+        .output()
+        .unwrap();
     assert_eq!(out.status.code(), Some(2));
+}
+
+#[test]
+fn readme_example_is_the_hello_example() {
+    let root = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("..");
+    let readme = std::fs::read_to_string(root.join("README.md")).unwrap();
+    let hello = std::fs::read_to_string(root.join("examples/examples/hello.rs")).unwrap();
+    assert!(
+        readme.contains(&format!("```rust\n{hello}```")),
+        "README.md must show examples/examples/hello.rs verbatim"
+    );
 }

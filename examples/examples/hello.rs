@@ -1,0 +1,26 @@
+//! The README's example: a server and a client in one program.
+use drs_core::{Client, HandlerResult, Server};
+use drs_protocol_json::Json;
+use drs_transport_tcp::{TcpDialer, TcpListener};
+
+#[derive(serde::Deserialize)]
+struct Add {
+    a: f64,
+    b: f64,
+}
+
+#[tokio::main]
+async fn main() -> Result<(), Box<dyn std::error::Error>> {
+    let server = Server::new();
+    server.on("add", |args: Add| async move {
+        HandlerResult::Ok(args.a + args.b)
+    });
+    let addr = server.listen(TcpListener::bind("127.0.0.1:0").await?, Json)?;
+
+    let conn = Client::new().connect(TcpDialer::new(&addr), Json).await?;
+    let sum: f64 = conn
+        .call("add", serde_json::json!({"a": 1, "b": 2}))
+        .await?;
+    println!("1 + 2 = {sum}");
+    Ok(())
+}
