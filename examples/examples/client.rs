@@ -114,11 +114,9 @@ async fn tour() -> Result<(), Box<dyn std::error::Error>> {
 }
 
 /// Awaits every call, in order.
-async fn futures_join<T: Send + 'static>(
-    calls: impl Iterator<Item = drs_core::Call<T>>,
-) -> Result<Vec<T>, Error>
+async fn futures_join<T>(calls: impl Iterator<Item = drs_core::Call<T>>) -> Result<Vec<T>, Error>
 where
-    T: drs_core::FromBody,
+    T: drs_core::FromBody + Send + 'static,
 {
     let handles: Vec<_> = calls
         .map(|c| tokio::spawn(std::future::IntoFuture::into_future(c)))
