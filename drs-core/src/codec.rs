@@ -38,6 +38,35 @@ impl FrameTooLarge {
     }
 }
 
+/// A frame the transport could not hand over as a frame of the protocol's
+/// kind (e.g. a binary WebSocket message for a text protocol). Transports
+/// report it as an [`io::Error`] of kind `InvalidData` wrapping this type and
+/// keep going; the connection answers with a keyless `drs.error` and skips
+/// the frame, as it does for a frame that does not decode.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[error("{reason}")]
+pub struct BadFrame {
+    /// What was wrong with the frame.
+    pub reason: String,
+}
+
+impl BadFrame {
+    /// Wraps a reason in an `io::Error` of kind `InvalidData`.
+    pub fn io(reason: impl Into<String>) -> io::Error {
+        io::Error::new(
+            io::ErrorKind::InvalidData,
+            BadFrame {
+                reason: reason.into(),
+            },
+        )
+    }
+
+    /// Finds a `BadFrame` inside an `io::Error`.
+    pub fn find(err: &io::Error) -> Option<&BadFrame> {
+        err.get_ref().and_then(|e| e.downcast_ref::<BadFrame>())
+    }
+}
+
 /// Delimits frames on a byte stream: newline-terminated lines or 4-byte
 /// big-endian length prefixes, with a maximum frame size.
 ///

@@ -78,7 +78,7 @@ mod sync;
 mod transport;
 
 pub use client::{connect, Client};
-pub use codec::{FrameCodec, FrameTooLarge, FramedIo};
+pub use codec::{BadFrame, FrameCodec, FrameTooLarge, FramedIo};
 pub use command::{is_reply_action, Body, Command, FromBody, ERROR, EXCEPTION, PING, RESPONSE};
 pub use conn::{Call, Conn, ConnConfig};
 pub use error::{Error, RemoteError};

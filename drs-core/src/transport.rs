@@ -19,8 +19,10 @@ pub const DEFAULT_MAX_FRAME_LEN: usize = 8 * 1024 * 1024;
 ///
 /// Contract: each item is one whole frame, without delimiter. An inbound
 /// frame over the maximum size is reported as an error wrapping
-/// [`FrameTooLarge`](crate::FrameTooLarge); the stream ends (`None`) when the
-/// peer closes. The sink may buffer: frames are only guaranteed to be sent
+/// [`FrameTooLarge`](crate::FrameTooLarge) (the connection is then closed);
+/// a frame of the wrong kind as one wrapping [`BadFrame`](crate::BadFrame)
+/// (skipped, the stream goes on); any other error ends the connection. The
+/// stream ends (`None`) when the peer closes. The sink may buffer: frames are only guaranteed to be sent
 /// after `poll_flush`.
 pub trait Transport:
     Stream<Item = io::Result<Bytes>> + Sink<Bytes, Error = io::Error> + Send + Unpin + 'static

@@ -236,3 +236,28 @@ fn go_drs_style_frames_decode() {
         "No handlers for x"
     );
 }
+
+#[test]
+fn deep_nesting_is_an_error_not_a_crash() {
+    let deep = format!(
+        r#"{{"key":"d","action":"a","body":{}{}}}"#,
+        "[".repeat(100_000),
+        "]".repeat(100_000)
+    );
+    // The frame decodes (the body is only skipped over, without recursion)…
+    let cmd = Json.decode(Bytes::from(deep)).unwrap();
+    // …and deserializing or transcoding it stops at serde_json's limit.
+    let err = cmd.body.deserialize::<Value>().unwrap_err();
+    assert!(err.message().contains("recursion limit"), "{err}");
+    let mut out = BytesMut::new();
+    assert!(drs_protocol_msgpack::MsgPack
+        .encode(&Outgoing::new("a").body(OutBody::Raw(&cmd.body)), &mut out)
+        .is_err());
+    let ok = format!(
+        r#"{{"action":"a","body":{}{}}}"#,
+        "[".repeat(100),
+        "]".repeat(100)
+    );
+    let cmd = Json.decode(Bytes::from(ok)).unwrap();
+    assert!(cmd.body.deserialize::<Value>().is_ok());
+}

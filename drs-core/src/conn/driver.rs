@@ -32,7 +32,7 @@ use tracing::Instrument;
 
 use super::{encode_frame, Conn, Reply, ReplyKind, Shared};
 use crate::{
-    codec::FrameTooLarge,
+    codec::{BadFrame, FrameTooLarge},
     command::{Command, MessageBody, ERROR, EXCEPTION, RESPONSE},
     handler::{Msg, Outcome},
     protocol::{encode_into, DecodeError, OutBody, Outgoing},
@@ -278,6 +278,13 @@ impl<T: Transport> Driver<T> {
                     Poll::Ready(Some(Ok(frame))) => {
                         progress = true;
                         self.on_frame(frame, cx);
+                    }
+                    Poll::Ready(Some(Err(e))) if BadFrame::find(&e).is_some() => {
+                        progress = true;
+                        let reason = BadFrame::find(&e)
+                            .map(|b| b.reason.clone())
+                            .unwrap_or_default();
+                        self.on_bad_frame(DecodeError::new(reason));
                     }
                     Poll::Ready(Some(Err(e))) => {
                         progress = true;
