@@ -22,7 +22,10 @@ use drs_core::{
     Outgoing, Protocol, Server, Transport,
 };
 use drs_protocol_json::Json;
+use drs_protocol_msgpack::MsgPack;
+use drs_transport_ipc::{IpcDialer, IpcListener};
 use drs_transport_tcp::{TcpDialer, TcpListener};
+use drs_transport_ws::{WsConfig, WsDialer, WsListener};
 use futures::{SinkExt, StreamExt};
 use serde::Deserialize;
 use serde_json::{json, Value};
@@ -41,6 +44,22 @@ pub enum Net {
     Memory,
     /// TCP on 127.0.0.1, port 0.
     Tcp,
+    /// WebSocket on 127.0.0.1, port 0.
+    Ws,
+    /// A Unix domain socket (a named pipe on Windows) in the temp directory.
+    Ipc,
+}
+
+impl Net {
+    /// The transport's name in [`ConnInfo`](drs_core::ConnInfo).
+    pub fn name(&self) -> &'static str {
+        match self {
+            Net::Memory => "memory",
+            Net::Tcp => "tcp",
+            Net::Ws => "ws",
+            Net::Ipc => "ipc",
+        }
+    }
 }
 
 /// A protocol under test.
@@ -49,6 +68,8 @@ pub enum Net {
 pub enum Proto {
     /// DRS v1 JSON.
     Json,
+    /// MessagePack.
+    MsgPack,
 }
 
 impl Proto {
@@ -56,6 +77,9 @@ impl Proto {
     pub fn frame_without_action(&self, key: &str) -> Bytes {
         match self {
             Proto::Json => Bytes::from(json!({ "key": key }).to_string()),
+            Proto::MsgPack => {
+                Bytes::from(rmp_serde::to_vec_named(&json!({ "key": key })).expect("encode"))
+            }
         }
     }
 }
@@ -79,6 +103,7 @@ impl Pair {
     pub fn protocol(&self) -> Arc<dyn Protocol> {
         match self.proto {
             Proto::Json => Arc::new(Json),
+            Proto::MsgPack => Arc::new(MsgPack),
         }
     }
 
@@ -101,6 +126,21 @@ impl Pair {
                         .expect("listen"),
                 )
             }
+            Net::Ws => {
+                let listener = WsListener::bind("127.0.0.1:0").await.expect("bind");
+                let addr = server
+                    .listen_arc(listener, protocol.clone())
+                    .expect("listen");
+                Place::Ws(format!("ws://{addr}/socket?suite=1"))
+            }
+            Net::Ipc => {
+                let path = temp_socket_path();
+                let listener = IpcListener::bind(path.clone()).expect("bind");
+                server
+                    .listen_arc(listener, protocol.clone())
+                    .expect("listen");
+                Place::Ipc(path)
+            }
         };
         Endpoint { place, protocol }
     }
@@ -110,6 +150,32 @@ impl Pair {
 pub(crate) enum Place {
     Memory(MemoryDialer),
     Tcp(String),
+    Ws(String),
+    Ipc(String),
+}
+
+/// A fresh socket path for this process.
+fn temp_socket_path() -> String {
+    static NEXT: AtomicUsize = AtomicUsize::new(0);
+    let n = NEXT.fetch_add(1, Ordering::Relaxed);
+    let path = std::env::temp_dir().join(format!("drs-suite-{}-{n}.sock", std::process::id()));
+    path.to_string_lossy().into_owned()
+}
+
+impl Place {
+    /// Dials this place with a client.
+    pub(crate) async fn dial(
+        &self,
+        client: Client,
+        protocol: Arc<dyn Protocol>,
+    ) -> Result<Conn, drs_core::Error> {
+        match self {
+            Place::Memory(d) => client.connect(d.clone(), protocol).await,
+            Place::Tcp(addr) => client.connect(TcpDialer::new(addr), protocol).await,
+            Place::Ws(url) => client.connect(WsDialer::new(url), protocol).await,
+            Place::Ipc(path) => client.connect(IpcDialer::new(path), protocol).await,
+        }
+    }
 }
 
 /// Where a test server listens.
@@ -122,12 +188,10 @@ pub struct Endpoint {
 impl Endpoint {
     /// Connects a client built by `client`.
     pub async fn connect_with(&self, client: Client) -> Conn {
-        let protocol = self.protocol.clone();
-        match &self.place {
-            Place::Memory(d) => client.connect(d.clone(), protocol).await,
-            Place::Tcp(addr) => client.connect(TcpDialer::new(addr), protocol).await,
-        }
-        .expect("connect")
+        self.place
+            .dial(client, self.protocol.clone())
+            .await
+            .expect("connect")
     }
 
     /// Connects a default client.
@@ -148,6 +212,16 @@ impl Endpoint {
                 let stream = tokio::net::TcpStream::connect(addr).await.expect("connect");
                 Box::new(FramedIo::new(stream, spec))
             }
+            Place::Ws(url) => {
+                let dialer = WsDialer::new(url).config(WsConfig::default().keepalive(None));
+                Box::new(drs_core::Dialer::dial(&dialer, spec).await.expect("dial").0)
+            }
+            Place::Ipc(path) => Box::new(
+                drs_core::Dialer::dial(&IpcDialer::new(path), spec)
+                    .await
+                    .expect("dial")
+                    .0,
+            ),
         };
         RawPeer {
             io,
@@ -178,12 +252,22 @@ impl RawPeer {
 
     /// Encodes and sends a command with a JSON-valued body.
     pub async fn send(&mut self, key: Option<&str>, action: &str, body: Value) {
+        self.try_send(key, action, body).await.expect("send frame");
+    }
+
+    /// Like [`send`](Self::send), for when the server may already be gone.
+    pub async fn try_send(
+        &mut self,
+        key: Option<&str>,
+        action: &str,
+        body: Value,
+    ) -> std::io::Result<()> {
         let mut buf = BytesMut::new();
         let out = Outgoing::new(action)
             .key(key)
             .body(drs_core::OutBody::Value(&body));
         self.protocol.encode(&out, &mut buf).expect("encode");
-        self.send_frame(buf.freeze()).await;
+        self.io.send(buf.freeze()).await
     }
 
     /// The next command from the server, or `None` once it closed the connection.

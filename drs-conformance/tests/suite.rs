@@ -3,4 +3,10 @@
 use drs_conformance::{conformance_suite, Net, Pair, Proto};
 
 conformance_suite!(memory_json, Pair::new(Net::Memory, Proto::Json));
+conformance_suite!(memory_msgpack, Pair::new(Net::Memory, Proto::MsgPack));
 conformance_suite!(tcp_json, Pair::new(Net::Tcp, Proto::Json));
+conformance_suite!(tcp_msgpack, Pair::new(Net::Tcp, Proto::MsgPack));
+conformance_suite!(ws_json, Pair::new(Net::Ws, Proto::Json));
+conformance_suite!(ws_msgpack, Pair::new(Net::Ws, Proto::MsgPack));
+conformance_suite!(ipc_json, Pair::new(Net::Ipc, Proto::Json));
+conformance_suite!(ipc_msgpack, Pair::new(Net::Ipc, Proto::MsgPack));

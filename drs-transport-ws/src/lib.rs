@@ -1,0 +1,578 @@
+//! WebSocket for drs: [`WsListener`] for servers, [`WsDialer`] (and
+//! [`connect`]) for clients.
+//!
+//! - One command per message: text messages for text protocols (JSON; a
+//!   trailing newline is tolerated, the Go DRS sends one), binary messages
+//!   for binary protocols (MessagePack). A message of the other kind is
+//!   answered with a `drs.error` and skipped.
+//! - Any path is accepted. The request target, with its query string, is in
+//!   [`ConnInfo::target`](drs_core::ConnInfo), so an `on_connect` hook can
+//!   authenticate (`conn.info().query_param("token")`) or reject.
+//! - Keepalive: a ping every [`WsConfig::keepalive`] interval (default 30 s);
+//!   a peer that sends nothing for a whole interval after a ping is
+//!   disconnected, and its pending calls fail at once.
+//! - Limits: messages and frames up to the core's maximum frame size (8 MiB
+//!   by default; larger ones get a `drs.error` and a disconnect), and a
+//!   bounded write buffer. Close frames are answered and sent.
+//! - A plain HTTP request (no upgrade) gets a page registered with
+//!   [`WsListener::page`], or `426 Upgrade Required`.
+//!
+//! A browser needs nothing but `new WebSocket("ws://127.0.0.1:12001/socket")`
+//! and `JSON.stringify`.
+//!
+//! ```no_run
+//! # async fn f() -> Result<(), drs_core::Error> {
+//! use drs_core::{HandlerResult, Server};
+//! use drs_protocol_json::Json;
+//! use drs_transport_ws::WsListener;
+//!
+//! let server = Server::new();
+//! server.on("echo", |body: drs_core::Body| async move { HandlerResult::Ok(body) });
+//! let addr = server.listen(WsListener::bind("127.0.0.1:0").await?, Json)?;
+//!
+//! let conn = drs_transport_ws::connect(&format!("ws://{addr}/socket"), Json).await?;
+//! let back: String = conn.call("echo", "hi").await?;
+//! # Ok(()) }
+//! ```
+
+use std::{
+    collections::HashMap,
+    future::Future,
+    io,
+    pin::Pin,
+    sync::Arc,
+    task::{Context, Poll},
+    time::Duration,
+};
+
+use bytes::{Bytes, BytesMut};
+use drs_core::{
+    BadFrame, Client, Conn, ConnInfo, Dialer, Error, FrameKind, FrameSpec, FrameTooLarge, Listener,
+    Protocol,
+};
+use futures::{Sink, Stream};
+use tokio::{
+    io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt, ReadBuf},
+    net::{TcpStream, ToSocketAddrs},
+    time::Sleep,
+};
+use tokio_tungstenite::{
+    tungstenite::{
+        self,
+        error::CapacityError,
+        handshake::server::{Request, Response},
+        protocol::WebSocketConfig,
+        Message, Utf8Bytes,
+    },
+    MaybeTlsStream, WebSocketStream,
+};
+
+/// Settings of WebSocket connections.
+#[derive(Debug, Clone)]
+#[non_exhaustive]
+pub struct WsConfig {
+    /// Interval between pings; `None` turns keepalive off. Default 30 s.
+    pub keepalive: Option<Duration>,
+    /// Bytes that may wait in the write buffer beyond one maximum frame
+    /// before writes wait. Default 1 MiB.
+    pub write_buffer: usize,
+}
+
+impl Default for WsConfig {
+    fn default() -> Self {
+        Self {
+            keepalive: Some(Duration::from_secs(30)),
+            write_buffer: 1 << 20,
+        }
+    }
+}
+
+impl WsConfig {
+    /// Sets the keepalive interval (`None`: no pings).
+    pub fn keepalive(mut self, interval: Option<Duration>) -> Self {
+        self.keepalive = interval;
+        self
+    }
+
+    /// Sets the write buffer allowance.
+    pub fn write_buffer(mut self, bytes: usize) -> Self {
+        self.write_buffer = bytes;
+        self
+    }
+
+    fn tungstenite(&self, spec: FrameSpec) -> WebSocketConfig {
+        WebSocketConfig::default()
+            .read_buffer_size(16 * 1024)
+            .write_buffer_size(64 * 1024)
+            .max_write_buffer_size(64 * 1024 + spec.max_frame_len + self.write_buffer)
+            .max_message_size(Some(spec.max_frame_len))
+            .max_frame_size(Some(spec.max_frame_len))
+    }
+}
+
+/// A WebSocket connection carrying drs frames.
+pub struct WsTransport<S> {
+    ws: WebSocketStream<S>,
+    kind: FrameKind,
+    limit: usize,
+    keepalive: Option<Keepalive>,
+    /// A pong (or ping) is queued in tungstenite and must be flushed.
+    flush_control: bool,
+}
+
+struct Keepalive {
+    interval: Duration,
+    timer: Pin<Box<Sleep>>,
+    /// A ping went out and nothing has come back since.
+    waiting: bool,
+}
+
+impl<S> std::fmt::Debug for WsTransport<S> {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("WsTransport")
+            .field("kind", &self.kind)
+            .field("limit", &self.limit)
+            .field("keepalive", &self.keepalive.as_ref().map(|k| k.interval))
+            .finish_non_exhaustive()
+    }
+}
+
+impl<S> WsTransport<S> {
+    /// Wraps an established WebSocket.
+    pub fn new(ws: WebSocketStream<S>, spec: FrameSpec, config: &WsConfig) -> Self {
+        Self {
+            ws,
+            kind: spec.frame_kind(),
+            limit: spec.max_frame_len,
+            keepalive: config.keepalive.map(|interval| Keepalive {
+                interval,
+                timer: Box::pin(tokio::time::sleep(interval)),
+                waiting: false,
+            }),
+            flush_control: false,
+        }
+    }
+}
+
+fn ws_error(e: tungstenite::Error, limit: usize) -> io::Error {
+    match e {
+        tungstenite::Error::Io(e) => e,
+        tungstenite::Error::Capacity(CapacityError::MessageTooLong { .. }) => {
+            FrameTooLarge { limit }.into_io()
+        }
+        tungstenite::Error::Capacity(e) => io::Error::new(io::ErrorKind::InvalidData, e),
+        tungstenite::Error::ConnectionClosed | tungstenite::Error::AlreadyClosed => {
+            io::Error::new(io::ErrorKind::NotConnected, "the WebSocket is closed")
+        }
+        tungstenite::Error::WriteBufferFull(_) => {
+            io::Error::new(io::ErrorKind::WouldBlock, "write buffer full")
+        }
+        other => io::Error::new(io::ErrorKind::InvalidData, other.to_string()),
+    }
+}
+
+fn kind_name(kind: FrameKind) -> &'static str {
+    match kind {
+        FrameKind::Text => "text",
+        _ => "binary",
+    }
+}
+
+impl<S: AsyncRead + AsyncWrite + Unpin> Stream for WsTransport<S> {
+    type Item = io::Result<Bytes>;
+
+    fn poll_next(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Option<Self::Item>> {
+        let this = self.get_mut();
+        loop {
+            if let Some(ka) = &mut this.keepalive {
+                if ka.timer.as_mut().poll(cx).is_ready() {
+                    if ka.waiting {
+                        return Poll::Ready(Some(Err(io::Error::new(
+                            io::ErrorKind::TimedOut,
+                            "the peer stopped answering pings",
+                        ))));
+                    }
+                    if let Poll::Ready(Ok(())) = Pin::new(&mut this.ws).poll_ready(cx) {
+                        if Pin::new(&mut this.ws)
+                            .start_send(Message::Ping(Bytes::new()))
+                            .is_ok()
+                        {
+                            ka.waiting = true;
+                            this.flush_control = true;
+                        }
+                    }
+                    let next = tokio::time::Instant::now() + ka.interval;
+                    ka.timer.as_mut().reset(next);
+                    continue;
+                }
+            }
+            if this.flush_control {
+                if let Poll::Ready(res) = Pin::new(&mut this.ws).poll_flush(cx) {
+                    this.flush_control = false;
+                    if let Err(e) = res {
+                        return Poll::Ready(Some(Err(ws_error(e, this.limit))));
+                    }
+                }
+            }
+            let msg = match Pin::new(&mut this.ws).poll_next(cx) {
+                Poll::Pending => return Poll::Pending,
+                Poll::Ready(None) => return Poll::Ready(None),
+                Poll::Ready(Some(Err(
+                    tungstenite::Error::ConnectionClosed | tungstenite::Error::AlreadyClosed,
+                ))) => return Poll::Ready(None),
+                Poll::Ready(Some(Err(e))) => {
+                    return Poll::Ready(Some(Err(ws_error(e, this.limit))))
+                }
+                Poll::Ready(Some(Ok(msg))) => msg,
+            };
+            if let Some(ka) = &mut this.keepalive {
+                ka.waiting = false;
+            }
+            let (got, frame) = match msg {
+                Message::Text(text) => (FrameKind::Text, trim_newline(Bytes::from(text))),
+                Message::Binary(bytes) => (FrameKind::Binary, bytes),
+                // Tungstenite queues the pong; it goes out with the next flush.
+                Message::Ping(_) => {
+                    this.flush_control = true;
+                    continue;
+                }
+                Message::Pong(_) | Message::Frame(_) => continue,
+                // Tungstenite answers the close; the stream then ends.
+                Message::Close(_) => {
+                    this.flush_control = true;
+                    continue;
+                }
+            };
+            if got != this.kind {
+                return Poll::Ready(Some(Err(BadFrame::io(format!(
+                    "expected a {} message, got a {} one",
+                    kind_name(this.kind),
+                    kind_name(got)
+                )))));
+            }
+            return Poll::Ready(Some(Ok(frame)));
+        }
+    }
+}
+
+/// Drops one trailing `\n` or `\r\n`.
+fn trim_newline(mut frame: Bytes) -> Bytes {
+    if frame.last() == Some(&b'\n') {
+        frame.truncate(frame.len() - 1);
+        if frame.last() == Some(&b'\r') {
+            frame.truncate(frame.len() - 1);
+        }
+    }
+    frame
+}
+
+impl<S: AsyncRead + AsyncWrite + Unpin> Sink<Bytes> for WsTransport<S> {
+    type Error = io::Error;
+
+    fn poll_ready(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
+        let limit = self.limit;
+        Pin::new(&mut self.get_mut().ws)
+            .poll_ready(cx)
+            .map_err(|e| ws_error(e, limit))
+    }
+
+    fn start_send(self: Pin<&mut Self>, frame: Bytes) -> io::Result<()> {
+        let this = self.get_mut();
+        if frame.len() > this.limit {
+            return Err(FrameTooLarge { limit: this.limit }.into_io());
+        }
+        let msg = match this.kind {
+            FrameKind::Text => Message::Text(Utf8Bytes::try_from(frame).map_err(|_| {
+                io::Error::new(io::ErrorKind::InvalidInput, "a text frame must be UTF-8")
+            })?),
+            _ => Message::Binary(frame),
+        };
+        Pin::new(&mut this.ws)
+            .start_send(msg)
+            .map_err(|e| ws_error(e, this.limit))
+    }
+
+    fn poll_flush(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
+        let limit = self.limit;
+        Pin::new(&mut self.get_mut().ws)
+            .poll_flush(cx)
+            .map_err(|e| ws_error(e, limit))
+    }
+
+    fn poll_close(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
+        let limit = self.limit;
+        match Pin::new(&mut self.get_mut().ws).poll_close(cx) {
+            Poll::Ready(Err(
+                tungstenite::Error::ConnectionClosed | tungstenite::Error::AlreadyClosed,
+            )) => Poll::Ready(Ok(())),
+            other => other.map_err(|e| ws_error(e, limit)),
+        }
+    }
+}
+
+/// A page served to plain HTTP requests for one path.
+#[derive(Debug, Clone)]
+struct Page {
+    content_type: &'static str,
+    body: Bytes,
+}
+
+/// Accepts WebSocket connections for a [`drs_core::Server`].
+#[derive(Debug)]
+pub struct WsListener {
+    inner: tokio::net::TcpListener,
+    config: WsConfig,
+    pages: Arc<HashMap<String, Page>>,
+}
+
+impl WsListener {
+    /// Binds to `addr` (port 0 picks a free port) with default settings.
+    pub async fn bind(addr: impl ToSocketAddrs) -> io::Result<Self> {
+        Self::bind_with(addr, WsConfig::default()).await
+    }
+
+    /// Binds to `addr` with `config`.
+    pub async fn bind_with(addr: impl ToSocketAddrs, config: WsConfig) -> io::Result<Self> {
+        Ok(Self {
+            inner: tokio::net::TcpListener::bind(addr).await?,
+            config,
+            pages: Arc::default(),
+        })
+    }
+
+    /// Serves `body` to plain HTTP `GET`s of `path` (e.g. the page of a
+    /// browser client); WebSocket upgrades of that path are unaffected.
+    pub fn page(mut self, path: &str, content_type: &'static str, body: impl Into<Bytes>) -> Self {
+        Arc::make_mut(&mut self.pages).insert(
+            path.to_string(),
+            Page {
+                content_type,
+                body: body.into(),
+            },
+        );
+        self
+    }
+}
+
+impl Listener for WsListener {
+    type Io = WsTransport<Replay<TcpStream>>;
+    type Handshake = Pin<Box<dyn Future<Output = io::Result<(Self::Io, ConnInfo)>> + Send>>;
+
+    async fn accept(&mut self, spec: FrameSpec) -> io::Result<Self::Handshake> {
+        let (stream, peer) = self.inner.accept().await?;
+        stream.set_nodelay(true)?;
+        let config = self.config.clone();
+        let pages = self.pages.clone();
+        let mut info = ConnInfo::new("ws").with_peer_addr(peer.to_string());
+        if let Ok(local) = stream.local_addr() {
+            info = info.with_local_addr(local.to_string());
+        }
+        Ok(Box::pin(server_handshake(
+            stream, info, spec, config, pages,
+        )))
+    }
+
+    fn local_addr(&self) -> io::Result<String> {
+        self.inner.local_addr().map(|a| a.to_string())
+    }
+}
+
+/// The most a request head may take.
+const MAX_HEAD: usize = 16 * 1024;
+
+async fn server_handshake(
+    mut stream: TcpStream,
+    info: ConnInfo,
+    spec: FrameSpec,
+    config: WsConfig,
+    pages: Arc<HashMap<String, Page>>,
+) -> io::Result<(WsTransport<Replay<TcpStream>>, ConnInfo)> {
+    // Read the request head ourselves, to answer plain HTTP; then replay it.
+    let mut head = BytesMut::with_capacity(1024);
+    while !head.windows(4).any(|w| w == b"\r\n\r\n") {
+        if head.len() >= MAX_HEAD {
+            stream
+                .write_all(b"HTTP/1.1 431 Request Header Fields Too Large\r\nConnection: close\r\nContent-Length: 0\r\n\r\n")
+                .await?;
+            return Err(io::Error::new(
+                io::ErrorKind::InvalidData,
+                "request head too large",
+            ));
+        }
+        if stream.read_buf(&mut head).await? == 0 {
+            return Err(io::Error::new(
+                io::ErrorKind::UnexpectedEof,
+                "closed during the handshake",
+            ));
+        }
+    }
+    let text = String::from_utf8_lossy(&head);
+    let target = text.split_whitespace().nth(1).unwrap_or("/").to_string();
+    let upgrade = text
+        .lines()
+        .filter_map(|l| l.split_once(':'))
+        .any(|(k, v)| {
+            k.trim().eq_ignore_ascii_case("upgrade") && v.trim().eq_ignore_ascii_case("websocket")
+        });
+    if !upgrade {
+        let path = target.split('?').next().unwrap_or("/");
+        let response = match pages.get(path) {
+            Some(page) => {
+                let mut r = format!(
+                    "HTTP/1.1 200 OK\r\nContent-Type: {}\r\nContent-Length: {}\r\nConnection: close\r\n\r\n",
+                    page.content_type,
+                    page.body.len()
+                )
+                .into_bytes();
+                r.extend_from_slice(&page.body);
+                r
+            }
+            None => {
+                let body = "This is a drs WebSocket endpoint: connect with a WebSocket client.\n";
+                format!(
+                    "HTTP/1.1 426 Upgrade Required\r\nUpgrade: websocket\r\nContent-Type: text/plain\r\nContent-Length: {}\r\nConnection: close\r\n\r\n{body}",
+                    body.len()
+                )
+                .into_bytes()
+            }
+        };
+        stream.write_all(&response).await?;
+        stream.shutdown().await?;
+        return Err(io::Error::other(format!(
+            "answered a plain HTTP request for {path}"
+        )));
+    }
+    let replay = Replay {
+        prefix: head.freeze(),
+        inner: stream,
+    };
+    let mut seen_target = None;
+    let ws = tokio_tungstenite::accept_hdr_async_with_config(
+        replay,
+        |req: &Request, resp: Response| {
+            seen_target = Some(req.uri().to_string());
+            Ok(resp)
+        },
+        Some(config.tungstenite(spec)),
+    )
+    .await
+    .map_err(|e| ws_error(e, spec.max_frame_len))?;
+    let info = info.with_target(seen_target.unwrap_or(target));
+    Ok((WsTransport::new(ws, spec, &config), info))
+}
+
+/// A stream that first yields bytes already read from it.
+#[derive(Debug)]
+pub struct Replay<S> {
+    prefix: Bytes,
+    inner: S,
+}
+
+impl<S: AsyncRead + Unpin> AsyncRead for Replay<S> {
+    fn poll_read(
+        self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        buf: &mut ReadBuf<'_>,
+    ) -> Poll<io::Result<()>> {
+        let this = self.get_mut();
+        if !this.prefix.is_empty() {
+            let n = this.prefix.len().min(buf.remaining());
+            buf.put_slice(&this.prefix.split_to(n));
+            return Poll::Ready(Ok(()));
+        }
+        Pin::new(&mut this.inner).poll_read(cx, buf)
+    }
+}
+
+impl<S: AsyncWrite + Unpin> AsyncWrite for Replay<S> {
+    fn poll_write(
+        self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        buf: &[u8],
+    ) -> Poll<io::Result<usize>> {
+        Pin::new(&mut self.get_mut().inner).poll_write(cx, buf)
+    }
+
+    fn poll_write_vectored(
+        self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        bufs: &[io::IoSlice<'_>],
+    ) -> Poll<io::Result<usize>> {
+        Pin::new(&mut self.get_mut().inner).poll_write_vectored(cx, bufs)
+    }
+
+    fn is_write_vectored(&self) -> bool {
+        self.inner.is_write_vectored()
+    }
+
+    fn poll_flush(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
+        Pin::new(&mut self.get_mut().inner).poll_flush(cx)
+    }
+
+    fn poll_shutdown(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
+        Pin::new(&mut self.get_mut().inner).poll_shutdown(cx)
+    }
+}
+
+/// Dials a WebSocket URL (`ws://host:port/path?query`).
+#[derive(Debug, Clone)]
+pub struct WsDialer {
+    url: String,
+    config: WsConfig,
+}
+
+impl WsDialer {
+    /// A dialer for `url` with default settings.
+    pub fn new(url: impl Into<String>) -> Self {
+        Self {
+            url: url.into(),
+            config: WsConfig::default(),
+        }
+    }
+
+    /// Sets the WebSocket settings.
+    pub fn config(mut self, config: WsConfig) -> Self {
+        self.config = config;
+        self
+    }
+}
+
+impl Dialer for WsDialer {
+    type Io = WsTransport<MaybeTlsStream<TcpStream>>;
+
+    async fn dial(&self, spec: FrameSpec) -> io::Result<(Self::Io, ConnInfo)> {
+        let (ws, _response) = tokio_tungstenite::connect_async_with_config(
+            self.url.as_str(),
+            Some(self.config.tungstenite(spec)),
+            true,
+        )
+        .await
+        .map_err(|e| match e {
+            tungstenite::Error::Io(e) => e,
+            other => io::Error::new(io::ErrorKind::ConnectionRefused, other.to_string()),
+        })?;
+        let mut info = ConnInfo::new("ws");
+        if let MaybeTlsStream::Plain(tcp) = ws.get_ref() {
+            if let Ok(peer) = tcp.peer_addr() {
+                info = info.with_peer_addr(peer.to_string());
+            }
+            if let Ok(local) = tcp.local_addr() {
+                info = info.with_local_addr(local.to_string());
+            }
+        }
+        let target = self
+            .url
+            .split_once("://")
+            .and_then(|(_, rest)| rest.find('/').map(|i| rest[i..].to_string()))
+            .unwrap_or_else(|| "/".to_string());
+        Ok((
+            WsTransport::new(ws, spec, &self.config),
+            info.with_target(target),
+        ))
+    }
+}
+
+/// Connects to a drs server at a WebSocket `url` with default settings.
+pub async fn connect<P: Protocol>(url: &str, protocol: P) -> Result<Conn, Error> {
+    Client::new().connect(WsDialer::new(url), protocol).await
+}
