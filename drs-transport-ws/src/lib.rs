@@ -447,12 +447,15 @@ async fn server_handshake(
         inner: stream,
     };
     let mut seen_target = None;
+    // The error type is tungstenite's (an HTTP response), not ours to shrink.
+    #[allow(clippy::result_large_err)]
+    let remember_target = |req: &Request, resp: Response| {
+        seen_target = Some(req.uri().to_string());
+        Ok(resp)
+    };
     let ws = tokio_tungstenite::accept_hdr_async_with_config(
         replay,
-        |req: &Request, resp: Response| {
-            seen_target = Some(req.uri().to_string());
-            Ok(resp)
-        },
+        remember_target,
         Some(config.tungstenite(spec)),
     )
     .await
