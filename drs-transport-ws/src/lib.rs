@@ -391,9 +391,8 @@ async fn server_handshake(
     let mut head = BytesMut::with_capacity(1024);
     while !head.windows(4).any(|w| w == b"\r\n\r\n") {
         if head.len() >= MAX_HEAD {
-            stream
-                .write_all(b"HTTP/1.1 431 Request Header Fields Too Large\r\nConnection: close\r\nContent-Length: 0\r\n\r\n")
-                .await?;
+            let response = b"HTTP/1.1 431 Request Header Fields Too Large\r\nConnection: close\r\nContent-Length: 0\r\n\r\n";
+            answer_and_close(stream, response).await?;
             return Err(io::Error::new(
                 io::ErrorKind::InvalidData,
                 "request head too large",
@@ -436,8 +435,7 @@ async fn server_handshake(
                 .into_bytes()
             }
         };
-        stream.write_all(&response).await?;
-        stream.shutdown().await?;
+        answer_and_close(stream, &response).await?;
         return Err(io::Error::other(format!(
             "answered a plain HTTP request for {path}"
         )));
@@ -462,6 +460,22 @@ async fn server_handshake(
     .map_err(|e| ws_error(e, spec.max_frame_len))?;
     let info = info.with_target(seen_target.unwrap_or(target));
     Ok((WsTransport::new(ws, spec, &config), info))
+}
+
+/// Writes a response, then reads (a bounded amount, for a bounded time)
+/// until the client closes: closing with unread input would reset the
+/// connection and could destroy the response before the client reads it.
+async fn answer_and_close(mut stream: TcpStream, response: &[u8]) -> io::Result<()> {
+    stream.write_all(response).await?;
+    stream.shutdown().await?;
+    let mut rest = (&mut stream).take(1 << 20);
+    let mut sink = tokio::io::sink();
+    let _ = tokio::time::timeout(
+        Duration::from_secs(1),
+        tokio::io::copy(&mut rest, &mut sink),
+    )
+    .await;
+    Ok(())
 }
 
 /// A stream that first yields bytes already read from it.
