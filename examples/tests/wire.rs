@@ -1,93 +1,28 @@
 //! Drives `demo_server` as a separate process through plain TCP sockets,
 //! writing and reading raw JSON lines, as a program in another language would.
 
+mod common;
+
 use std::{
     io::{BufRead, BufReader, Read, Write},
     net::{Shutdown, TcpStream},
-    path::PathBuf,
-    process::{Child, Command, Stdio},
-    sync::mpsc,
-    time::Duration,
+    process::{Command, Stdio},
 };
+
+use common::{example_path, DemoServer, READ_TIMEOUT};
 
 use serde_json::{json, Value};
 
-/// Bounds every read, so a bug fails the test instead of hanging it.
-const READ_TIMEOUT: Duration = Duration::from_secs(15);
-
-fn example_path(name: &str) -> PathBuf {
-    // Integration tests live in target/<profile>/deps; examples beside it.
-    let exe = std::env::current_exe().expect("test executable path");
-    let profile_dir = exe.parent().and_then(|d| d.parent()).expect("target dir");
-    let path = profile_dir
-        .join("examples")
-        .join(format!("{name}{}", std::env::consts::EXE_SUFFIX));
-    if !path.exists() {
-        // `cargo test` builds examples; a filtered run may not have.
-        let cargo = std::env::var("CARGO").unwrap_or_else(|_| "cargo".into());
-        let status = Command::new(cargo)
-            .args(["build", "-q", "-p", "examples", "--example", name])
-            .status()
-            .expect("run cargo build");
-        assert!(status.success(), "building example {name} failed");
-    }
-    path
+fn start() -> DemoServer {
+    DemoServer::start(&["--tcp", "127.0.0.1:0"])
 }
 
-struct DemoServer {
-    child: Child,
-    addr: String,
-}
-
-impl DemoServer {
-    fn start() -> Self {
-        let mut child = Command::new(example_path("demo_server"))
-            .args(["--tcp", "127.0.0.1:0"])
-            .env("RUST_LOG", "warn")
-            .stdout(Stdio::piped())
-            .stderr(Stdio::null())
-            .spawn()
-            .expect("start demo_server");
-        let stdout = child.stdout.take().expect("stdout");
-        let (tx, rx) = mpsc::channel();
-        std::thread::spawn(move || {
-            let mut line = String::new();
-            let _ = BufReader::new(stdout).read_line(&mut line);
-            let _ = tx.send(line);
-        });
-        let line = rx
-            .recv_timeout(READ_TIMEOUT)
-            .expect("demo_server announced its address");
-        let addr = line
-            .trim()
-            .strip_prefix("listening tcp ")
-            .unwrap_or_else(|| panic!("unexpected first line {line:?}"))
-            .to_string();
-        DemoServer { child, addr }
-    }
-
-    fn client(&self) -> Peer {
-        let stream = TcpStream::connect(&self.addr).expect("connect");
-        stream.set_read_timeout(Some(READ_TIMEOUT)).unwrap();
-        Peer {
-            reader: BufReader::new(stream.try_clone().unwrap()),
-            stream,
-        }
-    }
-
-    fn interrupt(&self) {
-        let status = Command::new("kill")
-            .args(["-INT", &self.child.id().to_string()])
-            .status()
-            .expect("run kill");
-        assert!(status.success());
-    }
-}
-
-impl Drop for DemoServer {
-    fn drop(&mut self) {
-        let _ = self.child.kill();
-        let _ = self.child.wait();
+fn client(server: &DemoServer) -> Peer {
+    let stream = TcpStream::connect(server.addr(0)).expect("connect");
+    stream.set_read_timeout(Some(READ_TIMEOUT)).unwrap();
+    Peer {
+        reader: BufReader::new(stream.try_clone().unwrap()),
+        stream,
     }
 }
 
@@ -128,8 +63,8 @@ impl Peer {
 
 #[test]
 fn a_session_of_raw_json_lines() {
-    let server = DemoServer::start();
-    let mut c = server.client();
+    let server = start();
+    let mut c = client(&server);
     let pong = c.call(r#"{"key":"p","action":"drs.ping"}"#);
     assert_eq!(pong["key"], "p");
     assert!(pong["body"].as_u64().unwrap() > 1_600_000_000_000);
@@ -184,8 +119,8 @@ fn a_session_of_raw_json_lines() {
 
 #[test]
 fn the_server_calls_the_raw_client_back() {
-    let server = DemoServer::start();
-    let mut c = server.client();
+    let server = start();
+    let mut c = client(&server);
     c.send(r#"{"key":"1","action":"ask_back","body":{"action":"whoami","body":{"q":1},"timeout_ms":5000}}"#);
     let asked = c.recv();
     assert_eq!(asked["action"], "whoami");
@@ -223,9 +158,9 @@ fn the_server_calls_the_raw_client_back() {
 
 #[test]
 fn shout_reaches_every_raw_client() {
-    let server = DemoServer::start();
-    let mut a = server.client();
-    let mut b = server.client();
+    let server = start();
+    let mut a = client(&server);
+    let mut b = client(&server);
     // Both are admitted once they have been answered.
     a.call(r#"{"key":"p","action":"drs.ping"}"#);
     b.call(r#"{"key":"p","action":"drs.ping"}"#);
@@ -240,8 +175,8 @@ fn shout_reaches_every_raw_client() {
 
 #[test]
 fn half_closed_client_still_gets_its_replies() {
-    let server = DemoServer::start();
-    let mut c = server.client();
+    let server = start();
+    let mut c = client(&server);
     c.send(r#"{"key":"1","action":"sleep","body":{"ms":100}}"#);
     c.send(r#"{"key":"2","action":"echo","body":2}"#);
     c.stream.shutdown(Shutdown::Write).unwrap();
@@ -253,17 +188,17 @@ fn half_closed_client_still_gets_its_replies() {
 
 #[test]
 fn bad_peers_do_not_disturb_others() {
-    let server = DemoServer::start();
-    let mut good = server.client();
+    let server = start();
+    let mut good = client(&server);
     good.call(r#"{"key":"p","action":"drs.ping"}"#);
 
     // Vanishes in the middle of a call.
-    let mut gone = server.client();
+    let mut gone = client(&server);
     gone.send(r#"{"key":"1","action":"sleep","body":{"ms":200}}"#);
     drop(gone);
 
     // Sends a line over the 8 MiB limit: told why, then disconnected.
-    let mut big = server.client();
+    let mut big = client(&server);
     let line = format!(
         r#"{{"key":"1","action":"echo","body":"{}"}}"#,
         "x".repeat(9 << 20)
@@ -285,8 +220,8 @@ fn bad_peers_do_not_disturb_others() {
 
 #[test]
 fn ctrl_c_shuts_down_gracefully() {
-    let mut server = DemoServer::start();
-    let mut c = server.client();
+    let mut server = start();
+    let mut c = client(&server);
     c.call(r#"{"key":"p","action":"drs.ping"}"#);
     c.send(r#"{"key":"1","action":"sleep","body":{"ms":300}}"#);
     c.send(r#"{"key":"e","action":"echo","body":1}"#);
@@ -310,7 +245,7 @@ fn bad_arguments_are_refused() {
         .output()
         .unwrap();
     assert!(!out.status.success());
-    assert!(String::from_utf8_lossy(&out.stderr).contains("cannot listen on not-an-address"));
+    assert!(String::from_utf8_lossy(&out.stderr).contains("cannot listen on tcp not-an-address"));
     let out = Command::new(example_path("demo_server"))
         .arg("--bogus")
         .output()

@@ -1,0 +1,140 @@
+//! Programs in another language talk to `demo_server`: Python with the
+//! `websockets` package over WebSocket, the standard library over a Unix
+//! socket, and the `msgpack` package over TCP next to a JSON client.
+//!
+//! CI installs the Python packages (`.ci/run`); where they are missing and
+//! `CI` is not set, these tests say so and pass without running.
+
+mod common;
+
+use std::process::Command;
+
+use common::DemoServer;
+
+fn python_has(modules: &[&str]) -> bool {
+    let probe = format!("import {}", modules.join(", "));
+    let ok = Command::new("python3")
+        .args(["-c", &probe])
+        .status()
+        .map(|s| s.success())
+        .unwrap_or(false);
+    if !ok {
+        assert!(
+            std::env::var_os("CI").is_none(),
+            "CI must have python3 with {modules:?} (see .ci/run)"
+        );
+        eprintln!(
+            "skipping: python3 with {modules:?} is not installed (pip install websockets msgpack)"
+        );
+    }
+    ok
+}
+
+fn run_python(script: &str, args: &[&str]) {
+    let dir = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("python");
+    let out = Command::new("python3")
+        .arg(dir.join(script))
+        .args(args)
+        .current_dir(&dir)
+        .output()
+        .expect("run python3");
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(out.status.success(), "{script} failed:\n{stdout}\n{stderr}");
+    assert!(stdout.contains(" passed, 0 failed"), "{stdout}");
+}
+
+fn socket_path(tag: &str) -> String {
+    std::env::temp_dir()
+        .join(format!("drs-polyglot-{tag}-{}.sock", std::process::id()))
+        .to_string_lossy()
+        .into_owned()
+}
+
+#[test]
+fn python_websockets_client() {
+    if !python_has(&["websockets"]) {
+        return;
+    }
+    let server = DemoServer::start(&["--ws", "127.0.0.1:0"]);
+    assert_eq!(server.listening[0].0, "ws");
+    run_python(
+        "ws_client.py",
+        &[&format!("ws://{}/socket", server.addr(0))],
+    );
+}
+
+#[test]
+fn python_unix_socket_client() {
+    if !python_has(&["socket"]) {
+        return;
+    }
+    let path = socket_path("unix");
+    let server = DemoServer::start(&["--ipc", &path]);
+    assert_eq!(server.listening[0], ("ipc".to_string(), path.clone()));
+    run_python("unix_client.py", &[&path]);
+}
+
+#[test]
+fn python_msgpack_and_json_clients_share_a_server() {
+    if !python_has(&["msgpack"]) {
+        return;
+    }
+    let server = DemoServer::start(&[
+        "--tcp",
+        "127.0.0.1:0",
+        "--protocol",
+        "msgpack",
+        "--tcp",
+        "127.0.0.1:0",
+    ]);
+    run_python("msgpack_client.py", &[server.addr(1), server.addr(0)]);
+}
+
+#[test]
+fn every_transport_at_once() {
+    let path = socket_path("all");
+    let server = DemoServer::start(&[
+        "--tcp",
+        "127.0.0.1:0",
+        "--ws",
+        "127.0.0.1:0",
+        "--ipc",
+        &path,
+    ]);
+    let kinds: Vec<&str> = server.listening.iter().map(|(k, _)| k.as_str()).collect();
+    assert_eq!(kinds, ["tcp", "ws", "ipc"]);
+    assert!(server.addr(1).starts_with("127.0.0.1:"));
+    // The WebSocket port serves the browser page to plain HTTP.
+    let page = http_get(server.addr(1), "/");
+    assert!(
+        page.starts_with("HTTP/1.1 200 OK") && page.contains("new WebSocket"),
+        "{page}"
+    );
+}
+
+fn http_get(addr: &str, path: &str) -> String {
+    use std::io::{Read, Write};
+    let mut s = std::net::TcpStream::connect(addr).unwrap();
+    s.set_read_timeout(Some(common::READ_TIMEOUT)).unwrap();
+    write!(s, "GET {path} HTTP/1.1\r\nHost: {addr}\r\n\r\n").unwrap();
+    let mut out = String::new();
+    s.read_to_string(&mut out).unwrap();
+    out
+}
+
+#[test]
+fn demo_server_refuses_bad_flags() {
+    let out = Command::new(common::example_path("demo_server"))
+        .args(["--protocol", "xml"])
+        .output()
+        .unwrap();
+    assert_eq!(out.status.code(), Some(2));
+    assert!(String::from_utf8_lossy(&out.stderr).contains("unknown protocol `xml`"));
+    let out = Command::new(common::example_path("demo_server"))
+        .arg("--ws")
+        .output()
+        .unwrap();
+    assert_eq!(out.status.code(), Some(2));
+    assert!(String::from_utf8_lossy(&out.stderr).contains("--ws needs a value"));
+}
