@@ -1,0 +1,92 @@
+//! A real browser (headless Chromium) loads the example page from a drs
+//! WebSocket listener and talks to the server with `new WebSocket(url)`:
+//! calls, an exception, the server calling the page back, a broadcast.
+//!
+//! CI installs Chromium (`.ci/run`); where it is missing and `CI` is not
+//! set, this test says so and passes without running.
+
+use std::{process::Command, time::Duration};
+
+use drs_core::{HandlerResult, Server};
+use drs_protocol_json::Json;
+use drs_transport_ws::WsListener;
+use serde_json::Value;
+
+const PAGE: &str = include_str!("../browser/index.html");
+
+fn chromium() -> Option<&'static str> {
+    let found = ["chromium", "chromium-browser", "google-chrome"]
+        .into_iter()
+        .find(|bin| {
+            Command::new(bin)
+                .arg("--version")
+                .output()
+                .is_ok_and(|o| o.status.success())
+        });
+    if found.is_none() {
+        assert!(
+            std::env::var_os("CI").is_none(),
+            "CI must have chromium (see .ci/run)"
+        );
+        eprintln!("skipping: no chromium on this machine (apt-get install chromium)");
+    }
+    found
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_example_page_works_in_a_real_browser() {
+    let Some(browser) = chromium() else { return };
+    let server = Server::new();
+    examples::demo_actions(&server);
+    let (tx, mut reports) = tokio::sync::mpsc::channel::<Value>(1);
+    server.on("selftest.report", move |report: Value| {
+        let tx = tx.clone();
+        async move {
+            tx.send(report).await.ok();
+            HandlerResult::Ok(())
+        }
+    });
+    let listener =
+        WsListener::bind("127.0.0.1:0")
+            .await
+            .unwrap()
+            .page("/", "text/html; charset=utf-8", PAGE);
+    let addr = server.listen(listener, Json).unwrap();
+
+    let profile = std::env::temp_dir().join(format!("drs-chromium-{}", std::process::id()));
+    let mut child = tokio::process::Command::new(browser)
+        .args([
+            "--headless",
+            "--no-sandbox",
+            "--disable-gpu",
+            "--disable-quic",
+            "--no-first-run",
+            "--disable-background-networking",
+            "--disable-component-update",
+            "--disable-sync",
+        ])
+        .arg(format!("--user-data-dir={}", profile.display()))
+        .arg(format!("http://{addr}/?selftest"))
+        .stdout(std::process::Stdio::null())
+        .stderr(std::process::Stdio::null())
+        .kill_on_drop(true)
+        .spawn()
+        .expect("start chromium");
+
+    let report = tokio::time::timeout(Duration::from_secs(60), reports.recv())
+        .await
+        .expect("the page reported within 60 s")
+        .expect("report");
+    let _ = child.kill().await;
+    let _ = std::fs::remove_dir_all(&profile);
+
+    let results = report["results"].as_array().expect("results");
+    assert_eq!(results.len(), 5, "{report:#}");
+    for r in results {
+        assert_eq!(r["ok"], true, "{}: {}", r["name"], r["error"]);
+    }
+    assert!(
+        report["userAgent"].as_str().unwrap().contains("Chrome"),
+        "{report}"
+    );
+}
