@@ -36,7 +36,10 @@ enum Bind {
     Ipc(String),
 }
 
-fn parse(args: impl Iterator<Item = String>) -> Result<Vec<(Bind, Arc<dyn Protocol>)>, String> {
+/// What to listen on, each with its protocol.
+type Listeners = Vec<(Bind, Arc<dyn Protocol>)>;
+
+fn parse(args: impl Iterator<Item = String>) -> Result<Listeners, String> {
     let mut protocol: Arc<dyn Protocol> = Arc::new(Json);
     let mut binds = Vec::new();
     let mut args = args.peekable();
