@@ -1,0 +1,611 @@
+//! The load generator, in its own process: `drs-bench load MODE ...`.
+//!
+//! Closed loop: C connections, K calls in flight on each; a reply's key is
+//! the time its request was sent (ns since the generator started), so
+//! matching a reply needs no table and gives the latency directly. Writes
+//! are batched: every reply read in one go is answered with one write.
+
+use std::{
+    sync::OnceLock,
+    time::{Duration, Instant},
+};
+
+use bytes::{BufMut, Bytes, BytesMut};
+use futures::{FutureExt, SinkExt, StreamExt};
+use hdrhistogram::Histogram;
+use serde_json::json;
+use tokio::{
+    io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt},
+    time::timeout_at,
+};
+use tokio_tungstenite::tungstenite::Message;
+
+type Res<T> = Result<T, Box<dyn std::error::Error + Send + Sync>>;
+
+fn ts() -> u64 {
+    static START: OnceLock<Instant> = OnceLock::new();
+    START.get_or_init(Instant::now).elapsed().as_nanos() as u64
+}
+
+fn histogram() -> Histogram<u64> {
+    Histogram::new_with_bounds(1, 60_000_000_000, 3).expect("histogram bounds")
+}
+
+/// The measuring window: replies before `warm` and after `end` do not count.
+#[derive(Clone, Copy)]
+pub(crate) struct Window {
+    warm: Instant,
+    end: Instant,
+}
+
+impl Window {
+    pub(crate) fn new(warmup: Duration, duration: Duration) -> Self {
+        let warm = Instant::now() + warmup;
+        Self {
+            warm,
+            end: warm + duration,
+        }
+    }
+
+    fn counts(&self, at: Instant) -> bool {
+        at >= self.warm && at < self.end
+    }
+}
+
+/// What a call load run reports.
+fn report(hists: Vec<Histogram<u64>>, window: Window) -> serde_json::Value {
+    let mut all = histogram();
+    for h in hists {
+        all.add(h).expect("same bounds");
+    }
+    let secs = (window.end - window.warm).as_secs_f64();
+    json!({
+        "calls": all.len(),
+        "secs": secs,
+        "rate": all.len() as f64 / secs,
+        "p50_us": all.value_at_quantile(0.5) as f64 / 1000.0,
+        "p99_us": all.value_at_quantile(0.99) as f64 / 1000.0,
+    })
+}
+
+/// The key of a JSON line (`"key":"123"`), as a number.
+pub(crate) fn find_key(line: &[u8]) -> Option<u64> {
+    number_after(line, br#""key":""#)
+}
+
+fn number_after(haystack: &[u8], needle: &[u8]) -> Option<u64> {
+    let at = memchr::memmem::find(haystack, needle)? + needle.len();
+    let digits = haystack[at..].iter().take_while(|b| b.is_ascii_digit());
+    let mut n: u64 = 0;
+    let mut any = false;
+    for d in digits {
+        n = n * 10 + u64::from(d - b'0');
+        any = true;
+    }
+    any.then_some(n)
+}
+
+fn push_json_call(out: &mut BytesMut, key: u64, payload: &str) {
+    out.put_slice(br#"{"key":""#);
+    out.put_slice(key.to_string().as_bytes());
+    out.put_slice(br#"","action":"echo","body":""#);
+    out.put_slice(payload.as_bytes());
+    out.put_slice(b"\"}\n");
+}
+
+fn msgpack_call(key: u64, payload: &str) -> Vec<u8> {
+    let mut m = Vec::with_capacity(payload.len() + 48);
+    let _ = rmp_write(&mut m, key, payload);
+    m
+}
+
+fn rmp_write(m: &mut Vec<u8>, key: u64, payload: &str) -> Res<()> {
+    m.push(0x83);
+    for (k, v) in [("key", key.to_string().as_str()), ("action", "echo")] {
+        write_str(m, k);
+        write_str(m, v);
+    }
+    write_str(m, "body");
+    write_str(m, payload);
+    Ok(())
+}
+
+fn write_str(m: &mut Vec<u8>, s: &str) {
+    let n = s.len();
+    if n < 32 {
+        m.push(0xa0 | n as u8);
+    } else if n < 256 {
+        m.extend_from_slice(&[0xd9, n as u8]);
+    } else if n < 65536 {
+        m.push(0xda);
+        m.extend_from_slice(&(n as u16).to_be_bytes());
+    } else {
+        m.push(0xdb);
+        m.extend_from_slice(&(n as u32).to_be_bytes());
+    }
+    m.extend_from_slice(s.as_bytes());
+}
+
+/// The key of a MessagePack reply: drs writes `key` first.
+fn msgpack_key(frame: &[u8]) -> Option<u64> {
+    let rest = frame.strip_prefix(&[0x83])?.strip_prefix(b"\xa3key")?;
+    let (len, digits) = match *rest.first()? {
+        m @ 0xa0..=0xbf => (usize::from(m & 0x1f), &rest[1..]),
+        0xd9 => (usize::from(*rest.get(1)?), &rest[2..]),
+        _ => return None,
+    };
+    std::str::from_utf8(digits.get(..len)?).ok()?.parse().ok()
+}
+
+/// A call load: `client` is how requests are written and replies read.
+pub(crate) async fn calls(
+    client: &str,
+    addr: &str,
+    conns: usize,
+    inflight: usize,
+    payload: usize,
+    window: Window,
+) -> Res<serde_json::Value> {
+    let payload = "x".repeat(payload);
+    let mut tasks = Vec::new();
+    for _ in 0..conns {
+        let payload = payload.clone();
+        let task: tokio::task::JoinHandle<Res<Vec<Histogram<u64>>>> = match client {
+            "lines" | "msgpack" => {
+                let s = tokio::net::TcpStream::connect(addr).await?;
+                s.set_nodelay(true)?;
+                let (r, w) = s.into_split();
+                let binary = client == "msgpack";
+                tokio::spawn(async move {
+                    stream_loop(r, w, inflight, payload, binary, window)
+                        .await
+                        .map(|h| vec![h])
+                })
+            }
+            "lines-ipc" => {
+                let s = tokio::net::UnixStream::connect(addr).await?;
+                let (r, w) = s.into_split();
+                tokio::spawn(async move {
+                    stream_loop(r, w, inflight, payload, false, window)
+                        .await
+                        .map(|h| vec![h])
+                })
+            }
+            "ws-text" | "ws-msgpack" | "jsonrpc-ws" => {
+                let url = format!("ws://{addr}/socket");
+                let (ws, _) =
+                    tokio_tungstenite::connect_async_with_config(url.as_str(), None, true).await?;
+                let kind = client.to_string();
+                tokio::spawn(async move {
+                    ws_loop(ws, &kind, inflight, payload, window)
+                        .await
+                        .map(|h| vec![h])
+                })
+            }
+            "drs-rust" => {
+                let conn = drs_transport_tcp::connect(addr, drs_protocol_json::Json).await?;
+                tokio::spawn(async move { drs_client(conn, inflight, payload, window).await })
+            }
+            "tarpc" => {
+                let s = tokio::net::TcpStream::connect(addr).await?;
+                s.set_nodelay(true)?;
+                tokio::spawn(async move { tarpc_client(s, inflight, payload, window).await })
+            }
+            other => return Err(format!("unknown client {other}").into()),
+        };
+        tasks.push(task);
+    }
+    let mut hists = Vec::new();
+    for t in tasks {
+        hists.extend(t.await??);
+    }
+    Ok(report(hists, window))
+}
+
+async fn stream_loop<R, W>(
+    mut rd: R,
+    mut wr: W,
+    inflight: usize,
+    payload: String,
+    binary: bool,
+    window: Window,
+) -> Res<Histogram<u64>>
+where
+    R: AsyncRead + Unpin,
+    W: AsyncWrite + Unpin,
+{
+    let mut hist = histogram();
+    let mut out = BytesMut::with_capacity(inflight * (payload.len() + 64));
+    let push = |out: &mut BytesMut, key: u64| {
+        if binary {
+            let m = msgpack_call(key, &payload);
+            out.put_u32(m.len() as u32);
+            out.put_slice(&m);
+        } else {
+            push_json_call(out, key, &payload);
+        }
+    };
+    for _ in 0..inflight {
+        push(&mut out, ts());
+    }
+    let mut buf = BytesMut::with_capacity(64 * 1024);
+    let deadline = tokio::time::sleep_until(window.end.into());
+    tokio::pin!(deadline);
+    loop {
+        if buf.capacity() - buf.len() < 16 * 1024 {
+            buf.reserve(64 * 1024 + payload.len());
+        }
+        // Read and write at once: a large batch must never wait for the
+        // peer to read while the peer waits for us to read (deadlock).
+        tokio::select! {
+            biased;
+            () = &mut deadline => return Ok(hist),
+            n = wr.write(&out), if !out.is_empty() => {
+                let n = n?;
+                let _ = out.split_to(n);
+                continue;
+            }
+            r = rd.read_buf(&mut buf) => {
+                if r? == 0 {
+                    return Err("the server closed the connection".into());
+                }
+            }
+        }
+        let now = Instant::now();
+        let now_ts = ts();
+        loop {
+            let key = if binary {
+                if buf.len() < 4 {
+                    break;
+                }
+                let len = u32::from_be_bytes([buf[0], buf[1], buf[2], buf[3]]) as usize;
+                if buf.len() < 4 + len {
+                    break;
+                }
+                let frame = buf.split_to(4 + len);
+                msgpack_key(&frame[4..])
+            } else {
+                let Some(end) = memchr::memchr(b'\n', &buf) else {
+                    break;
+                };
+                let line = buf.split_to(end + 1);
+                find_key(&line)
+            };
+            let Some(sent) = key else {
+                return Err("a reply without a key".into());
+            };
+            if window.counts(now) {
+                hist.record(now_ts.saturating_sub(sent).max(1))?;
+            }
+            if now < window.end {
+                push(&mut out, now_ts);
+            }
+        }
+    }
+}
+
+type Ws =
+    tokio_tungstenite::WebSocketStream<tokio_tungstenite::MaybeTlsStream<tokio::net::TcpStream>>;
+
+async fn ws_loop(
+    ws: Ws,
+    kind: &str,
+    inflight: usize,
+    payload: String,
+    window: Window,
+) -> Res<Histogram<u64>> {
+    let mut hist = histogram();
+    let (mut tx, mut rx) = ws.split();
+    let request = |key: u64| -> Message {
+        match kind {
+            "ws-msgpack" => Message::Binary(Bytes::from(msgpack_call(key, &payload))),
+            "jsonrpc-ws" => Message::text(format!(
+                r#"{{"jsonrpc":"2.0","id":{key},"method":"echo","params":["{payload}"]}}"#
+            )),
+            _ => {
+                let mut out = BytesMut::new();
+                push_json_call(&mut out, key, &payload);
+                out.truncate(out.len() - 1);
+                Message::text(String::from_utf8(out.to_vec()).expect("ascii"))
+            }
+        }
+    };
+    for _ in 0..inflight {
+        tx.feed(request(ts())).await?;
+    }
+    tx.flush().await?;
+    loop {
+        let first = match timeout_at(window.end.into(), rx.next()).await {
+            Err(_) => return Ok(hist),
+            Ok(None) => return Err("the server closed the connection".into()),
+            Ok(Some(msg)) => msg?,
+        };
+        let now = Instant::now();
+        let now_ts = ts();
+        let mut msg = Some(first);
+        while let Some(m) = msg.take() {
+            let key = match &m {
+                Message::Text(t) if kind == "jsonrpc-ws" => number_after(t.as_bytes(), br#""id":"#),
+                Message::Text(t) => find_key(t.as_bytes()),
+                Message::Binary(b) => msgpack_key(b),
+                _ => None,
+            };
+            if let Some(sent) = key {
+                if window.counts(now) {
+                    hist.record(now_ts.saturating_sub(sent).max(1))?;
+                }
+                if now < window.end {
+                    tx.feed(request(now_ts)).await?;
+                }
+            }
+            if let Some(Some(next)) = rx.next().now_or_never() {
+                msg = Some(next?);
+            }
+        }
+        tx.flush().await?;
+        if now >= window.end {
+            return Ok(hist);
+        }
+    }
+}
+
+async fn drs_client(
+    conn: drs_core::Conn,
+    inflight: usize,
+    payload: String,
+    window: Window,
+) -> Res<Vec<Histogram<u64>>> {
+    let mut tasks = Vec::new();
+    for _ in 0..inflight {
+        let conn = conn.clone();
+        let payload = payload.clone();
+        tasks.push(tokio::spawn(async move {
+            let mut hist = histogram();
+            loop {
+                let start = Instant::now();
+                if start >= window.end {
+                    return Ok::<_, drs_core::Error>(hist);
+                }
+                let back: String = conn.call("echo", &payload).await?;
+                debug_assert_eq!(back.len(), payload.len());
+                let done = Instant::now();
+                if window.counts(done) {
+                    let _ = hist.record((done - start).as_nanos() as u64);
+                }
+            }
+        }));
+    }
+    let mut out = Vec::new();
+    for t in tasks {
+        out.push(t.await??);
+    }
+    Ok(out)
+}
+
+async fn tarpc_client(
+    s: tokio::net::TcpStream,
+    inflight: usize,
+    payload: String,
+    window: Window,
+) -> Res<Vec<Histogram<u64>>> {
+    use crate::servers::BenchClient;
+    let framed = tokio_util::codec::Framed::new(s, tokio_util::codec::LengthDelimitedCodec::new());
+    let transport = tarpc::serde_transport::new(framed, tokio_serde::formats::Json::default());
+    let client = BenchClient::new(tarpc::client::Config::default(), transport).spawn();
+    let mut tasks = Vec::new();
+    for _ in 0..inflight {
+        let client = client.clone();
+        let payload = payload.clone();
+        tasks.push(tokio::spawn(async move {
+            let mut hist = histogram();
+            loop {
+                let start = Instant::now();
+                if start >= window.end {
+                    return Ok::<_, tarpc::client::RpcError>(hist);
+                }
+                let back = client
+                    .echo(tarpc::context::current(), payload.clone())
+                    .await?;
+                debug_assert_eq!(back.len(), payload.len());
+                let done = Instant::now();
+                if window.counts(done) {
+                    let _ = hist.record((done - start).as_nanos() as u64);
+                }
+            }
+        }));
+    }
+    let mut out = Vec::new();
+    for t in tasks {
+        out.push(t.await??);
+    }
+    Ok(out)
+}
+
+/// A raw JSON-lines connection that has been answered once (so the server
+/// has admitted it).
+async fn admitted(addr: &str) -> Res<tokio::net::TcpStream> {
+    let mut s = tokio::net::TcpStream::connect(addr).await?;
+    s.set_nodelay(true)?;
+    s.write_all(b"{\"key\":\"1\",\"action\":\"drs.ping\"}\n")
+        .await?;
+    let mut byte = [0u8; 1];
+    loop {
+        if s.read(&mut byte).await? == 0 {
+            return Err("closed before answering".into());
+        }
+        if byte[0] == b'\n' {
+            return Ok(s);
+        }
+    }
+}
+
+/// Broadcast: `clients` connections receive `news` broadcasts triggered by a
+/// control connection. First one broadcast at a time (time for it to reach
+/// every client), then `pipeline` at a time (deliveries per second).
+pub(crate) async fn broadcast(
+    addr: &str,
+    clients: usize,
+    payload: usize,
+    pipeline: usize,
+    window: Window,
+) -> Res<serde_json::Value> {
+    let (tx, mut rx) = tokio::sync::mpsc::unbounded_channel::<u64>();
+    for _ in 0..clients {
+        let s = admitted(addr).await?;
+        let tx = tx.clone();
+        tokio::spawn(async move {
+            let mut s = s;
+            let mut buf = BytesMut::with_capacity(16 * 1024);
+            while let Ok(n) = s.read_buf(&mut buf).await {
+                if n == 0 {
+                    return;
+                }
+                while let Some(end) = memchr::memchr(b'\n', &buf) {
+                    let line = buf.split_to(end + 1);
+                    if let Some(round) = number_after(&line, br#""body":"r"#) {
+                        let _ = tx.send(round);
+                    }
+                }
+                if buf.capacity() - buf.len() < 4096 {
+                    buf.reserve(16 * 1024);
+                }
+            }
+        });
+    }
+    let control = admitted(addr).await?;
+    let (mut control_rd, mut control) = control.into_split();
+    tokio::spawn(async move {
+        let mut sink = tokio::io::sink();
+        let _ = tokio::io::copy(&mut control_rd, &mut sink).await;
+    });
+    let filler = "x".repeat(payload.saturating_sub(10));
+    let trigger = |round: u64| {
+        format!("{{\"action\":\"bench.broadcast\",\"body\":\"r{round:08}-{filler}\"}}\n")
+    };
+    let mut counts = std::collections::HashMap::<u64, usize>::new();
+    let mut next_round = 0u64;
+    let mut sent_at = std::collections::HashMap::<u64, Instant>::new();
+
+    // Phase 1: one at a time, for the first half: time to reach everyone.
+    let half = window.warm + (window.end - window.warm) / 2;
+    let mut reach = histogram();
+    while Instant::now() < half {
+        let round = next_round;
+        next_round += 1;
+        let start = Instant::now();
+        control.write_all(trigger(round).as_bytes()).await?;
+        loop {
+            let r = timeout_at(window.end.into(), rx.recv())
+                .await?
+                .ok_or("receivers gone")?;
+            let c = counts.entry(r).or_default();
+            *c += 1;
+            if r == round && *c == clients {
+                break;
+            }
+        }
+        if Instant::now() >= window.warm {
+            reach.record((Instant::now() - start).as_nanos() as u64)?;
+        }
+    }
+
+    // Phase 2: `pipeline` broadcasts in flight: deliveries per second.
+    let phase2 = Instant::now();
+    let mut delivered = 0u64;
+    for _ in 0..pipeline {
+        sent_at.insert(next_round, Instant::now());
+        control.write_all(trigger(next_round).as_bytes()).await?;
+        next_round += 1;
+    }
+    let mut done_at = phase2;
+    while let Ok(Some(r)) = timeout_at(window.end.into(), rx.recv()).await {
+        delivered += 1;
+        let c = counts.entry(r).or_default();
+        *c += 1;
+        if *c == clients && sent_at.remove(&r).is_some() {
+            done_at = Instant::now();
+            if done_at < window.end {
+                sent_at.insert(next_round, Instant::now());
+                control.write_all(trigger(next_round).as_bytes()).await?;
+                next_round += 1;
+            }
+        }
+    }
+    let secs = (done_at - phase2).as_secs_f64().max(1e-9);
+    Ok(json!({
+        "clients": clients,
+        "rate": delivered as f64 / (window.end - phase2).as_secs_f64(),
+        "rounds": next_round,
+        "p50_us": reach.value_at_quantile(0.5) as f64 / 1000.0,
+        "p99_us": reach.value_at_quantile(0.99) as f64 / 1000.0,
+        "busy_secs": secs,
+    }))
+}
+
+/// Fire: `conns` connections write one-way commands as fast as TCP takes
+/// them; the server's count, read before and after, gives the rate.
+pub(crate) async fn fire(
+    addr: &str,
+    conns: usize,
+    payload: usize,
+    window: Window,
+) -> Res<serde_json::Value> {
+    let line = format!(
+        "{{\"action\":\"bench.fire\",\"body\":\"{}\"}}\n",
+        "x".repeat(payload)
+    );
+    let batch = Bytes::from(line.repeat(64));
+    for _ in 0..conns {
+        let mut s = admitted(addr).await?;
+        let batch = batch.clone();
+        tokio::spawn(async move {
+            while Instant::now() < window.end {
+                if s.write_all(&batch).await.is_err() {
+                    return;
+                }
+            }
+        });
+    }
+    let mut control = admitted(addr).await?;
+    tokio::time::sleep_until(window.warm.into()).await;
+    let (t0, c0) = fired_count(&mut control).await?;
+    tokio::time::sleep_until(window.end.into()).await;
+    let (t1, c1) = fired_count(&mut control).await?;
+    let secs = (t1 - t0).as_secs_f64();
+    Ok(json!({ "calls": c1 - c0, "secs": secs, "rate": (c1 - c0) as f64 / secs }))
+}
+
+/// Asks the server how many fires it has served.
+async fn fired_count(control: &mut tokio::net::TcpStream) -> Res<(Instant, u64)> {
+    control
+        .write_all(b"{\"key\":\"2\",\"action\":\"bench.count\"}\n")
+        .await?;
+    let mut line = Vec::new();
+    let mut byte = [0u8; 1];
+    while control.read(&mut byte).await? == 1 && byte[0] != b'\n' {
+        line.push(byte[0]);
+    }
+    let n = number_after(&line, br#""body":"#).ok_or("no count in the reply")?;
+    Ok((Instant::now(), n))
+}
+
+/// Idle: opens `conns` connections, each answered once, prints `connected`,
+/// and holds them until standard input closes.
+pub(crate) async fn idle(addr: &str, conns: usize) -> Res<serde_json::Value> {
+    let mut held = Vec::with_capacity(conns);
+    for chunk in 0..conns.div_ceil(100) {
+        let n = (conns - chunk * 100).min(100);
+        let batch = futures::future::try_join_all((0..n).map(|_| admitted(addr))).await?;
+        held.extend(batch);
+    }
+    {
+        use std::io::Write;
+        let mut out = std::io::stdout().lock();
+        writeln!(out, "connected {}", held.len())?;
+        out.flush()?;
+    }
+    let mut stdin = tokio::io::stdin();
+    let mut sink = Vec::new();
+    let _ = stdin.read_to_end(&mut sink).await;
+    Ok(json!({ "conns": held.len() }))
+}

@@ -1,0 +1,297 @@
+//! The servers under test, one per process: `drs-bench serve SYSTEM`.
+//! Each prints `ready ADDR` on stdout once it listens.
+
+use std::{
+    io::Write,
+    sync::{
+        atomic::{AtomicU64, Ordering},
+        Arc, Mutex,
+    },
+};
+
+use bytes::{Bytes, BytesMut};
+use drs_core::{Body, HandlerResult, Server};
+use futures::{FutureExt, SinkExt, StreamExt};
+use tokio::{
+    io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt},
+    sync::mpsc,
+};
+
+/// Every system a server can be.
+pub(crate) const SYSTEMS: &[&str] = &[
+    "floor-tcp",
+    "floor-ipc",
+    "floor-ws",
+    "floor-fanout",
+    "floor-sink",
+    "drs-tcp-json",
+    "drs-tcp-msgpack",
+    "drs-ipc-json",
+    "drs-ws-json",
+    "drs-ws-msgpack",
+    "tarpc-tcp",
+    "jsonrpsee-ws",
+];
+
+fn ready(addr: &str) {
+    let mut out = std::io::stdout().lock();
+    let _ = writeln!(out, "ready {addr}");
+    let _ = out.flush();
+}
+
+fn socket_path() -> String {
+    std::env::temp_dir()
+        .join(format!("drs-bench-{}.sock", std::process::id()))
+        .to_string_lossy()
+        .into_owned()
+}
+
+pub(crate) async fn serve(system: &str) -> Result<(), Box<dyn std::error::Error + Send + Sync>> {
+    match system {
+        "floor-tcp" => {
+            let l = tokio::net::TcpListener::bind("127.0.0.1:0").await?;
+            ready(&l.local_addr()?.to_string());
+            loop {
+                let (s, _) = l.accept().await?;
+                s.set_nodelay(true)?;
+                tokio::spawn(echo_lines(s));
+            }
+        }
+        "floor-ipc" => {
+            let path = socket_path();
+            let _ = std::fs::remove_file(&path);
+            let l = tokio::net::UnixListener::bind(&path)?;
+            ready(&path);
+            loop {
+                let (s, _) = l.accept().await?;
+                tokio::spawn(echo_lines(s));
+            }
+        }
+        "floor-ws" => {
+            let l = tokio::net::TcpListener::bind("127.0.0.1:0").await?;
+            ready(&l.local_addr()?.to_string());
+            loop {
+                let (s, _) = l.accept().await?;
+                s.set_nodelay(true)?;
+                tokio::spawn(echo_ws(s));
+            }
+        }
+        "floor-fanout" | "floor-sink" => floor_fanout().await,
+        "drs-tcp-json" | "drs-tcp-msgpack" | "drs-ipc-json" | "drs-ws-json" | "drs-ws-msgpack" => {
+            drs_server(system).await
+        }
+        "tarpc-tcp" => tarpc_server().await,
+        "jsonrpsee-ws" => jsonrpsee_server().await,
+        other => Err(format!("unknown system {other}; one of {SYSTEMS:?}").into()),
+    }
+}
+
+/// The floor: echo every complete line back, unparsed, one write per read.
+async fn echo_lines<S: AsyncRead + AsyncWrite + Unpin>(mut s: S) {
+    let mut buf = BytesMut::with_capacity(64 * 1024);
+    loop {
+        if buf.capacity() - buf.len() < 16 * 1024 {
+            buf.reserve(64 * 1024);
+        }
+        match s.read_buf(&mut buf).await {
+            Ok(0) | Err(_) => return,
+            Ok(_) => {}
+        }
+        if let Some(last) = memchr::memrchr(b'\n', &buf) {
+            let lines = buf.split_to(last + 1);
+            if s.write_all(&lines).await.is_err() {
+                return;
+            }
+        }
+    }
+}
+
+/// The WebSocket floor: echo every text message, flushing once per batch.
+async fn echo_ws(s: tokio::net::TcpStream) {
+    let Ok(ws) = tokio_tungstenite::accept_async(s).await else {
+        return;
+    };
+    let (mut tx, mut rx) = ws.split();
+    while let Some(Ok(msg)) = rx.next().await {
+        if !msg.is_text() {
+            continue;
+        }
+        if tx.feed(msg).await.is_err() {
+            return;
+        }
+        while let Some(Some(Ok(msg))) = rx.next().now_or_never() {
+            if msg.is_text() && tx.feed(msg).await.is_err() {
+                return;
+            }
+        }
+        if tx.flush().await.is_err() {
+            return;
+        }
+    }
+}
+
+/// The fan-out floor: a task per connection writing what its bounded queue
+/// holds; `bench.broadcast` lines are sent to every connection as one
+/// shared buffer. Also counts `bench.fire` lines (the fire floor).
+async fn floor_fanout() -> Result<(), Box<dyn std::error::Error + Send + Sync>> {
+    let l = tokio::net::TcpListener::bind("127.0.0.1:0").await?;
+    ready(&l.local_addr()?.to_string());
+    let conns: Arc<Mutex<Vec<mpsc::Sender<Bytes>>>> = Arc::default();
+    let fired = Arc::new(AtomicU64::new(0));
+    loop {
+        let (s, _) = l.accept().await?;
+        s.set_nodelay(true)?;
+        let (mut rd, mut wr) = s.into_split();
+        let (tx, mut rx) = mpsc::channel::<Bytes>(1024);
+        conns.lock().unwrap().push(tx.clone());
+        tokio::spawn(async move {
+            let mut out = BytesMut::new();
+            while let Some(first) = rx.recv().await {
+                out.extend_from_slice(&first);
+                while let Ok(more) = rx.try_recv() {
+                    out.extend_from_slice(&more);
+                }
+                if wr.write_all(&out.split()).await.is_err() {
+                    return;
+                }
+            }
+        });
+        let conns = conns.clone();
+        let fired = fired.clone();
+        tokio::spawn(async move {
+            let mut buf = BytesMut::with_capacity(64 * 1024);
+            loop {
+                if buf.capacity() - buf.len() < 16 * 1024 {
+                    buf.reserve(64 * 1024);
+                }
+                match rd.read_buf(&mut buf).await {
+                    Ok(0) | Err(_) => return,
+                    Ok(_) => {}
+                }
+                while let Some(end) = memchr::memchr(b'\n', &buf) {
+                    let line = buf.split_to(end + 1);
+                    const BCAST: &[u8] = br#"{"action":"bench.broadcast","body":"#;
+                    if line.starts_with(BCAST) {
+                        let mut frame = BytesMut::from(&br#"{"action":"news","body":"#[..]);
+                        frame.extend_from_slice(&line[BCAST.len()..]);
+                        let frame = frame.freeze();
+                        for c in conns.lock().unwrap().iter() {
+                            let _ = c.try_send(frame.clone());
+                        }
+                    } else if line.starts_with(br#"{"key""#) {
+                        // A call (ping or count): answer with the fire count.
+                        let key = crate::load::find_key(&line).unwrap_or(0);
+                        let n = fired.load(Ordering::Relaxed);
+                        let reply = format!(
+                            "{{\"key\":\"{key}\",\"action\":\"drs.response\",\"body\":{n}}}\n"
+                        );
+                        let _ = tx.send(Bytes::from(reply)).await;
+                    } else {
+                        fired.fetch_add(1, Ordering::Relaxed);
+                    }
+                }
+            }
+        });
+    }
+}
+
+async fn drs_server(system: &str) -> Result<(), Box<dyn std::error::Error + Send + Sync>> {
+    let server = Server::new();
+    server.on("echo", |body: Body| async move { HandlerResult::Ok(body) });
+    let fired = Arc::new(AtomicU64::new(0));
+    let f = fired.clone();
+    server.on("bench.fire", move || {
+        f.fetch_add(1, Ordering::Relaxed);
+        async { HandlerResult::Ok(()) }
+    });
+    server.on("bench.count", move || {
+        let n = fired.load(Ordering::Relaxed);
+        async move { HandlerResult::Ok(n) }
+    });
+    let fanout = server.clone();
+    server.on("bench.broadcast", move |body: Body| {
+        let n = fanout.broadcast("news", &body);
+        async move { HandlerResult::Ok(n?) }
+    });
+    let json = drs_protocol_json::Json;
+    let msgpack = drs_protocol_msgpack::MsgPack;
+    let addr = match system {
+        "drs-tcp-json" => server.listen(
+            drs_transport_tcp::TcpListener::bind("127.0.0.1:0").await?,
+            json,
+        )?,
+        "drs-tcp-msgpack" => server.listen(
+            drs_transport_tcp::TcpListener::bind("127.0.0.1:0").await?,
+            msgpack,
+        )?,
+        "drs-ipc-json" => {
+            server.listen(drs_transport_ipc::IpcListener::bind(socket_path())?, json)?
+        }
+        "drs-ws-json" => server.listen(
+            drs_transport_ws::WsListener::bind("127.0.0.1:0").await?,
+            json,
+        )?,
+        "drs-ws-msgpack" => server.listen(
+            drs_transport_ws::WsListener::bind("127.0.0.1:0").await?,
+            msgpack,
+        )?,
+        _ => unreachable!("checked by the caller"),
+    };
+    ready(&addr);
+    std::future::pending::<()>().await;
+    Ok(())
+}
+
+/// The tarpc service: echo a string.
+#[tarpc::service]
+pub(crate) trait Bench {
+    /// Returns its argument.
+    async fn echo(payload: String) -> String;
+}
+
+#[derive(Clone)]
+struct BenchServer;
+
+impl Bench for BenchServer {
+    async fn echo(self, _: tarpc::context::Context, payload: String) -> String {
+        payload
+    }
+}
+
+async fn tarpc_server() -> Result<(), Box<dyn std::error::Error + Send + Sync>> {
+    use tarpc::server::{BaseChannel, Channel};
+    let l = tokio::net::TcpListener::bind("127.0.0.1:0").await?;
+    ready(&l.local_addr()?.to_string());
+    loop {
+        let (s, _) = l.accept().await?;
+        s.set_nodelay(true)?;
+        let framed =
+            tokio_util::codec::Framed::new(s, tokio_util::codec::LengthDelimitedCodec::new());
+        let transport = tarpc::serde_transport::new(framed, tokio_serde::formats::Json::default());
+        let channel = BaseChannel::with_defaults(transport);
+        tokio::spawn(
+            channel
+                .execute(BenchServer.serve())
+                .for_each(|response| async move {
+                    tokio::spawn(response);
+                }),
+        );
+    }
+}
+
+async fn jsonrpsee_server() -> Result<(), Box<dyn std::error::Error + Send + Sync>> {
+    let config = jsonrpsee::server::ServerConfig::builder()
+        .max_connections(20_000)
+        .build();
+    let server = jsonrpsee::server::Server::builder()
+        .set_config(config)
+        .build("127.0.0.1:0")
+        .await?;
+    let mut module = jsonrpsee::RpcModule::new(());
+    module.register_method("echo", |params, _, _| params.one::<String>())?;
+    let addr = server.local_addr()?;
+    let handle = server.start(module);
+    ready(&addr.to_string());
+    handle.stopped().await;
+    Ok(())
+}
