@@ -5,7 +5,10 @@ use std::fmt;
 use bytes::Bytes;
 use serde::{de::DeserializeOwned, ser::SerializeMap, Serialize, Serializer};
 
-use crate::protocol::{BodyFormat, DecodeError};
+use crate::{
+    protocol::{BodyFormat, DecodeError},
+    text::Text,
+};
 
 /// The reply action for a handler's value.
 pub const RESPONSE: &str = "drs.response";
@@ -36,9 +39,9 @@ pub fn is_reply_action(action: &str) -> bool {
 #[non_exhaustive]
 pub struct Command {
     /// Present when the sender wants a reply.
-    pub key: Option<String>,
+    pub key: Option<Text>,
     /// What to do.
-    pub action: String,
+    pub action: Text,
     /// The payload.
     pub body: Body,
     /// Optional version, carried through.
@@ -47,7 +50,7 @@ pub struct Command {
 
 impl Command {
     /// A command with the given action, no key, an absent body and no version.
-    pub fn new(action: impl Into<String>) -> Self {
+    pub fn new(action: impl Into<Text>) -> Self {
         Self {
             key: None,
             action: action.into(),
@@ -57,7 +60,7 @@ impl Command {
     }
 
     /// Sets the key.
-    pub fn with_key(mut self, key: Option<String>) -> Self {
+    pub fn with_key(mut self, key: Option<Text>) -> Self {
         self.key = key;
         self
     }
@@ -88,9 +91,9 @@ impl Serialize for Command {
             + usize::from(self.version.is_some());
         let mut map = s.serialize_map(Some(len))?;
         if let Some(key) = &self.key {
-            map.serialize_entry("key", key)?;
+            map.serialize_entry("key", key.as_str())?;
         }
-        map.serialize_entry("action", &self.action)?;
+        map.serialize_entry("action", self.action.as_str())?;
         if !self.body.is_absent() {
             map.serialize_entry("body", &self.body)?;
         }

@@ -35,16 +35,19 @@ pub struct Msg {
 }
 
 struct MsgInner {
-    conn: Conn,
+    shared: Arc<crate::conn::Shared>,
+    /// Made on first use: most handlers never need one.
+    conn: std::sync::OnceLock<Conn>,
     cmd: Command,
     ext: Mutex<Extensions>,
 }
 
 impl Msg {
-    pub(crate) fn new(conn: Conn, cmd: Command) -> Self {
+    pub(crate) fn new(shared: Arc<crate::conn::Shared>, cmd: Command) -> Self {
         Self {
             inner: Arc::new(MsgInner {
-                conn,
+                shared,
+                conn: std::sync::OnceLock::new(),
                 cmd,
                 ext: Mutex::new(Extensions::new()),
             }),
@@ -79,7 +82,9 @@ impl Msg {
     /// The connection the command arrived on; handlers may fire to or call the
     /// peer through it.
     pub fn conn(&self) -> &Conn {
-        &self.inner.conn
+        self.inner
+            .conn
+            .get_or_init(|| Conn::from_shared(&self.inner.shared))
     }
 
     /// Deserializes the body into `T`; the error names the action and the problem.
@@ -108,7 +113,7 @@ impl Msg {
 impl fmt::Debug for Msg {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         f.debug_struct("Msg")
-            .field("conn", &self.inner.conn.id())
+            .field("conn", &self.inner.shared.id)
             .field("command", &self.inner.cmd)
             .finish_non_exhaustive()
     }

@@ -75,6 +75,7 @@ mod protocol;
 mod router;
 mod server;
 mod sync;
+mod text;
 mod transport;
 
 pub use client::{connect, Client};
@@ -90,6 +91,7 @@ pub use protocol::{
     BodyFormat, DecodeError, EncodeError, FrameKind, Framing, OutBody, Outgoing, Protocol,
 };
 pub use server::Server;
+pub use text::Text;
 pub use transport::{ConnInfo, Dialer, FrameSpec, Listener, Transport, DEFAULT_MAX_FRAME_LEN};
 
 #[doc(hidden)]

@@ -5,7 +5,7 @@ use std::{
     convert::Infallible,
     panic::AssertUnwindSafe,
     sync::{
-        atomic::{AtomicBool, Ordering},
+        atomic::{AtomicBool, AtomicU64, Ordering},
         Arc, RwLock,
     },
     time::{SystemTime, UNIX_EPOCH},
@@ -19,9 +19,33 @@ use crate::{
 
 pub(crate) type AfterHook = Arc<dyn Fn(&Msg, &Outcome) + Send + Sync>;
 
+/// Hashes action names: short strings, no adversary to fear (the table is
+/// written by the program, not the peer), so FxHash-style mixing suffices.
+#[derive(Default, Clone, Copy)]
+pub(crate) struct NameHasher(u64);
+
+impl std::hash::Hasher for NameHasher {
+    fn finish(&self) -> u64 {
+        self.0
+    }
+    fn write(&mut self, bytes: &[u8]) {
+        const K: u64 = 0x517c_c1b7_2722_0a95;
+        let mut chunks = bytes.chunks_exact(8);
+        for c in &mut chunks {
+            let word = u64::from_le_bytes([c[0], c[1], c[2], c[3], c[4], c[5], c[6], c[7]]);
+            self.0 = (self.0.rotate_left(5) ^ word).wrapping_mul(K);
+        }
+        for &b in chunks.remainder() {
+            self.0 = (self.0.rotate_left(5) ^ u64::from(b)).wrapping_mul(K);
+        }
+    }
+}
+
+type Routes = HashMap<String, BoxedHandler, std::hash::BuildHasherDefault<NameHasher>>;
+
 #[derive(Clone, Default)]
 pub(crate) struct Table {
-    routes: HashMap<String, BoxedHandler>,
+    routes: Routes,
     before: Vec<BoxedHandler>,
     after: Vec<AfterHook>,
 }
@@ -30,8 +54,20 @@ pub(crate) struct Table {
 /// routes come first and whose hooks are the server's).
 pub(crate) struct Router {
     table: RwLock<Arc<Table>>,
+    /// Bumped on every change, so that connections can cache the table.
+    version: AtomicU64,
     has_routes: AtomicBool,
     parent: Option<Arc<Router>>,
+}
+
+/// The tables a connection serves from, taken from its router at one
+/// version; valid until [`Router::is_current`] says otherwise.
+pub(crate) struct Snapshot {
+    /// A server connection's own routes, if it has any.
+    local: Option<Arc<Table>>,
+    /// The client's or the server's routes, with the hooks.
+    shared: Arc<Table>,
+    versions: (u64, u64),
 }
 
 fn now_ms() -> u64 {
@@ -45,6 +81,7 @@ impl Router {
     pub(crate) fn root() -> Arc<Self> {
         let router = Router {
             table: RwLock::default(),
+            version: AtomicU64::new(0),
             has_routes: AtomicBool::new(false),
             parent: None,
         };
@@ -56,6 +93,7 @@ impl Router {
     pub(crate) fn child(parent: Arc<Router>) -> Arc<Self> {
         Arc::new(Router {
             table: RwLock::default(),
+            version: AtomicU64::new(0),
             has_routes: AtomicBool::new(false),
             parent: Some(parent),
         })
@@ -68,6 +106,7 @@ impl Router {
         self.has_routes
             .store(!table.routes.is_empty(), Ordering::Release);
         *guard = Arc::new(table);
+        self.version.fetch_add(1, Ordering::Release);
     }
 
     pub(crate) fn on<H: Handler<A>, A>(&self, action: impl Into<String>, handler: H) {
@@ -97,29 +136,53 @@ impl Router {
         self.update(|t| t.after.push(hook));
     }
 
-    fn lookup(&self, action: &str) -> (Option<BoxedHandler>, Arc<Table>) {
-        let table = read(&self.table).clone();
-        (table.routes.get(action).cloned(), table)
+    fn versions(&self) -> (u64, u64) {
+        let own = self.version.load(Ordering::Acquire);
+        let parent = self
+            .parent
+            .as_ref()
+            .map_or(0, |p| p.version.load(Ordering::Acquire));
+        (own, parent)
     }
 
-    /// The future that serves one command: hooks around its handler (chain),
-    /// or `No handlers for <action>`.
+    /// The current tables.
+    pub(crate) fn snapshot(&self) -> Snapshot {
+        let versions = self.versions();
+        let own = read(&self.table).clone();
+        match &self.parent {
+            None => Snapshot {
+                local: None,
+                shared: own,
+                versions,
+            },
+            Some(parent) => Snapshot {
+                local: self.has_routes.load(Ordering::Acquire).then_some(own),
+                shared: read(&parent.table).clone(),
+                versions,
+            },
+        }
+    }
+
+    /// Whether `snapshot` still reflects the tables.
+    pub(crate) fn is_current(&self, snapshot: &Snapshot) -> bool {
+        self.versions() == snapshot.versions
+    }
+}
+
+impl Snapshot {
+    /// The future that serves one command: hooks around its handler (or
+    /// chain), or `No handlers for <action>`.
     pub(crate) fn serve(&self, msg: Msg) -> HandlerFuture {
-        let (route, hooks) = match &self.parent {
-            None => self.lookup(msg.action()),
-            Some(parent) => {
-                let local = if self.has_routes.load(Ordering::Acquire) {
-                    self.lookup(msg.action()).0
-                } else {
-                    None
-                };
-                let (inherited, hooks) = parent.lookup(msg.action());
-                (local.or(inherited), hooks)
-            }
-        };
+        let action = msg.action();
+        let route = self
+            .local
+            .as_ref()
+            .and_then(|t| t.routes.get(action))
+            .or_else(|| self.shared.routes.get(action));
+        let hooks = &self.shared;
         match route {
             Some(route) if hooks.before.is_empty() && hooks.after.is_empty() => route(msg),
-            route => Box::pin(serve_with_hooks(msg, route, hooks)),
+            route => Box::pin(serve_with_hooks(msg, route.cloned(), hooks.clone())),
         }
     }
 }

@@ -34,7 +34,7 @@ use std::{borrow::Cow, io::Write};
 
 use bytes::{BufMut, Bytes, BytesMut};
 use drs_core::{
-    Body, BodyFormat, Command, DecodeError, EncodeError, Framing, OutBody, Outgoing, Protocol,
+    Body, BodyFormat, Command, DecodeError, EncodeError, Framing, OutBody, Outgoing, Protocol, Text,
 };
 use serde::{
     de::{IgnoredAny, MapAccess, Visitor},
@@ -178,6 +178,24 @@ impl Protocol for Json {
     }
 
     fn decode(&self, frame: Bytes) -> Result<Command, DecodeError> {
+        match fast::decode(&frame) {
+            Some(cmd) => Ok(cmd),
+            None => decode_serde(frame),
+        }
+    }
+
+    fn encode(&self, cmd: &Outgoing<'_>, dst: &mut BytesMut) -> Result<(), EncodeError> {
+        encode(cmd, dst)
+    }
+
+    fn body_format(&self) -> &'static dyn BodyFormat {
+        &FORMAT
+    }
+}
+
+/// The full decoder, with serde: every case, and the error messages.
+fn decode_serde(frame: Bytes) -> Result<Command, DecodeError> {
+    {
         let wire: Wire<'_> = match serde_json::from_slice(&frame) {
             Ok(wire) => wire,
             Err(e) => {
@@ -189,21 +207,30 @@ impl Protocol for Json {
                 return Err(DecodeError::new(e.to_string()).with_key(key));
             }
         };
-        let key = wire.key.map(Cow::into_owned);
+        let text = |s: Cow<'_, str>| match s {
+            Cow::Borrowed(s) => Text::from_frame(&frame, s),
+            Cow::Owned(s) => Text::from(s),
+        };
+        let key = wire.key.map(text);
         let Some(action) = wire.action else {
-            return Err(DecodeError::new("missing field `action`").with_key(key));
+            return Err(DecodeError::new("missing field `action`").with_key(key.map(String::from)));
         };
         let body = match wire.body {
-            Some(raw) => Body::from_raw(slice_of(&frame, raw.get().as_bytes()), &FORMAT),
+            Some(raw) => Body::from_raw(
+                Text::from_frame(&frame, raw.get()).as_bytes().clone(),
+                &FORMAT,
+            ),
             None => Body::absent(),
         };
-        Ok(Command::new(action.into_owned())
+        Ok(Command::new(text(action))
             .with_key(key)
             .with_body(body)
             .with_version(wire.version))
     }
+}
 
-    fn encode(&self, cmd: &Outgoing<'_>, dst: &mut BytesMut) -> Result<(), EncodeError> {
+fn encode(cmd: &Outgoing<'_>, dst: &mut BytesMut) -> Result<(), EncodeError> {
+    {
         dst.reserve(64);
         dst.put_u8(b'{');
         if let Some(key) = cmd.key {
@@ -233,10 +260,6 @@ impl Protocol for Json {
         dst.put_u8(b'}');
         Ok(())
     }
-
-    fn body_format(&self) -> &'static dyn BodyFormat {
-        &FORMAT
-    }
 }
 
 impl BodyFormat for JsonFormat {
@@ -262,17 +285,6 @@ impl BodyFormat for JsonFormat {
     }
 }
 
-/// `part` as a slice of `frame` without copying (it always is one when
-/// serde_json borrowed it; otherwise it is copied).
-fn slice_of(frame: &Bytes, part: &[u8]) -> Bytes {
-    let start = (part.as_ptr() as usize).wrapping_sub(frame.as_ptr() as usize);
-    if start <= frame.len() && part.len() <= frame.len() - start {
-        frame.slice(start..start + part.len())
-    } else {
-        Bytes::copy_from_slice(part)
-    }
-}
-
 fn write_str(dst: &mut BytesMut, s: &str) {
     if s.bytes().all(|b| b >= 0x20 && b != b'"' && b != b'\\') {
         dst.reserve(s.len() + 2);
@@ -294,7 +306,7 @@ fn write_body(dst: &mut BytesMut, body: &Body) -> Result<(), EncodeError> {
             // one line: turn them into spaces.
             let start = dst.len();
             dst.put_slice(raw);
-            if memchr2(&dst[start..]) {
+            if memchr::memchr2(b'\n', b'\r', &dst[start..]).is_some() {
                 for b in &mut dst[start..] {
                     if *b == b'\n' || *b == b'\r' {
                         *b = b' ';
@@ -308,6 +320,172 @@ fn write_body(dst: &mut BytesMut, body: &Body) -> Result<(), EncodeError> {
     Ok(())
 }
 
-fn memchr2(s: &[u8]) -> bool {
-    s.iter().any(|&b| b == b'\n' || b == b'\r')
+/// The common case, decoded without serde's machinery: an object with
+/// `key` and `action` strings free of escapes, and `body` (validated by
+/// serde_json). Anything else returns `None`, and the full decoder runs,
+/// with its error messages.
+mod fast {
+    use bytes::Bytes;
+    use drs_core::{Body, Command, Text};
+    use serde_json::value::RawValue;
+
+    use super::FORMAT;
+
+    fn ws(frame: &[u8], mut pos: usize) -> usize {
+        while pos < frame.len() && matches!(frame[pos], b' ' | b'\t' | b'\n' | b'\r') {
+            pos += 1;
+        }
+        pos
+    }
+
+    /// A string without escapes or control characters starting at `pos`
+    /// (the opening quote); returns where its contents start and end. Its
+    /// UTF-8 is checked once, where it becomes a [`Text`].
+    fn plain_str(frame: &[u8], pos: usize) -> Option<(usize, usize)> {
+        if frame.get(pos) != Some(&b'"') {
+            return None;
+        }
+        let end = pos + 1 + memchr::memchr2(b'"', b'\\', &frame[pos + 1..])?;
+        if frame[end] != b'"' || frame[pos + 1..end].iter().any(|&b| b < 0x20) {
+            return None;
+        }
+        Some((pos + 1, end))
+    }
+
+    fn text(frame: &Bytes, (start, end): (usize, usize)) -> Option<Text> {
+        Text::from_utf8(frame.slice(start..end)).ok()
+    }
+
+    pub(super) fn decode(frame: &Bytes) -> Option<Command> {
+        let f = &frame[..];
+        let mut pos = ws(f, 0);
+        if f.get(pos) != Some(&b'{') {
+            return None;
+        }
+        pos = ws(f, pos + 1);
+        let (mut key, mut action, mut body) = (None, None, None);
+        if f.get(pos) == Some(&b'}') {
+            return None;
+        }
+        loop {
+            let (start, end) = plain_str(f, pos)?;
+            let name = &f[start..end];
+            pos = ws(f, end + 1);
+            if f.get(pos) != Some(&b':') {
+                return None;
+            }
+            pos = ws(f, pos + 1);
+            match name {
+                b"key" if key.is_none() => {
+                    let range = plain_str(f, pos)?;
+                    key = Some(text(frame, range)?);
+                    pos = range.1 + 1;
+                }
+                b"action" if action.is_none() => {
+                    let range = plain_str(f, pos)?;
+                    action = Some(text(frame, range)?);
+                    pos = range.1 + 1;
+                }
+                b"body" if body.is_none() => {
+                    let mut de = serde_json::Deserializer::from_slice(&f[pos..]);
+                    let raw: &RawValue = serde::Deserialize::deserialize(&mut de).ok()?;
+                    let start = (raw.get().as_ptr() as usize) - (f.as_ptr() as usize);
+                    pos = start + raw.get().len();
+                    body = Some(if raw.get() == "null" {
+                        Body::absent()
+                    } else {
+                        Body::from_raw(frame.slice(start..pos), &FORMAT)
+                    });
+                }
+                _ => return None,
+            }
+            pos = ws(f, pos);
+            match f.get(pos) {
+                Some(b',') => pos = ws(f, pos + 1),
+                Some(b'}') => break,
+                _ => return None,
+            }
+        }
+        if ws(f, pos + 1) != f.len() {
+            return None;
+        }
+        Some(
+            Command::new(action?)
+                .with_key(key)
+                .with_body(body.unwrap_or_default()),
+        )
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// Wherever the fast path answers, it answers as the full decoder does.
+    #[test]
+    fn fast_path_agrees_with_serde() {
+        let keys = [
+            None,
+            Some(r#""k1""#),
+            Some(r#""""#),
+            Some(r#""a\"b""#),
+            Some("null"),
+            Some("7"),
+        ];
+        let actions = [
+            Some(r#""echo""#),
+            Some(r#""ec\u0068o""#),
+            Some(r#""ünï""#),
+            None,
+            Some("\"a\tb\""),
+        ];
+        let bodies = [
+            None,
+            Some("null"),
+            Some("[1, {\"x\": \"y\"}]"),
+            Some("\"s\""),
+            Some("tru"),
+            Some("{}"),
+        ];
+        let extras = ["", r#","version":3"#, r#","other":{"a":[1]}"#];
+        let mut checked = 0;
+        for k in keys {
+            for a in actions {
+                for b in bodies {
+                    for e in extras {
+                        for space in ["", " ", "\n "] {
+                            let mut fields = Vec::new();
+                            if let Some(k) = k {
+                                fields.push(format!(r#""key"{space}:{space}{k}"#));
+                            }
+                            if let Some(a) = a {
+                                fields.push(format!(r#""action":{a}"#));
+                            }
+                            if let Some(b) = b {
+                                fields.push(format!(r#"{space}"body":{b}{space}"#));
+                            }
+                            let text = format!("{space}{{{}{e}}}{space}", fields.join(","));
+                            let frame = Bytes::from(text.clone());
+                            let slow = decode_serde(frame.clone());
+                            if let Some(fast) = fast::decode(&frame) {
+                                let slow = slow.unwrap_or_else(|e| {
+                                    panic!("{text}: fast accepted, serde said {e}")
+                                });
+                                assert_eq!(fast.action, slow.action, "{text}");
+                                assert_eq!(fast.key, slow.key, "{text}");
+                                assert_eq!(
+                                    fast.body.raw().map(|r| r.0.clone()),
+                                    slow.body.raw().map(|r| r.0.clone()),
+                                    "{text}"
+                                );
+                                assert_eq!(fast.version, slow.version, "{text}");
+                                checked += 1;
+                            }
+                        }
+                    }
+                }
+            }
+        }
+        assert!(checked > 50, "the fast path took {checked} cases");
+    }
 }

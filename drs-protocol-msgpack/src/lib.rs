@@ -26,7 +26,7 @@
 
 use bytes::{BufMut, Bytes, BytesMut};
 use drs_core::{
-    Body, BodyFormat, Command, DecodeError, EncodeError, Framing, OutBody, Outgoing, Protocol,
+    Body, BodyFormat, Command, DecodeError, EncodeError, Framing, OutBody, Outgoing, Protocol, Text,
 };
 use serde::Serialize;
 
@@ -139,11 +139,15 @@ fn serialize<T: Serialize + ?Sized>(dst: &mut BytesMut, value: &T) -> Result<(),
     value.serialize(&mut ser).map_err(enc)
 }
 
+fn key_string(key: &Option<Text>) -> Option<String> {
+    key.as_ref().map(|k| k.to_string())
+}
+
 fn decode_command(frame: &Bytes) -> Result<Command, DecodeError> {
     let mut r = Reader::new(frame);
     let fields = r.map_len()?;
-    let mut key: Option<String> = None;
-    let mut action: Option<String> = None;
+    let mut key: Option<Text> = None;
+    let mut action: Option<Text> = None;
     let mut body: Option<Body> = None;
     let mut version: Option<i64> = None;
     // A field of the wrong type is reported once the whole map has been
@@ -154,10 +158,10 @@ fn decode_command(frame: &Bytes) -> Result<Command, DecodeError> {
         let name = match r.str_or_skip() {
             Ok(Some(name)) => name,
             Ok(None) => {
-                r.skip_value().map_err(|e| e.with_key(key.clone()))?;
+                r.skip_value().map_err(|e| e.with_key(key_string(&key)))?;
                 continue;
             }
-            Err(e) => return Err(e.with_key(key)),
+            Err(e) => return Err(e.with_key(key_string(&key))),
         };
         let slot = match name {
             "key" => 0,
@@ -165,7 +169,7 @@ fn decode_command(frame: &Bytes) -> Result<Command, DecodeError> {
             "body" => 2,
             "version" => 3,
             _ => {
-                r.skip_value().map_err(|e| e.with_key(key.clone()))?;
+                r.skip_value().map_err(|e| e.with_key(key_string(&key)))?;
                 continue;
             }
         };
@@ -174,15 +178,15 @@ fn decode_command(frame: &Bytes) -> Result<Command, DecodeError> {
         }
         let start = r.pos;
         let is_nil = r.peek() == Some(0xc0);
-        r.skip_value().map_err(|e| e.with_key(key.clone()))?;
+        r.skip_value().map_err(|e| e.with_key(key_string(&key)))?;
         let value = &frame[start..r.pos];
         if is_nil {
             continue;
         }
         match slot {
             0 | 1 => match Reader::new(value).str_or_skip() {
-                Ok(Some(s)) if slot == 0 => key = Some(s.to_owned()),
-                Ok(Some(s)) => action = Some(s.to_owned()),
+                Ok(Some(s)) if slot == 0 => key = Some(Text::from_frame(frame, s)),
+                Ok(Some(s)) => action = Some(Text::from_frame(frame, s)),
                 _ => {
                     problem
                         .get_or_insert_with(|| format!("invalid type: `{name}` must be a string"));
@@ -203,10 +207,10 @@ fn decode_command(frame: &Bytes) -> Result<Command, DecodeError> {
             .get_or_insert_with(|| format!("{} bytes after the command map", frame.len() - r.pos));
     }
     if let Some(problem) = problem {
-        return Err(DecodeError::new(problem).with_key(key));
+        return Err(DecodeError::new(problem).with_key(key_string(&key)));
     }
     let Some(action) = action else {
-        return Err(DecodeError::new("missing field `action`").with_key(key));
+        return Err(DecodeError::new("missing field `action`").with_key(key_string(&key)));
     };
     Ok(Command::new(action)
         .with_key(key)

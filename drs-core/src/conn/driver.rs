@@ -30,12 +30,13 @@ use tokio::{sync::mpsc, task::JoinSet, time::Sleep};
 use tokio_util::sync::WaitForCancellationFutureOwned;
 use tracing::Instrument;
 
-use super::{encode_frame, Conn, Reply, ReplyKind, Shared};
+use super::{encode_frame, Reply, ReplyKind, Shared};
 use crate::{
     codec::{BadFrame, FrameTooLarge},
     command::{Command, MessageBody, ERROR, EXCEPTION, RESPONSE},
     handler::{Msg, Outcome},
     protocol::{encode_into, DecodeError, OutBody, Outgoing},
+    router::Snapshot,
     transport::Transport,
 };
 
@@ -71,7 +72,7 @@ pub(crate) enum End {
 pub(crate) struct Driver<T> {
     io: T,
     shared: Arc<Shared>,
-    weak_tx: mpsc::WeakSender<Bytes>,
+    routes: Snapshot,
     rx: mpsc::Receiver<Bytes>,
     rx_open: bool,
     tasks: JoinSet<Option<Bytes>>,
@@ -96,17 +97,12 @@ pub(crate) struct Driver<T> {
 }
 
 impl<T: Transport> Driver<T> {
-    pub(super) fn new(
-        io: T,
-        shared: Arc<Shared>,
-        weak_tx: mpsc::WeakSender<Bytes>,
-        rx: mpsc::Receiver<Bytes>,
-    ) -> Self {
+    pub(super) fn new(io: T, shared: Arc<Shared>, rx: mpsc::Receiver<Bytes>) -> Self {
         let close = Some(Box::pin(shared.close.clone().cancelled_owned()));
         Self {
             io,
+            routes: shared.router.snapshot(),
             shared,
-            weak_tx,
             rx,
             rx_open: true,
             tasks: JoinSet::new(),
@@ -180,58 +176,58 @@ impl<T: Transport> Driver<T> {
         self.ending = Some(reason);
     }
 
+    /// Requests to close or drain, and the admission gate: they change
+    /// rarely, so they are looked at once per wake-up, not on every turn.
+    fn poll_control(&mut self, cx: &mut Context<'_>) {
+        if self
+            .close
+            .as_mut()
+            .is_some_and(|c| c.as_mut().poll(cx).is_ready())
+        {
+            self.close = None;
+            // Frames queued before close() was called still go out.
+            while let Ok(frame) = self.rx.try_recv() {
+                self.outq.push_back(frame);
+            }
+            // A close request overrides a gentler ending already under way.
+            self.ending = None;
+            self.begin_end(End::Requested, true);
+        }
+        if let Some(drain) = &mut self.drain {
+            if drain.as_mut().poll(cx).is_ready() {
+                self.drain = None;
+                self.accept_commands = false;
+                self.held.clear();
+                if self.gate.take().is_some() {
+                    self.begin_end(End::Drained, true);
+                } else {
+                    self.begin_end_keep_reading(End::Drained);
+                }
+            }
+        }
+        if let Some(gate) = &mut self.gate {
+            match gate.as_mut().poll(cx) {
+                Poll::Ready(Ok(())) => {
+                    self.gate = None;
+                    while let Some(cmd) = self.held.pop_front() {
+                        self.dispatch(cmd, cx);
+                    }
+                }
+                Poll::Ready(Err(reason)) => {
+                    self.gate = None;
+                    tracing::info!(%reason, "connection rejected");
+                    self.notice(&format!("connection rejected: {reason}"));
+                    self.begin_end(End::Rejected, true);
+                }
+                Poll::Pending => {}
+            }
+        }
+    }
+
     fn poll_run(&mut self, cx: &mut Context<'_>) -> Poll<End> {
+        self.poll_control(cx);
         loop {
             let mut progress = false;
-
-            if self
-                .close
-                .as_mut()
-                .is_some_and(|c| c.as_mut().poll(cx).is_ready())
-            {
-                self.close = None;
-                // Frames queued before close() was called still go out.
-                while let Ok(frame) = self.rx.try_recv() {
-                    self.outq.push_back(frame);
-                }
-                // A close request overrides a gentler ending already under way.
-                self.ending = None;
-                self.begin_end(End::Requested, true);
-                progress = true;
-            }
-            if let Some(drain) = &mut self.drain {
-                if drain.as_mut().poll(cx).is_ready() {
-                    self.drain = None;
-                    self.accept_commands = false;
-                    self.held.clear();
-                    if self.gate.take().is_some() {
-                        self.begin_end(End::Drained, true);
-                    } else {
-                        self.begin_end_keep_reading(End::Drained);
-                    }
-                    progress = true;
-                }
-            }
-            if let Some(gate) = &mut self.gate {
-                match gate.as_mut().poll(cx) {
-                    Poll::Ready(Ok(())) => {
-                        self.gate = None;
-                        while let Some(cmd) = self.held.pop_front() {
-                            self.dispatch(cmd, cx);
-                        }
-                        progress = true;
-                    }
-                    Poll::Ready(Err(reason)) => {
-                        self.gate = None;
-                        tracing::info!(%reason, "connection rejected");
-                        self.notice(&format!("connection rejected: {reason}"));
-                        self.begin_end(End::Rejected, true);
-                        progress = true;
-                    }
-                    Poll::Pending => {}
-                }
-            }
-
             // 1. Frames from handles and from finished handler tasks.
             while self.rx_open && self.outq.len() < OUTQ_HIGH {
                 match self.rx.poll_recv(cx) {
@@ -247,7 +243,10 @@ impl<T: Transport> Driver<T> {
                     Poll::Pending => break,
                 }
             }
-            while let Poll::Ready(Some(done)) = self.tasks.poll_join_next(cx) {
+            while !self.tasks.is_empty() {
+                let Poll::Ready(Some(done)) = self.tasks.poll_join_next(cx) else {
+                    break;
+                };
                 progress = true;
                 if let Ok(Some(frame)) = done {
                     self.outq.push_back(frame);
@@ -325,6 +324,10 @@ impl<T: Transport> Driver<T> {
                     Poll::Ready(Err(e)) => return Poll::Ready(End::Io(e)),
                     Poll::Pending => {}
                 }
+            }
+            if self.outq.is_empty() && self.wbuf.capacity() > 0 {
+                // Idle: hold no reply buffer until there is a reply to write.
+                self.wbuf = BytesMut::new();
             }
             if self.ending.is_some() {
                 if let Some(linger) = &mut self.linger {
@@ -416,16 +419,12 @@ impl<T: Transport> Driver<T> {
     }
 
     fn dispatch(&mut self, cmd: Command, cx: &mut Context<'_>) {
-        let Some(tx) = self.weak_tx.upgrade() else {
-            return; // every handle is gone: the connection is closing
-        };
-        let conn = Conn {
-            shared: self.shared.clone(),
-            tx,
-        };
-        let msg = Msg::new(conn, cmd);
+        if !self.shared.router.is_current(&self.routes) {
+            self.routes = self.shared.router.snapshot();
+        }
+        let msg = Msg::new(self.shared.clone(), cmd);
         let span = tracing::debug_span!("command", action = msg.action(), key = msg.key());
-        let mut fut = self.shared.router.serve(msg.clone());
+        let mut fut = self.routes.serve(msg.clone());
         let first = {
             let _enter = span.enter();
             std::panic::catch_unwind(AssertUnwindSafe(|| fut.as_mut().poll(cx)))
@@ -469,6 +468,11 @@ impl<T: Transport> Driver<T> {
                 Ok(frame) => self.outq.push_back(frame),
                 Err(_) => break,
             }
+        }
+        if self.wbuf.capacity() - self.wbuf.len() < 512 {
+            // Replies are carved out of 4 KiB chunks (a split buffer would
+            // otherwise reallocate at the size of each reply).
+            self.wbuf = BytesMut::with_capacity(4096);
         }
         encode_reply(&self.shared, key, outcome, &mut self.wbuf);
         let frame = self.wbuf.split().freeze();

@@ -123,7 +123,10 @@ impl ConnConfig {
 static NEXT_CONN_ID: AtomicU64 = AtomicU64::new(1);
 
 pub(crate) struct Shared {
-    id: u64,
+    pub(crate) id: u64,
+    /// Makes handles on demand (for a command's `Msg`) without keeping the
+    /// connection open: it closes when the last strong handle goes.
+    weak_tx: mpsc::WeakSender<Bytes>,
     info: ConnInfo,
     pub(crate) protocol: Arc<dyn Protocol>,
     pub(crate) router: Arc<Router>,
@@ -177,6 +180,7 @@ impl Conn {
         let (tx, rx) = mpsc::channel(config.outbound_queue);
         let shared = Arc::new(Shared {
             id: NEXT_CONN_ID.fetch_add(1, Ordering::Relaxed),
+            weak_tx: tx.downgrade(),
             info,
             protocol,
             router,
@@ -187,8 +191,22 @@ impl Conn {
             closed: CancellationToken::new(),
             ext: Mutex::new(Extensions::new()),
         });
-        let driver = Driver::new(io, shared.clone(), tx.downgrade(), rx);
+        let driver = Driver::new(io, shared.clone(), rx);
         (Conn { shared, tx }, driver)
+    }
+
+    /// A handle for a connection known by its shared state; if every handle
+    /// is already gone (the connection is closing), one whose sends fail
+    /// with [`Error::Closed`].
+    pub(crate) fn from_shared(shared: &Arc<Shared>) -> Conn {
+        let tx = shared
+            .weak_tx
+            .upgrade()
+            .unwrap_or_else(|| mpsc::channel(1).0);
+        Conn {
+            shared: shared.clone(),
+            tx,
+        }
     }
 
     /// A process-wide unique id of this connection.
