@@ -217,7 +217,8 @@ fn decode_serde(frame: Bytes) -> Result<Command, DecodeError> {
         };
         let body = match wire.body {
             Some(raw) => Body::from_raw(
-                Text::from_frame(&frame, raw.get()).as_bytes().clone(),
+                // Borrowed from the frame, so a slice of it.
+                frame.slice_ref(raw.get().as_bytes()),
                 &FORMAT,
             ),
             None => Body::absent(),
