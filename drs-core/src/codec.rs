@@ -208,7 +208,7 @@ impl Encoder<Bytes> for FrameCodec {
 }
 
 /// Read in chunks of this size (or more when a frame needs it).
-const READ_CHUNK: usize = 8 * 1024;
+const READ_CHUNK: usize = 4 * 1024;
 /// `poll_ready` writes out the buffer once it holds this much.
 const WRITE_HIGH_WATER: usize = 64 * 1024;
 /// Buffers that grew beyond this (for a large frame) are released once empty.
@@ -286,14 +286,7 @@ impl<T: AsyncRead + Unpin> Stream for FramedIo<T> {
                     this.eof = true;
                     return Poll::Ready(Some(Err(e)));
                 }
-                Poll::Pending => {
-                    if this.rbuf.is_empty() {
-                        // Idle: hold no memory until the peer sends again.
-                        this.rbuf = BytesMut::new();
-                        this.codec.scanned = 0;
-                    }
-                    return Poll::Pending;
-                }
+                Poll::Pending => return Poll::Pending,
             }
         }
     }

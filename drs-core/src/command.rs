@@ -59,6 +59,16 @@ impl Command {
         }
     }
 
+    /// A command from all its parts at once.
+    pub fn from_parts(key: Option<Text>, action: Text, body: Body, version: Option<i64>) -> Self {
+        Self {
+            key,
+            action,
+            body,
+            version,
+        }
+    }
+
     /// Sets the key.
     pub fn with_key(mut self, key: Option<Text>) -> Self {
         self.key = key;

@@ -337,10 +337,12 @@ macro_rules! impl_handler {
             E: fmt::Display + Send + 'static,
             $($arg: FromMsg + Send + 'static,)*
         {
+            // Panics are caught by whoever polls: the connection's driver,
+            // the chain runner, the hook runner (see `guarded`).
             #[allow(non_snake_case, unused_variables)]
             fn call(&self, msg: Msg) -> HandlerFuture {
                 let f = self.clone();
-                let fut = AssertUnwindSafe(async move {
+                Box::pin(async move {
                     $(
                         let $arg = match $arg::from_msg(&msg) {
                             Ok(v) => v,
@@ -349,8 +351,7 @@ macro_rules! impl_handler {
                     )*
                     drop(msg);
                     Outcome::from_result(f($($arg),*).await)
-                });
-                Box::pin(fut.catch_unwind().map(|r| r.unwrap_or_else(Outcome::from_panic)))
+                })
             }
         }
     };
@@ -429,10 +430,19 @@ impl Handler<ChainMarker> for Chain {
     }
 }
 
+/// Runs one handler's future, turning a panic into a `drs.exception`
+/// outcome, so that the handlers and hooks after it still see an outcome.
+pub(crate) async fn guarded(fut: HandlerFuture) -> Outcome {
+    AssertUnwindSafe(fut)
+        .catch_unwind()
+        .await
+        .unwrap_or_else(Outcome::from_panic)
+}
+
 async fn run_chain(handlers: Arc<Vec<BoxedHandler>>, msg: Msg) -> Outcome {
     let mut last = Outcome::Value(Box::new(()));
     for h in handlers.iter() {
-        last = h(msg.clone()).await;
+        last = guarded(h(msg.clone())).await;
         if !last.is_ok() {
             break;
         }

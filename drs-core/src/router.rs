@@ -13,7 +13,7 @@ use std::{
 
 use crate::{
     command::{is_reply_action, PING},
-    handler::{erase, BoxedHandler, Handler, HandlerFuture, Msg, Outcome},
+    handler::{erase, guarded, BoxedHandler, Handler, HandlerFuture, Msg, Outcome},
     sync::{read, write},
 };
 
@@ -195,7 +195,7 @@ async fn serve_with_hooks(msg: Msg, route: Option<BoxedHandler>, hooks: Arc<Tabl
     {
         let mut outcome = None;
         for hook in &hooks.before {
-            let o = hook(msg.clone()).await;
+            let o = guarded(hook(msg.clone())).await;
             if !o.is_ok() {
                 outcome = Some(o);
                 break;
@@ -203,7 +203,7 @@ async fn serve_with_hooks(msg: Msg, route: Option<BoxedHandler>, hooks: Arc<Tabl
         }
         let outcome = match (outcome, route) {
             (Some(rejected), _) => rejected,
-            (None, Some(route)) => route(msg.clone()).await,
+            (None, Some(route)) => guarded(route(msg.clone())).await,
             (None, None) => no_handler(&msg),
         };
         for hook in &hooks.after {

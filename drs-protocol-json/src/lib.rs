@@ -230,9 +230,26 @@ fn decode_serde(frame: Bytes) -> Result<Command, DecodeError> {
     }
 }
 
+fn is_plain(s: &str) -> bool {
+    s.bytes().all(|b| PLAIN[usize::from(b)])
+}
+
 fn encode(cmd: &Outgoing<'_>, dst: &mut BytesMut) -> Result<(), EncodeError> {
-    {
-        dst.reserve(64);
+    let key_len = cmd.key.map_or(0, str::len);
+    dst.reserve(cmd.action.len() + key_len + 32);
+    if cmd.key.map_or(true, is_plain) && is_plain(cmd.action) {
+        // The common case, in as few writes as possible.
+        match cmd.key {
+            Some(key) => {
+                dst.put_slice(b"{\"key\":\"");
+                dst.put_slice(key.as_bytes());
+                dst.put_slice(b"\",\"action\":\"");
+            }
+            None => dst.put_slice(b"{\"action\":\""),
+        }
+        dst.put_slice(cmd.action.as_bytes());
+        dst.put_u8(b'"');
+    } else {
         dst.put_u8(b'{');
         if let Some(key) = cmd.key {
             dst.put_slice(b"\"key\":");
@@ -241,26 +258,26 @@ fn encode(cmd: &Outgoing<'_>, dst: &mut BytesMut) -> Result<(), EncodeError> {
         }
         dst.put_slice(b"\"action\":");
         write_str(dst, cmd.action);
-        match cmd.body {
-            OutBody::Absent => {}
-            OutBody::Raw(body) => {
-                dst.put_slice(b",\"body\":");
-                write_body(dst, body)?;
-            }
-            OutBody::Value(value) => {
-                dst.put_slice(b",\"body\":");
-                serde_json::to_writer(dst.writer(), value)
-                    .map_err(|e| EncodeError::new(e.to_string()))?;
-            }
-            _ => return Err(EncodeError::new("unsupported body kind")),
-        }
-        if let Some(version) = cmd.version {
-            // Writing to a BytesMut cannot fail.
-            let _ = write!(dst.writer(), ",\"version\":{version}");
-        }
-        dst.put_u8(b'}');
-        Ok(())
     }
+    match cmd.body {
+        OutBody::Absent => {}
+        OutBody::Raw(body) => {
+            dst.put_slice(b",\"body\":");
+            write_body(dst, body)?;
+        }
+        OutBody::Value(value) => {
+            dst.put_slice(b",\"body\":");
+            serde_json::to_writer(dst.writer(), value)
+                .map_err(|e| EncodeError::new(e.to_string()))?;
+        }
+        _ => return Err(EncodeError::new("unsupported body kind")),
+    }
+    if let Some(version) = cmd.version {
+        // Writing to a BytesMut cannot fail.
+        let _ = write!(dst.writer(), ",\"version\":{version}");
+    }
+    dst.put_u8(b'}');
+    Ok(())
 }
 
 impl BodyFormat for JsonFormat {
@@ -286,8 +303,21 @@ impl BodyFormat for JsonFormat {
     }
 }
 
+/// Bytes a JSON string can hold as they are (no escape needed).
+static PLAIN: [bool; 256] = {
+    let mut t = [true; 256];
+    let mut i = 0;
+    while i < 0x20 {
+        t[i] = false;
+        i += 1;
+    }
+    t[b'"' as usize] = false;
+    t[b'\\' as usize] = false;
+    t
+};
+
 fn write_str(dst: &mut BytesMut, s: &str) {
-    if s.bytes().all(|b| b >= 0x20 && b != b'"' && b != b'\\') {
+    if is_plain(s) {
         dst.reserve(s.len() + 2);
         dst.put_u8(b'"');
         dst.put_slice(s.as_bytes());
@@ -341,16 +371,15 @@ mod fast {
 
     /// A string without escapes or control characters starting at `pos`
     /// (the opening quote); returns where its contents start and end. Its
-    /// UTF-8 is checked once, where it becomes a [`Text`].
+    /// UTF-8 is checked once, where it becomes a [`Text`]. One pass, one
+    /// table lookup a byte: names and keys are too short for SIMD to pay.
     fn plain_str(frame: &[u8], pos: usize) -> Option<(usize, usize)> {
         if frame.get(pos) != Some(&b'"') {
             return None;
         }
-        let end = pos + 1 + memchr::memchr2(b'"', b'\\', &frame[pos + 1..])?;
-        if frame[end] != b'"' || frame[pos + 1..end].iter().any(|&b| b < 0x20) {
-            return None;
-        }
-        Some((pos + 1, end))
+        let rest = &frame[pos + 1..];
+        let len = rest.iter().position(|&b| !super::PLAIN[usize::from(b)])?;
+        (rest[len] == b'"').then_some((pos + 1, pos + 1 + len))
     }
 
     fn text(frame: &Bytes, (start, end): (usize, usize)) -> Option<Text> {
@@ -410,11 +439,12 @@ mod fast {
         if ws(f, pos + 1) != f.len() {
             return None;
         }
-        Some(
-            Command::new(action?)
-                .with_key(key)
-                .with_body(body.unwrap_or_default()),
-        )
+        Some(Command::from_parts(
+            key,
+            action?,
+            body.unwrap_or_default(),
+            None,
+        ))
     }
 }
 

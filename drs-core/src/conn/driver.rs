@@ -326,7 +326,8 @@ impl<T: Transport> Driver<T> {
                 }
             }
             if self.outq.is_empty() && self.wbuf.capacity() > 0 {
-                // Idle: hold no reply buffer until there is a reply to write.
+                // Idle: hold no reply buffer until there is a reply to write
+                // (one allocation per batch of replies, not per reply).
                 self.wbuf = BytesMut::new();
             }
             if self.ending.is_some() {
@@ -423,7 +424,13 @@ impl<T: Transport> Driver<T> {
             self.routes = self.shared.router.snapshot();
         }
         let msg = Msg::new(self.shared.clone(), cmd);
-        let span = tracing::debug_span!("command", action = msg.action(), key = msg.key());
+        // Only when someone listens: building a span costs even when it is
+        // discarded (e.g. with tracing's `log` feature on).
+        let span = if tracing::span_enabled!(tracing::Level::DEBUG) {
+            tracing::debug_span!("command", action = msg.action(), key = msg.key())
+        } else {
+            tracing::Span::none()
+        };
         let mut fut = self.routes.serve(msg.clone());
         let first = {
             let _enter = span.enter();
