@@ -448,10 +448,10 @@ fn render(rows: &[Row]) -> String {
                 _ => ("calls/s", "p50 µs   p99 µs"),
             };
             let peer = peer_of(r.group)
-                .map(|p| format!("  ×{p}"))
+                .map(|p| format!("{:>14}", format!("×{p}")))
                 .unwrap_or_default();
             out.push_str(&format!(
-                "\n{} — {}\n  {:24} {:>13} {:>8}{:>14}  {}\n",
+                "\n{} — {}\n  {:24} {:>13} {:>8}{}  {}\n",
                 r.group, r.scenario, "system", unit, "×floor", peer, extra
             ));
             last = (r.group, r.scenario.clone());

@@ -328,18 +328,35 @@ impl<'a> Reader<'a> {
     /// [`MAX_DEPTH`] (the MessagePack deserializer recurses without a limit,
     /// so this check is what keeps a hostile body from overflowing the stack).
     fn skip_value(&mut self) -> Result<(), DecodeError> {
-        // Values still to read at each open level.
-        let mut levels = [0u64; MAX_DEPTH + 1];
+        // Values still to read at each open level: a few levels inline (most
+        // bodies are shallow), deeper ones on the heap.
+        let mut inline = [0u64; 16];
+        let mut deep: Vec<u64> = Vec::new();
         let mut depth = 0;
-        levels[0] = 1;
+        inline[0] = 1;
         loop {
-            while levels[depth] == 0 {
+            loop {
+                let left = if depth < 16 {
+                    inline[depth]
+                } else {
+                    deep[depth - 16]
+                };
+                if left > 0 {
+                    break;
+                }
                 if depth == 0 {
                     return Ok(());
                 }
                 depth -= 1;
+                if depth >= 16 {
+                    deep.pop();
+                }
             }
-            levels[depth] -= 1;
+            if depth < 16 {
+                inline[depth] -= 1;
+            } else {
+                deep[depth - 16] -= 1;
+            }
             let m = self.take(1)?[0];
             let (skip, items) = match m {
                 0x00..=0x7f | 0xe0..=0xff | 0xc0 | 0xc2 | 0xc3 => (0, 0),
@@ -382,7 +399,11 @@ impl<'a> Reader<'a> {
                     )));
                 }
                 depth += 1;
-                levels[depth] = items;
+                if depth < 16 {
+                    inline[depth] = items;
+                } else {
+                    deep.push(items);
+                }
             }
         }
     }
