@@ -355,37 +355,60 @@ async fn ws_loop(
     }
 }
 
+/// `inflight` tasks, each calling `call` in a loop until the window ends:
+/// the closed loop for clients that come with their own client library.
+async fn client_loop<F, Fut, E>(
+    inflight: usize,
+    window: Window,
+    call: F,
+) -> Res<Vec<Histogram<u64>>>
+where
+    F: Fn() -> Fut + Clone + Send + 'static,
+    Fut: std::future::Future<Output = Result<(), E>> + Send,
+    E: std::error::Error + Send + Sync + 'static,
+{
+    let tasks: Vec<_> = (0..inflight)
+        .map(|_| {
+            let call = call.clone();
+            tokio::spawn(async move {
+                let mut hist = histogram();
+                loop {
+                    let start = Instant::now();
+                    if start >= window.end {
+                        return Ok::<_, E>(hist);
+                    }
+                    call().await?;
+                    let done = Instant::now();
+                    if window.counts(done) {
+                        let _ = hist.record((done - start).as_nanos() as u64);
+                    }
+                }
+            })
+        })
+        .collect();
+    let mut out = Vec::new();
+    for t in tasks {
+        out.push(t.await??);
+    }
+    Ok(out)
+}
+
 async fn drs_client(
     conn: drs_core::Conn,
     inflight: usize,
     payload: String,
     window: Window,
 ) -> Res<Vec<Histogram<u64>>> {
-    let mut tasks = Vec::new();
-    for _ in 0..inflight {
-        let conn = conn.clone();
-        let payload = payload.clone();
-        tasks.push(tokio::spawn(async move {
-            let mut hist = histogram();
-            loop {
-                let start = Instant::now();
-                if start >= window.end {
-                    return Ok::<_, drs_core::Error>(hist);
-                }
-                let back: String = conn.call("echo", &payload).await?;
-                debug_assert_eq!(back.len(), payload.len());
-                let done = Instant::now();
-                if window.counts(done) {
-                    let _ = hist.record((done - start).as_nanos() as u64);
-                }
-            }
-        }));
-    }
-    let mut out = Vec::new();
-    for t in tasks {
-        out.push(t.await??);
-    }
-    Ok(out)
+    let payload = std::sync::Arc::new(payload);
+    client_loop(inflight, window, move || {
+        let (conn, payload) = (conn.clone(), payload.clone());
+        async move {
+            let back: String = conn.call("echo", &*payload).await?;
+            debug_assert_eq!(back.len(), payload.len());
+            Ok::<_, drs_core::Error>(())
+        }
+    })
+    .await
 }
 
 async fn tarpc_client(
@@ -398,33 +421,15 @@ async fn tarpc_client(
     let framed = tokio_util::codec::Framed::new(s, tokio_util::codec::LengthDelimitedCodec::new());
     let transport = tarpc::serde_transport::new(framed, tokio_serde::formats::Json::default());
     let client = BenchClient::new(tarpc::client::Config::default(), transport).spawn();
-    let mut tasks = Vec::new();
-    for _ in 0..inflight {
-        let client = client.clone();
-        let payload = payload.clone();
-        tasks.push(tokio::spawn(async move {
-            let mut hist = histogram();
-            loop {
-                let start = Instant::now();
-                if start >= window.end {
-                    return Ok::<_, tarpc::client::RpcError>(hist);
-                }
-                let back = client
-                    .echo(tarpc::context::current(), payload.clone())
-                    .await?;
-                debug_assert_eq!(back.len(), payload.len());
-                let done = Instant::now();
-                if window.counts(done) {
-                    let _ = hist.record((done - start).as_nanos() as u64);
-                }
-            }
-        }));
-    }
-    let mut out = Vec::new();
-    for t in tasks {
-        out.push(t.await??);
-    }
-    Ok(out)
+    client_loop(inflight, window, move || {
+        let (client, payload) = (client.clone(), payload.clone());
+        async move {
+            let back = client.echo(tarpc::context::current(), payload).await?;
+            debug_assert!(!back.is_empty());
+            Ok::<_, tarpc::client::RpcError>(())
+        }
+    })
+    .await
 }
 
 /// A raw JSON-lines connection that has been answered once (so the server
