@@ -98,21 +98,19 @@ fn push_json_call(out: &mut BytesMut, key: u64, payload: &str) {
     out.put_slice(b"\"}\n");
 }
 
+/// `{"key": key, "action": "echo", "body": payload}` as MessagePack.
 fn msgpack_call(key: u64, payload: &str) -> Vec<u8> {
     let mut m = Vec::with_capacity(payload.len() + 48);
-    let _ = rmp_write(&mut m, key, payload);
-    m
-}
-
-fn rmp_write(m: &mut Vec<u8>, key: u64, payload: &str) -> Res<()> {
     m.push(0x83);
-    for (k, v) in [("key", key.to_string().as_str()), ("action", "echo")] {
-        write_str(m, k);
-        write_str(m, v);
+    for (k, v) in [
+        ("key", key.to_string().as_str()),
+        ("action", "echo"),
+        ("body", payload),
+    ] {
+        write_str(&mut m, k);
+        write_str(&mut m, v);
     }
-    write_str(m, "body");
-    write_str(m, payload);
-    Ok(())
+    m
 }
 
 fn write_str(m: &mut Vec<u8>, s: &str) {

@@ -20,7 +20,7 @@ mod load;
 mod servers;
 
 use std::{
-    io::{BufRead, BufReader, Write},
+    io::{BufRead, BufReader},
     path::PathBuf,
     process::{Child, Command, Stdio},
     sync::mpsc,
@@ -352,7 +352,9 @@ fn orchestrate(args: &[String]) -> Res<()> {
     println!("{table}");
     let verdicts = targets(&rows);
     if o.smoke {
-        println!("(smoke mode: every system and scenario ran end to end; the figures mean nothing)");
+        println!(
+            "(smoke mode: every system and scenario ran end to end; the figures mean nothing)"
+        );
     } else {
         for v in &verdicts {
             println!("{v}");
@@ -578,9 +580,4 @@ fn targets(rows: &[Row]) -> Vec<String> {
         |x| x <= 16.0,
     );
     v
-}
-
-#[allow(dead_code)]
-fn flush() {
-    let _ = std::io::stdout().flush();
 }
