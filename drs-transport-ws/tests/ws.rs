@@ -181,14 +181,14 @@ async fn a_peer_that_stops_answering_pings_is_disconnected() {
             let tx = tx.clone();
             async move { tx.send(conn).map_err(|_| "test is over") }
         });
-        let config = WsConfig::default().keepalive(Some(Duration::from_millis(100)));
+        let config = WsConfig::default().keepalive(Some(Duration::from_millis(200)));
         let addr = serve(&server, config, Json).await;
 
         // A well-behaved client outlives many ping intervals.
         let _alive = Client::new()
             .config(drs_core::ConnConfig::default().call_timeout(Duration::from_secs(60)))
             .on("slow", || async {
-                tokio::time::sleep(Duration::from_millis(600)).await;
+                tokio::time::sleep(Duration::from_millis(1000)).await;
                 HandlerResult::Ok("still here")
             })
             .connect(WsDialer::new(format!("ws://{addr}/")), Json)
