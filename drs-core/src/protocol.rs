@@ -170,6 +170,7 @@ pub trait BodyFormat: Send + Sync + 'static {
 pub struct DecodeError {
     message: String,
     key: Option<String>,
+    action: Option<String>,
 }
 
 impl DecodeError {
@@ -178,6 +179,7 @@ impl DecodeError {
         Self {
             message: message.into(),
             key: None,
+            action: None,
         }
     }
 
@@ -190,6 +192,21 @@ impl DecodeError {
     /// The key of the offending command, if it could be read.
     pub fn key(&self) -> Option<&str> {
         self.key.as_deref()
+    }
+
+    /// Attaches the action of the command that failed to decode, when it
+    /// could be read. The connection answers a broken frame with a keyed
+    /// `drs.error` only when its action was read and is not a reply action:
+    /// a broken *reply* must not be answered with a reply (its key names a
+    /// call of ours, and the peer may have a call of its own with that key).
+    pub fn with_action(mut self, action: Option<String>) -> Self {
+        self.action = action;
+        self
+    }
+
+    /// The action of the offending command, if it could be read.
+    pub fn action(&self) -> Option<&str> {
+        self.action.as_deref()
     }
 
     /// The description.

@@ -12,9 +12,13 @@
 //! - `action` is required; `key` must be a string; `version` an integer.
 //! - A body is kept as the exact JSON text it arrived as (no value tree is
 //!   built) and is copied verbatim when sent on through JSON.
-//! - A frame that is not a valid command is an error naming the problem; if
-//!   its `key` could be read the error carries it, so that the sender gets a
-//!   `drs.error` for that key.
+//! - A frame that is not a valid command is an error naming the problem and
+//!   where (`column N`); it carries the `key` and `action` when they could be
+//!   read, so that a broken call can be answered with a `drs.error` for its key.
+//! - Frames are read in one pass by a hand-written parser that validates the
+//!   whole frame (UTF-8, escapes, numbers) and keeps the body as a slice.
+//!   Values nested deeper than [`MAX_DEPTH`] (128) levels are refused — the
+//!   command object itself is not a level, so a body may hold 128 levels.
 //!
 //! ```
 //! use drs_core::{Outgoing, OutBody, Protocol};
@@ -36,11 +40,10 @@ use bytes::{BufMut, Bytes, BytesMut};
 use drs_core::{
     Body, BodyFormat, Command, DecodeError, EncodeError, Framing, OutBody, Outgoing, Protocol, Text,
 };
-use serde::{
-    de::{IgnoredAny, MapAccess, Visitor},
-    Deserialize,
-};
-use serde_json::value::RawValue;
+
+/// How deeply arrays and objects may nest in a value of a command (the
+/// command object itself is not counted). MessagePack has the same limit.
+pub const MAX_DEPTH: usize = 128;
 
 /// The DRS v1 JSON protocol.
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
@@ -52,122 +55,6 @@ pub struct JsonFormat;
 
 static FORMAT: JsonFormat = JsonFormat;
 
-/// A command as it is on the wire, borrowing from the frame.
-#[derive(Default)]
-struct Wire<'a> {
-    key: Option<Cow<'a, str>>,
-    action: Option<Cow<'a, str>>,
-    body: Option<&'a RawValue>,
-    version: Option<i64>,
-}
-
-#[derive(Deserialize)]
-#[serde(field_identifier, rename_all = "lowercase")]
-enum Field {
-    Key,
-    Action,
-    Body,
-    Version,
-    #[serde(other)]
-    Other,
-}
-
-impl<'de: 'a, 'a> Deserialize<'de> for Wire<'a> {
-    fn deserialize<D: serde::Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
-        d.deserialize_map(WireVisitor(std::marker::PhantomData))
-    }
-}
-
-struct WireVisitor<'a>(std::marker::PhantomData<&'a ()>);
-
-impl<'de: 'a, 'a> Visitor<'de> for WireVisitor<'a> {
-    type Value = Wire<'a>;
-
-    fn expecting(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.write_str("a command object")
-    }
-
-    fn visit_map<M: MapAccess<'de>>(self, mut map: M) -> Result<Wire<'a>, M::Error> {
-        fn once<T, E: serde::de::Error>(
-            slot: &mut Option<T>,
-            value: T,
-            name: &'static str,
-        ) -> Result<(), E> {
-            match slot.replace(value) {
-                None => Ok(()),
-                Some(_) => Err(E::duplicate_field(name)),
-            }
-        }
-        let mut wire = Wire::default();
-        let mut body_seen = false;
-        while let Some(field) = map.next_key::<Field>()? {
-            match field {
-                Field::Key => {
-                    let key: Option<Cow<'a, str>> =
-                        map.next_value::<Option<BorrowedStr<'a>>>()?.map(|s| s.0);
-                    if let Some(key) = key {
-                        once(&mut wire.key, key, "key")?;
-                    }
-                }
-                Field::Action => once(
-                    &mut wire.action,
-                    map.next_value::<BorrowedStr<'a>>()?.0,
-                    "action",
-                )?,
-                Field::Body => {
-                    if std::mem::replace(&mut body_seen, true) {
-                        return Err(serde::de::Error::duplicate_field("body"));
-                    }
-                    let raw: &'a RawValue = map.next_value()?;
-                    // `"body": null` reads as an absent body.
-                    wire.body = (raw.get() != "null").then_some(raw);
-                }
-                Field::Version => {
-                    if let Some(v) = map.next_value::<Option<i64>>()? {
-                        once(&mut wire.version, v, "version")?;
-                    }
-                }
-                Field::Other => {
-                    map.next_value::<IgnoredAny>()?;
-                }
-            }
-        }
-        Ok(wire)
-    }
-}
-
-/// A string borrowed from the frame when it has no escapes.
-struct BorrowedStr<'a>(Cow<'a, str>);
-
-impl<'de: 'a, 'a> Deserialize<'de> for BorrowedStr<'a> {
-    fn deserialize<D: serde::Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
-        struct V;
-        impl<'de> Visitor<'de> for V {
-            type Value = Cow<'de, str>;
-            fn expecting(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-                f.write_str("a string")
-            }
-            fn visit_borrowed_str<E: serde::de::Error>(
-                self,
-                v: &'de str,
-            ) -> Result<Self::Value, E> {
-                Ok(Cow::Borrowed(v))
-            }
-            fn visit_str<E: serde::de::Error>(self, v: &str) -> Result<Self::Value, E> {
-                Ok(Cow::Owned(v.to_owned()))
-            }
-        }
-        d.deserialize_str(V).map(BorrowedStr)
-    }
-}
-
-/// Reads just the key of a frame that failed to decode.
-#[derive(Deserialize)]
-struct KeyOnly<'a> {
-    #[serde(borrow, default)]
-    key: Option<Cow<'a, str>>,
-}
-
 impl Protocol for Json {
     fn name(&self) -> &'static str {
         "json"
@@ -178,10 +65,7 @@ impl Protocol for Json {
     }
 
     fn decode(&self, frame: Bytes) -> Result<Command, DecodeError> {
-        match fast::decode(&frame) {
-            Some(cmd) => Ok(cmd),
-            None => decode_serde(frame),
-        }
+        decode::command(frame)
     }
 
     fn encode(&self, cmd: &Outgoing<'_>, dst: &mut BytesMut) -> Result<(), EncodeError> {
@@ -190,43 +74,6 @@ impl Protocol for Json {
 
     fn body_format(&self) -> &'static dyn BodyFormat {
         &FORMAT
-    }
-}
-
-/// The full decoder, with serde: every case, and the error messages.
-fn decode_serde(frame: Bytes) -> Result<Command, DecodeError> {
-    {
-        let wire: Wire<'_> = match serde_json::from_slice(&frame) {
-            Ok(wire) => wire,
-            Err(e) => {
-                let is_object = frame.iter().find(|b| !b.is_ascii_whitespace()) == Some(&b'{');
-                let key = is_object
-                    .then(|| serde_json::from_slice::<KeyOnly<'_>>(&frame).ok())
-                    .flatten()
-                    .and_then(|k| k.key.map(Cow::into_owned));
-                return Err(DecodeError::new(e.to_string()).with_key(key));
-            }
-        };
-        let text = |s: Cow<'_, str>| match s {
-            Cow::Borrowed(s) => Text::from_frame(&frame, s),
-            Cow::Owned(s) => Text::from(s),
-        };
-        let key = wire.key.map(text);
-        let Some(action) = wire.action else {
-            return Err(DecodeError::new("missing field `action`").with_key(key.map(String::from)));
-        };
-        let body = match wire.body {
-            Some(raw) => Body::from_raw(
-                // Borrowed from the frame, so a slice of it.
-                frame.slice_ref(raw.get().as_bytes()),
-                &FORMAT,
-            ),
-            None => Body::absent(),
-        };
-        Ok(Command::new(text(action))
-            .with_key(key)
-            .with_body(body)
-            .with_version(wire.version))
     }
 }
 
@@ -267,8 +114,7 @@ fn encode(cmd: &Outgoing<'_>, dst: &mut BytesMut) -> Result<(), EncodeError> {
         }
         OutBody::Value(value) => {
             dst.put_slice(b",\"body\":");
-            serde_json::to_writer(dst.writer(), value)
-                .map_err(|e| EncodeError::new(e.to_string()))?;
+            serde_json::to_writer(dst.writer(), value).map_err(encode_error)?;
         }
         _ => return Err(EncodeError::new("unsupported body kind")),
     }
@@ -280,7 +126,46 @@ fn encode(cmd: &Outgoing<'_>, dst: &mut BytesMut) -> Result<(), EncodeError> {
     Ok(())
 }
 
+/// serde_json's error for a failed serialization. Its `Display` is safe to
+/// call whatever failed (a custom error from a value's `Serialize`, or from
+/// a body being transcoded).
+fn encode_error(e: serde_json::Error) -> EncodeError {
+    EncodeError::new(e.to_string())
+}
+
 impl BodyFormat for JsonFormat {
+    fn name(&self) -> &'static str {
+        "json"
+    }
+
+    /// Checks the depth of `raw` first (bytes given to `Body::from_raw`
+    /// may come from anywhere), then deserializes.
+    fn deserialize(
+        &self,
+        raw: &[u8],
+        visit: &mut dyn FnMut(
+            &mut dyn erased_serde::Deserializer<'_>,
+        ) -> Result<(), erased_serde::Error>,
+    ) -> Result<(), DecodeError> {
+        decode::check_value(raw)?;
+        CHECKED.deserialize(raw, visit)
+    }
+
+    fn is_text(&self) -> bool {
+        true
+    }
+}
+
+/// The format of bodies the decoder produced: JSON already validated and
+/// checked for depth in the decoder's single pass, so deserializing them
+/// needs neither a second check nor serde_json's own recursion limit (127,
+/// one short of ours). Same name as [`JsonFormat`]: the same encoding.
+#[derive(Debug)]
+struct CheckedJson;
+
+static CHECKED: CheckedJson = CheckedJson;
+
+impl BodyFormat for CheckedJson {
     fn name(&self) -> &'static str {
         "json"
     }
@@ -293,6 +178,7 @@ impl BodyFormat for JsonFormat {
         ) -> Result<(), erased_serde::Error>,
     ) -> Result<(), DecodeError> {
         let mut de = serde_json::Deserializer::from_slice(raw);
+        de.disable_recursion_limit();
         visit(&mut <dyn erased_serde::Deserializer<'_>>::erase(&mut de))
             .map_err(|e| DecodeError::new(e.to_string()))?;
         de.end().map_err(|e| DecodeError::new(e.to_string()))
@@ -345,178 +231,447 @@ fn write_body(dst: &mut BytesMut, body: &Body) -> Result<(), EncodeError> {
                 }
             }
         }
-        Some(_) => serde_json::to_writer(dst.writer(), body)
-            .map_err(|e| EncodeError::new(e.to_string()))?,
+        Some(_) => serde_json::to_writer(dst.writer(), body).map_err(encode_error)?,
     }
     Ok(())
 }
 
-/// The common case, decoded without serde's machinery: an object with
-/// `key` and `action` strings free of escapes, and `body` (validated by
-/// serde_json). Anything else returns `None`, and the full decoder runs,
-/// with its error messages.
-mod fast {
-    use bytes::Bytes;
-    use drs_core::{Body, Command, Text};
-    use serde_json::value::RawValue;
-
-    use super::FORMAT;
-
-    fn ws(frame: &[u8], mut pos: usize) -> usize {
-        while pos < frame.len() && matches!(frame[pos], b' ' | b'\t' | b'\n' | b'\r') {
-            pos += 1;
-        }
-        pos
-    }
-
-    /// A string without escapes or control characters starting at `pos`
-    /// (the opening quote); returns where its contents start and end. Its
-    /// UTF-8 is checked once, where it becomes a [`Text`]. One pass, one
-    /// table lookup a byte: names and keys are too short for SIMD to pay.
-    fn plain_str(frame: &[u8], pos: usize) -> Option<(usize, usize)> {
-        if frame.get(pos) != Some(&b'"') {
-            return None;
-        }
-        let rest = &frame[pos + 1..];
-        let len = rest.iter().position(|&b| !super::PLAIN[usize::from(b)])?;
-        (rest[len] == b'"').then_some((pos + 1, pos + 1 + len))
-    }
-
-    fn text(frame: &Bytes, (start, end): (usize, usize)) -> Option<Text> {
-        Text::from_utf8(frame.slice(start..end)).ok()
-    }
-
-    pub(super) fn decode(frame: &Bytes) -> Option<Command> {
-        let f = &frame[..];
-        let mut pos = ws(f, 0);
-        if f.get(pos) != Some(&b'{') {
-            return None;
-        }
-        pos = ws(f, pos + 1);
-        let (mut key, mut action, mut body) = (None, None, None);
-        if f.get(pos) == Some(&b'}') {
-            return None;
-        }
-        loop {
-            let (start, end) = plain_str(f, pos)?;
-            let name = &f[start..end];
-            pos = ws(f, end + 1);
-            if f.get(pos) != Some(&b':') {
-                return None;
-            }
-            pos = ws(f, pos + 1);
-            match name {
-                b"key" if key.is_none() => {
-                    let range = plain_str(f, pos)?;
-                    key = Some(text(frame, range)?);
-                    pos = range.1 + 1;
-                }
-                b"action" if action.is_none() => {
-                    let range = plain_str(f, pos)?;
-                    action = Some(text(frame, range)?);
-                    pos = range.1 + 1;
-                }
-                b"body" if body.is_none() => {
-                    let mut de = serde_json::Deserializer::from_slice(&f[pos..]);
-                    let raw: &RawValue = serde::Deserialize::deserialize(&mut de).ok()?;
-                    let start = (raw.get().as_ptr() as usize) - (f.as_ptr() as usize);
-                    pos = start + raw.get().len();
-                    body = Some(if raw.get() == "null" {
-                        Body::absent()
-                    } else {
-                        Body::from_raw(frame.slice(start..pos), &FORMAT)
-                    });
-                }
-                _ => return None,
-            }
-            pos = ws(f, pos);
-            match f.get(pos) {
-                Some(b',') => pos = ws(f, pos + 1),
-                Some(b'}') => break,
-                _ => return None,
-            }
-        }
-        if ws(f, pos + 1) != f.len() {
-            return None;
-        }
-        Some(Command::from_parts(
-            key,
-            action?,
-            body.unwrap_or_default(),
-            None,
-        ))
-    }
-}
-
-#[cfg(test)]
-mod tests {
+/// The decoder: one pass over the frame, no value tree, no recursion.
+///
+/// Syntax errors stop the pass (what follows cannot be trusted); a field of
+/// the wrong type or a duplicate field is remembered and reported once the
+/// whole object has been read, so that the key can go with the error
+/// wherever it stands.
+pub mod decode {
     use super::*;
 
-    /// Wherever the fast path answers, it answers as the full decoder does.
-    #[test]
-    fn fast_path_agrees_with_serde() {
-        let keys = [
-            None,
-            Some(r#""k1""#),
-            Some(r#""""#),
-            Some(r#""a\"b""#),
-            Some("null"),
-            Some("7"),
-        ];
-        let actions = [
-            Some(r#""echo""#),
-            Some(r#""ec\u0068o""#),
-            Some(r#""ünï""#),
-            None,
-            Some("\"a\tb\""),
-        ];
-        let bodies = [
-            None,
-            Some("null"),
-            Some("[1, {\"x\": \"y\"}]"),
-            Some("\"s\""),
-            Some("tru"),
-            Some("{}"),
-        ];
-        let extras = ["", r#","version":3"#, r#","other":{"a":[1]}"#];
-        let mut checked = 0;
-        for k in keys {
-            for a in actions {
-                for b in bodies {
-                    for e in extras {
-                        for space in ["", " ", "\n "] {
-                            let mut fields = Vec::new();
-                            if let Some(k) = k {
-                                fields.push(format!(r#""key"{space}:{space}{k}"#));
-                            }
-                            if let Some(a) = a {
-                                fields.push(format!(r#""action":{a}"#));
-                            }
-                            if let Some(b) = b {
-                                fields.push(format!(r#"{space}"body":{b}{space}"#));
-                            }
-                            let text = format!("{space}{{{}{e}}}{space}", fields.join(","));
-                            let frame = Bytes::from(text.clone());
-                            let slow = decode_serde(frame.clone());
-                            if let Some(fast) = fast::decode(&frame) {
-                                let slow = slow.unwrap_or_else(|e| {
-                                    panic!("{text}: fast accepted, serde said {e}")
-                                });
-                                assert_eq!(fast.action, slow.action, "{text}");
-                                assert_eq!(fast.key, slow.key, "{text}");
-                                assert_eq!(
-                                    fast.body.raw().map(|r| r.0.clone()),
-                                    slow.body.raw().map(|r| r.0.clone()),
-                                    "{text}"
-                                );
-                                assert_eq!(fast.version, slow.version, "{text}");
-                                checked += 1;
-                            }
+    /// Why a frame is not a command, with what could be read of it.
+    struct Fail {
+        message: String,
+    }
+
+    type R<T> = Result<T, Fail>;
+
+    /// A byte's class inside a string: 0 plain ASCII, 1 quote, 2 backslash,
+    /// 3 control character, 4 the start or middle of a UTF-8 sequence.
+    static STR_CLASS: [u8; 256] = {
+        let mut t = [0u8; 256];
+        let mut i = 0;
+        while i < 256 {
+            t[i] = if i < 0x20 {
+                3
+            } else if i >= 0x80 {
+                4
+            } else {
+                0
+            };
+            i += 1;
+        }
+        t[b'"' as usize] = 1;
+        t[b'\\' as usize] = 2;
+        t
+    };
+
+    struct Parser<'a> {
+        f: &'a [u8],
+        pos: usize,
+    }
+
+    /// A string's contents in the frame, and whether it holds escapes.
+    struct Str {
+        start: usize,
+        end: usize,
+        escaped: bool,
+    }
+
+    fn fail(message: impl Into<String>) -> Fail {
+        Fail {
+            message: message.into(),
+        }
+    }
+
+    impl<'a> Parser<'a> {
+        fn ws(&mut self) {
+            while let Some(b' ' | b'\t' | b'\n' | b'\r') = self.f.get(self.pos) {
+                self.pos += 1;
+            }
+        }
+
+        fn peek(&self) -> Option<u8> {
+            self.f.get(self.pos).copied()
+        }
+
+        fn expected(&self, what: &str) -> Fail {
+            match self.peek() {
+                None => fail(format!("expected {what}, found the end of the frame")),
+                Some(_) => fail(format!("expected {what} at column {}", self.pos + 1)),
+            }
+        }
+
+        fn eat(&mut self, byte: u8, what: &str) -> R<()> {
+            self.ws();
+            if self.peek() == Some(byte) {
+                self.pos += 1;
+                Ok(())
+            } else {
+                Err(self.expected(what))
+            }
+        }
+
+        /// A string starting at `pos` (which must be its opening quote).
+        fn string(&mut self) -> R<Str> {
+            if self.peek() != Some(b'"') {
+                return Err(self.expected("a string"));
+            }
+            self.pos += 1;
+            let start = self.pos;
+            let (mut escaped, mut non_ascii) = (false, false);
+            loop {
+                let Some(&b) = self.f.get(self.pos) else {
+                    return Err(fail("unterminated string"));
+                };
+                match STR_CLASS[usize::from(b)] {
+                    0 => self.pos += 1,
+                    1 => break,
+                    2 => {
+                        escaped = true;
+                        self.escape()?;
+                    }
+                    3 => {
+                        return Err(fail(format!(
+                            "control character in a string at column {}",
+                            self.pos + 1
+                        )))
+                    }
+                    _ => {
+                        non_ascii = true;
+                        self.pos += 1;
+                    }
+                }
+            }
+            let end = self.pos;
+            self.pos += 1;
+            if non_ascii && std::str::from_utf8(&self.f[start..end]).is_err() {
+                return Err(fail(format!("invalid UTF-8 in a string at column {start}")));
+            }
+            Ok(Str {
+                start,
+                end,
+                escaped,
+            })
+        }
+
+        fn escape(&mut self) -> R<()> {
+            let at = self.pos + 1;
+            match self.f.get(self.pos + 1) {
+                Some(b'"' | b'\\' | b'/' | b'b' | b'f' | b'n' | b'r' | b't') => self.pos += 2,
+                Some(b'u') => {
+                    let hex = self.f.get(self.pos + 2..self.pos + 6);
+                    if !hex.is_some_and(|h| h.iter().all(u8::is_ascii_hexdigit)) {
+                        return Err(fail(format!("invalid \\u escape at column {at}")));
+                    }
+                    self.pos += 6;
+                }
+                _ => return Err(fail(format!("invalid escape at column {at}"))),
+            }
+            Ok(())
+        }
+
+        fn digits(&mut self) -> usize {
+            let start = self.pos;
+            while self.peek().is_some_and(|b| b.is_ascii_digit()) {
+                self.pos += 1;
+            }
+            self.pos - start
+        }
+
+        /// A number; true if it is an integer (no fraction, no exponent).
+        fn number(&mut self) -> R<bool> {
+            let start = self.pos;
+            if self.peek() == Some(b'-') {
+                self.pos += 1;
+            }
+            let bad = |_: &Self| fail(format!("invalid number at column {}", start + 1));
+            match self.peek() {
+                Some(b'0') => self.pos += 1,
+                Some(b'1'..=b'9') => {
+                    self.digits();
+                }
+                _ => return Err(bad(self)),
+            }
+            let mut integer = true;
+            if self.peek() == Some(b'.') {
+                self.pos += 1;
+                integer = false;
+                if self.digits() == 0 {
+                    return Err(bad(self));
+                }
+            }
+            if let Some(b'e' | b'E') = self.peek() {
+                self.pos += 1;
+                integer = false;
+                if let Some(b'+' | b'-') = self.peek() {
+                    self.pos += 1;
+                }
+                if self.digits() == 0 {
+                    return Err(bad(self));
+                }
+            }
+            Ok(integer)
+        }
+
+        fn literal(&mut self, word: &'static [u8]) -> R<()> {
+            if self.f[self.pos..].starts_with(word) {
+                self.pos += word.len();
+                Ok(())
+            } else {
+                Err(self.expected("a value"))
+            }
+        }
+
+        /// Skips one whole value (after whitespace), validating it, without
+        /// recursion; arrays and objects may nest [`MAX_DEPTH`] levels.
+        fn value(&mut self) -> R<()> {
+            // Level i (from 0) is an object when bit i is set.
+            let mut objects: u128 = 0;
+            let mut depth = 0usize;
+            'value: loop {
+                self.ws();
+                match self.peek() {
+                    Some(open @ (b'{' | b'[')) => {
+                        if depth == MAX_DEPTH {
+                            return Err(fail(format!("nested deeper than {MAX_DEPTH} levels")));
                         }
+                        self.pos += 1;
+                        self.ws();
+                        let close = if open == b'{' { b'}' } else { b']' };
+                        if self.peek() == Some(close) {
+                            self.pos += 1;
+                        } else {
+                            if open == b'{' {
+                                objects |= 1 << depth;
+                                self.member_name()?;
+                            } else {
+                                objects &= !(1 << depth);
+                            }
+                            depth += 1;
+                            continue 'value;
+                        }
+                    }
+                    Some(b'"') => {
+                        self.string()?;
+                    }
+                    Some(b'-' | b'0'..=b'9') => {
+                        self.number()?;
+                    }
+                    Some(b't') => self.literal(b"true")?,
+                    Some(b'f') => self.literal(b"false")?,
+                    Some(b'n') => self.literal(b"null")?,
+                    _ => return Err(self.expected("a value")),
+                }
+                // A value is complete: close what it completes.
+                loop {
+                    if depth == 0 {
+                        return Ok(());
+                    }
+                    self.ws();
+                    let object = objects & (1 << (depth - 1)) != 0;
+                    match (self.peek(), object) {
+                        (Some(b','), _) => {
+                            self.pos += 1;
+                            if object {
+                                self.ws();
+                                self.member_name()?;
+                            }
+                            continue 'value;
+                        }
+                        (Some(b'}'), true) | (Some(b']'), false) => {
+                            self.pos += 1;
+                            depth -= 1;
+                        }
+                        (_, true) => return Err(self.expected("`,` or `}`")),
+                        (_, false) => return Err(self.expected("`,` or `]`")),
                     }
                 }
             }
         }
-        assert!(checked > 50, "the fast path took {checked} cases");
+
+        /// `"name":` inside an object.
+        fn member_name(&mut self) -> R<()> {
+            self.string()?;
+            self.eat(b':', "`:`")
+        }
+    }
+
+    /// Unescapes a string known to be well-formed JSON (quotes excluded).
+    fn unescape(raw: &[u8]) -> R<String> {
+        let mut quoted = Vec::with_capacity(raw.len() + 2);
+        quoted.push(b'"');
+        quoted.extend_from_slice(raw);
+        quoted.push(b'"');
+        serde_json::from_slice(&quoted).map_err(|e| fail(format!("invalid string: {e}")))
+    }
+
+    fn text(frame: &Bytes, s: &Str) -> R<Text> {
+        if s.escaped {
+            return unescape(&frame[s.start..s.end]).map(Text::from);
+        }
+        Text::from_utf8(frame.slice(s.start..s.end)).map_err(|_| fail("invalid UTF-8"))
+    }
+
+    /// Decodes one frame into a command.
+    pub(crate) fn command(frame: Bytes) -> Result<Command, DecodeError> {
+        let mut key: Option<Text> = None;
+        let mut action: Option<Text> = None;
+        let mut body = Body::absent();
+        let mut version: Option<i64> = None;
+        let mut problem: Option<String> = None;
+        let result = fields(&frame, &mut key, &mut action, &mut body, &mut version, &mut problem);
+        let message = match (result, problem) {
+            (Err(f), _) => f.message,
+            (Ok(()), Some(problem)) => problem,
+            (Ok(()), None) => match action {
+                Some(action) => {
+                    return Ok(Command::from_parts(key, action, body, version));
+                }
+                None => "missing field `action`".to_owned(),
+            },
+        };
+        Err(DecodeError::new(message)
+            .with_key(key.map(String::from))
+            .with_action(action.map(String::from)))
+    }
+
+    fn fields(
+        frame: &Bytes,
+        key: &mut Option<Text>,
+        action: &mut Option<Text>,
+        body: &mut Body,
+        version: &mut Option<i64>,
+        problem: &mut Option<String>,
+    ) -> R<()> {
+        let mut p = Parser { f: frame, pos: 0 };
+        p.ws();
+        if p.peek() != Some(b'{') {
+            return Err(match p.peek() {
+                Some(b'[' | b'"' | b'-' | b'0'..=b'9' | b't' | b'f' | b'n') => {
+                    fail("expected a command object, found another JSON value")
+                }
+                _ => p.expected("a command object"),
+            });
+        }
+        p.pos += 1;
+        p.ws();
+        if p.peek() == Some(b'}') {
+            p.pos += 1;
+        } else {
+            let mut seen = [false; 4];
+            loop {
+                p.ws();
+                let name = p.string()?;
+                p.eat(b':', "`:`")?;
+                p.ws();
+                let name: Cow<'_, [u8]> = if name.escaped {
+                    Cow::Owned(unescape(&frame[name.start..name.end])?.into_bytes())
+                } else {
+                    Cow::Borrowed(&frame[name.start..name.end])
+                };
+                let slot = match &*name {
+                    b"key" => Some(0),
+                    b"action" => Some(1),
+                    b"body" => Some(2),
+                    b"version" => Some(3),
+                    _ => None,
+                };
+                let mut note = |message: String| {
+                    problem.get_or_insert(message);
+                };
+                match slot {
+                    None => p.value().map_err(|f| in_field(f, &name))?,
+                    Some(slot) => {
+                        let field = ["key", "action", "body", "version"][slot];
+                        if std::mem::replace(&mut seen[slot], true) {
+                            note(format!("duplicate field `{field}`"));
+                        }
+                        let start = p.pos;
+                        match (slot, p.peek()) {
+                            (_, Some(b'n')) if p.f[p.pos..].starts_with(b"null") => {
+                                // null reads as absent.
+                                p.pos += 4;
+                            }
+                            (0 | 1, Some(b'"')) => {
+                                let s = p.string()?;
+                                let t = text(frame, &s)?;
+                                let slot = if slot == 0 { &mut *key } else { &mut *action };
+                                slot.get_or_insert(t);
+                            }
+                            (2, _) => {
+                                p.value().map_err(|f| in_field(f, &name))?;
+                                *body = Body::from_raw(frame.slice(start..p.pos), &CHECKED);
+                            }
+                            (3, Some(b'-' | b'0'..=b'9')) => {
+                                let integer = p.number()?;
+                                match std::str::from_utf8(&frame[start..p.pos])
+                                    .ok()
+                                    .filter(|_| integer)
+                                    .and_then(|s| s.parse::<i64>().ok())
+                                {
+                                    Some(v) => *version = Some(v),
+                                    None => note(
+                                        "invalid type: `version` must be a 64-bit integer".into(),
+                                    ),
+                                }
+                            }
+                            _ => {
+                                p.value().map_err(|f| in_field(f, &name))?;
+                                let want = if slot == 3 { "an integer" } else { "a string" };
+                                note(format!("invalid type: `{field}` must be {want}"));
+                            }
+                        }
+                    }
+                }
+                p.ws();
+                match p.peek() {
+                    Some(b',') => p.pos += 1,
+                    Some(b'}') => {
+                        p.pos += 1;
+                        break;
+                    }
+                    _ => return Err(p.expected("`,` or `}`")),
+                }
+            }
+        }
+        p.ws();
+        if p.pos != frame.len() {
+            return Err(fail(format!(
+                "trailing characters after the command at column {}",
+                p.pos + 1
+            )));
+        }
+        Ok(())
+    }
+
+    /// Depth refusals name the field they are in ("body nested deeper…").
+    fn in_field(f: Fail, name: &[u8]) -> Fail {
+        if f.message.starts_with("nested deeper") {
+            fail(format!("{} {}", String::from_utf8_lossy(name), f.message))
+        } else {
+            f
+        }
+    }
+
+    /// Checks that `raw` is one JSON value nested at most [`MAX_DEPTH`]
+    /// levels, with nothing but whitespace around it.
+    pub fn check_value(raw: &[u8]) -> Result<(), DecodeError> {
+        let mut p = Parser { f: raw, pos: 0 };
+        p.value().map_err(|f| DecodeError::new(f.message))?;
+        p.ws();
+        if p.pos != raw.len() {
+            return Err(DecodeError::new(format!(
+                "trailing characters at column {}",
+                p.pos + 1
+            )));
+        }
+        Ok(())
     }
 }

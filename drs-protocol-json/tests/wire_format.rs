@@ -148,7 +148,7 @@ fn raw_body_with_newlines_stays_on_one_line() {
 fn garbage_is_a_clear_error() {
     for (input, key, fragment) in [
         ("not json", None, "expected"),
-        ("{\"action\":", None, "EOF"),
+        ("{\"action\":", None, "end of the frame"),
         ("[1,2]", None, "a command object"),
         (r#"["k1","echo",{"x":1}]"#, None, "a command object"),
         ("\"action\"", None, "a command object"),
@@ -162,9 +162,20 @@ fn garbage_is_a_clear_error() {
         ),
         (
             r#"{"key":"k4","action":"a","body":}"#,
-            None,
-            "expected value",
+            Some("k4"),
+            "expected a value at column 33",
         ),
+        (r#"{"key":"k5","body":[1,}"#, Some("k5"), "expected a value"),
+        (r#"{"action":"a","body":01}"#, None, "expected `,` or `}`"),
+        (r#"{"action":"a","body":"\q"}"#, None, "invalid escape"),
+        (r#"{"action":"a","body":"\u12"}"#, None, "invalid \\u escape"),
+        ("{\"action\":\"a\",\"body\":\"\t\"}", None, "control character"),
+        (r#"{"action":"a","body":1.}"#, None, "invalid number"),
+        (r#"{"action":"a","body":[1}"#, None, "expected `,` or `]`"),
+        (r#"{"action":"a","body":{"x" 1}}"#, None, "expected `:`"),
+        (r#"{"action":"a","body":tru}"#, None, "expected a value"),
+        (r#"{"action":"a","version":1.5}"#, None, "64-bit integer"),
+        (r#"{"action":"a",}"#, None, "expected a string"),
         (r#"{"action":"a"} trailing"#, None, "trailing"),
         (
             "{\"action\":\"a\",\"action\":\"b\"}",
@@ -238,26 +249,72 @@ fn go_drs_style_frames_decode() {
 }
 
 #[test]
-fn deep_nesting_is_an_error_not_a_crash() {
-    let deep = format!(
-        r#"{{"key":"d","action":"a","body":{}{}}}"#,
-        "[".repeat(100_000),
-        "]".repeat(100_000)
-    );
-    // The frame decodes (the body is only skipped over, without recursion)…
-    let cmd = Json.decode(Bytes::from(deep)).unwrap();
-    // …and deserializing or transcoding it stops at serde_json's limit.
-    let err = cmd.body.deserialize::<Value>().unwrap_err();
-    assert!(err.message().contains("recursion limit"), "{err}");
-    let mut out = BytesMut::new();
-    assert!(drs_protocol_msgpack::MsgPack
-        .encode(&Outgoing::new("a").body(OutBody::Raw(&cmd.body)), &mut out)
-        .is_err());
-    let ok = format!(
-        r#"{{"action":"a","body":{}{}}}"#,
-        "[".repeat(100),
-        "]".repeat(100)
-    );
-    let cmd = Json.decode(Bytes::from(ok)).unwrap();
+fn nesting_is_limited_to_128_levels_in_one_pass() {
+    let nested = |n: usize| format!("{}{}", "[".repeat(n), "]".repeat(n));
+    // 128 levels (the command object is not one) pass and deserialize…
+    let cmd = decode(&format!(r#"{{"action":"a","body":{}}}"#, nested(128)));
     assert!(cmd.body.deserialize::<Value>().is_ok());
+    // …129 are refused, with the key, and a message naming the limit.
+    for n in [129, 3_000_000] {
+        let frame = format!(r#"{{"key":"d","action":"a","body":{}}}"#, nested(n));
+        let err = Json.decode(Bytes::from(frame)).unwrap_err();
+        assert_eq!(err.message(), "body nested deeper than 128 levels");
+        assert_eq!(err.key(), Some("d"));
+    }
+    // Containers inside containers at many levels, not one chain: objects
+    // in arrays in objects, with siblings before and after at every level.
+    let mixed = |n: usize| {
+        let mut v = String::from("0");
+        for i in 0..n {
+            // Sibling containers add a level below their parent, so the
+            // innermost level has scalar siblings only.
+            v = if i == 0 {
+                format!(r#"[1,{v},"x"]"#)
+            } else if i % 2 == 0 {
+                format!(r#"[1,{{"a":[]}},{v},"x"]"#)
+            } else {
+                format!(r#"{{"k":[],"v":{v},"z":null}}"#)
+            };
+        }
+        v
+    };
+    let ok = decode(&format!(r#"{{"action":"a","body":{}}}"#, mixed(128)));
+    let value: Value = ok.body.deserialize().unwrap();
+    assert!(serde_json::to_string(&value).unwrap().matches('[').count() > 128);
+    let err = Json
+        .decode(Bytes::from(format!(r#"{{"action":"a","body":{}}}"#, mixed(129))))
+        .unwrap_err();
+    assert!(err.message().contains("deeper than 128"), "{err}");
+    // An unknown field is held to the same limit, and named.
+    let err = Json
+        .decode(Bytes::from(format!(r#"{{"action":"a","x":{}}}"#, nested(200))))
+        .unwrap_err();
+    assert_eq!(err.message(), "x nested deeper than 128 levels");
+    // Bodies made from bytes elsewhere are checked before serde_json recurses.
+    let body = drs_core::Body::from_raw(
+        Bytes::from(nested(1_000_000)),
+        Json.body_format(),
+    );
+    let err = body.deserialize::<Value>().unwrap_err();
+    assert!(err.message().contains("deeper than 128"), "{err}");
+}
+
+#[test]
+fn broken_frames_report_key_and_action_when_read() {
+    let err = Json
+        .decode(Bytes::from_static(br#"{"key":"3","action":"drs.response","body":[}"#))
+        .unwrap_err();
+    assert_eq!((err.key(), err.action()), (Some("3"), Some("drs.response")));
+    let err = Json
+        .decode(Bytes::from_static(br#"{"key":"3","body":[}"#))
+        .unwrap_err();
+    assert_eq!((err.key(), err.action()), (Some("3"), None));
+}
+
+#[test]
+fn escaped_names_keys_and_actions_decode() {
+    let cmd = decode(r#"{"k\u0065y":"a\"b","\u0061ction":"\u00e9t\u00e9","body":"\ud83d\ude00"}"#);
+    assert_eq!(cmd.key.as_deref(), Some("a\"b"));
+    assert_eq!(cmd.action, "été");
+    assert_eq!(cmd.body.deserialize::<String>().unwrap(), "😀");
 }

@@ -143,9 +143,24 @@ fn key_string(key: &Option<Text>) -> Option<String> {
     key.as_ref().map(|k| k.to_string())
 }
 
+/// Adds what could be read of the command to an error, and the field's
+/// name to a depth refusal ("body nested deeper than 128 levels").
+fn tagged(e: DecodeError, field: &str, key: &Option<Text>, action: &Option<Text>) -> DecodeError {
+    let e = if e.message().starts_with("nested deeper") && !field.is_empty() {
+        DecodeError::new(format!("{field} {}", e.message()))
+    } else {
+        e
+    };
+    e.with_key(key_string(key))
+        .with_action(action.as_ref().map(|a| a.to_string()))
+}
+
 fn decode_command(frame: &Bytes) -> Result<Command, DecodeError> {
     let mut r = Reader::new(frame);
     let fields = r.map_len()?;
+    if fields > frame.len() as u64 {
+        return Err(truncated());
+    }
     let mut key: Option<Text> = None;
     let mut action: Option<Text> = None;
     let mut body: Option<Body> = None;
@@ -158,10 +173,11 @@ fn decode_command(frame: &Bytes) -> Result<Command, DecodeError> {
         let name = match r.str_or_skip() {
             Ok(Some(name)) => name,
             Ok(None) => {
-                r.skip_value().map_err(|e| e.with_key(key_string(&key)))?;
+                r.skip_value()
+                    .map_err(|e| tagged(e, "value", &key, &action))?;
                 continue;
             }
-            Err(e) => return Err(e.with_key(key_string(&key))),
+            Err(e) => return Err(tagged(e, "", &key, &action)),
         };
         let slot = match name {
             "key" => 0,
@@ -169,7 +185,7 @@ fn decode_command(frame: &Bytes) -> Result<Command, DecodeError> {
             "body" => 2,
             "version" => 3,
             _ => {
-                r.skip_value().map_err(|e| e.with_key(key_string(&key)))?;
+                r.skip_value().map_err(|e| tagged(e, name, &key, &action))?;
                 continue;
             }
         };
@@ -178,7 +194,7 @@ fn decode_command(frame: &Bytes) -> Result<Command, DecodeError> {
         }
         let start = r.pos;
         let is_nil = r.peek() == Some(0xc0);
-        r.skip_value().map_err(|e| e.with_key(key_string(&key)))?;
+        r.skip_value().map_err(|e| tagged(e, name, &key, &action))?;
         let value = &frame[start..r.pos];
         if is_nil {
             continue;
@@ -207,7 +223,7 @@ fn decode_command(frame: &Bytes) -> Result<Command, DecodeError> {
             .get_or_insert_with(|| format!("{} bytes after the command map", frame.len() - r.pos));
     }
     if let Some(problem) = problem {
-        return Err(DecodeError::new(problem).with_key(key_string(&key)));
+        return Err(tagged(DecodeError::new(problem), "", &key, &action));
     }
     let Some(action) = action else {
         return Err(DecodeError::new("missing field `action`").with_key(key_string(&key)));
@@ -324,85 +340,68 @@ impl<'a> Reader<'a> {
         Some(v)
     }
 
-    /// Skips one whole value, iteratively, refusing nesting deeper than
-    /// [`MAX_DEPTH`] (the MessagePack deserializer recurses without a limit,
-    /// so this check is what keeps a hostile body from overflowing the stack).
+    /// Skips one whole value, iteratively, refusing arrays and maps nested
+    /// deeper than [`MAX_DEPTH`] levels (the MessagePack deserializer
+    /// recurses, so this check is what keeps a hostile body from overflowing
+    /// the stack). The value itself is level 0; the items of a container at
+    /// level d are at level d + 1.
     fn skip_value(&mut self) -> Result<(), DecodeError> {
-        // Values still to read at each open level: a few levels inline (most
-        // bodies are shallow), deeper ones on the heap.
-        let mut inline = [0u64; 16];
-        let mut deep: Vec<u64> = Vec::new();
+        // Values still to read at each open level.
+        let mut left = [0u64; MAX_DEPTH + 1];
         let mut depth = 0;
-        inline[0] = 1;
+        left[0] = 1;
         loop {
-            loop {
-                let left = if depth < 16 {
-                    inline[depth]
-                } else {
-                    deep[depth - 16]
-                };
-                if left > 0 {
-                    break;
-                }
+            while left[depth] == 0 {
                 if depth == 0 {
                     return Ok(());
                 }
                 depth -= 1;
-                if depth >= 16 {
-                    deep.pop();
-                }
             }
-            if depth < 16 {
-                inline[depth] -= 1;
-            } else {
-                deep[depth - 16] -= 1;
-            }
+            left[depth] -= 1;
             let m = self.take(1)?[0];
-            let (skip, items) = match m {
-                0x00..=0x7f | 0xe0..=0xff | 0xc0 | 0xc2 | 0xc3 => (0, 0),
-                0x80..=0x8f => (0, 2 * u64::from(m & 0x0f)),
-                0x90..=0x9f => (0, u64::from(m & 0x0f)),
-                0xa0..=0xbf => (usize::from(m & 0x1f), 0),
-                0xc4 | 0xd9 => (self.be(1)? as usize, 0),
-                0xc5 | 0xda => (self.be(2)? as usize, 0),
-                0xc6 | 0xdb => (self.be(4)? as usize, 0),
-                0xc7 => (self.be(1)? as usize + 1, 0),
-                0xc8 => (self.be(2)? as usize + 1, 0),
-                0xc9 => (self.be(4)? as usize + 1, 0),
-                0xca => (4, 0),
-                0xcb => (8, 0),
-                0xcc | 0xd0 => (1, 0),
-                0xcd | 0xd1 => (2, 0),
-                0xce | 0xd2 => (4, 0),
-                0xcf | 0xd3 => (8, 0),
-                0xd4 => (2, 0),
-                0xd5 => (3, 0),
-                0xd6 => (5, 0),
-                0xd7 => (9, 0),
-                0xd8 => (17, 0),
-                0xdc => (0, self.be(2)?),
-                0xdd => (0, self.be(4)?),
-                0xde => (0, 2 * self.be(2)?),
-                0xdf => (0, 2 * self.be(4)?),
+            let (skip, items, container) = match m {
+                0x00..=0x7f | 0xe0..=0xff | 0xc0 | 0xc2 | 0xc3 => (0, 0, false),
+                0x80..=0x8f => (0, 2 * u64::from(m & 0x0f), true),
+                0x90..=0x9f => (0, u64::from(m & 0x0f), true),
+                0xa0..=0xbf => (usize::from(m & 0x1f), 0, false),
+                0xc4 | 0xd9 => (self.be(1)? as usize, 0, false),
+                0xc5 | 0xda => (self.be(2)? as usize, 0, false),
+                0xc6 | 0xdb => (self.be(4)? as usize, 0, false),
+                0xc7 => (self.be(1)? as usize + 1, 0, false),
+                0xc8 => (self.be(2)? as usize + 1, 0, false),
+                0xc9 => (self.be(4)? as usize + 1, 0, false),
+                0xca => (4, 0, false),
+                0xcb => (8, 0, false),
+                0xcc | 0xd0 => (1, 0, false),
+                0xcd | 0xd1 => (2, 0, false),
+                0xce | 0xd2 => (4, 0, false),
+                0xcf | 0xd3 => (8, 0, false),
+                0xd4 => (2, 0, false),
+                0xd5 => (3, 0, false),
+                0xd6 => (5, 0, false),
+                0xd7 => (9, 0, false),
+                0xd8 => (17, 0, false),
+                0xdc => (0, self.be(2)?, true),
+                0xdd => (0, self.be(4)?, true),
+                0xde => (0, 2 * self.be(2)?, true),
+                0xdf => (0, 2 * self.be(4)?, true),
                 0xc1 => return Err(DecodeError::new("invalid MessagePack marker 0xc1")),
             };
             self.take(skip)?;
-            if items > 0 {
+            if container {
+                if depth == MAX_DEPTH {
+                    return Err(DecodeError::new(format!(
+                        "nested deeper than {MAX_DEPTH} levels"
+                    )));
+                }
                 // Every value takes at least one byte: a count that cannot
                 // fit in what is left is a lie, not a reason to loop.
                 if items > (self.buf.len() - self.pos) as u64 {
                     return Err(truncated());
                 }
-                if depth == MAX_DEPTH {
-                    return Err(DecodeError::new(format!(
-                        "MessagePack value nested deeper than {MAX_DEPTH} levels"
-                    )));
-                }
-                depth += 1;
-                if depth < 16 {
-                    inline[depth] = items;
-                } else {
-                    deep.push(items);
+                if items > 0 {
+                    depth += 1;
+                    left[depth] = items;
                 }
             }
         }

@@ -198,3 +198,62 @@ fn body_type_errors_are_reported() {
     assert!(cmd.body.deserialize::<X>().is_err());
     assert!(cmd.body.deserialize::<String>().is_err());
 }
+
+/// A value `n` levels deep whose containers hold containers at every level,
+/// with siblings before and after the deeper one (so levels are entered
+/// and left many times, not once down a chain).
+fn mixed(n: usize) -> Value {
+    let mut v = json!(0);
+    for i in 0..n {
+        v = match i {
+            0 => json!([1, v, "x"]),
+            _ if i % 2 == 1 => json!({"k": [], "v": v, "z": null}),
+            _ => json!([1, {"a": []}, v, [2], "x"]),
+        };
+    }
+    v
+}
+
+fn frame_with_body(body: &Value) -> Vec<u8> {
+    let mut frame = b"\x82\xa6action\xa1a\xa4body".to_vec();
+    frame.extend(rmp_serde::to_vec(body).unwrap());
+    frame
+}
+
+#[test]
+fn depth_is_counted_across_sibling_containers() {
+    for n in [1, 16, 17, 100, 128] {
+        let body = mixed(n);
+        let cmd = decode(&frame_with_body(&body)).unwrap_or_else(|e| panic!("{n}: {e}"));
+        // The body's end, as the decoder found it, is where a real parser
+        // finds it: the value reads back whole.
+        assert_eq!(cmd.body.deserialize::<Value>().unwrap(), body, "{n}");
+    }
+    let err = decode(&frame_with_body(&mixed(129))).unwrap_err();
+    assert_eq!(err.message(), "body nested deeper than 128 levels");
+    // 2000 levels of [<deeper>, 1]: every level is left after its deeper
+    // item, the bookkeeping the old skipper got wrong past level 16.
+    let mut frame = b"\x82\xa6action\xa1a\xa4body".to_vec();
+    frame.extend(std::iter::repeat_n(0x92u8, 2000));
+    frame.push(0xc0);
+    frame.extend(std::iter::repeat_n(0x01u8, 2000));
+    let err = decode(&frame).unwrap_err();
+    assert_eq!(err.message(), "body nested deeper than 128 levels");
+    // Empty containers count as a level too, as in JSON.
+    let mut frame = b"\x82\xa6action\xa1a\xa4body".to_vec();
+    frame.extend(std::iter::repeat_n(0x91u8, 128));
+    frame.push(0x90);
+    assert!(decode(&frame).is_err());
+    frame.truncate(frame.len() - 2);
+    frame.push(0x90);
+    assert!(decode(&frame).is_ok());
+}
+
+#[test]
+fn broken_frames_report_key_and_action_when_read() {
+    // {"key":"3","action":"drs.response","body":<truncated>}
+    let mut frame = b"\x83\xa3key\xa13\xa6action\xacdrs.response\xa4body".to_vec();
+    frame.extend([0x92, 0x01]);
+    let err = decode(&frame).unwrap_err();
+    assert_eq!((err.key(), err.action()), (Some("3"), Some("drs.response")));
+}
