@@ -6,7 +6,7 @@ use std::{
     time::{SystemTime, UNIX_EPOCH},
 };
 
-use drs_core::{Chain, Error};
+use drs_core::{Chain, Error, ServerConfig};
 use futures::future::join_all;
 use tokio::sync::Semaphore;
 
@@ -573,8 +573,11 @@ pub async fn shutdown_grace_expires(pair: Pair) {
     assert!(err.is_closed(), "{err:?}");
 }
 
-/// Frames that do not decode are answered with a `drs.error` (keyed when
-/// the key could be read) and skipped; the connection goes on.
+/// Frames that do not decode are answered with a `drs.error` and skipped;
+/// the connection goes on. The error is keyed only when the frame is
+/// known to be a call (its key and a non-reply action could be read):
+/// answering a broken reply would give the peer's own call of that key a
+/// second reply.
 pub async fn garbage_is_skipped_with_an_error(pair: Pair) {
     let server = test_server(ConnConfig::default());
     let ep = pair.listen(&server).await;
@@ -592,12 +595,24 @@ pub async fn garbage_is_skipped_with_an_error(pair: Pair) {
         "{message:?}"
     );
 
-    raw.send_frame(pair.proto.frame_without_action("k9")).await;
+    // Whole, without an action: not a reply, so a broken call.
+    raw.send_frame(pair.proto.frame_without_action("k8")).await;
+    let notice = raw.recv().await.unwrap();
+    assert_eq!(
+        (notice.action.as_str(), notice.key.as_deref()),
+        ("drs.error", Some("k8"))
+    );
+
+    raw.send_frame(pair.proto.frame_with_bad_version("k9", "echo"))
+        .await;
     let reply = raw.recv().await.unwrap();
     assert_eq!(
         (reply.action.as_str(), reply.key.as_deref()),
         ("drs.error", Some("k9"))
     );
+    // A broken reply for a call we never made: nothing comes back.
+    raw.send_frame(pair.proto.frame_with_bad_version("k11", "drs.response"))
+        .await;
 
     raw.send(Some("k10"), "echo", json!("still here")).await;
     let reply = raw.recv().await.unwrap();
@@ -778,4 +793,304 @@ pub async fn slow_consumer_is_disconnected(pair: Pair) {
     let v: u32 = fast.call("echo", 3).await.unwrap();
     assert_eq!(v, 3);
     drop(slow);
+}
+
+/// A reply that does not decode fails the call it answers (one outcome,
+/// at once, not a timeout) and is not itself answered.
+pub async fn broken_reply_fails_our_call_and_gets_no_reply(pair: Pair) {
+    let server = test_server(ConnConfig::default());
+    let mut raw = pair.listen(&server).await.raw().await;
+    raw.send(Some("a"), "peer_name", Value::Null).await;
+    let call = raw.recv().await.unwrap();
+    assert_eq!(call.action, "name");
+    let key = call.key.expect("a call has a key");
+    raw.send_frame(pair.proto.frame_with_bad_version(&key, "drs.response"))
+        .await;
+    let reply = raw.recv().await.unwrap();
+    assert_eq!(
+        (reply.action.as_str(), reply.key.as_deref()),
+        ("drs.exception", Some("a")),
+        "{reply:?}"
+    );
+    let message: Value = reply.body.deserialize().unwrap();
+    assert!(
+        message["message"]
+            .as_str()
+            .unwrap()
+            .contains("invalid reply"),
+        "{message}"
+    );
+    raw.send(Some("b"), "echo", json!(1)).await;
+    let next = raw.recv().await.unwrap();
+    assert_eq!(next.key.as_deref(), Some("b"), "{next:?}");
+}
+
+/// A second call with the key of one still running is refused; the
+/// running one is untouched.
+pub async fn duplicate_key_in_flight_is_refused(pair: Pair) {
+    let server = test_server(ConnConfig::default());
+    let started = Arc::new(Counter::default());
+    let release = Arc::new(Semaphore::new(0));
+    blocking_handler(&server, started.clone(), release.clone());
+    let mut raw = pair.listen(&server).await.raw().await;
+    raw.send(Some("k"), "block", Value::Null).await;
+    started.reach(1).await;
+    raw.send(Some("k"), "echo", json!("again")).await;
+    let refused = raw.recv().await.unwrap();
+    assert_eq!(
+        (refused.action.as_str(), refused.key.as_deref()),
+        ("drs.error", Some("k"))
+    );
+    let body: Value = refused.body.deserialize().unwrap();
+    assert_eq!(body["message"], "duplicate key in flight: k");
+    release.add_permits(1);
+    let done = raw.recv().await.unwrap();
+    assert_eq!(
+        (done.action.as_str(), done.key.as_deref()),
+        ("drs.response", Some("k"))
+    );
+    // Once it is done, the key may be used again.
+    raw.send(Some("k"), "echo", json!(2)).await;
+    let again = raw.recv().await.unwrap();
+    assert_eq!(again.body.deserialize::<u32>().unwrap(), 2);
+}
+
+/// A handler past its deadline is stopped; its caller gets exactly
+/// `drs.exception` "handler deadline exceeded". Per action, and server-wide.
+pub async fn handler_deadline_stops_the_handler(pair: Pair) {
+    let server =
+        test_server(ConnConfig::default().handler_timeout(Some(Duration::from_millis(100))));
+    let dropped = Arc::new(Counter::default());
+    let d = dropped.clone();
+    server.on("forever", move || {
+        let guard = DropCount(d.clone());
+        async move {
+            let _guard = guard;
+            std::future::pending::<()>().await;
+            HandlerResult::Ok(())
+        }
+    });
+    server.timeout("sleep", Some(Duration::from_millis(50)));
+    let conn = pair
+        .listen(&server)
+        .await
+        .connect_with(long_timeout())
+        .await;
+    let err = conn.call::<()>("forever", ()).await.unwrap_err();
+    assert!(err.is_exception(), "{err:?}");
+    assert_eq!(remote_message(&err), "handler deadline exceeded");
+    dropped.reach(1).await; // the handler was stopped, not left running
+    let err = conn.call::<u64>("sleep", 60_000).await.unwrap_err();
+    assert_eq!(remote_message(&err), "handler deadline exceeded");
+    // Within its deadline a handler answers as usual.
+    let v: u64 = conn.call("sleep", 1).await.unwrap();
+    assert_eq!(v, 1);
+}
+
+/// Why a connection ended is known on both sides.
+pub async fn close_reason_is_reported(pair: Pair) {
+    let server = test_server(ConnConfig::default());
+    let reasons = Arc::new(Mutex::new(Vec::new()));
+    let gone = Arc::new(Counter::default());
+    let (r, g) = (reasons.clone(), gone.clone());
+    server.on_disconnect(move |conn| {
+        r.lock()
+            .unwrap()
+            .push(conn.close_reason().map(|c| c.name()));
+        g.incr();
+    });
+    let ep = pair.listen(&server).await;
+    let a = admitted(&ep, Client::new()).await;
+    assert!(a.close_reason().is_none());
+    a.close();
+    a.closed().await;
+    assert_eq!(a.close_reason().unwrap().name(), "closed");
+    gone.reach(1).await;
+    let b = admitted(&ep, Client::new()).await;
+    server.connections().pop().unwrap().close();
+    b.closed().await;
+    assert_eq!(b.close_reason().unwrap().name(), "peer_closed");
+    gone.reach(2).await;
+    assert_eq!(
+        *reasons.lock().unwrap(),
+        [Some("peer_closed"), Some("closed")]
+    );
+}
+
+/// With an idle timeout, a connection with nothing in flight and nothing
+/// received for that long is closed; one with a call running is not.
+pub async fn idle_connection_is_closed(pair: Pair) {
+    let server = test_server(ConnConfig::default().idle_timeout(Some(Duration::from_millis(200))));
+    let started = Arc::new(Counter::default());
+    let release = Arc::new(Semaphore::new(0));
+    blocking_handler(&server, started.clone(), release.clone());
+    let reasons = Arc::new(Mutex::new(Vec::new()));
+    let gone = Arc::new(Counter::default());
+    let (r, g) = (reasons.clone(), gone.clone());
+    server.on_disconnect(move |conn| {
+        r.lock()
+            .unwrap()
+            .push(conn.close_reason().map(|c| c.name()));
+        g.incr();
+    });
+    let ep = pair.listen(&server).await;
+    let busy = admitted(&ep, long_timeout()).await;
+    let call = tokio::spawn(busy.call::<()>("block", ()).into_future());
+    started.reach(1).await;
+    let idle = admitted(&ep, Client::new()).await;
+    idle.closed().await;
+    gone.reach(1).await;
+    assert_eq!(*reasons.lock().unwrap(), [Some("idle")]);
+    // The busy one outlived the idle one's timeout with its call running.
+    assert!(!busy.is_closed());
+    release.add_permits(1);
+    call.await.unwrap().unwrap();
+}
+
+/// `on_connect` hooks that do not finish within the admission deadline
+/// close the connection with a clear error.
+pub async fn admission_deadline_closes_the_connection(pair: Pair) {
+    let server = test_server(ConnConfig::default().admission_timeout(Duration::from_millis(100)));
+    server.on_connect(|_conn| async {
+        std::future::pending::<()>().await;
+        Ok::<(), String>(())
+    });
+    let mut raw = pair.listen(&server).await.raw().await;
+    let got = raw.until_closed().await;
+    assert_eq!(got.len(), 1, "{got:?}");
+    let body: Value = got[0].body.deserialize().unwrap();
+    assert_eq!(
+        body["message"],
+        "connection rejected: admission deadline exceeded"
+    );
+    assert_eq!(server.connection_count(), 0);
+}
+
+/// Frames a handler sends before returning arrive before its reply, even
+/// when it runs in a task of its own and the outbound queue is backed up.
+pub async fn fires_before_a_reply_arrive_before_it(pair: Pair) {
+    let server = test_server(ConnConfig::default());
+    server.on("burst", |n: u32, conn: Conn| async move {
+        tokio::task::yield_now().await; // not ready on first poll: a task
+        let chunk = "b".repeat(16 * 1024);
+        for i in 0..n {
+            conn.fire("note", (i, &chunk)).await?;
+        }
+        HandlerResult::Ok(n)
+    });
+    let mut raw = pair.listen(&server).await.raw().await;
+    raw.send(Some("1"), "burst", json!(600)).await;
+    let mut notes = 0;
+    loop {
+        let cmd = raw.recv().await.expect("open");
+        if cmd.action == "note" {
+            let (i, _): (u32, String) = cmd.body.deserialize().unwrap();
+            assert_eq!(i, notes);
+            notes += 1;
+        } else {
+            assert_eq!(cmd.action, "drs.response", "{cmd:?}");
+            break;
+        }
+    }
+    assert_eq!(notes, 600, "the reply overtook the handler's fires");
+}
+
+/// A handler registered on a connection that holds a handle to it (a
+/// cycle through the router) is freed when the connection ends.
+pub async fn handler_holding_its_own_conn_is_freed(pair: Pair) {
+    let server = test_server(ConnConfig::default());
+    let probe = Arc::new(());
+    let p = probe.clone();
+    server.on_connect(move |conn: Conn| {
+        let (probe, me) = (p.clone(), conn.clone());
+        conn.on("who", move || {
+            let (_probe, me) = (probe.clone(), me.clone());
+            async move { HandlerResult::Ok(me.id()) }
+        });
+        async { Ok::<(), String>(()) }
+    });
+    let gone = Arc::new(Counter::default());
+    let g = gone.clone();
+    server.on_disconnect(move |_| {
+        g.incr();
+    });
+    let conn = admitted(&pair.listen(&server).await, Client::new()).await;
+    let _: u64 = conn.call("who", ()).await.unwrap();
+    // Ours, the hook's, the connection's handler's.
+    assert_eq!(Arc::strong_count(&probe), 3);
+    conn.close();
+    gone.reach(1).await;
+    assert_eq!(
+        Arc::strong_count(&probe),
+        2,
+        "the connection's handler leaked"
+    );
+}
+
+/// Past the connection limit a newcomer is told why and closed; the
+/// connections already there are untouched.
+pub async fn connection_limit_refuses_newcomers(pair: Pair) {
+    let server = Server::with_config(ServerConfig::default().max_connections(2));
+    server.on("echo", |body: Body| async move { HandlerResult::Ok(body) });
+    let ep = pair.listen(&server).await;
+    let a = admitted(&ep, Client::new()).await;
+    let b = admitted(&ep, Client::new()).await;
+    let mut third = ep.raw().await;
+    let got = third.until_closed().await;
+    assert_eq!(got.len(), 1, "{got:?}");
+    assert_eq!(
+        (got[0].action.as_str(), got[0].key.as_deref()),
+        ("drs.error", None)
+    );
+    let body: Value = got[0].body.deserialize().unwrap();
+    assert!(
+        body["message"]
+            .as_str()
+            .unwrap()
+            .contains("connection limit (2)"),
+        "{body}"
+    );
+    let v: u32 = a.call("echo", 1).await.unwrap();
+    let w: u32 = b.call("echo", 2).await.unwrap();
+    assert_eq!((v, w), (1, 2));
+    // A slot freed is a slot for the next one.
+    b.close();
+    b.closed().await;
+    until_count(&server, 1).await;
+    let c = admitted(&ep, Client::new()).await;
+    let v: u32 = c.call("echo", 3).await.unwrap();
+    assert_eq!(v, 3);
+}
+
+async fn until_count(server: &Server, n: usize) {
+    while server.connection_count() != n {
+        tokio::task::yield_now().await;
+    }
+}
+
+/// A received body broadcast to peers of its own protocol arrives with the
+/// very bytes it was sent with (no re-encoding, no loss of precision).
+pub async fn broadcast_copies_a_received_body_exactly(pair: Pair) {
+    let server = test_server(ConnConfig::default());
+    let s = server.clone();
+    server.on("shout", move |body: Body| {
+        let reached = s.broadcast_body("shout", &body);
+        async move { HandlerResult::Ok(reached) }
+    });
+    let ep = pair.listen(&server).await;
+    let mut listener = ep.raw().await;
+    listener.send(Some("0"), "echo", Value::Null).await;
+    listener.recv().await.unwrap(); // admitted
+    let mut shouter = ep.raw().await;
+    let exact = pair.proto.exact_body();
+    let body = Body::from_raw(exact.clone(), pair.protocol().body_format());
+    let mut frame = BytesMut::new();
+    let out = Outgoing::new("shout")
+        .key(Some("1"))
+        .body(drs_core::OutBody::Raw(&body));
+    pair.protocol().encode(&out, &mut frame).unwrap();
+    shouter.send_frame(frame.freeze()).await;
+    let heard = listener.recv().await.unwrap();
+    assert_eq!(heard.action, "shout");
+    assert_eq!(heard.body.raw().unwrap().0, &exact);
 }

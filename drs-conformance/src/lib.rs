@@ -73,6 +73,28 @@ pub enum Proto {
 }
 
 impl Proto {
+    /// A whole frame with a key and an action whose `version` has the wrong
+    /// type: it does not decode, yet its key and action can be read.
+    pub fn frame_with_bad_version(&self, key: &str, action: &str) -> Bytes {
+        let v = json!({ "key": key, "action": action, "version": "x" });
+        match self {
+            Proto::Json => Bytes::from(v.to_string()),
+            Proto::MsgPack => Bytes::from(rmp_serde::to_vec_named(&v).expect("encode")),
+        }
+    }
+
+    /// A body whose bytes a re-encoding would change: digits past `f64`'s
+    /// precision, a trailing zero, an escape (JSON); a float32 (MessagePack).
+    pub fn exact_body(&self) -> Bytes {
+        match self {
+            Proto::Json => {
+                Bytes::from_static(br#"{"n":123456789012345678901234567890,"f":1.50,"s":"\u00e9"}"#)
+            }
+            // {"f": 1.5 as float32}: serde would widen it to a float64.
+            Proto::MsgPack => Bytes::from_static(b"\x81\xa1f\xca\x3f\xc0\x00\x00"),
+        }
+    }
+
     /// A frame with a key and no action, as this protocol writes it.
     pub fn frame_without_action(&self, key: &str) -> Bytes {
         match self {
@@ -422,7 +444,17 @@ macro_rules! conformance_suite {
                 peer_vanishing_mid_call_harms_no_one,
                 reply_for_unknown_key_is_ignored,
                 dropping_every_handle_closes,
-                slow_consumer_is_disconnected
+                slow_consumer_is_disconnected,
+                broken_reply_fails_our_call_and_gets_no_reply,
+                duplicate_key_in_flight_is_refused,
+                handler_deadline_stops_the_handler,
+                close_reason_is_reported,
+                idle_connection_is_closed,
+                admission_deadline_closes_the_connection,
+                fires_before_a_reply_arrive_before_it,
+                handler_holding_its_own_conn_is_freed,
+                connection_limit_refuses_newcomers,
+                broadcast_copies_a_received_body_exactly
             );
         }
     };

@@ -6,6 +6,7 @@ use tokio::io::{AsyncRead, AsyncWrite};
 use tokio_util::sync::CancellationToken;
 
 use crate::{
+    budget::ReadMeter,
     codec::FramedIo,
     conn::{Conn, ConnConfig},
     error::Error,
@@ -94,11 +95,12 @@ impl Client {
     ) -> Result<Conn, Error> {
         let protocol: Arc<dyn Protocol> = Arc::new(protocol);
         let spec = self.config.frame_spec(&*protocol);
+        let meter = spec.meter.clone();
         let timeout = self.config.handshake_timeout;
         let (io, info) = tokio::time::timeout(timeout, dialer.dial(spec))
             .await
             .map_err(|_| Error::Timeout(timeout))??;
-        Ok(self.connect_transport(io, info, protocol))
+        Ok(self.start(io, info, protocol, meter))
     }
 
     /// Starts a connection over an open byte stream, framed as the protocol wants.
@@ -106,8 +108,10 @@ impl Client {
     where
         IO: AsyncRead + AsyncWrite + Send + Unpin + 'static,
     {
-        let framed = FramedIo::new(io, self.config.frame_spec(&*protocol));
-        self.connect_transport(framed, info, protocol)
+        let spec = self.config.frame_spec(&*protocol);
+        let meter = spec.meter.clone();
+        let framed = FramedIo::new(io, spec);
+        self.start(framed, info, protocol, meter)
     }
 
     /// Starts a connection over any transport. Must be called within a Tokio runtime.
@@ -117,6 +121,16 @@ impl Client {
         info: ConnInfo,
         protocol: Arc<dyn Protocol>,
     ) -> Conn {
+        self.start(io, info, protocol, ReadMeter::default())
+    }
+
+    fn start<T: Transport>(
+        self,
+        io: T,
+        info: ConnInfo,
+        protocol: Arc<dyn Protocol>,
+        meter: ReadMeter,
+    ) -> Conn {
         let (conn, driver) = Conn::new(
             io,
             info,
@@ -124,6 +138,7 @@ impl Client {
             self.router,
             self.config,
             CancellationToken::new(),
+            meter,
         );
         tokio::spawn(driver.run());
         conn

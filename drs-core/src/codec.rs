@@ -13,7 +13,11 @@ use futures::{Sink, Stream};
 use tokio::io::{AsyncRead, AsyncWrite};
 use tokio_util::codec::{Decoder, Encoder};
 
-use crate::{protocol::Framing, transport::FrameSpec};
+use crate::{
+    budget::{BudgetExceeded, ReadMeter},
+    protocol::Framing,
+    transport::FrameSpec,
+};
 
 /// A frame exceeded the maximum frame size. Transports report it as an
 /// [`io::Error`] of kind `InvalidData` wrapping this type; the connection
@@ -228,17 +232,37 @@ pub struct FramedIo<T> {
     rbuf: BytesMut,
     wbuf: BytesMut,
     eof: bool,
+    meter: ReadMeter,
+    /// What was last reported to the meter (reported again only on change).
+    reported: usize,
 }
 
 impl<T> FramedIo<T> {
     /// Frames `io` according to `spec`.
     pub fn new(io: T, spec: FrameSpec) -> Self {
+        let meter = spec.meter.clone();
         Self {
             io,
             codec: FrameCodec::new(spec),
             rbuf: BytesMut::new(),
             wbuf: BytesMut::new(),
             eof: false,
+            meter,
+            reported: 0,
+        }
+    }
+
+    /// Reports the memory held for an unfinished frame: the read buffer's
+    /// capacity while it holds anything, nothing when it is empty.
+    fn report(&mut self) {
+        let held = if self.rbuf.is_empty() {
+            0
+        } else {
+            self.rbuf.capacity()
+        };
+        if held != self.reported {
+            self.reported = held;
+            self.meter.set_partial(held);
         }
     }
 
@@ -265,14 +289,21 @@ impl<T: AsyncRead + Unpin> Stream for FramedIo<T> {
         let this = self.get_mut();
         loop {
             if this.eof {
-                return Poll::Ready(this.codec.decode_eof(&mut this.rbuf).transpose());
+                let last = this.codec.decode_eof(&mut this.rbuf).transpose();
+                this.rbuf = BytesMut::new();
+                this.report();
+                return Poll::Ready(last);
             }
             match this.codec.decode(&mut this.rbuf) {
-                Ok(Some(frame)) => return Poll::Ready(Some(Ok(frame))),
+                Ok(Some(frame)) => {
+                    this.report();
+                    return Poll::Ready(Some(Ok(frame)));
+                }
                 Ok(None) => {}
                 Err(e) => {
                     this.eof = true;
                     this.rbuf = BytesMut::new();
+                    this.report();
                     return Poll::Ready(Some(Err(e)));
                 }
             }
@@ -281,12 +312,23 @@ impl<T: AsyncRead + Unpin> Stream for FramedIo<T> {
             }
             match tokio_util::io::poll_read_buf(Pin::new(&mut this.io), cx, &mut this.rbuf) {
                 Poll::Ready(Ok(0)) => this.eof = true,
-                Poll::Ready(Ok(_)) => {}
+                Poll::Ready(Ok(_)) => {
+                    this.report();
+                    if this.meter.is_evicted() {
+                        this.eof = true;
+                        this.rbuf = BytesMut::new();
+                        this.report();
+                        return Poll::Ready(Some(Err(BudgetExceeded::io())));
+                    }
+                }
                 Poll::Ready(Err(e)) => {
                     this.eof = true;
                     return Poll::Ready(Some(Err(e)));
                 }
-                Poll::Pending => return Poll::Pending,
+                Poll::Pending => {
+                    this.report();
+                    return Poll::Pending;
+                }
             }
         }
     }
@@ -430,7 +472,7 @@ mod tests {
         use futures::{SinkExt, StreamExt};
         let (a, b) = tokio::io::duplex(64);
         let spec = FrameSpec::new(Framing::Lines);
-        let mut a = FramedIo::new(a, spec);
+        let mut a = FramedIo::new(a, spec.clone());
         let mut b = FramedIo::new(b, spec);
         let big = Bytes::from(vec![b'x'; 1000]);
         let writer = async {

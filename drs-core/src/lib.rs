@@ -62,7 +62,9 @@
 //!
 //! - `test-util`: the in-memory transport ([`memory`]).
 
+mod budget;
 mod client;
+mod close;
 mod codec;
 mod command;
 mod conn;
@@ -78,7 +80,9 @@ mod sync;
 mod text;
 mod transport;
 
+pub use budget::{BudgetExceeded, MemoryBudget, ReadMeter, DEFAULT_MEMORY_BUDGET};
 pub use client::{connect, Client};
+pub use close::CloseReason;
 pub use codec::{BadFrame, FrameCodec, FrameTooLarge, FramedIo};
 pub use command::{is_reply_action, Body, Command, FromBody, ERROR, EXCEPTION, PING, RESPONSE};
 pub use conn::{Call, Conn, ConnConfig};
@@ -90,7 +94,7 @@ pub use handler::{
 pub use protocol::{
     BodyFormat, DecodeError, EncodeError, FrameKind, Framing, OutBody, Outgoing, Protocol,
 };
-pub use server::Server;
+pub use server::{Server, ServerConfig};
 pub use text::Text;
 pub use transport::{ConnInfo, Dialer, FrameSpec, Listener, Transport, DEFAULT_MAX_FRAME_LEN};
 

@@ -171,6 +171,7 @@ pub struct DecodeError {
     message: String,
     key: Option<String>,
     action: Option<String>,
+    whole: bool,
 }
 
 impl DecodeError {
@@ -180,6 +181,7 @@ impl DecodeError {
             message: message.into(),
             key: None,
             action: None,
+            whole: false,
         }
     }
 
@@ -202,6 +204,19 @@ impl DecodeError {
     pub fn with_action(mut self, action: Option<String>) -> Self {
         self.action = action;
         self
+    }
+
+    /// Marks a frame that was read whole and is well-formed, but is not a
+    /// command (e.g. it has no action): such a frame, with a key, is a
+    /// broken call, not a broken reply (a reply has a reply action).
+    pub fn read_whole(mut self) -> Self {
+        self.whole = true;
+        self
+    }
+
+    /// Whether the frame was read whole (see [`read_whole`](Self::read_whole)).
+    pub fn is_whole(&self) -> bool {
+        self.whole
     }
 
     /// The action of the offending command, if it could be read.

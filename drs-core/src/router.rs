@@ -8,7 +8,7 @@ use std::{
         atomic::{AtomicBool, AtomicU64, Ordering},
         Arc, RwLock,
     },
-    time::{SystemTime, UNIX_EPOCH},
+    time::{Duration, SystemTime, UNIX_EPOCH},
 };
 
 use crate::{
@@ -46,6 +46,8 @@ type Routes = HashMap<String, BoxedHandler, std::hash::BuildHasherDefault<NameHa
 #[derive(Clone, Default)]
 pub(crate) struct Table {
     routes: Routes,
+    /// Per-action handler deadlines.
+    timeouts: HashMap<String, Duration>,
     before: Vec<BoxedHandler>,
     after: Vec<AfterHook>,
 }
@@ -121,6 +123,24 @@ impl Router {
         });
     }
 
+    pub(crate) fn timeout(&self, action: impl Into<String>, limit: Option<Duration>) {
+        let action = action.into();
+        self.update(|t| match limit {
+            Some(limit) => {
+                t.timeouts.insert(action, limit);
+            }
+            None => {
+                t.timeouts.remove(&action);
+            }
+        });
+    }
+
+    /// Drops every route and hook (a connection's, when it has ended: its
+    /// handlers may hold handles to it).
+    pub(crate) fn clear(&self) {
+        self.update(|t| *t = Table::default());
+    }
+
     pub(crate) fn off(&self, action: &str) -> bool {
         let mut found = false;
         self.update(|t| found = t.routes.remove(action).is_some());
@@ -170,6 +190,12 @@ impl Router {
 }
 
 impl Snapshot {
+    /// The handler deadline of `action`, if it has its own.
+    pub(crate) fn timeout(&self, action: &str) -> Option<Duration> {
+        let own = self.local.as_ref().and_then(|t| t.timeouts.get(action));
+        own.or_else(|| self.shared.timeouts.get(action)).copied()
+    }
+
     /// The future that serves one command: hooks around its handler (or
     /// chain), or `No handlers for <action>`.
     pub(crate) fn serve(&self, msg: Msg) -> HandlerFuture {

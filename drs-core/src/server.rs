@@ -7,7 +7,10 @@ use std::{
     future::Future,
     io,
     pin::Pin,
-    sync::{Arc, RwLock},
+    sync::{
+        atomic::{AtomicUsize, Ordering},
+        Arc, RwLock,
+    },
     time::Duration,
 };
 
@@ -17,6 +20,9 @@ use tokio::sync::mpsc::error::TrySendError;
 use tokio_util::{sync::CancellationToken, task::TaskTracker};
 
 use crate::{
+    budget::{MemoryBudget, ReadMeter, DEFAULT_MEMORY_BUDGET},
+    close::CloseReason,
+    command::{MessageBody, ERROR},
     conn::{encode_frame, Conn, ConnConfig},
     error::Error,
     handler::{Handler, Msg, Outcome},
@@ -30,9 +36,74 @@ type ConnectHook =
     Arc<dyn Fn(Conn) -> Pin<Box<dyn Future<Output = Result<(), String>> + Send>> + Send + Sync>;
 type DisconnectHook = Arc<dyn Fn(&Conn) + Send + Sync>;
 
+/// Settings of a server: what every connection gets, and the limits of the
+/// whole server. `Default` gives the documented defaults; a [`ConnConfig`]
+/// converts into one with the server-wide defaults.
+///
+/// ```
+/// let config = drs_core::ServerConfig::default()
+///     .max_connections(1000)
+///     .memory_budget(64 << 20);
+/// let server = drs_core::Server::with_config(config);
+/// ```
+#[derive(Debug, Clone)]
+#[non_exhaustive]
+pub struct ServerConfig {
+    /// Settings of every connection.
+    pub conn: ConnConfig,
+    /// Connections served at once (admitted or not). Past it a new
+    /// connection is accepted, sent a keyless `drs.error` saying so and
+    /// closed at once; existing ones are untouched. Default 10,000.
+    pub max_connections: usize,
+    /// Bytes held for all peers together: unfinished frames and commands
+    /// waiting to be served. Past it the connections holding the most are
+    /// disconnected ([`CloseReason::BudgetExceeded`]). Default 256 MiB.
+    pub memory_budget: usize,
+}
+
+impl Default for ServerConfig {
+    fn default() -> Self {
+        ConnConfig::default().into()
+    }
+}
+
+impl From<ConnConfig> for ServerConfig {
+    fn from(conn: ConnConfig) -> Self {
+        Self {
+            conn,
+            max_connections: 10_000,
+            memory_budget: DEFAULT_MEMORY_BUDGET,
+        }
+    }
+}
+
+impl ServerConfig {
+    /// Sets the connection settings.
+    pub fn conn(mut self, conn: ConnConfig) -> Self {
+        self.conn = conn;
+        self
+    }
+
+    /// Sets the connection limit (at least 1).
+    pub fn max_connections(mut self, max: usize) -> Self {
+        self.max_connections = max.max(1);
+        self
+    }
+
+    /// Sets the server-wide memory budget in bytes.
+    pub fn memory_budget(mut self, bytes: usize) -> Self {
+        self.memory_budget = bytes;
+        self
+    }
+}
+
 struct Inner {
     router: Arc<Router>,
     config: ConnConfig,
+    max_connections: usize,
+    budget: MemoryBudget,
+    /// Connections being served, admitted or not.
+    live: AtomicUsize,
     conns: RwLock<HashMap<u64, Conn>>,
     on_connect: RwLock<Vec<ConnectHook>>,
     on_disconnect: RwLock<Vec<DisconnectHook>>,
@@ -90,12 +161,17 @@ impl Server {
         Self::with_config(ConnConfig::default())
     }
 
-    /// A server whose connections use `config`.
-    pub fn with_config(config: ConnConfig) -> Self {
+    /// A server with `config` (a [`ServerConfig`], or a [`ConnConfig`]
+    /// with the server-wide defaults).
+    pub fn with_config(config: impl Into<ServerConfig>) -> Self {
+        let config = config.into();
         Self {
             inner: Arc::new(Inner {
                 router: Router::root(),
-                config,
+                config: config.conn,
+                max_connections: config.max_connections,
+                budget: MemoryBudget::new(config.memory_budget),
+                live: AtomicUsize::new(0),
                 conns: RwLock::default(),
                 on_connect: RwLock::default(),
                 on_disconnect: RwLock::default(),
@@ -125,6 +201,21 @@ impl Server {
     /// Removes the handler for `action`; true if there was one.
     pub fn off(&self, action: &str) -> bool {
         self.inner.router.off(action)
+    }
+
+    /// Sets the handler deadline of `action` (`None`: the server's
+    /// default, [`ConnConfig::handler_timeout`]). A handler still running
+    /// past it is stopped and its caller gets `drs.exception` "handler
+    /// deadline exceeded". A handler that finishes on its first poll is
+    /// never stopped.
+    pub fn timeout(&self, action: impl Into<String>, limit: Option<Duration>) -> &Self {
+        self.inner.router.timeout(action, limit);
+        self
+    }
+
+    /// The server-wide memory budget (to read how much is held).
+    pub fn memory_budget(&self) -> &MemoryBudget {
+        &self.inner.budget
     }
 
     /// Adds a hook that runs before the handler of every command, including
@@ -194,31 +285,43 @@ impl Server {
     }
 
     async fn accept_loop<L: Listener>(self, mut listener: L, protocol: Arc<dyn Protocol>) {
-        let spec = self.inner.config.frame_spec(&*protocol);
+        let mut spec = self
+            .inner
+            .config
+            .frame_spec(&*protocol)
+            .meter(self.inner.budget.meter());
         let stop = self.inner.stop_accepting.clone();
         let mut pause = Duration::from_millis(5);
         loop {
             let accepted = tokio::select! {
                 _ = stop.cancelled() => return,
-                accepted = listener.accept(spec) => accepted,
+                accepted = listener.accept(spec.clone()) => accepted,
             };
             match accepted {
                 Ok(handshake) => {
                     pause = Duration::from_millis(5);
                     let server = self.clone();
                     let protocol = protocol.clone();
+                    let slot = ConnSlot::take(&self.inner);
+                    let meter = spec.meter.clone();
                     self.inner.tasks.spawn(async move {
                         let timeout = server.inner.config.handshake_timeout;
                         let established = tokio::select! {
                             _ = server.inner.force.cancelled() => return,
                             r = tokio::time::timeout(timeout, handshake) => r,
                         };
-                        match established {
-                            Ok(Ok((io, info))) => server.serve(io, info, protocol).await,
-                            Ok(Err(e)) => tracing::debug!(error = %e, "handshake failed"),
-                            Err(_) => tracing::debug!(?timeout, "handshake timed out"),
+                        match (established, slot) {
+                            (Ok(Ok((io, info))), Some(slot)) => {
+                                server.serve(io, info, protocol, meter, slot).await
+                            }
+                            (Ok(Ok((io, info))), None) => {
+                                server.refuse_full(io, info, &*protocol).await
+                            }
+                            (Ok(Err(e)), _) => tracing::debug!(error = %e, "handshake failed"),
+                            (Err(_), _) => tracing::debug!(?timeout, "handshake timed out"),
                         }
                     });
+                    spec = spec.meter(self.inner.budget.meter());
                 }
                 Err(e) => {
                     // Out of file descriptors and the like: log, pause, retry.
@@ -243,12 +346,47 @@ impl Server {
         protocol: Arc<dyn Protocol>,
     ) {
         let server = self.clone();
-        self.inner
-            .tasks
-            .spawn(async move { server.serve(io, info, protocol).await });
+        let slot = ConnSlot::take(&self.inner);
+        self.inner.tasks.spawn(async move {
+            match slot {
+                Some(slot) => {
+                    let meter = server.inner.budget.meter();
+                    server.serve(io, info, protocol, meter, slot).await
+                }
+                None => server.refuse_full(io, info, &*protocol).await,
+            }
+        });
     }
 
-    async fn serve<T: Transport>(self, io: T, info: ConnInfo, protocol: Arc<dyn Protocol>) {
+    /// Tells a connection over the limit why, and closes it.
+    async fn refuse_full<T: Transport>(&self, mut io: T, info: ConnInfo, protocol: &dyn Protocol) {
+        use futures::SinkExt;
+        let max = self.inner.max_connections;
+        tracing::warn!(
+            peer = info.peer_addr.as_deref(),
+            max,
+            "connection limit reached; refusing"
+        );
+        let message = format!("the server is at its connection limit ({max}); try again later");
+        let body = MessageBody(&message);
+        let frame = encode_frame(protocol, usize::MAX, None, ERROR, OutBody::Value(&body));
+        if let Ok(frame) = frame {
+            let _ = tokio::time::timeout(Duration::from_secs(1), async {
+                io.send(frame).await?;
+                io.close().await
+            })
+            .await;
+        }
+    }
+
+    async fn serve<T: Transport>(
+        self,
+        io: T,
+        info: ConnInfo,
+        protocol: Arc<dyn Protocol>,
+        meter: ReadMeter,
+        _slot: ConnSlot,
+    ) {
         let inner = &self.inner;
         let router = Router::child(inner.router.clone());
         let (conn, mut driver) = Conn::new(
@@ -258,6 +396,7 @@ impl Server {
             router,
             inner.config.clone(),
             inner.force.child_token(),
+            meter,
         );
         driver.set_drain(inner.drain.clone());
         let hooks = read(&inner.on_connect).clone();
@@ -314,29 +453,51 @@ impl Server {
     /// many it was queued for.
     ///
     /// The command is encoded once per protocol and the same bytes are queued
-    /// on every connection. A connection whose outbound queue is full is a
-    /// slow consumer: it is disconnected (and logged), so that it never
-    /// stalls the broadcast nor grows memory.
+    /// on every connection. A connection whose outbound queue is full (in
+    /// frames or bytes) is a slow consumer: it is disconnected
+    /// ([`CloseReason::TooSlow`], logged), so that it never stalls the
+    /// broadcast nor grows memory. Connections whose protocol cannot encode
+    /// the command (e.g. a frame over the maximum size) are skipped and
+    /// logged; the count says how many it reached.
     pub fn broadcast(&self, action: &str, body: impl Serialize) -> Result<usize, Error> {
+        Ok(self.broadcast_out(action, OutBody::Value(&body)))
+    }
+
+    /// [`broadcast`](Server::broadcast) of a received [`Body`](crate::Body):
+    /// to connections of the protocol it arrived in, its bytes are copied
+    /// as they are (numbers keep their precision, strings their escapes);
+    /// to others it is transcoded.
+    pub fn broadcast_body(&self, action: &str, body: &crate::Body) -> usize {
+        self.broadcast_out(action, OutBody::Raw(body))
+    }
+
+    fn broadcast_out(&self, action: &str, body: OutBody<'_>) -> usize {
         let conns = self.connections();
-        let mut encoded: Vec<(&'static str, Bytes)> = Vec::with_capacity(1);
+        let mut encoded: Vec<(&'static str, Option<Bytes>)> = Vec::with_capacity(1);
         let mut delivered = 0;
         for conn in &conns {
             let protocol = conn.protocol();
             let frame = match encoded.iter().find(|(name, _)| *name == protocol.name()) {
                 Some((_, frame)) => frame.clone(),
                 None => {
-                    let frame = encode_frame(
-                        protocol,
-                        self.inner.config.max_frame_len,
-                        None,
-                        action,
-                        OutBody::Value(&body),
-                    )?;
+                    let max = self.inner.config.max_frame_len;
+                    let frame = match encode_frame(protocol, max, None, action, body) {
+                        Ok(frame) => Some(frame),
+                        Err(e) => {
+                            tracing::warn!(
+                                protocol = protocol.name(),
+                                action,
+                                error = %e,
+                                "broadcast cannot be encoded for this protocol; its connections are skipped"
+                            );
+                            None
+                        }
+                    };
                     encoded.push((protocol.name(), frame.clone()));
                     frame
                 }
             };
+            let Some(frame) = frame else { continue };
             match conn.try_send_frame(frame) {
                 Ok(()) => delivered += 1,
                 Err(TrySendError::Full(_)) => {
@@ -345,12 +506,12 @@ impl Server {
                         peer = conn.peer_addr(),
                         "slow consumer disconnected"
                     );
-                    conn.close();
+                    conn.shared.close_for(CloseReason::TooSlow);
                 }
                 Err(TrySendError::Closed(_)) => {}
             }
         }
-        Ok(delivered)
+        delivered
     }
 
     /// Shuts the server down gracefully: stops accepting, refuses new
@@ -378,5 +539,26 @@ impl Server {
     /// Whether [`shutdown`](Server::shutdown) has begun.
     pub fn is_shutting_down(&self) -> bool {
         self.inner.stop_accepting.is_cancelled()
+    }
+}
+
+/// One of the server's connection slots, given back when dropped.
+struct ConnSlot(Arc<Inner>);
+
+impl ConnSlot {
+    fn take(inner: &Arc<Inner>) -> Option<Self> {
+        let taken = inner
+            .live
+            .fetch_update(Ordering::AcqRel, Ordering::Acquire, |n| {
+                (n < inner.max_connections).then_some(n + 1)
+            })
+            .is_ok();
+        taken.then(|| ConnSlot(inner.clone()))
+    }
+}
+
+impl Drop for ConnSlot {
+    fn drop(&mut self) {
+        self.0.live.fetch_sub(1, Ordering::AcqRel);
     }
 }

@@ -6,7 +6,10 @@ use std::{borrow::Cow, future::Future, io};
 use bytes::Bytes;
 use futures::{Sink, Stream};
 
-use crate::protocol::{FrameKind, Framing};
+use crate::{
+    budget::ReadMeter,
+    protocol::{FrameKind, Framing},
+};
 
 /// The default maximum frame size: 8 MiB.
 pub const DEFAULT_MAX_FRAME_LEN: usize = 8 * 1024 * 1024;
@@ -34,14 +37,26 @@ impl<T> Transport for T where
 {
 }
 
-/// What a transport needs to know to cut a connection into frames.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+/// What a transport needs to know to cut one connection into frames.
+///
+/// A server makes one per connection: its [`meter`](FrameSpec::meter) is
+/// where the transport reports the bytes of a frame that has started and
+/// not finished (for the frame deadline and the server's memory budget).
+#[derive(Debug, Clone)]
 #[non_exhaustive]
 pub struct FrameSpec {
     /// Lines or length prefixes on byte streams; text or binary messages elsewhere.
     pub framing: Framing,
     /// The largest frame accepted or sent, in bytes.
     pub max_frame_len: usize,
+    /// The connection's read meter.
+    pub meter: ReadMeter,
+}
+
+impl PartialEq for FrameSpec {
+    fn eq(&self, other: &Self) -> bool {
+        self.framing == other.framing && self.max_frame_len == other.max_frame_len
+    }
 }
 
 impl FrameSpec {
@@ -50,12 +65,19 @@ impl FrameSpec {
         Self {
             framing,
             max_frame_len: DEFAULT_MAX_FRAME_LEN,
+            meter: ReadMeter::default(),
         }
     }
 
     /// Sets the maximum frame size.
     pub fn max_frame_len(mut self, max: usize) -> Self {
         self.max_frame_len = max;
+        self
+    }
+
+    /// Sets the read meter.
+    pub fn meter(mut self, meter: ReadMeter) -> Self {
+        self.meter = meter;
         self
     }
 

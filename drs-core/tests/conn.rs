@@ -148,30 +148,39 @@ async fn frames_queued_by_a_handler_precede_its_reply() {
     .await
 }
 
-#[tokio::test]
-async fn too_many_bad_frames_in_a_row_disconnect() {
+/// Bad input is counted as a rate: 32 bad frames within 10 s disconnect,
+/// good frames in between or not; past the window the count restarts.
+/// Each answer to garbage is short.
+#[tokio::test(start_paused = true)]
+async fn too_many_bad_frames_within_a_window_disconnect() {
     within(async {
         let (conn, mut raw) = client_over_memory(Client::new());
+        let junk = Bytes::from(format!("junk{}", "x".repeat(10_000)));
         for _ in 0..31 {
-            raw.send(Bytes::from_static(b"junk")).await.unwrap();
+            raw.send(junk.clone()).await.unwrap();
+            let f = raw.next().await.unwrap().unwrap();
+            assert!(f.len() < 200, "a long answer to garbage: {} bytes", f.len());
+        }
+        // Past the window, the count starts again.
+        tokio::time::advance(Duration::from_secs(11)).await;
+        for _ in 0..31 {
+            raw.send(junk.clone()).await.unwrap();
             assert_eq!(next(&mut raw).await.action, "drs.error");
+            // A good frame does not wipe the slate.
+            raw.send(frame(Some("p"), "drs.ping", Value::Null))
+                .await
+                .unwrap();
+            assert_eq!(next(&mut raw).await.action, "drs.response");
         }
-        // A good frame resets the count.
-        raw.send(frame(Some("p"), "drs.ping", Value::Null))
-            .await
-            .unwrap();
-        assert_eq!(next(&mut raw).await.action, "drs.response");
-        for _ in 0..32 {
-            raw.send(Bytes::from_static(b"junk")).await.unwrap();
-        }
+        raw.send(junk.clone()).await.unwrap();
         let mut notices = Vec::new();
         while let Some(Ok(f)) = raw.next().await {
             notices.push(Json.decode(f).unwrap());
         }
         assert_eq!(
             notices.len(),
-            33,
-            "32 notices and the reason for disconnecting"
+            2,
+            "the 32nd notice and the reason: {notices:?}"
         );
         let last: Value = notices.last().unwrap().body.deserialize().unwrap();
         assert!(last["message"]
@@ -179,6 +188,7 @@ async fn too_many_bad_frames_in_a_row_disconnect() {
             .unwrap()
             .contains("too many invalid"));
         conn.closed().await;
+        assert_eq!(conn.close_reason().unwrap().name(), "bad_peer");
     })
     .await
 }

@@ -526,7 +526,14 @@ pub mod decode {
         let mut body = Body::absent();
         let mut version: Option<i64> = None;
         let mut problem: Option<String> = None;
-        let result = fields(&frame, &mut key, &mut action, &mut body, &mut version, &mut problem);
+        let result = fields(
+            &frame,
+            &mut key,
+            &mut action,
+            &mut body,
+            &mut version,
+            &mut problem,
+        );
         let message = match (result, problem) {
             (Err(f), _) => f.message,
             (Ok(()), Some(problem)) => problem,
@@ -534,7 +541,11 @@ pub mod decode {
                 Some(action) => {
                     return Ok(Command::from_parts(key, action, body, version));
                 }
-                None => "missing field `action`".to_owned(),
+                None => {
+                    return Err(DecodeError::new("missing field `action`")
+                        .with_key(key.map(String::from))
+                        .read_whole());
+                }
             },
         };
         Err(DecodeError::new(message)

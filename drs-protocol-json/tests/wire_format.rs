@@ -168,8 +168,16 @@ fn garbage_is_a_clear_error() {
         (r#"{"key":"k5","body":[1,}"#, Some("k5"), "expected a value"),
         (r#"{"action":"a","body":01}"#, None, "expected `,` or `}`"),
         (r#"{"action":"a","body":"\q"}"#, None, "invalid escape"),
-        (r#"{"action":"a","body":"\u12"}"#, None, "invalid \\u escape"),
-        ("{\"action\":\"a\",\"body\":\"\t\"}", None, "control character"),
+        (
+            r#"{"action":"a","body":"\u12"}"#,
+            None,
+            "invalid \\u escape",
+        ),
+        (
+            "{\"action\":\"a\",\"body\":\"\t\"}",
+            None,
+            "control character",
+        ),
         (r#"{"action":"a","body":1.}"#, None, "invalid number"),
         (r#"{"action":"a","body":[1}"#, None, "expected `,` or `]`"),
         (r#"{"action":"a","body":{"x" 1}}"#, None, "expected `:`"),
@@ -282,19 +290,22 @@ fn nesting_is_limited_to_128_levels_in_one_pass() {
     let value: Value = ok.body.deserialize().unwrap();
     assert!(serde_json::to_string(&value).unwrap().matches('[').count() > 128);
     let err = Json
-        .decode(Bytes::from(format!(r#"{{"action":"a","body":{}}}"#, mixed(129))))
+        .decode(Bytes::from(format!(
+            r#"{{"action":"a","body":{}}}"#,
+            mixed(129)
+        )))
         .unwrap_err();
     assert!(err.message().contains("deeper than 128"), "{err}");
     // An unknown field is held to the same limit, and named.
     let err = Json
-        .decode(Bytes::from(format!(r#"{{"action":"a","x":{}}}"#, nested(200))))
+        .decode(Bytes::from(format!(
+            r#"{{"action":"a","x":{}}}"#,
+            nested(200)
+        )))
         .unwrap_err();
     assert_eq!(err.message(), "x nested deeper than 128 levels");
     // Bodies made from bytes elsewhere are checked before serde_json recurses.
-    let body = drs_core::Body::from_raw(
-        Bytes::from(nested(1_000_000)),
-        Json.body_format(),
-    );
+    let body = drs_core::Body::from_raw(Bytes::from(nested(1_000_000)), Json.body_format());
     let err = body.deserialize::<Value>().unwrap_err();
     assert!(err.message().contains("deeper than 128"), "{err}");
 }
@@ -302,7 +313,9 @@ fn nesting_is_limited_to_128_levels_in_one_pass() {
 #[test]
 fn broken_frames_report_key_and_action_when_read() {
     let err = Json
-        .decode(Bytes::from_static(br#"{"key":"3","action":"drs.response","body":[}"#))
+        .decode(Bytes::from_static(
+            br#"{"key":"3","action":"drs.response","body":[}"#,
+        ))
         .unwrap_err();
     assert_eq!((err.key(), err.action()), (Some("3"), Some("drs.response")));
     let err = Json

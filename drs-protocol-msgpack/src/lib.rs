@@ -226,7 +226,9 @@ fn decode_command(frame: &Bytes) -> Result<Command, DecodeError> {
         return Err(tagged(DecodeError::new(problem), "", &key, &action));
     }
     let Some(action) = action else {
-        return Err(DecodeError::new("missing field `action`").with_key(key_string(&key)));
+        return Err(DecodeError::new("missing field `action`")
+            .with_key(key_string(&key))
+            .read_whole());
     };
     Ok(Command::new(action)
         .with_key(key)

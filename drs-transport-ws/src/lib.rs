@@ -76,6 +76,9 @@ pub struct WsConfig {
     /// Bytes that may wait in the write buffer beyond one maximum frame
     /// before writes wait. Default 1 MiB.
     pub write_buffer: usize,
+    /// TCP keepalive under the WebSocket (`None`: off); finds a peer that
+    /// vanished even when pings are off. Default: on, as for TCP.
+    pub tcp_keepalive: Option<drs_transport_tcp::Keepalive>,
 }
 
 impl Default for WsConfig {
@@ -83,6 +86,7 @@ impl Default for WsConfig {
         Self {
             keepalive: Some(Duration::from_secs(30)),
             write_buffer: 1 << 20,
+            tcp_keepalive: Some(drs_transport_tcp::Keepalive::default()),
         }
     }
 }
@@ -100,7 +104,7 @@ impl WsConfig {
         self
     }
 
-    fn tungstenite(&self, spec: FrameSpec) -> WebSocketConfig {
+    fn tungstenite(&self, spec: &FrameSpec) -> WebSocketConfig {
         WebSocketConfig::default()
             .read_buffer_size(16 * 1024)
             .write_buffer_size(64 * 1024)
@@ -118,6 +122,9 @@ pub struct WsTransport<S> {
     keepalive: Option<Keepalive>,
     /// A pong (or ping) is queued in tungstenite and must be flushed.
     flush_control: bool,
+    /// Counts what the server side reads (see [`Replay`]); reset at each
+    /// message, so it holds the bytes of the message under way.
+    meter: drs_core::ReadMeter,
 }
 
 struct Keepalive {
@@ -139,7 +146,7 @@ impl<S> std::fmt::Debug for WsTransport<S> {
 
 impl<S> WsTransport<S> {
     /// Wraps an established WebSocket.
-    pub fn new(ws: WebSocketStream<S>, spec: FrameSpec, config: &WsConfig) -> Self {
+    pub fn new(ws: WebSocketStream<S>, spec: &FrameSpec, config: &WsConfig) -> Self {
         Self {
             ws,
             kind: spec.frame_kind(),
@@ -150,6 +157,7 @@ impl<S> WsTransport<S> {
                 waiting: false,
             }),
             flush_control: false,
+            meter: spec.meter.clone(),
         }
     }
 }
@@ -192,12 +200,16 @@ impl<S: AsyncRead + AsyncWrite + Unpin> Stream for WsTransport<S> {
                             "the peer stopped answering pings",
                         ))));
                     }
+                    // A peer silent for a whole interval is asked for a
+                    // sign of life. When our write buffer is full the ping
+                    // cannot go out, and the peer is not reading either:
+                    // it gets the same interval to show it is alive.
+                    ka.waiting = true;
                     if let Poll::Ready(Ok(())) = Pin::new(&mut this.ws).poll_ready(cx) {
                         if Pin::new(&mut this.ws)
                             .start_send(Message::Ping(Bytes::new()))
                             .is_ok()
                         {
-                            ka.waiting = true;
                             this.flush_control = true;
                         }
                     }
@@ -227,6 +239,9 @@ impl<S: AsyncRead + AsyncWrite + Unpin> Stream for WsTransport<S> {
             };
             if let Some(ka) = &mut this.keepalive {
                 ka.waiting = false;
+            }
+            if this.meter.partial() != 0 {
+                this.meter.set_partial(0);
             }
             let (got, frame) = match msg {
                 Message::Text(text) => (FrameKind::Text, trim_newline(Bytes::from(text))),
@@ -360,7 +375,7 @@ impl Listener for WsListener {
 
     async fn accept(&mut self, spec: FrameSpec) -> io::Result<Self::Handshake> {
         let (stream, peer) = self.inner.accept().await?;
-        stream.set_nodelay(true)?;
+        drs_transport_tcp::configure(&stream, self.config.tcp_keepalive.as_ref())?;
         let config = self.config.clone();
         let pages = self.pages.clone();
         let mut info = ConnInfo::new("ws").with_peer_addr(peer.to_string());
@@ -443,6 +458,7 @@ async fn server_handshake(
     let replay = Replay {
         prefix: head.freeze(),
         inner: stream,
+        meter: Some(spec.meter.clone()),
     };
     let mut seen_target = None;
     // The error type is tungstenite's (an HTTP response), not ours to shrink.
@@ -454,12 +470,12 @@ async fn server_handshake(
     let ws = tokio_tungstenite::accept_hdr_async_with_config(
         replay,
         remember_target,
-        Some(config.tungstenite(spec)),
+        Some(config.tungstenite(&spec)),
     )
     .await
     .map_err(|e| ws_error(e, spec.max_frame_len))?;
     let info = info.with_target(seen_target.unwrap_or(target));
-    Ok((WsTransport::new(ws, spec, &config), info))
+    Ok((WsTransport::new(ws, &spec, &config), info))
 }
 
 /// Writes a response, then reads (a bounded amount, for a bounded time)
@@ -478,11 +494,14 @@ async fn answer_and_close(mut stream: TcpStream, response: &[u8]) -> io::Result<
     Ok(())
 }
 
-/// A stream that first yields bytes already read from it.
+/// A stream that first yields bytes already read from it, and counts what
+/// it reads on a [`ReadMeter`](drs_core::ReadMeter) (the server's memory
+/// budget and frame deadline see a message under way).
 #[derive(Debug)]
 pub struct Replay<S> {
     prefix: Bytes,
     inner: S,
+    meter: Option<drs_core::ReadMeter>,
 }
 
 impl<S: AsyncRead + Unpin> AsyncRead for Replay<S> {
@@ -497,7 +516,16 @@ impl<S: AsyncRead + Unpin> AsyncRead for Replay<S> {
             buf.put_slice(&this.prefix.split_to(n));
             return Poll::Ready(Ok(()));
         }
-        Pin::new(&mut this.inner).poll_read(cx, buf)
+        let before = buf.filled().len();
+        let res = Pin::new(&mut this.inner).poll_read(cx, buf);
+        let read = buf.filled().len() - before;
+        if let (Some(meter), true) = (&this.meter, read > 0) {
+            meter.add_partial(read);
+            if meter.is_evicted() {
+                return Poll::Ready(Err(drs_core::BudgetExceeded::io()));
+            }
+        }
+        res
     }
 }
 
@@ -560,7 +588,7 @@ impl Dialer for WsDialer {
     async fn dial(&self, spec: FrameSpec) -> io::Result<(Self::Io, ConnInfo)> {
         let (ws, _response) = tokio_tungstenite::connect_async_with_config(
             self.url.as_str(),
-            Some(self.config.tungstenite(spec)),
+            Some(self.config.tungstenite(&spec)),
             true,
         )
         .await
@@ -570,6 +598,7 @@ impl Dialer for WsDialer {
         })?;
         let mut info = ConnInfo::new("ws");
         if let MaybeTlsStream::Plain(tcp) = ws.get_ref() {
+            drs_transport_tcp::configure(tcp, self.config.tcp_keepalive.as_ref())?;
             if let Ok(peer) = tcp.peer_addr() {
                 info = info.with_peer_addr(peer.to_string());
             }
@@ -583,7 +612,7 @@ impl Dialer for WsDialer {
             .and_then(|(_, rest)| rest.find('/').map(|i| rest[i..].to_string()))
             .unwrap_or_else(|| "/".to_string());
         Ok((
-            WsTransport::new(ws, spec, &self.config),
+            WsTransport::new(ws, &spec, &self.config),
             info.with_target(target),
         ))
     }

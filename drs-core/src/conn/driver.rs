@@ -1,73 +1,97 @@
 //! The task that owns a connection's transport.
 //!
 //! One loop does everything for a connection, so a command costs no channel
-//! hop and, when its handler finishes on first poll, no task spawn:
+//! hop and, when its handler finishes on first poll, no task spawn. Each
+//! turn has four parts, each a method of its own:
 //!
-//! 1. frames queued by [`Conn`](super::Conn) handles and replies of handlers
-//!    that finished in their own tasks join the outbound queue;
-//! 2. the outbound queue goes into the transport's buffer while it has room;
-//! 3. inbound frames are read, up to a budget: replies complete pending calls;
-//!    a command's handler is polled once right here, and its reply, if ready,
-//!    is encoded straight into the outbound queue; a handler that is not
-//!    ready moves to its own task (up to `max_in_flight` of them; past that
-//!    the loop stops reading: backpressure);
-//! 4. when nothing more can be done, the transport is flushed: one write for
-//!    every reply produced since the last flush.
+//! 1. **egress in** ([`pull_outbound`](Driver::pull_outbound)): frames queued
+//!    by [`Conn`](super::Conn) handles, and replies of handlers that finished
+//!    in their own tasks, join the outbound queue (a task's reply after every
+//!    frame its handler queued before it);
+//! 2. **in flight** ([`pump_waiting`](Driver::pump_waiting)): commands that
+//!    waited (for admission, a free slot, or outbound room) are served;
+//! 3. **egress out** ([`write`](Driver::write)): the outbound queue goes into
+//!    the transport while it takes it;
+//! 4. **ingress** ([`read`](Driver::read)): frames are read, up to a budget.
+//!    Replies complete pending calls; a command is served at once when it
+//!    can be (its handler polled once right here, its reply, if ready,
+//!    encoded straight into the outbound queue; a handler that is not ready
+//!    moves to its own task and into the in-flight table), or waits.
+//!    Reading goes on while commands wait — so the end of the stream and
+//!    replies to our own calls are still seen — until the waiting commands
+//!    reach `max_buffered` bytes or `max_in_flight` commands.
+//!
+//! When nothing more can be done, the transport is flushed (one write for
+//! every reply produced since the last flush) and the deadlines are checked
+//! ([`poll_deadlines`](Driver::poll_deadlines)): idle, frame, write stall.
 
 use std::{
-    collections::VecDeque,
+    collections::{HashMap, VecDeque},
     future::{poll_fn, Future},
-    io,
     panic::AssertUnwindSafe,
     pin::Pin,
     sync::Arc,
     task::{Context, Poll},
+    time::Duration,
 };
 
 use bytes::{Bytes, BytesMut};
 use futures::FutureExt;
-use tokio::{sync::mpsc, task::JoinSet, time::Sleep};
+use tokio::{
+    sync::mpsc,
+    task::{AbortHandle, JoinSet},
+    time::{Instant, Sleep},
+};
 use tokio_util::sync::WaitForCancellationFutureOwned;
 use tracing::Instrument;
 
 use super::{encode_frame, Reply, ReplyKind, Shared};
 use crate::{
+    budget::ReadMeter,
+    close::CloseReason,
     codec::{BadFrame, FrameTooLarge},
-    command::{Command, MessageBody, ERROR, EXCEPTION, RESPONSE},
+    command::{is_reply_action, Command, MessageBody, ERROR, EXCEPTION, RESPONSE},
+    error::Error,
     handler::{Msg, Outcome},
     protocol::{encode_into, DecodeError, OutBody, Outgoing},
     router::Snapshot,
+    sync::lock,
+    text::Text,
     transport::Transport,
 };
 
 /// Frames read per turn of the loop before writing again.
 const READ_BUDGET: usize = 64;
-/// The loop stops reading while this many frames wait to be written.
+/// Commands wait (rather than run) while this many frames wait to be written.
 const OUTQ_HIGH: usize = 256;
-/// Undecodable frames in a row after which the peer is disconnected.
+/// Undecodable frames within [`BAD_WINDOW`] after which the peer is disconnected.
 const MAX_BAD_FRAMES: u32 = 32;
+/// The window in which bad frames are counted.
+const BAD_WINDOW: Duration = Duration::from_secs(10);
+/// Error messages sent back for bad input are cut to this many bytes.
+const MAX_NOTICE: usize = 160;
+/// The message of a handler stopped by its deadline.
+pub(crate) const DEADLINE_EXCEEDED: &str = "handler deadline exceeded";
 
 /// Decides, at an admission gate, whether a connection may proceed.
 pub(crate) type Gate = Pin<Box<dyn Future<Output = Result<(), String>> + Send>>;
 
-/// Why a connection ended.
-#[derive(Debug)]
-pub(crate) enum End {
-    /// The peer closed its side and everything owed to it was written.
-    PeerClosed,
-    /// `close()` was called, or the server forced it.
-    Requested,
-    /// Every handle was dropped.
-    Dropped,
-    /// The server's graceful shutdown finished with this connection.
-    Drained,
-    /// An `on_connect` hook refused the connection.
-    Rejected,
-    /// The peer sent an oversize frame, or too much garbage.
-    BadPeer,
-    /// The transport failed.
-    Io(io::Error),
+type Token = Pin<Box<WaitForCancellationFutureOwned>>;
+
+/// One inbound call being served in a task of its own. Today the table
+/// refuses duplicate keys; the handle and deadline are what cancellation
+/// (`drs.cancel`) and streams will act on.
+#[allow(dead_code)]
+struct InFlight {
+    abort: AbortHandle,
+    /// When its handler deadline runs out, if it has one (the task itself
+    /// enforces it).
+    deadline: Option<Instant>,
 }
+
+/// What a handler task gives back: its key (to leave the in-flight table)
+/// and its encoded reply.
+type Done = (Option<Text>, Option<Bytes>);
 
 pub(crate) struct Driver<T> {
     io: T,
@@ -75,29 +99,51 @@ pub(crate) struct Driver<T> {
     routes: Snapshot,
     rx: mpsc::Receiver<Bytes>,
     rx_open: bool,
-    tasks: JoinSet<Option<Bytes>>,
+    tasks: JoinSet<Done>,
+    /// Inbound calls served in tasks, by key: the one home of per-key state.
+    in_flight: HashMap<Text, InFlight>,
     outq: VecDeque<Bytes>,
     /// Replies produced in the loop are encoded here, then split off.
     wbuf: BytesMut,
     /// Written to the transport since the last flush.
     dirty: bool,
+    /// False once the connection is ending.
     reading: bool,
     accept_commands: bool,
+    /// The server's shutdown has begun (a forced close is then `Shutdown`).
+    draining: bool,
     bad_frames: u32,
+    bad_since: Option<Instant>,
     gate: Option<Gate>,
-    held: VecDeque<Command>,
-    drain: Option<Pin<Box<WaitForCancellationFutureOwned>>>,
+    admission: Option<Pin<Box<Sleep>>>,
+    /// Commands read and not yet served, with their frame sizes.
+    waiting: VecDeque<(Command, usize)>,
+    waiting_bytes: usize,
+    meter: ReadMeter,
+    evicted: Token,
+    drain: Option<Token>,
     /// Resolves when `close()` is called; `None` once it has.
-    close: Option<Pin<Box<WaitForCancellationFutureOwned>>>,
+    close: Option<Token>,
     /// Set once the connection is ending: the reason, reported when the
     /// outbound queue is written and the transport closed (or the linger ends).
-    ending: Option<End>,
+    ending: Option<CloseReason>,
     /// Set when closing: stop waiting for the peer to take our last frames.
     linger: Option<Pin<Box<Sleep>>>,
+    /// Deadlines, checked lazily by one timer.
+    last_rx: Instant,
+    frame_since: Option<Instant>,
+    frames_seen: bool,
+    stall_since: Option<Instant>,
+    timer: Option<Pin<Box<Sleep>>>,
 }
 
 impl<T: Transport> Driver<T> {
-    pub(super) fn new(io: T, shared: Arc<Shared>, rx: mpsc::Receiver<Bytes>) -> Self {
+    pub(super) fn new(
+        io: T,
+        shared: Arc<Shared>,
+        rx: mpsc::Receiver<Bytes>,
+        meter: ReadMeter,
+    ) -> Self {
         let close = Some(Box::pin(shared.close.clone().cancelled_owned()));
         Self {
             io,
@@ -106,25 +152,40 @@ impl<T: Transport> Driver<T> {
             rx,
             rx_open: true,
             tasks: JoinSet::new(),
+            in_flight: HashMap::new(),
             outq: VecDeque::new(),
             wbuf: BytesMut::new(),
             dirty: false,
             reading: true,
             accept_commands: true,
+            draining: false,
             bad_frames: 0,
+            bad_since: None,
             gate: None,
-            held: VecDeque::new(),
+            admission: None,
+            waiting: VecDeque::new(),
+            waiting_bytes: 0,
+            evicted: Box::pin(meter.evicted().cancelled_owned()),
+            meter,
             drain: None,
             close,
             ending: None,
             linger: None,
+            last_rx: Instant::now(),
+            frame_since: None,
+            frames_seen: false,
+            stall_since: None,
+            timer: None,
         }
     }
 
-    /// Holds commands until `gate` resolves; on `Err(reason)` the peer gets a
-    /// keyless `drs.error` with the reason and is disconnected.
+    /// Holds commands until `gate` resolves, for at most the admission
+    /// deadline; on `Err(reason)` the peer gets a keyless `drs.error` with
+    /// the reason and is disconnected.
     pub(crate) fn set_gate(&mut self, gate: Gate) {
         self.gate = Some(gate);
+        let deadline = self.shared.config.admission_timeout;
+        self.admission = Some(Box::pin(tokio::time::sleep(deadline)));
     }
 
     /// When `token` is cancelled the connection stops taking new commands
@@ -134,7 +195,7 @@ impl<T: Transport> Driver<T> {
     }
 
     /// Runs the connection to its end.
-    pub(crate) async fn run(mut self) -> End {
+    pub(crate) async fn run(mut self) -> CloseReason {
         let span = tracing::info_span!(
             "conn",
             id = self.shared.id,
@@ -146,28 +207,33 @@ impl<T: Transport> Driver<T> {
             .await;
         self.shared.pending.close();
         self.tasks.abort_all();
+        self.in_flight.clear();
+        self.release_waiting();
+        // Handlers registered on this connection may hold handles to it
+        // (a cycle through the router): let them go.
+        self.shared.router.clear();
+        *lock(&self.shared.close_reason) = Some(end.clone());
         self.shared.closed.cancel();
         let _enter = span.enter();
-        match &end {
-            End::Io(e) => tracing::debug!(error = %e, "connection failed"),
-            other => tracing::debug!(reason = ?other, "connection closed"),
-        }
+        tracing::debug!(reason = %end, "connection closed");
         end
     }
 
     /// Starts ending the connection for `reason`: stop reading, fail pending
     /// calls, stop handlers now (or, if they may finish, when the close
     /// linger ends), and close once what is queued is written.
-    fn begin_end(&mut self, reason: End, stop_handlers: bool) {
+    fn begin_end(&mut self, reason: CloseReason, stop_handlers: bool) {
         if self.ending.is_some() {
             return;
         }
         self.reading = false;
         self.gate = None;
-        self.held.clear();
+        self.admission = None;
+        self.release_waiting();
         self.shared.pending.close();
         if stop_handlers {
             self.tasks.abort_all();
+            self.in_flight.clear();
         }
         // Whatever is left after the linger is cut off: nothing waits on a
         // peer that is gone, or on a handler that never ends.
@@ -176,8 +242,17 @@ impl<T: Transport> Driver<T> {
         self.ending = Some(reason);
     }
 
-    /// Requests to close or drain, and the admission gate: they change
-    /// rarely, so they are looked at once per wake-up, not on every turn.
+    fn release_waiting(&mut self) {
+        if self.waiting_bytes > 0 {
+            self.meter.sub_waiting(self.waiting_bytes);
+        }
+        self.waiting.clear();
+        self.waiting_bytes = 0;
+    }
+
+    /// Requests to close or drain, the memory budget, and the admission
+    /// gate: they change rarely, so they are looked at once per wake-up,
+    /// not on every turn.
     fn poll_control(&mut self, cx: &mut Context<'_>) {
         if self
             .close
@@ -189,213 +264,423 @@ impl<T: Transport> Driver<T> {
             while let Ok(frame) = self.rx.try_recv() {
                 self.outq.push_back(frame);
             }
+            let requested = lock(&self.shared.close_reason).take();
+            let reason = requested.unwrap_or(if self.draining {
+                CloseReason::Shutdown
+            } else {
+                CloseReason::Closed
+            });
             // A close request overrides a gentler ending already under way.
             self.ending = None;
-            self.begin_end(End::Requested, true);
+            self.begin_end(reason, true);
+        }
+        if self.evicted.as_mut().poll(cx).is_ready() && self.ending.is_none() {
+            self.notice("the server's memory budget is exceeded; disconnecting");
+            self.begin_end(CloseReason::BudgetExceeded, true);
         }
         if let Some(drain) = &mut self.drain {
             if drain.as_mut().poll(cx).is_ready() {
                 self.drain = None;
                 self.accept_commands = false;
-                self.held.clear();
+                self.draining = true;
                 if self.gate.take().is_some() {
-                    self.begin_end(End::Drained, true);
+                    self.begin_end(CloseReason::Shutdown, true);
                 } else {
-                    self.begin_end_keep_reading(End::Drained);
+                    // Commands not yet started are refused, like new ones.
+                    while let Some((cmd, n)) = self.waiting.pop_front() {
+                        self.meter.sub_waiting(n);
+                        self.waiting_bytes -= n;
+                        self.refuse_draining(&cmd);
+                    }
+                    // Keep reading (replies to our own calls must still
+                    // arrive) but refuse new commands; close once handlers
+                    // are done.
+                    if self.ending.is_none() {
+                        self.ending = Some(CloseReason::Shutdown);
+                    }
                 }
             }
         }
         if let Some(gate) = &mut self.gate {
-            match gate.as_mut().poll(cx) {
-                Poll::Ready(Ok(())) => {
-                    self.gate = None;
-                    while let Some(cmd) = self.held.pop_front() {
-                        self.dispatch(cmd, cx);
-                    }
+            let verdict = match gate.as_mut().poll(cx) {
+                Poll::Ready(v) => Some(v),
+                Poll::Pending => {
+                    let late = self
+                        .admission
+                        .as_mut()
+                        .is_some_and(|t| t.as_mut().poll(cx).is_ready());
+                    late.then(|| Err(String::new()))
                 }
-                Poll::Ready(Err(reason)) => {
+            };
+            match verdict {
+                Some(Ok(())) => {
+                    self.gate = None;
+                    self.admission = None;
+                }
+                Some(Err(reason)) if reason.is_empty() => {
+                    self.gate = None;
+                    tracing::info!("admission deadline exceeded");
+                    self.notice("connection rejected: admission deadline exceeded");
+                    self.begin_end(CloseReason::AdmissionTimeout, true);
+                }
+                Some(Err(reason)) => {
                     self.gate = None;
                     tracing::info!(%reason, "connection rejected");
                     self.notice(&format!("connection rejected: {reason}"));
-                    self.begin_end(End::Rejected, true);
+                    self.begin_end(CloseReason::Rejected(reason), true);
                 }
-                Poll::Pending => {}
+                None => {}
             }
         }
     }
 
-    fn poll_run(&mut self, cx: &mut Context<'_>) -> Poll<End> {
+    fn poll_run(&mut self, cx: &mut Context<'_>) -> Poll<CloseReason> {
         self.poll_control(cx);
         loop {
-            let mut progress = false;
-            // 1. Frames from handles and from finished handler tasks.
-            while self.rx_open && self.outq.len() < OUTQ_HIGH {
-                match self.rx.poll_recv(cx) {
-                    Poll::Ready(Some(frame)) => {
-                        self.outq.push_back(frame);
-                        progress = true;
-                    }
-                    Poll::Ready(None) => {
-                        self.rx_open = false;
-                        self.begin_end(End::Dropped, true);
-                        progress = true;
-                    }
-                    Poll::Pending => break,
-                }
+            let mut progress = self.pull_outbound(cx);
+            progress |= self.pump_waiting(cx);
+            match self.write(cx) {
+                Ok(p) => progress |= p,
+                Err(end) => return Poll::Ready(end),
             }
-            while !self.tasks.is_empty() {
-                let Poll::Ready(Some(done)) = self.tasks.poll_join_next(cx) else {
-                    break;
-                };
-                progress = true;
-                if let Ok(Some(frame)) = done {
-                    self.outq.push_back(frame);
-                }
+            match self.read(cx) {
+                Ok(p) => progress |= p,
+                Err(end) => return Poll::Ready(end),
             }
-
-            // 2. Write what is queued, while the transport takes it.
-            while !self.outq.is_empty() {
-                match Pin::new(&mut self.io).poll_ready(cx) {
-                    Poll::Ready(Ok(())) => {
-                        let frame = self.outq.pop_front().expect("queue is not empty");
-                        if let Err(e) = Pin::new(&mut self.io).start_send(frame) {
-                            return Poll::Ready(End::Io(e));
-                        }
-                        self.dirty = true;
-                        progress = true;
-                    }
-                    Poll::Ready(Err(e)) => return Poll::Ready(End::Io(e)),
-                    Poll::Pending => break,
-                }
-            }
-
-            // 3. Read and serve.
-            let mut budget = READ_BUDGET;
-            while budget > 0 && self.can_read() {
-                budget -= 1;
-                match Pin::new(&mut self.io).poll_next(cx) {
-                    Poll::Ready(Some(Ok(frame))) => {
-                        progress = true;
-                        self.on_frame(frame, cx);
-                    }
-                    Poll::Ready(Some(Err(e))) if BadFrame::find(&e).is_some() => {
-                        progress = true;
-                        let reason = BadFrame::find(&e)
-                            .map(|b| b.reason.clone())
-                            .unwrap_or_default();
-                        self.on_bad_frame(DecodeError::new(reason));
-                    }
-                    Poll::Ready(Some(Err(e))) => {
-                        progress = true;
-                        match FrameTooLarge::find(&e) {
-                            Some(too_large) => {
-                                tracing::warn!(
-                                    limit = too_large.limit,
-                                    "peer sent an oversize frame"
-                                );
-                                self.notice(&too_large.to_string());
-                                self.begin_end(End::BadPeer, true);
-                            }
-                            None => {
-                                self.shared.pending.close();
-                                return Poll::Ready(End::Io(e));
-                            }
-                        }
-                    }
-                    Poll::Ready(None) => {
-                        progress = true;
-                        // The peer will send nothing more: fail our calls now.
-                        // It may still read (a half-close): its handlers get
-                        // the close linger to finish and send their replies.
-                        self.begin_end(End::PeerClosed, false);
-                    }
-                    Poll::Pending => break,
-                }
-            }
-
             if progress {
                 continue;
             }
-
-            // 4. Nothing more to do right now: send what was written.
-            if self.dirty {
-                match Pin::new(&mut self.io).poll_flush(cx) {
-                    Poll::Ready(Ok(())) => self.dirty = false,
-                    Poll::Ready(Err(e)) => return Poll::Ready(End::Io(e)),
-                    Poll::Pending => {}
-                }
-            }
-            if self.outq.is_empty() && self.wbuf.capacity() > 0 {
-                // Idle: hold no reply buffer until there is a reply to write
-                // (one allocation per batch of replies, not per reply).
-                self.wbuf = BytesMut::new();
-            }
-            if self.ending.is_some() {
-                if let Some(linger) = &mut self.linger {
-                    if linger.as_mut().poll(cx).is_ready() {
-                        return Poll::Ready(self.ending.take().expect("ending is set"));
-                    }
-                }
-                if self.tasks.is_empty() && self.outq.is_empty() && !self.dirty {
-                    return match Pin::new(&mut self.io).poll_close(cx) {
-                        Poll::Ready(_) => Poll::Ready(self.ending.take().expect("ending is set")),
-                        Poll::Pending => Poll::Pending,
-                    };
-                }
-            }
-            return Poll::Pending;
+            return self.settle(cx);
         }
     }
 
-    /// Graceful drain: keep reading (replies to our own calls must still
-    /// arrive) but refuse new commands; close once handlers are done.
-    fn begin_end_keep_reading(&mut self, reason: End) {
-        if self.ending.is_none() {
-            self.ending = Some(reason);
+    /// Egress in: frames from handles and from finished handler tasks.
+    fn pull_outbound(&mut self, cx: &mut Context<'_>) -> bool {
+        let mut progress = false;
+        while self.rx_open && self.outq.len() < OUTQ_HIGH {
+            match self.rx.poll_recv(cx) {
+                Poll::Ready(Some(frame)) => {
+                    self.outq.push_back(frame);
+                    progress = true;
+                }
+                Poll::Ready(None) => {
+                    self.rx_open = false;
+                    self.begin_end(CloseReason::Dropped, true);
+                    progress = true;
+                }
+                Poll::Pending => break,
+            }
         }
+        while !self.tasks.is_empty() {
+            let Poll::Ready(Some(done)) = self.tasks.poll_join_next(cx) else {
+                break;
+            };
+            progress = true;
+            if let Ok((key, frame)) = done {
+                if let Some(key) = key {
+                    self.in_flight.remove(&key);
+                }
+                if let Some(frame) = frame {
+                    // Frames the handler queued before it returned go first.
+                    self.drain_handles();
+                    self.shared.outbound.add(frame.len());
+                    self.outq.push_back(frame);
+                }
+            }
+        }
+        progress
+    }
+
+    /// Moves every frame queued by handles to the outbound queue.
+    fn drain_handles(&mut self) {
+        while self.rx_open {
+            match self.rx.try_recv() {
+                Ok(frame) => self.outq.push_back(frame),
+                Err(_) => break,
+            }
+        }
+    }
+
+    /// In flight: serves the commands that waited, while there is room.
+    fn pump_waiting(&mut self, cx: &mut Context<'_>) -> bool {
+        let mut progress = false;
+        while !self.waiting.is_empty() && self.can_dispatch() {
+            let Some((cmd, n)) = self.waiting.pop_front() else {
+                break;
+            };
+            self.meter.sub_waiting(n);
+            self.waiting_bytes -= n;
+            self.dispatch(cmd, cx);
+            progress = true;
+        }
+        progress
+    }
+
+    /// Egress out: writes what is queued while the transport takes it.
+    fn write(&mut self, cx: &mut Context<'_>) -> Result<bool, CloseReason> {
+        let mut progress = false;
+        while !self.outq.is_empty() {
+            match Pin::new(&mut self.io).poll_ready(cx) {
+                Poll::Ready(Ok(())) => {
+                    let frame = self.outq.pop_front().expect("queue is not empty");
+                    let len = frame.len();
+                    if let Err(e) = Pin::new(&mut self.io).start_send(frame) {
+                        return Err(CloseReason::from_io(e));
+                    }
+                    self.shared.outbound.sub(len);
+                    self.dirty = true;
+                    self.stall_since = None;
+                    progress = true;
+                }
+                Poll::Ready(Err(e)) => return Err(CloseReason::from_io(e)),
+                Poll::Pending => break,
+            }
+        }
+        Ok(progress)
+    }
+
+    /// Ingress: reads and serves, up to a budget.
+    fn read(&mut self, cx: &mut Context<'_>) -> Result<bool, CloseReason> {
+        let mut progress = false;
+        let mut budget = READ_BUDGET;
+        while budget > 0 && self.can_read() {
+            budget -= 1;
+            match Pin::new(&mut self.io).poll_next(cx) {
+                Poll::Ready(Some(Ok(frame))) => {
+                    progress = true;
+                    self.frames_seen = true;
+                    self.on_frame(frame, cx);
+                }
+                Poll::Ready(Some(Err(e))) => {
+                    progress = true;
+                    if let Some(bad) = BadFrame::find(&e) {
+                        let reason = bad.reason.clone();
+                        self.on_bad_frame(DecodeError::new(reason));
+                    } else if let Some(too_large) = FrameTooLarge::find(&e) {
+                        tracing::warn!(limit = too_large.limit, "peer sent an oversize frame");
+                        let message = too_large.to_string();
+                        self.notice(&message);
+                        self.begin_end(CloseReason::BadPeer(message), true);
+                    } else {
+                        let reason = CloseReason::from_io(e);
+                        if matches!(reason, CloseReason::BudgetExceeded) {
+                            self.notice("the server's memory budget is exceeded; disconnecting");
+                            self.begin_end(reason, true);
+                        } else {
+                            return Err(reason);
+                        }
+                    }
+                }
+                Poll::Ready(None) => {
+                    progress = true;
+                    // The peer will send nothing more: fail our calls now.
+                    // It may still read (a half-close): its handlers get
+                    // the close linger to finish and send their replies.
+                    self.begin_end(CloseReason::PeerClosed, false);
+                }
+                Poll::Pending => break,
+            }
+        }
+        if progress && self.shared.config.idle_timeout.is_some() {
+            self.last_rx = Instant::now();
+        }
+        Ok(progress)
+    }
+
+    /// Nothing more to do right now: flush, release idle buffers, finish an
+    /// ending connection, and watch the deadlines.
+    fn settle(&mut self, cx: &mut Context<'_>) -> Poll<CloseReason> {
+        if self.dirty {
+            match Pin::new(&mut self.io).poll_flush(cx) {
+                Poll::Ready(Ok(())) => {
+                    self.dirty = false;
+                    self.stall_since = None;
+                }
+                Poll::Ready(Err(e)) => return Poll::Ready(CloseReason::from_io(e)),
+                Poll::Pending => {}
+            }
+        }
+        if self.outq.is_empty() && self.wbuf.capacity() > 0 {
+            // Idle: hold no reply buffer until there is a reply to write
+            // (one allocation per batch of replies, not per reply).
+            self.wbuf = BytesMut::new();
+        }
+        if self.ending.is_some() {
+            if let Some(linger) = &mut self.linger {
+                if linger.as_mut().poll(cx).is_ready() {
+                    return Poll::Ready(self.ending.take().expect("ending is set"));
+                }
+            }
+            if self.tasks.is_empty() && self.outq.is_empty() && !self.dirty {
+                return match Pin::new(&mut self.io).poll_close(cx) {
+                    Poll::Ready(_) => Poll::Ready(self.ending.take().expect("ending is set")),
+                    Poll::Pending => Poll::Pending,
+                };
+            }
+            if self.linger.is_some() {
+                return Poll::Pending;
+            }
+        }
+        match self.poll_deadlines(cx) {
+            Some(reason) => {
+                self.begin_end(reason, true);
+                // Let the notice (if any) go out within the linger.
+                cx.waker().wake_by_ref();
+                Poll::Pending
+            }
+            None => Poll::Pending,
+        }
+    }
+
+    /// The idle timeout, the frame deadline and the write-stall deadline,
+    /// with one lazily reset timer: the hot path only notes instants.
+    fn poll_deadlines(&mut self, cx: &mut Context<'_>) -> Option<CloseReason> {
+        let config = &self.shared.config;
+        // A frame has started and not finished, while we are reading.
+        match config.frame_timeout {
+            Some(_) if self.can_read() && self.meter.partial() > 0 => {
+                if self.frame_since.is_none() || self.frames_seen {
+                    self.frame_since = Some(Instant::now());
+                }
+            }
+            _ => self.frame_since = None,
+        }
+        self.frames_seen = false;
+        // Output waits and the transport takes none of it.
+        if config.write_stall_timeout.is_some() && (self.dirty || !self.outq.is_empty()) {
+            self.stall_since.get_or_insert_with(Instant::now);
+        } else {
+            self.stall_since = None;
+        }
+        loop {
+            let frame = self
+                .frame_since
+                .zip(config.frame_timeout)
+                .map(|(s, d)| s + d);
+            let stall = self
+                .stall_since
+                .zip(config.write_stall_timeout)
+                .map(|(s, d)| s + d);
+            let idle = config
+                .idle_timeout
+                .filter(|_| self.is_idle())
+                .map(|d| self.last_rx + d);
+            let Some(next) = [frame, stall, idle].into_iter().flatten().min() else {
+                self.timer = None;
+                return None;
+            };
+            match &mut self.timer {
+                Some(t) if t.deadline() <= next => {}
+                Some(t) => t.as_mut().reset(next),
+                None => self.timer = Some(Box::pin(tokio::time::sleep_until(next))),
+            }
+            let timer = self.timer.as_mut().expect("timer is set");
+            if timer.as_mut().poll(cx).is_pending() {
+                return None;
+            }
+            let now = Instant::now();
+            if frame.is_some_and(|d| d <= now) {
+                tracing::info!("frame deadline exceeded");
+                self.notice("frame deadline exceeded; disconnecting");
+                return Some(CloseReason::FrameTimeout);
+            }
+            if stall.is_some_and(|d| d <= now) {
+                tracing::info!("the peer takes nothing we write; disconnecting");
+                return Some(CloseReason::TooSlow);
+            }
+            if idle.is_some_and(|d| d <= now) {
+                tracing::debug!("idle timeout");
+                return Some(CloseReason::Idle);
+            }
+            // Fired for a deadline that moved: set it again.
+            timer.as_mut().reset(next.max(now));
+        }
+    }
+
+    /// Nothing in flight either way, nothing waiting, nothing to write.
+    fn is_idle(&self) -> bool {
+        self.tasks.is_empty()
+            && self.waiting.is_empty()
+            && self.outq.is_empty()
+            && !self.dirty
+            && self.shared.pending.len() == 0
+            && self.gate.is_none()
     }
 
     fn can_read(&self) -> bool {
         self.reading
-            && self.outq.len() < OUTQ_HIGH
+            && self.waiting.len() < self.shared.config.max_in_flight
+            && self.waiting_bytes < self.shared.config.max_buffered
+    }
+
+    /// Whether a command may be served now (or must wait).
+    fn can_dispatch(&self) -> bool {
+        self.gate.is_none()
             && self.tasks.len() < self.shared.config.max_in_flight
-            && self.held.len() < self.shared.config.max_in_flight
+            && self.outq.len() < OUTQ_HIGH
+            && !self.shared.outbound.is_full()
     }
 
     fn on_frame(&mut self, frame: Bytes, cx: &mut Context<'_>) {
+        let size = frame.len();
         let cmd = match self.shared.protocol.decode(frame) {
-            Ok(cmd) => {
-                self.bad_frames = 0;
-                cmd
-            }
+            Ok(cmd) => cmd,
             Err(e) => return self.on_bad_frame(e),
         };
         if cmd.is_reply() {
             return self.on_reply(cmd);
         }
-        if self.gate.is_some() {
-            self.held.push_back(cmd);
-        } else if !self.accept_commands {
-            if let Some(key) = &cmd.key {
-                let msg = "the server is shutting down";
-                self.push_reply(key, &Outcome::Error(msg.to_owned()));
-            }
-        } else {
+        if !self.accept_commands {
+            self.refuse_draining(&cmd);
+        } else if self.waiting.is_empty() && self.can_dispatch() {
             self.dispatch(cmd, cx);
+        } else {
+            self.meter.add_waiting(size);
+            self.waiting_bytes += size;
+            self.waiting.push_back((cmd, size));
         }
     }
 
+    fn refuse_draining(&mut self, cmd: &Command) {
+        if let Some(key) = &cmd.key {
+            let msg = "the server is shutting down";
+            self.push_reply(key, &Outcome::Error(msg.to_owned()));
+        }
+    }
+
+    /// A frame that did not decode. A broken call (its key and a non-reply
+    /// action could be read) gets a keyed `drs.error`; a broken reply to
+    /// one of our calls fails that call; anything else gets a keyless
+    /// `drs.error`. The peer is disconnected past [`MAX_BAD_FRAMES`] within
+    /// [`BAD_WINDOW`].
     fn on_bad_frame(&mut self, e: DecodeError) {
-        self.bad_frames += 1;
+        let now = Instant::now();
+        match self.bad_since {
+            Some(since) if now.duration_since(since) < BAD_WINDOW => self.bad_frames += 1,
+            _ => {
+                self.bad_since = Some(now);
+                self.bad_frames = 1;
+            }
+        }
         tracing::warn!(error = %e, "invalid frame");
-        let message = format!("invalid command: {e}");
-        match e.key() {
-            Some(key) => self.push_reply(key, &Outcome::Error(message)),
-            None => self.notice(&message),
+        let mut message = format!("invalid command: {}", e.message());
+        truncate(&mut message, MAX_NOTICE);
+        match (e.key(), e.action()) {
+            (Some(key), Some(action)) if is_reply_action(action) => {
+                let failed =
+                    Error::Decode(DecodeError::new(format!("invalid reply: {}", e.message())));
+                if !self.shared.pending.fail(key, failed) {
+                    tracing::debug!(key, "invalid reply for no pending call dropped");
+                }
+            }
+            (Some(key), Some(_)) => self.push_reply(key, &Outcome::Error(message)),
+            (Some(key), None) if e.is_whole() => self.push_reply(key, &Outcome::Error(message)),
+            _ => self.notice(&message),
         }
         if self.bad_frames >= MAX_BAD_FRAMES {
-            self.notice("too many invalid commands in a row; disconnecting");
-            self.begin_end(End::BadPeer, true);
+            let why = format!("{MAX_BAD_FRAMES} invalid commands within {BAD_WINDOW:?}");
+            self.notice(&format!("too many invalid commands ({why}); disconnecting"));
+            self.begin_end(CloseReason::BadPeer(why), true);
         }
     }
 
@@ -420,9 +705,17 @@ impl<T: Transport> Driver<T> {
     }
 
     fn dispatch(&mut self, cmd: Command, cx: &mut Context<'_>) {
+        if let Some(key) = &cmd.key {
+            if !self.in_flight.is_empty() && self.in_flight.contains_key(key) {
+                let mut message = format!("duplicate key in flight: {key}");
+                truncate(&mut message, MAX_NOTICE);
+                return self.push_reply(key, &Outcome::Error(message));
+            }
+        }
         if !self.shared.router.is_current(&self.routes) {
             self.routes = self.shared.router.snapshot();
         }
+        let key = cmd.key.clone();
         let msg = Msg::new(self.shared.clone(), cmd);
         // Only when someone listens: building a span costs even when it is
         // discarded (e.g. with tracing's `log` feature on).
@@ -444,19 +737,34 @@ impl<T: Transport> Driver<T> {
                 }
             }
             Ok(Poll::Pending) => {
+                let limit = self
+                    .routes
+                    .timeout(msg.action())
+                    .or(self.shared.config.handler_timeout);
                 let shared = self.shared.clone();
+                let task_key = key.clone();
                 let task = async move {
-                    let outcome = AssertUnwindSafe(fut)
-                        .catch_unwind()
-                        .await
-                        .unwrap_or_else(Outcome::from_panic);
+                    let run = AssertUnwindSafe(fut).catch_unwind();
+                    let outcome = match limit {
+                        None => run.await.unwrap_or_else(Outcome::from_panic),
+                        Some(limit) => match tokio::time::timeout(limit, run).await {
+                            Ok(done) => done.unwrap_or_else(Outcome::from_panic),
+                            Err(_) => Outcome::Exception(DEADLINE_EXCEEDED.to_owned()),
+                        },
+                    };
                     log_outcome(&msg, &outcome);
-                    let key = msg.key()?;
-                    let mut buf = BytesMut::with_capacity(128);
-                    encode_reply(&shared, key, &outcome, &mut buf);
-                    Some(buf.freeze())
+                    let frame = msg.key().map(|key| {
+                        let mut buf = BytesMut::with_capacity(128);
+                        encode_reply(&shared, key, &outcome, &mut buf);
+                        buf.freeze()
+                    });
+                    (task_key, frame)
                 };
-                self.tasks.spawn(task.instrument(span));
+                let abort = self.tasks.spawn(task.instrument(span));
+                if let Some(key) = key {
+                    let deadline = limit.map(|d| Instant::now() + d);
+                    self.in_flight.insert(key, InFlight { abort, deadline });
+                }
             }
             Err(panic) => {
                 let outcome = Outcome::from_panic(panic);
@@ -470,12 +778,7 @@ impl<T: Transport> Driver<T> {
 
     fn push_reply(&mut self, key: &str, outcome: &Outcome) {
         // Frames the handler queued before it returned go out before its reply.
-        while self.rx_open {
-            match self.rx.try_recv() {
-                Ok(frame) => self.outq.push_back(frame),
-                Err(_) => break,
-            }
-        }
+        self.drain_handles();
         if self.wbuf.capacity() - self.wbuf.len() < 512 {
             // Replies are carved out of 4 KiB chunks (a split buffer would
             // otherwise reallocate at the size of each reply).
@@ -483,6 +786,7 @@ impl<T: Transport> Driver<T> {
         }
         encode_reply(&self.shared, key, outcome, &mut self.wbuf);
         let frame = self.wbuf.split().freeze();
+        self.shared.outbound.add(frame.len());
         self.outq.push_back(frame);
     }
 
@@ -496,9 +800,24 @@ impl<T: Transport> Driver<T> {
             ERROR,
             OutBody::Value(&body),
         ) {
-            Ok(frame) => self.outq.push_back(frame),
+            Ok(frame) => {
+                self.shared.outbound.add(frame.len());
+                self.outq.push_back(frame);
+            }
             Err(e) => tracing::error!(error = %e, "could not encode a notice"),
         }
+    }
+}
+
+/// Cuts `s` to at most `max` bytes, on a character boundary, marking the cut.
+fn truncate(s: &mut String, max: usize) {
+    if s.len() > max {
+        let mut end = max - 3;
+        while !s.is_char_boundary(end) {
+            end -= 1;
+        }
+        s.truncate(end);
+        s.push_str("...");
     }
 }
 

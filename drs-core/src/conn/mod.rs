@@ -9,7 +9,7 @@ use std::{
     marker::PhantomData,
     pin::Pin,
     sync::{
-        atomic::{AtomicU64, Ordering},
+        atomic::{AtomicU64, AtomicUsize, Ordering},
         Arc, Mutex,
     },
     time::Duration,
@@ -17,13 +17,14 @@ use std::{
 
 use bytes::{Bytes, BytesMut};
 use serde::Serialize;
-use tokio::sync::mpsc;
+use tokio::sync::{mpsc, Notify};
 use tokio_util::sync::CancellationToken;
 
 pub(crate) use driver::Driver;
 pub(crate) use pending::{remote_error, Pending, PendingGuard, Reply, ReplyKind};
 
 use crate::{
+    close::CloseReason,
     command::FromBody,
     error::Error,
     ext::Extensions,
@@ -63,6 +64,35 @@ pub struct ConnConfig {
     /// How long a server waits for a transport handshake (e.g. a WebSocket
     /// upgrade). Default 10 s.
     pub handshake_timeout: Duration,
+    /// Bytes that may wait to be written to the peer (queued by handles,
+    /// handlers and broadcasts). Past this a `fire` or `call` waits for
+    /// room, the connection stops serving new commands, and a broadcast
+    /// disconnects the connection as a slow consumer. Default 32 MiB.
+    pub max_outbound: usize,
+    /// Bytes of commands read but waiting to be served (behind admission
+    /// hooks, or for an in-flight slot); past this the connection stops
+    /// reading. Counted against the server's memory budget too.
+    /// Default 16 MiB.
+    pub max_buffered: usize,
+    /// Closes a connection that has had nothing in flight (no call, no
+    /// command, nothing to write) and received nothing for this long
+    /// ([`CloseReason::Idle`]). Default: off.
+    pub idle_timeout: Option<Duration>,
+    /// A frame the peer has started must be finished within this
+    /// ([`CloseReason::FrameTimeout`]); not counted while the connection
+    /// itself has stopped reading. Default 30 s.
+    pub frame_timeout: Option<Duration>,
+    /// Servers: `on_connect` hooks must admit a connection within this
+    /// ([`CloseReason::AdmissionTimeout`]). Default 10 s.
+    pub admission_timeout: Duration,
+    /// A peer that takes nothing we write for this long is disconnected
+    /// ([`CloseReason::TooSlow`]). Default 30 s.
+    pub write_stall_timeout: Option<Duration>,
+    /// A deadline for every handler that does not finish on its first poll
+    /// (per-action deadlines override it); past it the handler is stopped
+    /// and the caller gets `drs.exception` "handler deadline exceeded".
+    /// Default: none.
+    pub handler_timeout: Option<Duration>,
 }
 
 impl Default for ConnConfig {
@@ -74,6 +104,13 @@ impl Default for ConnConfig {
             outbound_queue: 1024,
             close_linger: Duration::from_secs(1),
             handshake_timeout: Duration::from_secs(10),
+            max_outbound: 32 * 1024 * 1024,
+            max_buffered: 16 * 1024 * 1024,
+            idle_timeout: None,
+            frame_timeout: Some(Duration::from_secs(30)),
+            admission_timeout: Duration::from_secs(10),
+            write_stall_timeout: Some(Duration::from_secs(30)),
+            handler_timeout: None,
         }
     }
 }
@@ -115,8 +152,102 @@ impl ConnConfig {
         self
     }
 
+    /// Sets the outbound byte bound (at least 1).
+    pub fn max_outbound(mut self, bytes: usize) -> Self {
+        self.max_outbound = bytes.max(1);
+        self
+    }
+
+    /// Sets the bound on bytes of commands waiting to be served (at least 1).
+    pub fn max_buffered(mut self, bytes: usize) -> Self {
+        self.max_buffered = bytes.max(1);
+        self
+    }
+
+    /// Sets the idle timeout (`None`: off).
+    pub fn idle_timeout(mut self, timeout: Option<Duration>) -> Self {
+        self.idle_timeout = timeout;
+        self
+    }
+
+    /// Sets the frame deadline (`None`: off).
+    pub fn frame_timeout(mut self, timeout: Option<Duration>) -> Self {
+        self.frame_timeout = timeout;
+        self
+    }
+
+    /// Sets the admission deadline.
+    pub fn admission_timeout(mut self, timeout: Duration) -> Self {
+        self.admission_timeout = timeout;
+        self
+    }
+
+    /// Sets the write-stall deadline (`None`: off).
+    pub fn write_stall_timeout(mut self, timeout: Option<Duration>) -> Self {
+        self.write_stall_timeout = timeout;
+        self
+    }
+
+    /// Sets the default handler deadline (`None`: none).
+    pub fn handler_timeout(mut self, timeout: Option<Duration>) -> Self {
+        self.handler_timeout = timeout;
+        self
+    }
+
     pub(crate) fn frame_spec(&self, protocol: &dyn Protocol) -> FrameSpec {
         FrameSpec::new(protocol.framing()).max_frame_len(self.max_frame_len)
+    }
+}
+
+/// The outbound queue's byte count, shared by handles and the driver.
+pub(crate) struct Outbound {
+    bytes: AtomicUsize,
+    limit: usize,
+    room: Notify,
+}
+
+impl Outbound {
+    fn new(limit: usize) -> Self {
+        Self {
+            bytes: AtomicUsize::new(0),
+            limit,
+            room: Notify::new(),
+        }
+    }
+
+    /// Whether the queue is at or over its bound (one frame may pass it).
+    pub(crate) fn is_full(&self) -> bool {
+        self.bytes.load(Ordering::Relaxed) >= self.limit
+    }
+
+    pub(crate) fn bytes(&self) -> usize {
+        self.bytes.load(Ordering::Relaxed)
+    }
+
+    /// `n` bytes joined the queue.
+    pub(crate) fn add(&self, n: usize) {
+        self.bytes.fetch_add(n, Ordering::Relaxed);
+    }
+
+    /// `n` bytes left the queue (written to the transport, or dropped).
+    pub(crate) fn sub(&self, n: usize) {
+        let before = self.bytes.fetch_sub(n, Ordering::Relaxed);
+        if before >= self.limit && before - n < self.limit {
+            self.room.notify_waiters();
+        }
+    }
+
+    /// Waits until the queue is under its bound.
+    async fn room(&self) {
+        while self.is_full() {
+            let notified = self.room.notified();
+            tokio::pin!(notified);
+            notified.as_mut().enable();
+            if !self.is_full() {
+                return;
+            }
+            notified.await;
+        }
     }
 }
 
@@ -138,6 +269,29 @@ pub(crate) struct Shared {
     /// Cancelled by the driver once the connection is closed.
     pub(crate) closed: CancellationToken,
     ext: Mutex<Extensions>,
+    pub(crate) outbound: Outbound,
+    /// Set by the driver when the connection ends; a close requested with
+    /// a reason (a slow consumer) puts it here first.
+    pub(crate) close_reason: Mutex<Option<CloseReason>>,
+}
+
+impl Shared {
+    /// Queues a frame, waiting for room in bytes and frames.
+    pub(crate) async fn send(&self, tx: &mpsc::Sender<Bytes>, frame: Bytes) -> Result<(), Error> {
+        self.outbound.room().await;
+        let len = frame.len();
+        self.outbound.add(len);
+        tx.send(frame).await.map_err(|_| {
+            self.outbound.sub(len);
+            Error::Closed
+        })
+    }
+
+    /// Asks the driver to close for `reason` (unless it is already ending).
+    pub(crate) fn close_for(&self, reason: CloseReason) {
+        lock(&self.close_reason).get_or_insert(reason);
+        self.close.cancel();
+    }
 }
 
 /// A handle to one connection: cheap to clone, usable from any task.
@@ -176,9 +330,12 @@ impl Conn {
         router: Arc<Router>,
         config: ConnConfig,
         close: CancellationToken,
+        meter: crate::budget::ReadMeter,
     ) -> (Conn, Driver<T>) {
         let (tx, rx) = mpsc::channel(config.outbound_queue);
         let shared = Arc::new(Shared {
+            outbound: Outbound::new(config.max_outbound),
+            close_reason: Mutex::new(None),
             id: NEXT_CONN_ID.fetch_add(1, Ordering::Relaxed),
             weak_tx: tx.downgrade(),
             info,
@@ -191,7 +348,7 @@ impl Conn {
             closed: CancellationToken::new(),
             ext: Mutex::new(Extensions::new()),
         });
-        let driver = Driver::new(io, shared.clone(), rx);
+        let driver = Driver::new(io, shared.clone(), rx, meter);
         (Conn { shared, tx }, driver)
     }
 
@@ -260,8 +417,8 @@ impl Conn {
         body: impl Serialize,
     ) -> impl Future<Output = Result<(), Error>> + Send + 'static {
         let frame = self.encode(None, action, OutBody::Value(&body));
-        let tx = self.tx.clone();
-        async move { tx.send(frame?).await.map_err(|_| Error::Closed) }
+        let conn = self.clone();
+        async move { conn.shared.send(&conn.tx, frame?).await }
     }
 
     /// Calls `action` on the peer and waits for the reply, deserialized into `R`
@@ -299,12 +456,32 @@ impl Conn {
         )
     }
 
-    /// Queues an encoded frame without waiting (used by broadcast).
+    /// Queues an encoded frame without waiting (used by broadcast); fails
+    /// with `Full` when the queue is full in frames or bytes.
     pub(crate) fn try_send_frame(
         &self,
         frame: Bytes,
     ) -> Result<(), mpsc::error::TrySendError<Bytes>> {
-        self.tx.try_send(frame)
+        if self.shared.outbound.is_full() {
+            return Err(mpsc::error::TrySendError::Full(frame));
+        }
+        let len = frame.len();
+        self.tx.try_send(frame)?;
+        self.shared.outbound.add(len);
+        Ok(())
+    }
+
+    /// Why the connection ended; `None` while it is open.
+    pub fn close_reason(&self) -> Option<CloseReason> {
+        if !self.is_closed() {
+            return None;
+        }
+        lock(&self.shared.close_reason).clone()
+    }
+
+    /// Bytes waiting to be written to the peer.
+    pub fn outbound_bytes(&self) -> usize {
+        self.shared.outbound.bytes()
     }
 
     /// Asks the connection to close: what is queued is written out (within
@@ -428,11 +605,11 @@ impl<R: FromBody + Send + 'static> IntoFuture for Call<R> {
                 armed: true,
             };
             let exchange = async {
-                conn.tx.send(frame).await.map_err(|_| Error::Closed)?;
+                conn.shared.send(&conn.tx, frame).await?;
                 rx.await.map_err(|_| Error::Closed)
             };
             let reply = match tokio::time::timeout(self.timeout, exchange).await {
-                Ok(reply) => reply?,
+                Ok(reply) => reply??,
                 Err(_) => return Err(Error::Timeout(self.timeout)),
             };
             guard.armed = false;

@@ -78,7 +78,7 @@ impl Hasher for KeyHasher {
 #[derive(Default)]
 struct State {
     closed: bool,
-    map: HashMap<u64, oneshot::Sender<Reply>, BuildHasherDefault<KeyHasher>>,
+    map: HashMap<u64, oneshot::Sender<Result<Reply, Error>>, BuildHasherDefault<KeyHasher>>,
 }
 
 #[derive(Default)]
@@ -88,7 +88,10 @@ pub(crate) struct Pending {
 
 impl Pending {
     /// Registers a call; fails if the connection is already closed.
-    pub(crate) fn register(&self, key: u64) -> Result<oneshot::Receiver<Reply>, Error> {
+    pub(crate) fn register(
+        &self,
+        key: u64,
+    ) -> Result<oneshot::Receiver<Result<Reply, Error>>, Error> {
         let (tx, rx) = oneshot::channel();
         let mut state = lock(&self.state);
         if state.closed {
@@ -104,13 +107,23 @@ impl Pending {
 
     /// Hands a reply to its call; false when no call waits for that key.
     pub(crate) fn complete(&self, key: &str, reply: Reply) -> bool {
+        self.finish(key, Ok(reply))
+    }
+
+    /// Fails a call (its reply arrived broken); false when no call waits
+    /// for that key.
+    pub(crate) fn fail(&self, key: &str, error: Error) -> bool {
+        self.finish(key, Err(error))
+    }
+
+    fn finish(&self, key: &str, outcome: Result<Reply, Error>) -> bool {
         let Ok(key) = key.parse::<u64>() else {
             return false;
         };
         let Some(tx) = lock(&self.state).map.remove(&key) else {
             return false;
         };
-        tx.send(reply).is_ok()
+        tx.send(outcome).is_ok()
     }
 
     /// Fails every pending call (their receivers see the sender dropped) and
