@@ -202,7 +202,7 @@ impl Serialize for Body {
         let mut out = None;
         let res = format.deserialize(bytes, &mut |de| {
             if let Some(s) = serializer.take() {
-                out = Some(serde_transcode::transcode(de, s));
+                out = Some(crate::transcode::transcode(de, s));
             }
             Ok(())
         });

@@ -43,17 +43,21 @@
 //! - A **connection** ([`Conn`]) is a cheap handle; a driver task owns the
 //!   transport. Calls time out (5 s by default); when a connection ends,
 //!   its pending calls fail at once with [`Error::Closed`].
-//! - Everything is **bounded**: frame size (8 MiB), commands in flight per
-//!   connection (1024, then the connection stops reading), the outbound
-//!   queue (1024 frames; a broadcast disconnects a consumer that is that far
-//!   behind).
+//! - Everything is **bounded**, in bytes as well as counts: frame size
+//!   (8 MiB), commands in flight (1024) and waiting (16 MiB) per
+//!   connection, the outbound queue (32 MiB), memory held for all peers
+//!   ([`MemoryBudget`], 256 MiB), connections ([`ServerConfig`], 10,000).
+//!   Time too: a frame deadline, an admission deadline, a write-stall
+//!   deadline, optional idle and handler deadlines. Why a connection ended
+//!   is a [`CloseReason`].
 //!
 //! # Bad input
 //!
-//! - A frame that does not decode is **skipped**: the peer gets a
-//!   `drs.error` saying why (with the command's key when it could be read,
-//!   keyless otherwise) and the connection goes on. After 32 such frames in
-//!   a row the peer is disconnected.
+//! - A frame that does not decode is **skipped**: the peer gets a short
+//!   `drs.error` saying why — keyed when the frame is a call whose key
+//!   and action could be read, keyless otherwise; a broken *reply* is never
+//!   answered, it fails the call it answers — and the connection goes on.
+//!   After 32 such frames within 10 s the peer is disconnected.
 //! - A frame over the maximum size **disconnects** the peer, after a keyless
 //!   `drs.error` saying so: past that point a byte stream cannot be trusted
 //!   to be in sync.
@@ -78,6 +82,7 @@ mod router;
 mod server;
 mod sync;
 mod text;
+mod transcode;
 mod transport;
 
 pub use budget::{BudgetExceeded, MemoryBudget, ReadMeter, DEFAULT_MEMORY_BUDGET};

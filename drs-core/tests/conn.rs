@@ -350,3 +350,66 @@ async fn body_passes_between_handlers_untouched() {
 fn reply_actions_cannot_have_handlers() {
     Server::new().on("drs.response", || async { HandlerResult::Ok(()) });
 }
+
+/// A body that cannot be transcoded for some peers (JSON's `1e400` has no
+/// MessagePack form) is skipped for those peers, without a panic, and the
+/// broadcast says how many it reached; peers of the body's own protocol get
+/// its bytes exactly.
+#[tokio::test]
+async fn broadcast_skips_peers_it_cannot_encode_for() {
+    within(async {
+        let server = Server::new();
+        let (json_listener, json_dialer) = memory::listener();
+        let (mp_listener, mp_dialer) = memory::listener();
+        server.listen(json_listener, Json).unwrap();
+        server
+            .listen(mp_listener, drs_protocol_msgpack::MsgPack)
+            .unwrap();
+        let (tx, mut rx) = tokio::sync::mpsc::channel(4);
+        let json_peer = Client::new()
+            .on("news", move |body: Body| {
+                let tx = tx.clone();
+                async move {
+                    tx.send(body.raw().unwrap().0.clone()).await.ok();
+                    HandlerResult::Ok(())
+                }
+            })
+            .connect(json_dialer, Json)
+            .await
+            .unwrap();
+        let mp_peer = Client::new()
+            .connect(mp_dialer, drs_protocol_msgpack::MsgPack)
+            .await
+            .unwrap();
+        for conn in [&json_peer, &mp_peer] {
+            let _: u64 = conn.call("drs.ping", ()).await.unwrap();
+        }
+        let huge = Json
+            .decode(Bytes::from_static(
+                br#"{"action":"x","body":[1e400, 1.50]}"#,
+            ))
+            .unwrap()
+            .body;
+        assert_eq!(server.broadcast_body("news", &huge), 1);
+        assert_eq!(rx.recv().await.unwrap(), &b"[1e400, 1.50]"[..]);
+        // Through `broadcast` the body is a value, serialized through serde
+        // for every protocol, and serde_json cannot read `1e400`: nobody is
+        // reached, and nothing panics (erased-serde's serializer errors
+        // cannot be displayed; the transcoder never formats them).
+        assert_eq!(server.broadcast("news", &huge).unwrap(), 0);
+        assert_eq!(server.broadcast("news", [1.5]).unwrap(), 2);
+        assert_eq!(rx.recv().await.unwrap(), &b"[1.5]"[..]);
+        // And a reply that cannot be encoded is an exception saying why.
+        server.on("huge", move || {
+            let huge = huge.clone();
+            async move { HandlerResult::Ok(huge) }
+        });
+        let err = mp_peer.call::<Value>("huge", ()).await.unwrap_err();
+        assert!(err.is_exception(), "{err:?}");
+        assert!(
+            err.to_string().contains("failed to encode the reply"),
+            "{err}"
+        );
+    })
+    .await
+}

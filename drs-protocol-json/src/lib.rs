@@ -252,25 +252,19 @@ pub mod decode {
 
     type R<T> = Result<T, Fail>;
 
-    /// A byte's class inside a string: 0 plain ASCII, 1 quote, 2 backslash,
-    /// 3 control character, 4 the start or middle of a UTF-8 sequence.
-    static STR_CLASS: [u8; 256] = {
-        let mut t = [0u8; 256];
+    /// Bytes that end the plain run of a string: quote, backslash, control
+    /// characters, and the bytes of UTF-8 sequences (checked apart).
+    static STOP: [bool; 256] = {
+        let mut t = [false; 256];
         let mut i = 0;
         while i < 256 {
-            t[i] = if i < 0x20 {
-                3
-            } else if i >= 0x80 {
-                4
-            } else {
-                0
-            };
+            t[i] = i < 0x20 || i >= 0x80 || i == b'"' as usize || i == b'\\' as usize;
             i += 1;
         }
-        t[b'"' as usize] = 1;
-        t[b'\\' as usize] = 2;
         t
     };
+
+    const FIELDS: [&str; 4] = ["key", "action", "body", "version"];
 
     struct Parser<'a> {
         f: &'a [u8],
@@ -319,35 +313,61 @@ pub mod decode {
         }
 
         /// A string starting at `pos` (which must be its opening quote).
+        ///
+        /// Long runs are crossed with `memchr2` to the next quote or
+        /// backslash; the run is then checked for control characters and,
+        /// if it is not all ASCII, for UTF-8, each in a loop the compiler
+        #[inline(always)]
         fn string(&mut self) -> R<Str> {
             if self.peek() != Some(b'"') {
                 return Err(self.expected("a string"));
             }
-            self.pos += 1;
-            let start = self.pos;
+            let start = self.pos + 1;
+            // Names and keys are short: a plain loop finds their end before
+            // memchr would have set up.
+            let head = &self.f[start..self.f.len().min(start + 16)];
+            for (i, &b) in head.iter().enumerate() {
+                if b == b'"' {
+                    self.pos = start + i + 1;
+                    return Ok(Str {
+                        start,
+                        end: start + i,
+                        escaped: false,
+                    });
+                }
+                if STOP[usize::from(b)] {
+                    break;
+                }
+            }
+            self.long_string(start)
+        }
+
+        /// The rest of [`string`](Self::string): long strings, escapes,
+        /// control characters, UTF-8.
+        #[inline(never)]
+        fn long_string(&mut self, start: usize) -> R<Str> {
+            self.pos = start;
             let (mut escaped, mut non_ascii) = (false, false);
             loop {
-                let Some(&b) = self.f.get(self.pos) else {
+                let rest = &self.f[self.pos..];
+                let Some(i) = memchr::memchr2(b'"', b'\\', rest) else {
                     return Err(fail("unterminated string"));
                 };
-                match STR_CLASS[usize::from(b)] {
-                    0 => self.pos += 1,
-                    1 => break,
-                    2 => {
-                        escaped = true;
-                        self.escape()?;
-                    }
-                    3 => {
-                        return Err(fail(format!(
-                            "control character in a string at column {}",
-                            self.pos + 1
-                        )))
-                    }
-                    _ => {
-                        non_ascii = true;
-                        self.pos += 1;
-                    }
+                let run = &rest[..i];
+                if run.iter().fold(false, |c, &b| c | (b < 0x20)) {
+                    let at = self.pos + run.iter().position(|&b| b < 0x20).unwrap_or(0);
+                    return Err(fail(format!(
+                        "control character in a string at column {}",
+                        at + 1
+                    )));
                 }
+                non_ascii |= !run.is_ascii();
+                self.pos += i;
+                if rest[i] == b'"' {
+                    break;
+                }
+                escaped = true;
+                self.escape()?;
             }
             let end = self.pos;
             self.pos += 1;
@@ -600,7 +620,7 @@ pub mod decode {
                 match slot {
                     None => p.value().map_err(|f| in_field(f, &name))?,
                     Some(slot) => {
-                        let field = ["key", "action", "body", "version"][slot];
+                        let field = FIELDS[slot];
                         if std::mem::replace(&mut seen[slot], true) {
                             note(format!("duplicate field `{field}`"));
                         }

@@ -98,6 +98,12 @@ impl WsConfig {
         self
     }
 
+    /// Sets TCP keepalive under the WebSocket (`None`: off).
+    pub fn tcp_keepalive(mut self, keepalive: Option<drs_transport_tcp::Keepalive>) -> Self {
+        self.tcp_keepalive = keepalive;
+        self
+    }
+
     /// Sets the write buffer allowance.
     pub fn write_buffer(mut self, bytes: usize) -> Self {
         self.write_buffer = bytes;

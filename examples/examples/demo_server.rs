@@ -12,20 +12,38 @@
 //! together; they see each other's `shout`s. Port 0 picks a free port. Each
 //! listener prints `listening tcp ADDR`, `listening ws ADDR` or
 //! `listening ipc PATH` on stdout as it binds. Ctrl-C shuts down gracefully.
+//!
+//! Every limit of the server can be set from the command line, so each can
+//! be tried from a shell (`demo_server --help` lists them with defaults).
 
 use std::{process::ExitCode, sync::Arc, time::Duration};
 
-use drs_core::{Protocol, Server};
+use drs_core::{Protocol, Server, ServerConfig};
 use drs_protocol_json::Json;
 use drs_protocol_msgpack::MsgPack;
 use drs_transport_ipc::IpcListener;
-use drs_transport_tcp::TcpListener;
-use drs_transport_ws::WsListener;
+use drs_transport_tcp::{Keepalive, TcpListener};
+use drs_transport_ws::{WsConfig, WsListener};
 use examples::{demo_actions, init_tracing};
 
 const USAGE: &str =
-    "usage: demo_server [--protocol json|msgpack] [--tcp ADDR] [--ws ADDR] [--ipc PATH] ...
-  default: --tcp 127.0.0.1:12000 (JSON); --protocol applies to the listeners after it";
+    "usage: demo_server [--protocol json|msgpack] [--tcp ADDR] [--ws ADDR] [--ipc PATH] ... [LIMITS]
+  default: --tcp 127.0.0.1:12000 (JSON); --protocol applies to the listeners after it
+
+limits (durations in seconds, fractions allowed; 0 turns an optional one off):
+  --idle-timeout SECS         close connections idle this long            (default: off)
+  --frame-timeout SECS        a started frame must finish within this     (default: 30)
+  --admission-timeout SECS    on_connect hooks must finish within this    (default: 10)
+  --write-stall-timeout SECS  drop a peer that takes nothing this long    (default: 30)
+  --handler-timeout SECS      stop handlers running longer than this      (default: off)
+  --keepalive SECS            TCP keepalive: silence before probing       (default: 30)
+                              (then a probe every 10 s; 3 unanswered end it)
+  --max-connections N         connections at once                         (default: 10000)
+  --memory-budget BYTES       bytes held for all peers together           (default: 268435456)
+                              (unfinished frames, commands waiting)
+  --max-outbound BYTES        bytes waiting to be written, per connection (default: 33554432)
+  --max-frame BYTES           largest frame accepted or sent              (default: 8388608)
+  --slow-admission MS         a demo connect hook that takes this long    (default: 0)";
 
 /// The page served to browsers on the WebSocket listener's `/`.
 const PAGE: &str = include_str!("../browser/index.html");
@@ -36,16 +54,61 @@ enum Bind {
     Ipc(String),
 }
 
-/// What to listen on, each with its protocol.
-type Listeners = Vec<(Bind, Arc<dyn Protocol>)>;
+/// What to listen on, each with its protocol, and the limits.
+struct Settings {
+    binds: Vec<(Bind, Arc<dyn Protocol>)>,
+    config: ServerConfig,
+    keepalive: Option<Keepalive>,
+    slow_admission: Duration,
+}
 
-fn parse(args: impl Iterator<Item = String>) -> Result<Listeners, String> {
+fn seconds(flag: &str, v: &str) -> Result<Duration, String> {
+    v.parse::<f64>()
+        .ok()
+        .filter(|s| s.is_finite() && *s >= 0.0)
+        .map(Duration::from_secs_f64)
+        .ok_or_else(|| format!("{flag}: `{v}` is not a number of seconds"))
+}
+
+/// An optional duration: 0 turns it off.
+fn optional(flag: &str, v: &str) -> Result<Option<Duration>, String> {
+    seconds(flag, v).map(|d| (!d.is_zero()).then_some(d))
+}
+
+fn count(flag: &str, v: &str) -> Result<usize, String> {
+    v.parse::<usize>()
+        .ok()
+        .filter(|n| *n > 0)
+        .ok_or_else(|| format!("{flag}: `{v}` is not a positive whole number"))
+}
+
+fn parse(args: impl Iterator<Item = String>) -> Result<Settings, String> {
     let mut protocol: Arc<dyn Protocol> = Arc::new(Json);
     let mut binds = Vec::new();
+    let mut config = ServerConfig::default();
+    let mut keepalive = Some(Keepalive::default());
+    let mut slow_admission = Duration::ZERO;
     let mut args = args.peekable();
     while let Some(flag) = args.next() {
         let mut value = || args.next().ok_or_else(|| format!("{flag} needs a value"));
-        match flag.as_str() {
+        let f = flag.as_str();
+        let c = &mut config.conn;
+        match f {
+            "--idle-timeout" => c.idle_timeout = optional(f, &value()?)?,
+            "--frame-timeout" => c.frame_timeout = optional(f, &value()?)?,
+            "--admission-timeout" => c.admission_timeout = seconds(f, &value()?)?,
+            "--write-stall-timeout" => c.write_stall_timeout = optional(f, &value()?)?,
+            "--handler-timeout" => c.handler_timeout = optional(f, &value()?)?,
+            "--keepalive" => {
+                keepalive = optional(f, &value()?)?.map(|idle| Keepalive::default().idle(idle))
+            }
+            "--max-connections" => config.max_connections = count(f, &value()?)?,
+            "--memory-budget" => config.memory_budget = count(f, &value()?)?,
+            "--max-outbound" => c.max_outbound = count(f, &value()?)?,
+            "--max-frame" => c.max_frame_len = count(f, &value()?)?,
+            "--slow-admission" => {
+                slow_admission = Duration::from_millis(count(f, &value()?)? as u64)
+            }
             "--tcp" => binds.push((Bind::Tcp(value()?), protocol.clone())),
             "--ws" => binds.push((Bind::Ws(value()?), protocol.clone())),
             "--ipc" => binds.push((Bind::Ipc(value()?), protocol.clone())),
@@ -62,7 +125,12 @@ fn parse(args: impl Iterator<Item = String>) -> Result<Listeners, String> {
     if binds.is_empty() {
         binds.push((Bind::Tcp("127.0.0.1:12000".into()), protocol));
     }
-    Ok(binds)
+    Ok(Settings {
+        binds,
+        config,
+        keepalive,
+        slow_admission,
+    })
 }
 
 #[tokio::main]
@@ -73,17 +141,21 @@ async fn main() -> ExitCode {
         eprintln!("{USAGE}");
         return ExitCode::SUCCESS;
     }
-    let binds = match parse(args.into_iter()) {
-        Ok(binds) => binds,
+    let settings = match parse(args.into_iter()) {
+        Ok(settings) => settings,
         Err(e) => {
             eprintln!("{e}\n{USAGE}");
             return ExitCode::from(2);
         }
     };
 
-    let server = Server::new();
+    let server = Server::with_config(settings.config);
     demo_actions(&server);
-    server.on_connect(|conn| async move {
+    let slow = settings.slow_admission;
+    server.on_connect(move |conn| async move {
+        if !slow.is_zero() {
+            tokio::time::sleep(slow).await;
+        }
         tracing::info!(
             id = conn.id(),
             transport = conn.info().transport,
@@ -92,19 +164,27 @@ async fn main() -> ExitCode {
         );
         Ok::<_, std::convert::Infallible>(())
     });
-    server.on_disconnect(|conn| tracing::info!(id = conn.id(), "client disconnected"));
+    server.on_disconnect(|conn| {
+        let reason = conn
+            .close_reason()
+            .map(|r| r.to_string())
+            .unwrap_or_default();
+        tracing::info!(id = conn.id(), %reason, "client disconnected")
+    });
 
-    for (bind, protocol) in binds {
+    let keepalive = settings.keepalive;
+    for (bind, protocol) in settings.binds {
         let (kind, asked, bound) = match bind {
             Bind::Tcp(addr) => {
                 let bound = match TcpListener::bind(&addr).await {
-                    Ok(l) => server.listen_arc(l, protocol),
+                    Ok(l) => server.listen_arc(l.keepalive(keepalive), protocol),
                     Err(e) => Err(e),
                 };
                 ("tcp", addr, bound)
             }
             Bind::Ws(addr) => {
-                let bound = match WsListener::bind(&addr).await {
+                let ws = WsConfig::default().tcp_keepalive(keepalive);
+                let bound = match WsListener::bind_with(&addr, ws).await {
                     Ok(l) => {
                         server.listen_arc(l.page("/", "text/html; charset=utf-8", PAGE), protocol)
                     }

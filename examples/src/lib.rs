@@ -73,7 +73,8 @@ pub fn demo_actions(server: &Server) {
     let broadcaster = server.clone();
     server.on("shout", move |body: Body| {
         let server = broadcaster.clone();
-        async move { HandlerResult::Ok(server.broadcast("shout", &body)?) }
+        // The body's bytes are copied to peers of its own protocol.
+        async move { HandlerResult::Ok(server.broadcast_body("shout", &body)) }
     });
     server.on("ask_back", |msg: Msg, args: AskBack| async move {
         let timeout = Duration::from_millis(args.timeout_ms.unwrap_or(5000));

@@ -1,0 +1,2 @@
+#![no_main]
+libfuzzer_sys::fuzz_target!(|data: &[u8]| drs_fuzz::frames(drs_core::Framing::Lines, data));
