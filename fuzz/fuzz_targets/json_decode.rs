@@ -1,2 +1,2 @@
 #![no_main]
-libfuzzer_sys::fuzz_target!(|data: &[u8]| drs_fuzz::round_trip(&drs_protocol_json, data));
+libfuzzer_sys::fuzz_target!(|data: &[u8]| drs_fuzz::round_trip(&drs_protocol_json::Json, data));
