@@ -314,3 +314,36 @@ async fn dialing_a_wrong_url_is_a_clear_error() {
     })
     .await
 }
+
+/// A peer that reads nothing, with our write buffer full so that no ping
+/// can even be sent, is still found dead by the keepalive (the write-stall
+/// deadline is off here, to test the pings alone).
+#[tokio::test]
+async fn keepalive_finds_a_dead_peer_while_the_write_buffer_is_full() {
+    within(async {
+        let server = Server::with_config(drs_core::ConnConfig::default().write_stall_timeout(None));
+        let (tx, mut gone) = tokio::sync::mpsc::unbounded_channel();
+        server.on_disconnect(move |conn| {
+            let _ = tx.send(conn.close_reason().map(|r| r.name()));
+        });
+        let (admit_tx, mut admitted) = tokio::sync::mpsc::unbounded_channel();
+        server.on_connect(move |conn: Conn| {
+            let tx = admit_tx.clone();
+            async move { tx.send(conn).map_err(|_| "test is over") }
+        });
+        let config = WsConfig::default()
+            .keepalive(Some(Duration::from_millis(200)))
+            .write_buffer(64 * 1024);
+        let addr = serve(&server, config, Json).await;
+        let dead = raw(&format!("ws://{addr}/")).await; // never read
+        let conn = admitted.recv().await.unwrap();
+        let flood = tokio::spawn(async move {
+            let chunk = "d".repeat(256 * 1024);
+            while conn.fire("data", &chunk).await.is_ok() {}
+        });
+        assert_eq!(gone.recv().await.unwrap(), Some("keepalive_failed"));
+        flood.await.unwrap();
+        drop(dead);
+    })
+    .await
+}

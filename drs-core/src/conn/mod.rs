@@ -276,9 +276,15 @@ pub(crate) struct Shared {
 }
 
 impl Shared {
-    /// Queues a frame, waiting for room in bytes and frames.
+    /// Queues a frame, waiting for room in bytes and frames; fails with
+    /// [`Error::Closed`] if the connection closes meanwhile.
     pub(crate) async fn send(&self, tx: &mpsc::Sender<Bytes>, frame: Bytes) -> Result<(), Error> {
-        self.outbound.room().await;
+        if self.outbound.is_full() {
+            tokio::select! {
+                () = self.outbound.room() => {}
+                () = self.closed.cancelled() => return Err(Error::Closed),
+            }
+        }
         let len = frame.len();
         self.outbound.add(len);
         tx.send(frame).await.map_err(|_| {
