@@ -15,6 +15,13 @@
 //!   (`\\.\pipe\drs-demo`) or a bare name (`drs-demo`), which is placed in
 //!   the pipe namespace.
 //!
+//! # Liveness
+//!
+//! Local sockets need no keepalive: when a process dies, the kernel closes
+//! its sockets and the peer reads the end of the stream at once (its
+//! pending calls fail with `Error::Closed`). A peer that is alive but stuck
+//! is found by the connection's own deadlines (write stall, frame, idle).
+//!
 //! # Stale socket files
 //!
 //! A server that crashed leaves its socket file behind, and binding the same

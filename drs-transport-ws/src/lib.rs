@@ -10,7 +10,12 @@
 //!   authenticate (`conn.info().query_param("token")`) or reject.
 //! - Keepalive: a ping every [`WsConfig::keepalive`] interval (default 30 s);
 //!   a peer that sends nothing for a whole interval after a ping is
-//!   disconnected, and its pending calls fail at once.
+//!   disconnected (close reason `KeepaliveFailed`), and its pending calls
+//!   fail at once. When our write buffer is full the ping cannot go out,
+//!   and the peer's silence counts just the same. TCP keepalive runs
+//!   underneath too ([`WsConfig::tcp_keepalive`]).
+//! - Memory: the bytes of a message under way count against the server's
+//!   memory budget (through the connection's read meter).
 //! - Limits: messages and frames up to the core's maximum frame size (8 MiB
 //!   by default; larger ones get a `drs.error` and a disconnect), and a
 //!   bounded write buffer. Close frames are answered and sent.

@@ -103,6 +103,9 @@ pub(crate) struct Driver<T> {
     /// Inbound calls served in tasks, by key: the one home of per-key state.
     in_flight: HashMap<Text, InFlight>,
     outq: VecDeque<Bytes>,
+    /// Bytes in `outq`, and as last published to the shared count.
+    outq_bytes: usize,
+    published: usize,
     /// Replies produced in the loop are encoded here, then split off.
     wbuf: BytesMut,
     /// Written to the transport since the last flush.
@@ -154,6 +157,8 @@ impl<T: Transport> Driver<T> {
             tasks: JoinSet::new(),
             in_flight: HashMap::new(),
             outq: VecDeque::new(),
+            outq_bytes: 0,
+            published: 0,
             wbuf: BytesMut::new(),
             dirty: false,
             reading: true,
@@ -261,9 +266,7 @@ impl<T: Transport> Driver<T> {
         {
             self.close = None;
             // Frames queued before close() was called still go out.
-            while let Ok(frame) = self.rx.try_recv() {
-                self.outq.push_back(frame);
-            }
+            self.drain_handles();
             let requested = lock(&self.shared.close_reason).take();
             let reason = requested.unwrap_or(if self.draining {
                 CloseReason::Shutdown
@@ -360,7 +363,7 @@ impl<T: Transport> Driver<T> {
         while self.rx_open && self.outq.len() < OUTQ_HIGH {
             match self.rx.poll_recv(cx) {
                 Poll::Ready(Some(frame)) => {
-                    self.outq.push_back(frame);
+                    self.take_handle_frame(frame);
                     progress = true;
                 }
                 Poll::Ready(None) => {
@@ -383,8 +386,7 @@ impl<T: Transport> Driver<T> {
                 if let Some(frame) = frame {
                     // Frames the handler queued before it returned go first.
                     self.drain_handles();
-                    self.shared.outbound.add(frame.len());
-                    self.outq.push_back(frame);
+                    self.queue(frame);
                 }
             }
         }
@@ -395,10 +397,22 @@ impl<T: Transport> Driver<T> {
     fn drain_handles(&mut self) {
         while self.rx_open {
             match self.rx.try_recv() {
-                Ok(frame) => self.outq.push_back(frame),
+                Ok(frame) => self.take_handle_frame(frame),
                 Err(_) => break,
             }
         }
+    }
+
+    /// A frame from a handle leaves the shared count for the driver's own.
+    fn take_handle_frame(&mut self, frame: Bytes) {
+        self.shared.outbound.sub(frame.len());
+        self.queue(frame);
+    }
+
+    /// Appends a frame to the outbound queue, counting its bytes.
+    fn queue(&mut self, frame: Bytes) {
+        self.outq_bytes += frame.len();
+        self.outq.push_back(frame);
     }
 
     /// In flight: serves the commands that waited, while there is room.
@@ -427,7 +441,7 @@ impl<T: Transport> Driver<T> {
                     if let Err(e) = Pin::new(&mut self.io).start_send(frame) {
                         return Err(CloseReason::from_io(e));
                     }
-                    self.shared.outbound.sub(len);
+                    self.outq_bytes -= len;
                     self.dirty = true;
                     self.stall_since = None;
                     progress = true;
@@ -490,6 +504,10 @@ impl<T: Transport> Driver<T> {
     /// Nothing more to do right now: flush, release idle buffers, finish an
     /// ending connection, and watch the deadlines.
     fn settle(&mut self, cx: &mut Context<'_>) -> Poll<CloseReason> {
+        if self.outq_bytes != self.published {
+            self.published = self.outq_bytes;
+            self.shared.outbound.publish(self.published);
+        }
         if self.dirty {
             match Pin::new(&mut self.io).poll_flush(cx) {
                 Poll::Ready(Ok(())) => {
@@ -533,19 +551,26 @@ impl<T: Transport> Driver<T> {
     }
 
     /// The idle timeout, the frame deadline and the write-stall deadline,
-    /// with one lazily reset timer: the hot path only notes instants.
+    /// with one timer that is never dropped and only moved when it must
+    /// fire earlier: per wake-up the hot path sets flags and, when a
+    /// deadline starts, reads the clock once.
     fn poll_deadlines(&mut self, cx: &mut Context<'_>) -> Option<CloseReason> {
         let config = &self.shared.config;
-        // A frame has started and not finished, while we are reading.
+        // A frame has started and not finished, while we are reading. When
+        // frames completed meanwhile, the one under way is a new frame: its
+        // deadline restarts when the timer next fires.
         match config.frame_timeout {
             Some(_) if self.can_read() && self.meter.partial() > 0 => {
-                if self.frame_since.is_none() || self.frames_seen {
+                if self.frame_since.is_none() {
                     self.frame_since = Some(Instant::now());
+                    self.frames_seen = false;
                 }
             }
-            _ => self.frame_since = None,
+            _ => {
+                self.frame_since = None;
+                self.frames_seen = false;
+            }
         }
-        self.frames_seen = false;
         // Output waits and the transport takes none of it.
         if config.write_stall_timeout.is_some() && (self.dirty || !self.outq.is_empty()) {
             self.stall_since.get_or_insert_with(Instant::now);
@@ -565,10 +590,9 @@ impl<T: Transport> Driver<T> {
                 .idle_timeout
                 .filter(|_| self.is_idle())
                 .map(|d| self.last_rx + d);
-            let Some(next) = [frame, stall, idle].into_iter().flatten().min() else {
-                self.timer = None;
-                return None;
-            };
+            // No deadline: the timer, if any, is left as it is (it wakes us
+            // at most once more, for nothing).
+            let next = [frame, stall, idle].into_iter().flatten().min()?;
             match &mut self.timer {
                 Some(t) if t.deadline() <= next => {}
                 Some(t) => t.as_mut().reset(next),
@@ -580,6 +604,11 @@ impl<T: Transport> Driver<T> {
             }
             let now = Instant::now();
             if frame.is_some_and(|d| d <= now) {
+                if std::mem::take(&mut self.frames_seen) {
+                    // Frames finished since this deadline started.
+                    self.frame_since = Some(now);
+                    continue;
+                }
                 tracing::info!("frame deadline exceeded");
                 self.notice("frame deadline exceeded; disconnecting");
                 return Some(CloseReason::FrameTimeout);
@@ -618,7 +647,7 @@ impl<T: Transport> Driver<T> {
         self.gate.is_none()
             && self.tasks.len() < self.shared.config.max_in_flight
             && self.outq.len() < OUTQ_HIGH
-            && !self.shared.outbound.is_full()
+            && self.outq_bytes + self.shared.outbound.queued() < self.shared.outbound.limit()
     }
 
     fn on_frame(&mut self, frame: Bytes, cx: &mut Context<'_>) {
@@ -715,7 +744,6 @@ impl<T: Transport> Driver<T> {
         if !self.shared.router.is_current(&self.routes) {
             self.routes = self.shared.router.snapshot();
         }
-        let key = cmd.key.clone();
         let msg = Msg::new(self.shared.clone(), cmd);
         // Only when someone listens: building a span costs even when it is
         // discarded (e.g. with tracing's `log` feature on).
@@ -742,6 +770,7 @@ impl<T: Transport> Driver<T> {
                     .timeout(msg.action())
                     .or(self.shared.config.handler_timeout);
                 let shared = self.shared.clone();
+                let key = msg.command().key.clone();
                 let task_key = key.clone();
                 let task = async move {
                     let run = AssertUnwindSafe(fut).catch_unwind();
@@ -786,8 +815,7 @@ impl<T: Transport> Driver<T> {
         }
         encode_reply(&self.shared, key, outcome, &mut self.wbuf);
         let frame = self.wbuf.split().freeze();
-        self.shared.outbound.add(frame.len());
-        self.outq.push_back(frame);
+        self.queue(frame);
     }
 
     /// A keyless `drs.error` telling the peer what went wrong.
@@ -800,10 +828,7 @@ impl<T: Transport> Driver<T> {
             ERROR,
             OutBody::Value(&body),
         ) {
-            Ok(frame) => {
-                self.shared.outbound.add(frame.len());
-                self.outq.push_back(frame);
-            }
+            Ok(frame) => self.queue(frame),
             Err(e) => tracing::error!(error = %e, "could not encode a notice"),
         }
     }

@@ -200,8 +200,17 @@ impl ConnConfig {
 }
 
 /// The outbound queue's byte count, shared by handles and the driver.
+///
+/// Frames queued by handles are counted as they enter the channel (an
+/// atomic add) and leave the count when the driver takes them; frames the
+/// driver makes itself (replies) are counted in a plain field of the
+/// driver, published here once per wake-up: an inline reply costs no
+/// atomic operation.
 pub(crate) struct Outbound {
-    bytes: AtomicUsize,
+    /// Bytes in the channel from handles to the driver.
+    queued: AtomicUsize,
+    /// Bytes in the driver's own queue, as last published.
+    driver: AtomicUsize,
     limit: usize,
     room: Notify,
 }
@@ -209,30 +218,52 @@ pub(crate) struct Outbound {
 impl Outbound {
     fn new(limit: usize) -> Self {
         Self {
-            bytes: AtomicUsize::new(0),
+            queued: AtomicUsize::new(0),
+            driver: AtomicUsize::new(0),
             limit,
             room: Notify::new(),
         }
     }
 
+    pub(crate) fn limit(&self) -> usize {
+        self.limit
+    }
+
     /// Whether the queue is at or over its bound (one frame may pass it).
     pub(crate) fn is_full(&self) -> bool {
-        self.bytes.load(Ordering::Relaxed) >= self.limit
+        self.bytes() >= self.limit
     }
 
     pub(crate) fn bytes(&self) -> usize {
-        self.bytes.load(Ordering::Relaxed)
+        self.queued() + self.driver.load(Ordering::Relaxed)
     }
 
-    /// `n` bytes joined the queue.
+    /// Bytes in the channel from handles.
+    pub(crate) fn queued(&self) -> usize {
+        self.queued.load(Ordering::Relaxed)
+    }
+
+    /// `n` bytes joined the channel.
     pub(crate) fn add(&self, n: usize) {
-        self.bytes.fetch_add(n, Ordering::Relaxed);
+        self.queued.fetch_add(n, Ordering::Relaxed);
     }
 
-    /// `n` bytes left the queue (written to the transport, or dropped).
+    /// `n` bytes left the channel (taken by the driver, or never sent).
     pub(crate) fn sub(&self, n: usize) {
-        let before = self.bytes.fetch_sub(n, Ordering::Relaxed);
-        if before >= self.limit && before - n < self.limit {
+        let before = self.queued.fetch_sub(n, Ordering::Relaxed);
+        let driver = self.driver.load(Ordering::Relaxed);
+        self.wake_if_room(before + driver, before.saturating_sub(n) + driver);
+    }
+
+    /// The driver's own queue now holds `n` bytes.
+    pub(crate) fn publish(&self, n: usize) {
+        let before = self.driver.swap(n, Ordering::Relaxed);
+        let queued = self.queued();
+        self.wake_if_room(before + queued, n + queued);
+    }
+
+    fn wake_if_room(&self, before: usize, after: usize) {
+        if before >= self.limit && after < self.limit {
             self.room.notify_waiters();
         }
     }
@@ -471,10 +502,12 @@ impl Conn {
         if self.shared.outbound.is_full() {
             return Err(mpsc::error::TrySendError::Full(frame));
         }
+        // Counted before it is queued: the driver may take it at once.
         let len = frame.len();
-        self.tx.try_send(frame)?;
         self.shared.outbound.add(len);
-        Ok(())
+        self.tx
+            .try_send(frame)
+            .inspect_err(|_| self.shared.outbound.sub(len))
     }
 
     /// Why the connection ended; `None` while it is open.
