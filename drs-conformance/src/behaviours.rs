@@ -18,6 +18,18 @@ fn remote_message(err: &Error) -> &str {
         .message
 }
 
+/// What a peer told before closing is exactly one keyless `drs.error`;
+/// returns its message.
+fn sole_notice(got: &[Command]) -> String {
+    assert_eq!(got.len(), 1, "{got:?}");
+    assert_eq!(
+        (got[0].action.as_str(), got[0].key.as_deref()),
+        ("drs.error", None)
+    );
+    let body: Value = got[0].body.deserialize().unwrap();
+    body["message"].as_str().expect("a message").to_owned()
+}
+
 /// Connects and waits until the server has admitted the connection.
 async fn admitted(ep: &Endpoint, client: Client) -> Conn {
     let conn = ep.connect_with(client).await;
@@ -631,20 +643,8 @@ pub async fn oversize_frame_disconnects_only_that_peer(pair: Pair) {
     let other = admitted(&ep, Client::new()).await;
     let mut raw = ep.raw().await;
     raw.send(Some("1"), "echo", json!("x".repeat(4096))).await;
-    let got = raw.until_closed().await;
-    assert_eq!(got.len(), 1, "{got:?}");
-    assert_eq!(
-        (got[0].action.as_str(), got[0].key.as_deref()),
-        ("drs.error", None)
-    );
-    let body: Value = got[0].body.deserialize().unwrap();
-    assert!(
-        body["message"]
-            .as_str()
-            .unwrap()
-            .contains("maximum frame size"),
-        "{body}"
-    );
+    let message = sole_notice(&raw.until_closed().await);
+    assert!(message.contains("maximum frame size"), "{message}");
     let v: String = other.call("echo", "fine").await.unwrap();
     assert_eq!(v, "fine");
 }
@@ -956,11 +956,8 @@ pub async fn admission_deadline_closes_the_connection(pair: Pair) {
         Ok::<(), String>(())
     });
     let mut raw = pair.listen(&server).await.raw().await;
-    let got = raw.until_closed().await;
-    assert_eq!(got.len(), 1, "{got:?}");
-    let body: Value = got[0].body.deserialize().unwrap();
     assert_eq!(
-        body["message"],
+        sole_notice(&raw.until_closed().await),
         "connection rejected: admission deadline exceeded"
     );
     assert_eq!(server.connection_count(), 0);
@@ -1036,20 +1033,8 @@ pub async fn connection_limit_refuses_newcomers(pair: Pair) {
     let a = admitted(&ep, Client::new()).await;
     let b = admitted(&ep, Client::new()).await;
     let mut third = ep.raw().await;
-    let got = third.until_closed().await;
-    assert_eq!(got.len(), 1, "{got:?}");
-    assert_eq!(
-        (got[0].action.as_str(), got[0].key.as_deref()),
-        ("drs.error", None)
-    );
-    let body: Value = got[0].body.deserialize().unwrap();
-    assert!(
-        body["message"]
-            .as_str()
-            .unwrap()
-            .contains("connection limit (2)"),
-        "{body}"
-    );
+    let message = sole_notice(&third.until_closed().await);
+    assert!(message.contains("connection limit (2)"), "{message}");
     let v: u32 = a.call("echo", 1).await.unwrap();
     let w: u32 = b.call("echo", 2).await.unwrap();
     assert_eq!((v, w), (1, 2));
