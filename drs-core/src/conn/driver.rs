@@ -247,6 +247,14 @@ impl<T: Transport> Driver<T> {
         self.ending = Some(reason);
     }
 
+    /// The memory budget chose this connection: say so, and end it.
+    fn evict(&mut self) {
+        if self.ending.is_none() {
+            self.notice("the server's memory budget is exceeded; disconnecting");
+            self.begin_end(CloseReason::BudgetExceeded, true);
+        }
+    }
+
     fn release_waiting(&mut self) {
         if self.waiting_bytes > 0 {
             self.meter.sub_waiting(self.waiting_bytes);
@@ -277,9 +285,8 @@ impl<T: Transport> Driver<T> {
             self.ending = None;
             self.begin_end(reason, true);
         }
-        if self.evicted.as_mut().poll(cx).is_ready() && self.ending.is_none() {
-            self.notice("the server's memory budget is exceeded; disconnecting");
-            self.begin_end(CloseReason::BudgetExceeded, true);
+        if self.evicted.as_mut().poll(cx).is_ready() {
+            self.evict();
         }
         if let Some(drain) = &mut self.drain {
             if drain.as_mut().poll(cx).is_ready() {
@@ -476,12 +483,9 @@ impl<T: Transport> Driver<T> {
                         self.notice(&message);
                         self.begin_end(CloseReason::BadPeer(message), true);
                     } else {
-                        let reason = CloseReason::from_io(e);
-                        if matches!(reason, CloseReason::BudgetExceeded) {
-                            self.notice("the server's memory budget is exceeded; disconnecting");
-                            self.begin_end(reason, true);
-                        } else {
-                            return Err(reason);
+                        match CloseReason::from_io(e) {
+                            CloseReason::BudgetExceeded => self.evict(),
+                            reason => return Err(reason),
                         }
                     }
                 }
