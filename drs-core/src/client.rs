@@ -74,6 +74,19 @@ impl Client {
         self
     }
 
+    /// Adds a [`Layer`](crate::Layer) around every inbound command (see
+    /// [`Server::layer`](crate::Server::layer)).
+    pub fn layer(self, layer: impl crate::Layer) -> Self {
+        self.router.layer(Arc::new(layer));
+        self
+    }
+
+    /// Adds a [`Layer`](crate::Layer) around the handler of one action.
+    pub fn layer_for(self, action: impl Into<String>, layer: impl crate::Layer) -> Self {
+        self.router.layer_for(action, Arc::new(layer));
+        self
+    }
+
     /// Adds a hook run before every inbound command's handler (see [`Server::before`](crate::Server::before)).
     pub fn before<H: Handler<A>, A>(self, hook: H) -> Self {
         self.router.before(hook);

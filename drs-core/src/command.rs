@@ -18,10 +18,31 @@ pub const ERROR: &str = "drs.error";
 pub const EXCEPTION: &str = "drs.exception";
 /// The built-in action answering with the current time in ms since the epoch.
 pub const PING: &str = "drs.ping";
+/// One item of a streamed reply (callee to caller), keyed like the call.
+pub const NEXT: &str = "drs.next";
+/// More credit for a streamed reply (caller to callee); the body is the
+/// number of items the caller can take.
+pub const MORE: &str = "drs.more";
+/// Stops the handler serving a call (caller to callee); the call ends with
+/// `drs.error` "cancelled".
+pub const CANCEL: &str = "drs.cancel";
+/// The message of the `drs.error` that ends a cancelled call.
+pub const CANCELLED: &str = "cancelled";
+
+/// What a protocol says of a `stream` field that is not an integer from 1
+/// to 2³²−1.
+pub const INVALID_STREAM: &str = "invalid type: `stream` must be an integer from 1 to 4294967295";
 
 /// Whether `action` is one of the three reply actions.
 pub fn is_reply_action(action: &str) -> bool {
     matches!(action, RESPONSE | ERROR | EXCEPTION)
+}
+
+/// Whether `action` is a frame of the call machinery rather than a command
+/// for a handler: a reply, a stream item, credit or a cancel. No handler can
+/// be registered for these.
+pub fn is_control_action(action: &str) -> bool {
+    matches!(action, RESPONSE | ERROR | EXCEPTION | NEXT | MORE | CANCEL)
 }
 
 /// One decoded command: `{"key": …, "action": …, "body": …, "version": …}`.
@@ -32,6 +53,8 @@ pub fn is_reply_action(action: &str) -> bool {
 /// - `body` is kept in its wire encoding until someone asks for a typed value
 ///   (see [`Body`]).
 /// - `version` is carried through, unused by the core.
+/// - `stream` is the caller's opt-in to a streamed reply: the number of
+///   items it can take now (DESIGN §1b).
 ///
 /// Serializing a `Command` with serde gives the DRS v1 shape with absent
 /// fields omitted.
@@ -46,6 +69,9 @@ pub struct Command {
     pub body: Body,
     /// Optional version, carried through.
     pub version: Option<i64>,
+    /// On a call: the caller takes a streamed reply, and can take this many
+    /// items now (at least 1).
+    pub stream: Option<u32>,
 }
 
 impl Command {
@@ -56,6 +82,7 @@ impl Command {
             action: action.into(),
             body: Body::absent(),
             version: None,
+            stream: None,
         }
     }
 
@@ -66,6 +93,7 @@ impl Command {
             action,
             body,
             version,
+            stream: None,
         }
     }
 
@@ -87,6 +115,12 @@ impl Command {
         self
     }
 
+    /// Sets the stream opt-in (the caller's initial credit).
+    pub fn with_stream(mut self, stream: Option<u32>) -> Self {
+        self.stream = stream;
+        self
+    }
+
     /// Whether this command is a reply (`drs.response`, `drs.error`, `drs.exception`).
     pub fn is_reply(&self) -> bool {
         is_reply_action(&self.action)
@@ -98,7 +132,8 @@ impl Serialize for Command {
         let len = 1
             + usize::from(self.key.is_some())
             + usize::from(!self.body.is_absent())
-            + usize::from(self.version.is_some());
+            + usize::from(self.version.is_some())
+            + usize::from(self.stream.is_some());
         let mut map = s.serialize_map(Some(len))?;
         if let Some(key) = &self.key {
             map.serialize_entry("key", key.as_str())?;
@@ -109,6 +144,9 @@ impl Serialize for Command {
         }
         if let Some(v) = self.version {
             map.serialize_entry("version", &v)?;
+        }
+        if let Some(n) = self.stream {
+            map.serialize_entry("stream", &n)?;
         }
         map.end()
     }

@@ -11,17 +11,22 @@ use std::{
 
 use futures::FutureExt;
 use serde::{de::DeserializeOwned, Serialize};
+use tokio_util::sync::CancellationToken;
 
 use crate::{
     command::{Body, Command},
-    conn::Conn,
+    conn::{encode_frame, Conn},
     ext::Extensions,
+    protocol::{OutBody, Outgoing},
+    stream::{IntoReply, Produced, Producer},
     sync::lock,
     Error,
 };
 
-/// The future a registered handler returns once erased.
-pub(crate) type HandlerFuture = Pin<Box<dyn Future<Output = Outcome> + Send>>;
+/// The future a handler, a chain or a [`Layer`](crate::Layer) returns: the
+/// outcome its caller is answered with.
+pub type ReplyFuture = Pin<Box<dyn Future<Output = Outcome> + Send>>;
+pub(crate) type HandlerFuture = ReplyFuture;
 /// A handler (or a whole chain) after registration.
 pub(crate) type BoxedHandler = Arc<dyn Fn(Msg) -> HandlerFuture + Send + Sync>;
 
@@ -40,6 +45,10 @@ struct MsgInner {
     conn: std::sync::OnceLock<Conn>,
     cmd: Command,
     ext: Mutex<Extensions>,
+    /// Made when someone watches for cancellation, or cancels.
+    cancel: std::sync::OnceLock<CancellationToken>,
+    /// Made when the handler streams its reply.
+    producer: std::sync::OnceLock<Arc<Producer>>,
 }
 
 impl Msg {
@@ -50,7 +59,78 @@ impl Msg {
                 conn: std::sync::OnceLock::new(),
                 cmd,
                 ext: Mutex::new(Extensions::new()),
+                cancel: std::sync::OnceLock::new(),
+                producer: std::sync::OnceLock::new(),
             }),
+        }
+    }
+
+    pub(crate) fn shared(&self) -> &crate::conn::Shared {
+        &self.inner.shared
+    }
+
+    /// A token cancelled when this command's handler is stopped: the caller
+    /// sent `drs.cancel` (or dropped its call), the handler's deadline
+    /// passed, or the connection ended. The handler's future is dropped
+    /// then as well; the token is for work it started elsewhere (a task, a
+    /// thread).
+    pub fn cancel_token(&self) -> CancellationToken {
+        self.inner.cancel.get_or_init(CancellationToken::new).clone()
+    }
+
+    /// Waits until this command's handler is stopped (see
+    /// [`cancel_token`](Msg::cancel_token)).
+    pub async fn cancelled(&self) {
+        self.cancel_token().cancelled().await;
+    }
+
+    /// Whether this command's handler has been stopped.
+    pub fn is_cancelled(&self) -> bool {
+        self.inner.cancel.get().is_some_and(|t| t.is_cancelled())
+    }
+
+    /// Cancels the token of a handler being stopped.
+    pub(crate) fn cancel(&self) {
+        self.cancel_token().cancel();
+    }
+
+    /// Whether the caller asked for a streamed reply (`"stream": N`).
+    pub fn wants_stream(&self) -> bool {
+        self.inner.cmd.key.is_some() && self.inner.cmd.stream.is_some()
+    }
+
+    /// The streamed reply's state, made on first use.
+    pub(crate) fn producer(&self) -> &Arc<Producer> {
+        self.inner.producer.get_or_init(|| {
+            Arc::new(Producer::new(
+                self.inner.cmd.key.is_some(),
+                self.inner.cmd.stream,
+            ))
+        })
+    }
+
+    /// The caller granted `n` more items (`drs.more`).
+    pub(crate) fn grant(&self, n: u64) {
+        self.producer().grant(n);
+    }
+
+    /// Encodes `value` as a body in this connection's protocol.
+    pub(crate) fn encode_body(&self, value: &dyn erased_serde::Serialize) -> Result<Body, Error> {
+        let shared = &self.inner.shared;
+        let frame = encode_frame(
+            &*shared.protocol,
+            shared.config.max_frame_len,
+            &Outgoing::new("body").body(OutBody::Value(value)),
+        )?;
+        Ok(shared.protocol.decode(frame)?.body)
+    }
+
+    /// The reply that ends this command, given its handler's outcome (the
+    /// collected items, when the caller did not ask for a stream).
+    pub(crate) fn finish(&self, outcome: Outcome) -> Outcome {
+        match self.inner.producer.get() {
+            None => outcome,
+            Some(p) => p.finish(outcome, self.inner.shared.config.max_frame_len),
         }
     }
 
@@ -160,7 +240,15 @@ impl HandlerError {
         self.exception
     }
 
-    fn into_outcome(self) -> Outcome {
+    pub(crate) fn from_outcome(outcome: Outcome) -> Self {
+        match outcome {
+            Outcome::Exception(m) => HandlerError::exception(m),
+            Outcome::Error(m) => HandlerError::new(m),
+            _ => HandlerError::exception("not an error"),
+        }
+    }
+
+    pub(crate) fn into_outcome(self) -> Outcome {
         if self.exception {
             Outcome::Exception(self.message)
         } else {
@@ -177,11 +265,7 @@ impl fmt::Display for HandlerError {
 
 impl<E: std::error::Error + Send + Sync + 'static> From<E> for HandlerError {
     fn from(e: E) -> Self {
-        match Outcome::from_error(e) {
-            Outcome::Exception(m) => HandlerError::exception(m),
-            Outcome::Error(m) => HandlerError::new(m),
-            _ => unreachable!("from_error gives an error or an exception"),
-        }
+        HandlerError::from_outcome(Outcome::from_error(e))
     }
 }
 
@@ -224,23 +308,30 @@ impl Outcome {
         }
     }
 
-    pub(crate) fn from_result<R, E>(res: Result<R, E>) -> Self
-    where
-        R: Serialize + Send + 'static,
-        E: fmt::Display + 'static,
-    {
-        match res {
-            Ok(value) => {
-                let mut slot = Some(value);
-                if let Some(body) = (&mut slot as &mut dyn Any).downcast_mut::<Option<Body>>() {
-                    return Outcome::Body(body.take().unwrap_or_default());
-                }
-                match slot {
-                    Some(value) => Outcome::Value(Box::new(value)),
-                    None => Outcome::Value(Box::new(())),
-                }
-            }
-            Err(e) => Outcome::from_error(e),
+    /// A value, answered with `drs.response`.
+    pub fn value<T: Serialize + Send + 'static>(value: T) -> Self {
+        Outcome::from_value(value)
+    }
+
+    /// An application error, answered with `drs.error` `{"message": …}`.
+    pub fn error(message: impl Into<String>) -> Self {
+        Outcome::Error(message.into())
+    }
+
+    /// An unexpected failure, answered with `drs.exception` `{"message": …}`.
+    pub fn exception(message: impl Into<String>) -> Self {
+        Outcome::Exception(message.into())
+    }
+
+    /// A value; a [`Body`] is passed on as received.
+    pub(crate) fn from_value<R: Serialize + Send + 'static>(value: R) -> Self {
+        let mut slot = Some(value);
+        if let Some(body) = (&mut slot as &mut dyn Any).downcast_mut::<Option<Body>>() {
+            return Outcome::Body(body.take().unwrap_or_default());
+        }
+        match slot {
+            Some(value) => Outcome::Value(Box::new(value)),
+            None => Outcome::Value(Box::new(())),
         }
     }
 
@@ -317,10 +408,12 @@ impl FromMsg for Body {
 /// An async function usable as a handler.
 ///
 /// Implemented for `Fn(A, …) -> impl Future<Output = Result<R, E>>` with zero
-/// to three arguments, each [`FromMsg`] (a typed body, [`Msg`], [`Conn`] or
-/// [`Body`]); `R: Serialize` is the reply; `E: Display` is answered with
-/// `drs.error` (see [`HandlerError`] for `drs.exception`). A panic is caught
-/// and answered with `drs.exception`. Also implemented for [`Chain`].
+/// to three arguments, each [`FromMsg`] (a typed body, [`Msg`], [`Conn`],
+/// [`Body`] or an [`ItemSink`](crate::ItemSink)); `R` is the reply, any
+/// `Serialize` value or a [`Streamed`](crate::Streamed) stream of items
+/// ([`IntoReply`]); `E: Display` is answered with `drs.error` (see
+/// [`HandlerError`] for `drs.exception`). A panic is caught and answered
+/// with `drs.exception`. Also implemented for [`Chain`].
 pub trait Handler<Args>: Clone + Send + Sync + 'static {
     /// Runs the handler for one command.
     #[doc(hidden)]
@@ -333,12 +426,12 @@ macro_rules! impl_handler {
         where
             F: Fn($($arg),*) -> Fut + Clone + Send + Sync + 'static,
             Fut: Future<Output = Result<R, E>> + Send + 'static,
-            R: Serialize + Send + 'static,
+            R: IntoReply,
             E: fmt::Display + Send + 'static,
             $($arg: FromMsg + Send + 'static,)*
         {
             // Panics are caught by whoever polls: the connection's driver,
-            // the chain runner, the hook runner (see `guarded`).
+            // the chain runner (see `guarded`).
             #[allow(non_snake_case, unused_variables)]
             fn call(&self, msg: Msg) -> HandlerFuture {
                 let f = self.clone();
@@ -349,8 +442,14 @@ macro_rules! impl_handler {
                             Err(e) => return e.into_outcome(),
                         };
                     )*
-                    drop(msg);
-                    Outcome::from_result(f($($arg),*).await)
+                    let outcome = match f($($arg),*).await {
+                        Ok(reply) => match reply.into_reply() {
+                            Produced::Outcome(outcome) => outcome,
+                            Produced::Stream(items) => items.run(&msg).await,
+                        },
+                        Err(e) => Outcome::from_error(e),
+                    };
+                    msg.finish(outcome)
                 })
             }
         }

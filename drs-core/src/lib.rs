@@ -75,11 +75,13 @@ mod conn;
 mod error;
 mod ext;
 mod handler;
+mod layer;
 #[cfg(feature = "test-util")]
 pub mod memory;
 mod protocol;
 mod router;
 mod server;
+mod stream;
 mod sync;
 mod text;
 mod transcode;
@@ -89,17 +91,22 @@ pub use budget::{BudgetExceeded, MemoryBudget, ReadMeter, DEFAULT_MEMORY_BUDGET}
 pub use client::{connect, Client};
 pub use close::CloseReason;
 pub use codec::{BadFrame, FrameCodec, FrameTooLarge, FramedIo};
-pub use command::{is_reply_action, Body, Command, FromBody, ERROR, EXCEPTION, PING, RESPONSE};
-pub use conn::{Call, Conn, ConnConfig};
+pub use command::{
+    is_control_action, is_reply_action, Body, Command, FromBody, CANCEL, CANCELLED, ERROR,
+    EXCEPTION, INVALID_STREAM, MORE, NEXT, PING, RESPONSE,
+};
+pub use conn::{Call, CallStream, Conn, ConnConfig};
 pub use error::{Error, RemoteError};
 pub use ext::Extensions;
 pub use handler::{
-    Chain, ChainMarker, FromMsg, Handler, HandlerError, HandlerResult, Msg, Outcome,
+    Chain, ChainMarker, FromMsg, Handler, HandlerError, HandlerResult, Msg, Outcome, ReplyFuture,
 };
+pub use layer::{layer_fn, FnLayer, Layer, Next};
 pub use protocol::{
     BodyFormat, DecodeError, EncodeError, FrameKind, Framing, OutBody, Outgoing, Protocol,
 };
 pub use server::{Server, ServerConfig};
+pub use stream::{IntoReply, ItemSink, Produced, Streamed};
 pub use text::Text;
 pub use transport::{ConnInfo, Dialer, FrameSpec, Listener, Transport, DEFAULT_MAX_FRAME_LEN};
 

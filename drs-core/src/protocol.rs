@@ -54,6 +54,8 @@ pub struct Outgoing<'a> {
     pub body: OutBody<'a>,
     /// The optional version, carried through.
     pub version: Option<i64>,
+    /// On a call: opts in to a streamed reply with this much initial credit.
+    pub stream: Option<u32>,
 }
 
 impl<'a> Outgoing<'a> {
@@ -64,6 +66,7 @@ impl<'a> Outgoing<'a> {
             action,
             body: OutBody::Absent,
             version: None,
+            stream: None,
         }
     }
 
@@ -82,6 +85,12 @@ impl<'a> Outgoing<'a> {
     /// Sets the version.
     pub fn version(mut self, version: Option<i64>) -> Self {
         self.version = version;
+        self
+    }
+
+    /// Sets the stream opt-in.
+    pub fn stream(mut self, stream: Option<u32>) -> Self {
+        self.stream = stream;
         self
     }
 }

@@ -3,7 +3,6 @@
 use std::{
     collections::HashMap,
     convert::Infallible,
-    panic::AssertUnwindSafe,
     sync::{
         atomic::{AtomicBool, AtomicU64, Ordering},
         Arc, RwLock,
@@ -12,8 +11,9 @@ use std::{
 };
 
 use crate::{
-    command::{is_reply_action, PING},
-    handler::{erase, guarded, BoxedHandler, Handler, HandlerFuture, Msg, Outcome},
+    command::{is_control_action, PING},
+    handler::{erase, BoxedHandler, Handler, HandlerFuture, Msg, Outcome},
+    layer::{wrap_all, After, Before, Layer},
     sync::{read, write},
 };
 
@@ -45,19 +45,50 @@ type Routes = HashMap<String, BoxedHandler, std::hash::BuildHasherDefault<NameHa
 
 #[derive(Clone, Default)]
 pub(crate) struct Table {
+    /// Handlers as registered.
     routes: Routes,
+    /// Layers of one action, the outermost first.
+    action_layers: HashMap<String, Vec<Arc<dyn Layer>>>,
+    /// Layers around every command, the outermost first.
+    layers: Vec<Arc<dyn Layer>>,
+    /// Each route inside its action's layers and the table's layers.
+    composed: Routes,
+    /// `No handlers for …` inside the table's layers.
+    fallback: Option<BoxedHandler>,
     /// Per-action handler deadlines.
     timeouts: HashMap<String, Duration>,
-    before: Vec<BoxedHandler>,
-    after: Vec<AfterHook>,
+}
+
+impl Table {
+    /// Rebuilds what is derived from the routes and layers.
+    fn compose(&mut self) {
+        let no_layers = Vec::new();
+        self.composed = self
+            .routes
+            .iter()
+            .map(|(action, route)| {
+                let own = self.action_layers.get(action).unwrap_or(&no_layers);
+                let inner = wrap_all(own, route.clone());
+                (action.clone(), wrap_all(&self.layers, inner))
+            })
+            .collect();
+        self.fallback =
+            (!self.layers.is_empty()).then(|| wrap_all(&self.layers, Arc::new(no_handler)));
+    }
+
+    fn is_empty(&self) -> bool {
+        self.routes.is_empty() && self.layers.is_empty()
+    }
 }
 
 /// Routes of a client, of a server, or of one server connection (whose own
-/// routes come first and whose hooks are the server's).
+/// routes and layers come first and whose fallback is the server).
 pub(crate) struct Router {
     table: RwLock<Arc<Table>>,
     /// Bumped on every change, so that connections can cache the table.
     version: AtomicU64,
+    /// Whether the table has routes or layers (a server connection's
+    /// table, consulted only then).
     has_routes: AtomicBool,
     parent: Option<Arc<Router>>,
 }
@@ -65,11 +96,14 @@ pub(crate) struct Router {
 /// The tables a connection serves from, taken from its router at one
 /// version; valid until [`Router::is_current`] says otherwise.
 pub(crate) struct Snapshot {
-    /// A server connection's own routes, if it has any.
+    /// A server connection's own routes and layers, if it has any.
     local: Option<Arc<Table>>,
-    /// The client's or the server's routes, with the hooks.
+    /// The client's or the server's routes, with their layers.
     shared: Arc<Table>,
     versions: (u64, u64),
+    /// With `local`: each routed action's handler inside every layer,
+    /// made on first use (only actions with a route, so it is bounded).
+    cache: HashMap<String, BoxedHandler, std::hash::BuildHasherDefault<NameHasher>>,
 }
 
 fn now_ms() -> u64 {
@@ -105,8 +139,8 @@ impl Router {
         let mut guard = write(&self.table);
         let mut table = Table::clone(&guard);
         f(&mut table);
-        self.has_routes
-            .store(!table.routes.is_empty(), Ordering::Release);
+        table.compose();
+        self.has_routes.store(!table.is_empty(), Ordering::Release);
         *guard = Arc::new(table);
         self.version.fetch_add(1, Ordering::Release);
     }
@@ -114,8 +148,8 @@ impl Router {
     pub(crate) fn on<H: Handler<A>, A>(&self, action: impl Into<String>, handler: H) {
         let action = action.into();
         assert!(
-            !is_reply_action(&action),
-            "`{action}` is a reply action reserved by drs and cannot have a handler"
+            !is_control_action(&action),
+            "`{action}` is reserved by drs for replies, streams and cancels and cannot have a handler"
         );
         let handler = erase(handler);
         self.update(|t| {
@@ -135,7 +169,7 @@ impl Router {
         });
     }
 
-    /// Drops every route and hook (a connection's, when it has ended: its
+    /// Drops every route and layer (a connection's, when it has ended: its
     /// handlers may hold handles to it).
     pub(crate) fn clear(&self) {
         self.update(|t| *t = Table::default());
@@ -147,13 +181,26 @@ impl Router {
         found
     }
 
-    pub(crate) fn before<H: Handler<A>, A>(&self, hook: H) {
-        let hook = erase(hook);
-        self.update(|t| t.before.push(hook));
+    /// Adds a layer around every command, inside those added before.
+    pub(crate) fn layer(&self, layer: Arc<dyn Layer>) {
+        self.update(|t| t.layers.push(layer));
     }
 
+    /// Adds a layer around one action's handler, inside those added before.
+    pub(crate) fn layer_for(&self, action: impl Into<String>, layer: Arc<dyn Layer>) {
+        let action = action.into();
+        self.update(|t| t.action_layers.entry(action).or_default().push(layer));
+    }
+
+    pub(crate) fn before<H: Handler<A>, A>(&self, hook: H) {
+        self.layer(Arc::new(Before(erase(hook))));
+    }
+
+    /// After hooks go outside every other layer, the first added
+    /// innermost: they see every outcome, rejections included, in the
+    /// order they were added.
     pub(crate) fn after(&self, hook: AfterHook) {
-        self.update(|t| t.after.push(hook));
+        self.update(|t| t.layers.insert(0, Arc::new(After(hook))));
     }
 
     fn versions(&self) -> (u64, u64) {
@@ -169,17 +216,18 @@ impl Router {
     pub(crate) fn snapshot(&self) -> Snapshot {
         let versions = self.versions();
         let own = read(&self.table).clone();
-        match &self.parent {
-            None => Snapshot {
-                local: None,
-                shared: own,
-                versions,
-            },
-            Some(parent) => Snapshot {
-                local: self.has_routes.load(Ordering::Acquire).then_some(own),
-                shared: read(&parent.table).clone(),
-                versions,
-            },
+        let (local, shared) = match &self.parent {
+            None => (None, own),
+            Some(parent) => (
+                self.has_routes.load(Ordering::Acquire).then_some(own),
+                read(&parent.table).clone(),
+            ),
+        };
+        Snapshot {
+            local,
+            shared,
+            versions,
+            cache: Default::default(),
         }
     }
 
@@ -196,47 +244,47 @@ impl Snapshot {
         own.or_else(|| self.shared.timeouts.get(action)).copied()
     }
 
-    /// The future that serves one command: hooks around its handler (or
-    /// chain), or `No handlers for <action>`.
-    pub(crate) fn serve(&self, msg: Msg) -> HandlerFuture {
-        let action = msg.action();
-        let route = self
-            .local
-            .as_ref()
-            .and_then(|t| t.routes.get(action))
-            .or_else(|| self.shared.routes.get(action));
-        let hooks = &self.shared;
-        match route {
-            Some(route) if hooks.before.is_empty() && hooks.after.is_empty() => route(msg),
-            route => Box::pin(serve_with_hooks(msg, route.cloned(), hooks.clone())),
+    /// The future that serves one command: its handler inside its layers,
+    /// or `No handlers for <action>` inside the layers of everything.
+    pub(crate) fn serve(&mut self, msg: Msg) -> HandlerFuture {
+        let shared = &self.shared;
+        let Some(local) = &self.local else {
+            return match shared.composed.get(msg.action()) {
+                Some(route) => route(msg),
+                None => match &shared.fallback {
+                    Some(fallback) => fallback(msg),
+                    None => no_handler(msg),
+                },
+            };
+        };
+        if let Some(route) = self.cache.get(msg.action()) {
+            return route(msg);
         }
+        let (inner, routed) = match local.composed.get(msg.action()) {
+            Some(own) => (wrap_all(&shared.layers, own.clone()), true),
+            None => match shared.composed.get(msg.action()) {
+                Some(route) => (route.clone(), true),
+                None => (
+                    shared
+                        .fallback
+                        .clone()
+                        .unwrap_or_else(|| Arc::new(no_handler)),
+                    false,
+                ),
+            },
+        };
+        let route = wrap_all(&local.layers, inner);
+        if routed {
+            self.cache.insert(msg.action().to_owned(), route.clone());
+        }
+        route(msg)
     }
 }
 
-fn no_handler(msg: &Msg) -> Outcome {
+fn no_handler_outcome(msg: &Msg) -> Outcome {
     Outcome::Error(format!("No handlers for {}", msg.action()))
 }
 
-async fn serve_with_hooks(msg: Msg, route: Option<BoxedHandler>, hooks: Arc<Table>) -> Outcome {
-    {
-        let mut outcome = None;
-        for hook in &hooks.before {
-            let o = guarded(hook(msg.clone())).await;
-            if !o.is_ok() {
-                outcome = Some(o);
-                break;
-            }
-        }
-        let outcome = match (outcome, route) {
-            (Some(rejected), _) => rejected,
-            (None, Some(route)) => guarded(route(msg.clone())).await,
-            (None, None) => no_handler(&msg),
-        };
-        for hook in &hooks.after {
-            if std::panic::catch_unwind(AssertUnwindSafe(|| hook(&msg, &outcome))).is_err() {
-                tracing::error!(action = msg.action(), "an after hook panicked");
-            }
-        }
-        outcome
-    }
+fn no_handler(msg: Msg) -> HandlerFuture {
+    Box::pin(std::future::ready(no_handler_outcome(&msg)))
 }

@@ -26,7 +26,8 @@ use crate::{
     conn::{encode_frame, Conn, ConnConfig},
     error::Error,
     handler::{Handler, Msg, Outcome},
-    protocol::{OutBody, Protocol},
+    layer::Layer,
+    protocol::{OutBody, Outgoing, Protocol},
     router::Router,
     sync::{read, write},
     transport::{ConnInfo, Listener, Transport},
@@ -192,7 +193,8 @@ impl Server {
     /// previous one. A [`Chain`](crate::Chain) registers several in order.
     ///
     /// # Panics
-    /// If `action` is a reply action (`drs.response`, `drs.error`, `drs.exception`).
+    /// If `action` is reserved for the call machinery (`drs.response`,
+    /// `drs.error`, `drs.exception`, `drs.next`, `drs.more`, `drs.cancel`).
     pub fn on<H: Handler<A>, A>(&self, action: impl Into<String>, handler: H) -> &Self {
         self.inner.router.on(action, handler);
         self
@@ -218,16 +220,37 @@ impl Server {
         &self.inner.budget
     }
 
+    /// Adds a [`Layer`] around every command served on every connection,
+    /// commands with no handler included; inside the layers added before.
+    pub fn layer(&self, layer: impl Layer) -> &Self {
+        self.inner.router.layer(Arc::new(layer));
+        self
+    }
+
+    /// Adds a [`Layer`] around the handler of `action` (kept when the
+    /// handler is registered again); inside the layers added before for it,
+    /// and inside the server-wide layers. One layer value shares its state
+    /// between every connection: a worker pool or a cache added here is
+    /// server-wide.
+    pub fn layer_for(&self, action: impl Into<String>, layer: impl Layer) -> &Self {
+        self.inner.router.layer_for(action, Arc::new(layer));
+        self
+    }
+
     /// Adds a hook that runs before the handler of every command, including
     /// commands with no handler. An error stops the command: the caller gets
-    /// it as the reply (use it for authorization).
+    /// it as the reply (use it for authorization). A hook is a [`Layer`]
+    /// that runs it and, if it passed, the rest.
     pub fn before<H: Handler<A>, A>(&self, hook: H) -> &Self {
         self.inner.router.before(hook);
         self
     }
 
     /// Adds a hook that sees every command with its outcome once it is
-    /// served (logging, metrics). It runs before the reply is sent.
+    /// served (logging, metrics). It runs before the reply is sent. A hook
+    /// is a [`Layer`] outside every other one, so it sees every outcome,
+    /// rejections by `before` hooks and layers included; hooks run in the
+    /// order added.
     pub fn after(&self, hook: impl Fn(&Msg, &Outcome) + Send + Sync + 'static) -> &Self {
         self.inner.router.after(Arc::new(hook));
         self
@@ -369,7 +392,11 @@ impl Server {
         );
         let message = format!("the server is at its connection limit ({max}); try again later");
         let body = MessageBody(&message);
-        let frame = encode_frame(protocol, usize::MAX, None, ERROR, OutBody::Value(&body));
+        let frame = encode_frame(
+            protocol,
+            usize::MAX,
+            &Outgoing::new(ERROR).body(OutBody::Value(&body)),
+        );
         if let Ok(frame) = frame {
             let _ = tokio::time::timeout(Duration::from_secs(1), async {
                 io.send(frame).await?;
@@ -481,7 +508,7 @@ impl Server {
                 Some((_, frame)) => frame.clone(),
                 None => {
                     let max = self.inner.config.max_frame_len;
-                    let frame = match encode_frame(protocol, max, None, action, body) {
+                    let frame = match encode_frame(protocol, max, &Outgoing::new(action).body(body)) {
                         Ok(frame) => Some(frame),
                         Err(e) => {
                             tracing::warn!(

@@ -69,6 +69,12 @@ async fn late_reply_after_timeout_is_dropped() {
         assert!(err.is_timeout());
         let sent = next(&mut raw).await;
         let key = sent.key.expect("a call has a key");
+        // A call that timed out is cancelled: the peer may stop working on it.
+        let cancel = next(&mut raw).await;
+        assert_eq!(
+            (cancel.action.as_str(), cancel.key.as_deref()),
+            ("drs.cancel", Some(key.as_str()))
+        );
         // The late reply, then a call to the client: the client reads in
         // order, so its answer proves the late reply was read (and dropped).
         raw.send(frame(Some(&key), "drs.response", json!(1)))

@@ -7,9 +7,11 @@
 //! {"key":"1","action":"drs.response","body":3.0}
 //! ```
 //!
-//! - Fields are written in the order `key`, `action`, `body`, `version`;
+//! - Fields are written in the order `key`, `action`, `body`, `version`,
+//!   `stream` (a call's opt-in to a streamed reply, DESIGN §1b);
 //!   absent ones are omitted. Unknown fields are ignored on input.
-//! - `action` is required; `key` must be a string; `version` an integer.
+//! - `action` is required; `key` must be a string; `version` an integer;
+//!   `stream` an integer from 1 to 2³²−1.
 //! - A body is kept as the exact JSON text it arrived as (no value tree is
 //!   built) and is copied verbatim when sent on through JSON.
 //! - A frame that is not a valid command is an error naming the problem and
@@ -39,6 +41,7 @@ use std::{borrow::Cow, io::Write};
 use bytes::{BufMut, Bytes, BytesMut};
 use drs_core::{
     Body, BodyFormat, Command, DecodeError, EncodeError, Framing, OutBody, Outgoing, Protocol, Text,
+    INVALID_STREAM,
 };
 
 /// How deeply arrays and objects may nest in a value of a command (the
@@ -121,6 +124,9 @@ fn encode(cmd: &Outgoing<'_>, dst: &mut BytesMut) -> Result<(), EncodeError> {
     if let Some(version) = cmd.version {
         // Writing to a BytesMut cannot fail.
         let _ = write!(dst.writer(), ",\"version\":{version}");
+    }
+    if let Some(stream) = cmd.stream {
+        let _ = write!(dst.writer(), ",\"stream\":{stream}");
     }
     dst.put_u8(b'}');
     Ok(())
@@ -266,7 +272,7 @@ pub mod decode {
         t
     };
 
-    const FIELDS: [&str; 4] = ["key", "action", "body", "version"];
+    const FIELDS: [&str; 5] = ["key", "action", "body", "version", "stream"];
 
     struct Parser<'a> {
         f: &'a [u8],
@@ -550,22 +556,34 @@ pub mod decode {
         let mut key: Option<Text> = None;
         let mut action: Option<Text> = None;
         let mut body = Body::absent();
-        let mut version: Option<i64> = None;
+        let mut numbers: [Option<i64>; 2] = [None, None];
         let mut problem: Option<String> = None;
         let result = fields(
             &frame,
             &mut key,
             &mut action,
             &mut body,
-            &mut version,
+            &mut numbers,
             &mut problem,
         );
+        let [version, stream] = numbers;
+        if problem.is_none() && result.is_ok() {
+            if let Some(n) = stream {
+                if !(1..=i64::from(u32::MAX)).contains(&n) {
+                    problem = Some(INVALID_STREAM.to_owned());
+                }
+            }
+        }
         let message = match (result, problem) {
             (Err(f), _) => f.message,
             (Ok(()), Some(problem)) => problem,
             (Ok(()), None) => match action {
                 Some(action) => {
-                    return Ok(Command::from_parts(key, action, body, version));
+                    let cmd = Command::from_parts(key, action, body, version);
+                    return Ok(match stream {
+                        None => cmd,
+                        Some(n) => cmd.with_stream(Some(n as u32)),
+                    });
                 }
                 None => {
                     return Err(DecodeError::new("missing field `action`")
@@ -587,7 +605,7 @@ pub mod decode {
         key: &mut Option<Text>,
         action: &mut Option<Text>,
         body: &mut Body,
-        version: &mut Option<i64>,
+        numbers: &mut [Option<i64>; 2],
         problem: &mut Option<String>,
     ) -> R<()> {
         let mut p = Parser { f: frame, pos: 0 };
@@ -605,7 +623,7 @@ pub mod decode {
         if p.peek() == Some(b'}') {
             p.pos += 1;
         } else {
-            let mut seen = [false; 4];
+            let mut seen = [false; 5];
             loop {
                 p.ws();
                 let name = p.string()?;
@@ -621,6 +639,7 @@ pub mod decode {
                     b"action" => Some(1),
                     b"body" => Some(2),
                     b"version" => Some(3),
+                    b"stream" => Some(4),
                     _ => None,
                 };
                 let mut note = |message: String| {
@@ -649,23 +668,27 @@ pub mod decode {
                                 p.value().map_err(|f| in_field(f, &name))?;
                                 *body = Body::from_raw(frame.slice(start..p.pos), &CHECKED);
                             }
-                            (3, Some(b'-' | b'0'..=b'9')) => {
+                            (3 | 4, Some(b'-' | b'0'..=b'9')) => {
                                 let integer = p.number()?;
                                 match std::str::from_utf8(&frame[start..p.pos])
                                     .ok()
                                     .filter(|_| integer)
                                     .and_then(|s| s.parse::<i64>().ok())
                                 {
-                                    Some(v) => *version = Some(v),
-                                    None => note(
+                                    Some(v) => numbers[slot - 3] = Some(v),
+                                    None if slot == 3 => note(
                                         "invalid type: `version` must be a 64-bit integer".into(),
                                     ),
+                                    None => note(INVALID_STREAM.into()),
                                 }
                             }
                             _ => {
                                 p.value().map_err(|f| in_field(f, &name))?;
-                                let want = if slot == 3 { "an integer" } else { "a string" };
-                                note(format!("invalid type: `{field}` must be {want}"));
+                                note(match slot {
+                                    3 => format!("invalid type: `{field}` must be an integer"),
+                                    4 => INVALID_STREAM.into(),
+                                    _ => format!("invalid type: `{field}` must be a string"),
+                                });
                             }
                         }
                     }

@@ -3,7 +3,8 @@
 //! MessagePack, length-prefixed on byte streams (a 4-byte big-endian length,
 //! then the map) and one binary message per command on WebSocket.
 //!
-//! - Fields are written in the order `key`, `action`, `body`, `version`;
+//! - Fields are written in the order `key`, `action`, `body`, `version`,
+//!   `stream` (a call's opt-in to a streamed reply, DESIGN §1b);
 //!   absent ones are omitted; unknown ones are ignored on input; `nil` reads
 //!   as absent.
 //! - Rust structs in bodies are written as maps with their field names (not
@@ -27,6 +28,7 @@
 use bytes::{BufMut, Bytes, BytesMut};
 use drs_core::{
     Body, BodyFormat, Command, DecodeError, EncodeError, Framing, OutBody, Outgoing, Protocol, Text,
+    INVALID_STREAM,
 };
 use serde::Serialize;
 
@@ -57,7 +59,8 @@ impl Protocol for MsgPack {
         let fields = 1
             + u32::from(cmd.key.is_some())
             + u32::from(!matches!(cmd.body, OutBody::Absent))
-            + u32::from(cmd.version.is_some());
+            + u32::from(cmd.version.is_some())
+            + u32::from(cmd.stream.is_some());
         let mut w = dst.writer();
         rmp::encode::write_map_len(&mut w, fields).map_err(enc)?;
         if let Some(key) = cmd.key {
@@ -86,6 +89,10 @@ impl Protocol for MsgPack {
         if let Some(version) = cmd.version {
             put_str(dst, "version");
             rmp::encode::write_sint(&mut dst.writer(), version).map_err(enc)?;
+        }
+        if let Some(stream) = cmd.stream {
+            put_str(dst, "stream");
+            rmp::encode::write_uint(&mut dst.writer(), u64::from(stream)).map_err(enc)?;
         }
         Ok(())
     }
@@ -165,10 +172,11 @@ fn decode_command(frame: &Bytes) -> Result<Command, DecodeError> {
     let mut action: Option<Text> = None;
     let mut body: Option<Body> = None;
     let mut version: Option<i64> = None;
+    let mut stream: Option<u32> = None;
     // A field of the wrong type is reported once the whole map has been
     // read, so that the key, wherever it stands, can go with the error.
     let mut problem: Option<String> = None;
-    let mut seen = [false; 4];
+    let mut seen = [false; 5];
     for _ in 0..fields {
         let name = match r.str_or_skip() {
             Ok(Some(name)) => name,
@@ -184,6 +192,7 @@ fn decode_command(frame: &Bytes) -> Result<Command, DecodeError> {
             "action" => 1,
             "body" => 2,
             "version" => 3,
+            "stream" => 4,
             _ => {
                 r.skip_value().map_err(|e| tagged(e, name, &key, &action))?;
                 continue;
@@ -209,6 +218,16 @@ fn decode_command(frame: &Bytes) -> Result<Command, DecodeError> {
                 }
             },
             2 => body = Some(Body::from_raw(frame.slice(start..r.pos), &FORMAT)),
+            4 => match Reader::new(value)
+                .int()
+                .filter(|n| *n >= 1)
+                .and_then(|n| u32::try_from(n).ok())
+            {
+                Some(n) => stream = Some(n),
+                None => {
+                    problem.get_or_insert_with(|| INVALID_STREAM.into());
+                }
+            },
             _ => match Reader::new(value).int() {
                 Some(v) => version = Some(v),
                 None => {
@@ -233,7 +252,8 @@ fn decode_command(frame: &Bytes) -> Result<Command, DecodeError> {
     Ok(Command::new(action)
         .with_key(key)
         .with_body(body.unwrap_or_default())
-        .with_version(version))
+        .with_version(version)
+        .with_stream(stream))
 }
 
 /// How deeply arrays and maps may nest in a body (serde_json's limit too).

@@ -144,7 +144,12 @@ fn the_server_calls_the_raw_client_back() {
     );
 
     c.send(r#"{"key":"3","action":"ask_back","body":{"action":"whoami","timeout_ms":100}}"#);
-    let _ignored = c.recv();
+    let ignored = c.recv();
+    // The server's call timed out: it tells us to stop working on it.
+    assert_eq!(
+        c.recv(),
+        json!({"key": ignored["key"], "action": "drs.cancel"})
+    );
     let timed_out = c.recv();
     assert_eq!(
         (timed_out["key"].as_str(), timed_out["action"].as_str()),

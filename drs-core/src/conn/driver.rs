@@ -45,12 +45,14 @@ use tokio::{
 use tokio_util::sync::WaitForCancellationFutureOwned;
 use tracing::Instrument;
 
-use super::{encode_frame, Reply, ReplyKind, Shared};
+use super::{encode_frame, ItemFate, Reply, ReplyKind, Shared};
 use crate::{
     budget::ReadMeter,
     close::CloseReason,
     codec::{BadFrame, FrameTooLarge},
-    command::{is_reply_action, Command, MessageBody, ERROR, EXCEPTION, RESPONSE},
+    command::{
+        is_reply_action, Command, MessageBody, CANCEL, CANCELLED, ERROR, EXCEPTION, RESPONSE,
+    },
     error::Error,
     handler::{Msg, Outcome},
     protocol::{encode_into, DecodeError, OutBody, Outgoing},
@@ -78,20 +80,21 @@ pub(crate) type Gate = Pin<Box<dyn Future<Output = Result<(), String>> + Send>>;
 
 type Token = Pin<Box<WaitForCancellationFutureOwned>>;
 
-/// One inbound call being served in a task of its own. Today the table
-/// refuses duplicate keys; the handle and deadline are what cancellation
-/// (`drs.cancel`) and streams will act on.
-#[allow(dead_code)]
+/// One inbound call being served in a task of its own: what refuses a
+/// duplicate key, stops the handler on `drs.cancel`, and takes the
+/// caller's stream credit (`drs.more`).
 struct InFlight {
     abort: AbortHandle,
-    /// When its handler deadline runs out, if it has one (the task itself
-    /// enforces it).
-    deadline: Option<Instant>,
+    /// The command, for its cancellation token and stream credit.
+    msg: Msg,
+    /// Which task serves it: a task cancelled meanwhile may still finish,
+    /// and its key be reused by a new call.
+    seq: u64,
 }
 
-/// What a handler task gives back: its key (to leave the in-flight table)
-/// and its encoded reply.
-type Done = (Option<Text>, Option<Bytes>);
+/// What a handler task gives back: its key and task number (to leave the
+/// in-flight table) and its encoded reply.
+type Done = (Option<(Text, u64)>, Option<Bytes>);
 
 pub(crate) struct Driver<T> {
     io: T,
@@ -102,6 +105,11 @@ pub(crate) struct Driver<T> {
     tasks: JoinSet<Done>,
     /// Inbound calls served in tasks, by key: the one home of per-key state.
     in_flight: HashMap<Text, InFlight>,
+    /// Numbers the tasks of keyed commands.
+    next_seq: u64,
+    /// Tasks stopped by `drs.cancel` and not yet reaped: they no longer
+    /// count against the in-flight limit.
+    cancelled: usize,
     outq: VecDeque<Bytes>,
     /// Bytes in `outq`, and as last published to the shared count.
     outq_bytes: usize,
@@ -156,6 +164,8 @@ impl<T: Transport> Driver<T> {
             rx_open: true,
             tasks: JoinSet::new(),
             in_flight: HashMap::new(),
+            next_seq: 0,
+            cancelled: 0,
             outq: VecDeque::new(),
             outq_bytes: 0,
             published: 0,
@@ -211,8 +221,7 @@ impl<T: Transport> Driver<T> {
             .instrument(span.clone())
             .await;
         self.shared.pending.close();
-        self.tasks.abort_all();
-        self.in_flight.clear();
+        self.stop_handlers();
         self.release_waiting();
         // Handlers registered on this connection may hold handles to it
         // (a cycle through the router): let them go.
@@ -237,14 +246,23 @@ impl<T: Transport> Driver<T> {
         self.release_waiting();
         self.shared.pending.close();
         if stop_handlers {
-            self.tasks.abort_all();
-            self.in_flight.clear();
+            self.stop_handlers();
         }
         // Whatever is left after the linger is cut off: nothing waits on a
         // peer that is gone, or on a handler that never ends.
         let linger = self.shared.config.close_linger;
         self.linger = Some(Box::pin(tokio::time::sleep(linger)));
         self.ending = Some(reason);
+    }
+
+    /// Stops every running handler, cancelling the tokens of those that
+    /// answer calls.
+    fn stop_handlers(&mut self) {
+        self.tasks.abort_all();
+        for (_, call) in self.in_flight.drain() {
+            call.msg.cancel();
+        }
+        self.cancelled = 0;
     }
 
     /// The memory budget chose this connection: say so, and end it.
@@ -386,15 +404,27 @@ impl<T: Transport> Driver<T> {
                 break;
             };
             progress = true;
-            if let Ok((key, frame)) = done {
-                if let Some(key) = key {
-                    self.in_flight.remove(&key);
+            match done {
+                Ok((call, frame)) => {
+                    if let Some((key, seq)) = call {
+                        if self.in_flight.get(&key).is_some_and(|c| c.seq == seq) {
+                            self.in_flight.remove(&key);
+                        } else {
+                            // Cancelled, and answered so, as it finished.
+                            self.cancelled = self.cancelled.saturating_sub(1);
+                            continue;
+                        }
+                    }
+                    if let Some(frame) = frame {
+                        // Frames the handler queued before it returned go first.
+                        self.drain_handles();
+                        self.queue(frame);
+                    }
                 }
-                if let Some(frame) = frame {
-                    // Frames the handler queued before it returned go first.
-                    self.drain_handles();
-                    self.queue(frame);
+                Err(e) if e.is_cancelled() => {
+                    self.cancelled = self.cancelled.saturating_sub(1);
                 }
+                Err(_) => {}
             }
         }
         progress
@@ -649,7 +679,7 @@ impl<T: Transport> Driver<T> {
     /// Whether a command may be served now (or must wait).
     fn can_dispatch(&self) -> bool {
         self.gate.is_none()
-            && self.tasks.len() < self.shared.config.max_in_flight
+            && self.tasks.len() - self.cancelled < self.shared.config.max_in_flight
             && self.outq.len() < OUTQ_HIGH
             && self.outq_bytes + self.shared.outbound.queued() < self.shared.outbound.limit()
     }
@@ -660,8 +690,13 @@ impl<T: Transport> Driver<T> {
             Ok(cmd) => cmd,
             Err(e) => return self.on_bad_frame(e),
         };
-        if cmd.is_reply() {
-            return self.on_reply(cmd);
+        if let Some(control) = Control::of(&cmd.action) {
+            return match control {
+                Control::Reply => self.on_reply(cmd),
+                Control::Next => self.on_item(cmd),
+                Control::More => self.on_more(cmd),
+                Control::Cancel => self.on_cancel(cmd),
+            };
         }
         if !self.accept_commands {
             self.refuse_draining(&cmd);
@@ -737,6 +772,81 @@ impl<T: Transport> Driver<T> {
         }
     }
 
+    /// `drs.next`: an item of a stream we called for.
+    fn on_item(&mut self, cmd: Command) {
+        let Some(key) = cmd.key else {
+            return tracing::debug!("stream item without key dropped");
+        };
+        match self.shared.pending.push_item(&key, cmd.body) {
+            ItemFate::Taken => {}
+            ItemFate::NoCall => tracing::debug!(%key, "stream item for no pending call dropped"),
+            ItemFate::NotStream => {
+                tracing::debug!(%key, "stream item for a call that asked for none dropped");
+            }
+            ItemFate::OverCredit => {
+                tracing::warn!(%key, "the peer sent stream items beyond its credit");
+                self.control(&key, CANCEL, OutBody::Absent);
+            }
+        }
+    }
+
+    /// `drs.more`: credit for a stream we serve. Credit for a call that is
+    /// not running is ignored; a body that is not a positive integer is bad
+    /// input (answered without a key: the call goes on).
+    fn on_more(&mut self, cmd: Command) {
+        let Some(key) = &cmd.key else {
+            return tracing::debug!("credit without key dropped");
+        };
+        match cmd.body.deserialize::<u64>() {
+            Ok(n) if n > 0 => {
+                if let Some(call) = self.in_flight.get(key) {
+                    call.msg.grant(n);
+                }
+            }
+            _ => self.on_bad_frame(DecodeError::new(
+                "`drs.more` needs a positive integer body (items granted)",
+            )),
+        }
+    }
+
+    /// `drs.cancel`: stops the handler serving the key (or drops the
+    /// command if it has not started) and ends the call with `drs.error`
+    /// "cancelled". A cancel for a key that is not running is ignored.
+    fn on_cancel(&mut self, cmd: Command) {
+        let Some(key) = &cmd.key else {
+            return tracing::debug!("cancel without key dropped");
+        };
+        if let Some(call) = self.in_flight.remove(key) {
+            call.abort.abort();
+            call.msg.cancel();
+            self.cancelled += 1;
+        } else if let Some(at) = self
+            .waiting
+            .iter()
+            .position(|(c, _)| c.key.as_ref() == Some(key))
+        {
+            let (_, n) = self.waiting.remove(at).expect("position is in the queue");
+            self.meter.sub_waiting(n);
+            self.waiting_bytes -= n;
+        } else {
+            return tracing::debug!(%key, "cancel for no running call ignored");
+        }
+        tracing::debug!(%key, "call cancelled");
+        self.push_reply(key, &Outcome::Error(CANCELLED.to_owned()));
+    }
+
+    /// Queues a frame of the call machinery for `key`.
+    fn control(&mut self, key: &str, action: &str, body: OutBody<'_>) {
+        match encode_frame(
+            &*self.shared.protocol,
+            self.shared.config.max_frame_len,
+            &Outgoing::new(action).key(Some(key)).body(body),
+        ) {
+            Ok(frame) => self.queue(frame),
+            Err(e) => tracing::error!(error = %e, "could not encode {action}"),
+        }
+    }
+
     fn dispatch(&mut self, cmd: Command, cx: &mut Context<'_>) {
         if let Some(key) = &cmd.key {
             if !self.in_flight.is_empty() && self.in_flight.contains_key(key) {
@@ -756,10 +866,12 @@ impl<T: Transport> Driver<T> {
         } else {
             tracing::Span::none()
         };
-        let mut fut = self.routes.serve(msg.clone());
+        let mut fut = None;
         let first = {
             let _enter = span.enter();
-            std::panic::catch_unwind(AssertUnwindSafe(|| fut.as_mut().poll(cx)))
+            std::panic::catch_unwind(AssertUnwindSafe(|| {
+                fut.insert(self.routes.serve(msg.clone())).as_mut().poll(cx)
+            }))
         };
         match first {
             Ok(Poll::Ready(outcome)) => {
@@ -769,20 +881,27 @@ impl<T: Transport> Driver<T> {
                 }
             }
             Ok(Poll::Pending) => {
+                let fut = fut.expect("the handler was polled");
                 let limit = self
                     .routes
                     .timeout(msg.action())
                     .or(self.shared.config.handler_timeout);
                 let shared = self.shared.clone();
                 let key = msg.command().key.clone();
-                let task_key = key.clone();
+                self.next_seq += 1;
+                let seq = self.next_seq;
+                let task_key = key.clone().map(|k| (k, seq));
+                let in_flight_msg = key.is_some().then(|| msg.clone());
                 let task = async move {
                     let run = AssertUnwindSafe(fut).catch_unwind();
                     let outcome = match limit {
                         None => run.await.unwrap_or_else(Outcome::from_panic),
                         Some(limit) => match tokio::time::timeout(limit, run).await {
                             Ok(done) => done.unwrap_or_else(Outcome::from_panic),
-                            Err(_) => Outcome::Exception(DEADLINE_EXCEEDED.to_owned()),
+                            Err(_) => {
+                                msg.cancel();
+                                Outcome::Exception(DEADLINE_EXCEEDED.to_owned())
+                            }
                         },
                     };
                     log_outcome(&msg, &outcome);
@@ -794,9 +913,8 @@ impl<T: Transport> Driver<T> {
                     (task_key, frame)
                 };
                 let abort = self.tasks.spawn(task.instrument(span));
-                if let Some(key) = key {
-                    let deadline = limit.map(|d| Instant::now() + d);
-                    self.in_flight.insert(key, InFlight { abort, deadline });
+                if let (Some(key), Some(msg)) = (key, in_flight_msg) {
+                    self.in_flight.insert(key, InFlight { abort, msg, seq });
                 }
             }
             Err(panic) => {
@@ -828,12 +946,32 @@ impl<T: Transport> Driver<T> {
         match encode_frame(
             &*self.shared.protocol,
             self.shared.config.max_frame_len,
-            None,
-            ERROR,
-            OutBody::Value(&body),
+            &Outgoing::new(ERROR).body(OutBody::Value(&body)),
         ) {
             Ok(frame) => self.queue(frame),
             Err(e) => tracing::error!(error = %e, "could not encode a notice"),
+        }
+    }
+}
+
+/// A frame of the call machinery rather than a command for a handler.
+enum Control {
+    Reply,
+    Next,
+    More,
+    Cancel,
+}
+
+impl Control {
+    fn of(action: &str) -> Option<Control> {
+        // One comparison for every command that is not one.
+        let rest = action.strip_prefix("drs.")?;
+        match rest {
+            "response" | "error" | "exception" => Some(Control::Reply),
+            "next" => Some(Control::Next),
+            "more" => Some(Control::More),
+            "cancel" => Some(Control::Cancel),
+            _ => None,
         }
     }
 }

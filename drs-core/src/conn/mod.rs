@@ -2,6 +2,7 @@
 
 mod driver;
 mod pending;
+mod stream;
 
 use std::{
     fmt,
@@ -21,7 +22,8 @@ use tokio::sync::{mpsc, Notify};
 use tokio_util::sync::CancellationToken;
 
 pub(crate) use driver::Driver;
-pub(crate) use pending::{remote_error, Pending, PendingGuard, Reply, ReplyKind};
+pub(crate) use pending::{remote_error, ItemFate, Pending, PendingGuard, Reply, ReplyKind};
+pub use stream::CallStream;
 
 use crate::{
     close::CloseReason,
@@ -93,6 +95,10 @@ pub struct ConnConfig {
     /// and the caller gets `drs.exception` "handler deadline exceeded".
     /// Default: none.
     pub handler_timeout: Option<Duration>,
+    /// Items a streamed call ([`Conn::call_stream`]) lets the peer send
+    /// ahead of the reader: what a stream that nobody reads holds at most.
+    /// Default 16.
+    pub stream_window: u32,
 }
 
 impl Default for ConnConfig {
@@ -111,6 +117,7 @@ impl Default for ConnConfig {
             admission_timeout: Duration::from_secs(10),
             write_stall_timeout: Some(Duration::from_secs(30)),
             handler_timeout: None,
+            stream_window: 16,
         }
     }
 }
@@ -191,6 +198,12 @@ impl ConnConfig {
     /// Sets the default handler deadline (`None`: none).
     pub fn handler_timeout(mut self, timeout: Option<Duration>) -> Self {
         self.handler_timeout = timeout;
+        self
+    }
+
+    /// Sets the credit window of streamed calls (at least 1).
+    pub fn stream_window(mut self, items: u32) -> Self {
+        self.stream_window = items.max(1);
         self
     }
 
@@ -435,7 +448,8 @@ impl Conn {
     /// precedence over the server's handlers.
     ///
     /// # Panics
-    /// If `action` is a reply action (`drs.response`, `drs.error`, `drs.exception`).
+    /// If `action` is reserved for the call machinery (`drs.response`,
+    /// `drs.error`, `drs.exception`, `drs.next`, `drs.more`, `drs.cancel`).
     pub fn on<H: Handler<A>, A>(&self, action: impl Into<String>, handler: H) -> &Self {
         self.shared.router.on(action, handler);
         self
@@ -444,6 +458,18 @@ impl Conn {
     /// Removes the handler for `action`; true if there was one.
     pub fn off(&self, action: &str) -> bool {
         self.shared.router.off(action)
+    }
+
+    /// Adds a [`Layer`](crate::Layer) around everything this connection
+    /// serves, inside the layers added to it before.
+    ///
+    /// On a server connection it wraps the server's layers and handlers
+    /// (and the connection's own), for this connection only: a jail, a
+    /// rate limit, a per-peer log. On a client it is the client's layer
+    /// (see [`Client::layer`](crate::Client::layer)).
+    pub fn layer(&self, layer: impl crate::Layer) -> &Self {
+        self.shared.router.layer(Arc::new(layer));
+        self
     }
 
     /// Sends a one-way command. The body is encoded before this returns; the
@@ -487,10 +513,83 @@ impl Conn {
         encode_frame(
             &*self.shared.protocol,
             self.shared.config.max_frame_len,
-            key,
-            action,
-            body,
+            &Outgoing::new(action).key(key).body(body),
         )
+    }
+
+    /// Calls `action` and receives its reply as a stream of items (DESIGN
+    /// §1b): the call opts in with the connection's
+    /// [`stream_window`](ConnConfig::stream_window) of credit, and grants
+    /// more as the items are read, so a stream that is not read holds at
+    /// most its window and never blocks other calls on the connection.
+    ///
+    /// The returned [`CallStream`] yields each item deserialized into `T`;
+    /// after its last item, [`CallStream::final_value`] holds the value the
+    /// handler returned. A stream that ends with `drs.error` or
+    /// `drs.exception` yields that error last. Dropping the stream before
+    /// its end sends `drs.cancel`, which stops the handler on the peer.
+    /// Nothing is sent until the stream is first polled.
+    ///
+    /// ```no_run
+    /// # async fn f(conn: drs_core::Conn) -> Result<(), drs_core::Error> {
+    /// use futures::StreamExt;
+    /// let mut items = conn.call_stream::<u64>("count", serde_json::json!({"n": 3}));
+    /// while let Some(item) = items.next().await {
+    ///     println!("{}", item?);
+    /// }
+    /// let total: Option<u64> = items.final_value()?;
+    /// # Ok(()) }
+    /// ```
+    pub fn call_stream<T>(&self, action: &str, body: impl Serialize) -> CallStream<T> {
+        let key = self.shared.next_key.fetch_add(1, Ordering::Relaxed);
+        let mut digits = KeyText::default();
+        let window = self.shared.config.stream_window;
+        let frame = encode_frame(
+            &*self.shared.protocol,
+            self.shared.config.max_frame_len,
+            &Outgoing::new(action)
+                .key(Some(digits.format(key)))
+                .body(OutBody::Value(&body))
+                .stream(Some(window)),
+        );
+        CallStream::new(self.clone(), key, frame, window)
+    }
+
+    /// Queues a small frame of the call machinery (`drs.cancel`,
+    /// `drs.more`) without waiting: past the outbound bound (such frames
+    /// are what lets the peer stop producing), and, when the channel is
+    /// full, from a task of its own.
+    pub(crate) fn send_control(&self, key: u64, action: &str, body: OutBody<'_>) {
+        if self.is_closed() {
+            return;
+        }
+        let mut digits = KeyText::default();
+        let Ok(frame) = self.encode(Some(digits.format(key)), action, body) else {
+            return;
+        };
+        let len = frame.len();
+        self.shared.outbound.add(len);
+        match self.tx.try_send(frame) {
+            Ok(()) => {}
+            Err(mpsc::error::TrySendError::Full(frame)) => {
+                let Ok(rt) = tokio::runtime::Handle::try_current() else {
+                    self.shared.outbound.sub(len);
+                    return;
+                };
+                let conn = self.clone();
+                rt.spawn(async move {
+                    if conn.tx.send(frame).await.is_err() {
+                        conn.shared.outbound.sub(len);
+                    }
+                });
+            }
+            Err(mpsc::error::TrySendError::Closed(_)) => self.shared.outbound.sub(len),
+        }
+    }
+
+    /// Tells the peer to stop serving our call `key`.
+    pub(crate) fn send_cancel(&self, key: u64) {
+        self.send_control(key, crate::command::CANCEL, OutBody::Absent);
     }
 
     /// Queues an encoded frame without waiting (used by broadcast); fails
@@ -565,16 +664,10 @@ impl Conn {
 pub(crate) fn encode_frame(
     protocol: &dyn Protocol,
     max_frame_len: usize,
-    key: Option<&str>,
-    action: &str,
-    body: OutBody<'_>,
+    out: &Outgoing<'_>,
 ) -> Result<Bytes, Error> {
     let mut buf = BytesMut::with_capacity(128);
-    encode_into(
-        protocol,
-        &Outgoing::new(action).key(key).body(body),
-        &mut buf,
-    )?;
+    encode_into(protocol, out, &mut buf)?;
     if buf.len() > max_frame_len {
         return Err(Error::FrameTooLarge {
             len: buf.len(),
@@ -639,19 +732,27 @@ impl<R: FromBody + Send + 'static> IntoFuture for Call<R> {
             let conn = self.conn;
             let rx = conn.shared.pending.register(key)?;
             let mut guard = PendingGuard {
-                pending: &conn.shared.pending,
+                conn: &conn,
                 key,
                 armed: true,
+                sent: false,
             };
+            let sent = &mut guard.sent;
             let exchange = async {
                 conn.shared.send(&conn.tx, frame).await?;
+                *sent = true;
                 rx.await.map_err(|_| Error::Closed)
             };
             let reply = match tokio::time::timeout(self.timeout, exchange).await {
-                Ok(reply) => reply??,
+                Ok(Ok(reply)) => {
+                    // Answered (perhaps by a reply that did not decode):
+                    // nothing to cancel.
+                    guard.armed = false;
+                    reply?
+                }
+                Ok(Err(e)) => return Err(e),
                 Err(_) => return Err(Error::Timeout(self.timeout)),
             };
-            guard.armed = false;
             reply.into_result()
         })
     }

@@ -1,9 +1,10 @@
 //! The table of calls waiting for a reply on one connection.
 
 use std::{
-    collections::HashMap,
+    collections::{HashMap, VecDeque},
     hash::{BuildHasherDefault, Hasher},
-    sync::Mutex,
+    sync::{Arc, Mutex},
+    task::Waker,
 };
 
 use tokio::sync::oneshot;
@@ -75,10 +76,73 @@ impl Hasher for KeyHasher {
     }
 }
 
+/// Who waits for a key: a plain call (one reply) or a streamed one.
+enum Waiter {
+    Once(oneshot::Sender<Result<Reply, Error>>),
+    Stream(Arc<StreamSlot>),
+}
+
+/// A streamed call's items as the driver hands them over, and its end.
+#[derive(Default)]
+pub(crate) struct StreamSlot {
+    state: Mutex<SlotState>,
+}
+
+#[derive(Default)]
+pub(crate) struct SlotState {
+    /// Items received and not yet read; never more than the window.
+    pub(crate) items: VecDeque<Body>,
+    /// Items the peer may still send (granted and not yet received).
+    pub(crate) credit: u64,
+    /// The final reply, or why the stream failed.
+    pub(crate) end: Option<Result<Reply, Error>>,
+    pub(crate) waker: Option<Waker>,
+}
+
+impl StreamSlot {
+    pub(crate) fn new(credit: u32) -> Arc<Self> {
+        Arc::new(Self {
+            state: Mutex::new(SlotState {
+                credit: u64::from(credit),
+                ..SlotState::default()
+            }),
+        })
+    }
+
+    pub(crate) fn lock(&self) -> std::sync::MutexGuard<'_, SlotState> {
+        lock(&self.state)
+    }
+
+    fn end(&self, outcome: Result<Reply, Error>) {
+        let waker = {
+            let mut state = self.lock();
+            state.end.get_or_insert(outcome);
+            state.waker.take()
+        };
+        if let Some(w) = waker {
+            w.wake();
+        }
+    }
+}
+
+/// What became of a `drs.next` item.
+#[derive(Debug, PartialEq, Eq)]
+pub(crate) enum ItemFate {
+    /// Handed to its stream.
+    Taken,
+    /// No call waits for that key (it ended, or was never made).
+    NoCall,
+    /// The call did not ask for a stream.
+    NotStream,
+    /// The peer sent more than it was granted: the stream has failed and
+    /// the peer should be told to stop.
+    OverCredit,
+}
+
 #[derive(Default)]
 struct State {
     closed: bool,
-    map: HashMap<u64, oneshot::Sender<Result<Reply, Error>>, BuildHasherDefault<KeyHasher>>,
+    map: HashMap<u64, Waiter, BuildHasherDefault<KeyHasher>>,
 }
 
 #[derive(Default)]
@@ -97,8 +161,49 @@ impl Pending {
         if state.closed {
             return Err(Error::Closed);
         }
-        state.map.insert(key, tx);
+        state.map.insert(key, Waiter::Once(tx));
         Ok(rx)
+    }
+
+    /// Registers a streamed call; fails if the connection is already closed.
+    pub(crate) fn register_stream(&self, key: u64, slot: Arc<StreamSlot>) -> Result<(), Error> {
+        let mut state = lock(&self.state);
+        if state.closed {
+            return Err(Error::Closed);
+        }
+        state.map.insert(key, Waiter::Stream(slot));
+        Ok(())
+    }
+
+    /// Hands one streamed item to its call.
+    pub(crate) fn push_item(&self, key: &str, body: Body) -> ItemFate {
+        let Ok(key) = key.parse::<u64>() else {
+            return ItemFate::NoCall;
+        };
+        let mut state = lock(&self.state);
+        let slot = match state.map.get(&key) {
+            None => return ItemFate::NoCall,
+            Some(Waiter::Once(_)) => return ItemFate::NotStream,
+            Some(Waiter::Stream(slot)) => slot.clone(),
+        };
+        let mut s = slot.lock();
+        if s.credit == 0 {
+            drop(s);
+            state.map.remove(&key);
+            drop(state);
+            let message = "the peer sent more stream items than it was granted";
+            slot.end(Err(Error::Decode(DecodeError::new(message))));
+            return ItemFate::OverCredit;
+        }
+        drop(state);
+        s.credit -= 1;
+        s.items.push_back(body);
+        let waker = s.waker.take();
+        drop(s);
+        if let Some(w) = waker {
+            w.wake();
+        }
+        ItemFate::Taken
     }
 
     pub(crate) fn remove(&self, key: u64) {
@@ -120,10 +225,14 @@ impl Pending {
         let Ok(key) = key.parse::<u64>() else {
             return false;
         };
-        let Some(tx) = lock(&self.state).map.remove(&key) else {
-            return false;
-        };
-        tx.send(outcome).is_ok()
+        match lock(&self.state).map.remove(&key) {
+            None => false,
+            Some(Waiter::Once(tx)) => tx.send(outcome).is_ok(),
+            Some(Waiter::Stream(slot)) => {
+                slot.end(outcome);
+                true
+            }
+        }
     }
 
     /// Fails every pending call (their receivers see the sender dropped) and
@@ -134,7 +243,12 @@ impl Pending {
             state.closed = true;
             std::mem::take(&mut state.map)
         };
-        drop(map);
+        for waiter in map.into_values() {
+            // A plain call sees its sender dropped.
+            if let Waiter::Stream(slot) = waiter {
+                slot.end(Err(Error::Closed));
+            }
+        }
     }
 
     pub(crate) fn len(&self) -> usize {
@@ -142,17 +256,22 @@ impl Pending {
     }
 }
 
-/// Removes a call's entry when its future is dropped or times out.
+/// Removes a call's entry when its future is dropped or times out, and
+/// then, if the call was sent, tells the peer with `drs.cancel`.
 pub(crate) struct PendingGuard<'a> {
-    pub(crate) pending: &'a Pending,
+    pub(crate) conn: &'a super::Conn,
     pub(crate) key: u64,
     pub(crate) armed: bool,
+    pub(crate) sent: bool,
 }
 
 impl Drop for PendingGuard<'_> {
     fn drop(&mut self) {
         if self.armed {
-            self.pending.remove(self.key);
+            self.conn.shared.pending.remove(self.key);
+            if self.sent {
+                self.conn.send_cancel(self.key);
+            }
         }
     }
 }
