@@ -66,7 +66,7 @@ fn blocking_handler(server: &Server, started: Arc<Counter>, release: Arc<Semapho
     });
 }
 
-fn long_timeout() -> Client {
+pub(crate) fn long_timeout() -> Client {
     Client::new().config(ConnConfig::default().call_timeout(Duration::from_secs(60)))
 }
 

@@ -31,7 +31,9 @@ use serde::Deserialize;
 use serde_json::{json, Value};
 
 mod behaviours;
+mod streams;
 pub use behaviours::*;
+pub use streams::*;
 
 /// How long any one behaviour may take before it counts as hung.
 pub const TEST_TIMEOUT: Duration = Duration::from_secs(30);
@@ -92,6 +94,14 @@ impl Proto {
             }
             // {"f": 1.5 as float32}: serde would widen it to a float64.
             Proto::MsgPack => Bytes::from_static(b"\x81\xa1f\xca\x3f\xc0\x00\x00"),
+        }
+    }
+
+    /// `value` written as one frame of this protocol, whatever its fields.
+    pub fn frame(&self, value: &Value) -> Bytes {
+        match self {
+            Proto::Json => Bytes::from(value.to_string()),
+            Proto::MsgPack => Bytes::from(rmp_serde::to_vec_named(value).expect("encode")),
         }
     }
 
@@ -277,6 +287,17 @@ impl RawPeer {
         self.try_send(key, action, body).await.expect("send frame");
     }
 
+    /// Sends a call that opts in to a streamed reply with `credit` items.
+    pub async fn send_stream(&mut self, key: &str, action: &str, body: Value, credit: u32) {
+        let mut buf = BytesMut::new();
+        let out = Outgoing::new(action)
+            .key(Some(key))
+            .body(drs_core::OutBody::Value(&body))
+            .stream(Some(credit));
+        self.protocol.encode(&out, &mut buf).expect("encode");
+        self.io.send(buf.freeze()).await.expect("send frame");
+    }
+
     /// Like [`send`](Self::send), for when the server may already be gone.
     pub async fn try_send(
         &mut self,
@@ -454,7 +475,20 @@ macro_rules! conformance_suite {
                 fires_before_a_reply_arrive_before_it,
                 handler_holding_its_own_conn_is_freed,
                 connection_limit_refuses_newcomers,
-                broadcast_copies_a_received_body_exactly
+                broadcast_copies_a_received_body_exactly,
+                stream_items_arrive_in_order_with_a_final_value,
+                stream_credit_bounds_the_producer,
+                stalled_stream_holds_its_window_and_blocks_nothing,
+                stream_without_opt_in_is_one_array,
+                stream_ending_in_an_error,
+                streams_go_both_ways,
+                over_credit_fails_the_stream_and_cancels_it,
+                invalid_stream_field_is_refused,
+                stream_idle_timeout_cancels,
+                cancel_stops_a_call_and_frees_its_slot,
+                dropping_a_call_cancels_it,
+                cancel_of_an_unknown_or_finished_key_is_ignored,
+                peer_vanishing_mid_stream_cleans_up
             );
         }
     };

@@ -75,7 +75,10 @@ impl Msg {
     /// then as well; the token is for work it started elsewhere (a task, a
     /// thread).
     pub fn cancel_token(&self) -> CancellationToken {
-        self.inner.cancel.get_or_init(CancellationToken::new).clone()
+        self.inner
+            .cancel
+            .get_or_init(CancellationToken::new)
+            .clone()
     }
 
     /// Waits until this command's handler is stopped (see

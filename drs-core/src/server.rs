@@ -508,7 +508,8 @@ impl Server {
                 Some((_, frame)) => frame.clone(),
                 None => {
                     let max = self.inner.config.max_frame_len;
-                    let frame = match encode_frame(protocol, max, &Outgoing::new(action).body(body)) {
+                    let frame = match encode_frame(protocol, max, &Outgoing::new(action).body(body))
+                    {
                         Ok(frame) => Some(frame),
                         Err(e) => {
                             tracing::warn!(

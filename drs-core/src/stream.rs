@@ -10,12 +10,7 @@
 //! that reply would exceed the maximum frame size); a fire's items go
 //! nowhere.
 
-use std::{
-    fmt,
-    future::Future,
-    pin::Pin,
-    sync::Mutex,
-};
+use std::{fmt, future::Future, pin::Pin, sync::Mutex};
 
 use bytes::Bytes;
 use futures::{Stream, StreamExt};
@@ -270,7 +265,9 @@ impl Streamed {
                     while let Some(item) = items.next().await {
                         match item {
                             Ok(item) => sink.send(&item).await?,
-                            Err(e) => return Err(HandlerError::from_outcome(Outcome::from_error(e))),
+                            Err(e) => {
+                                return Err(HandlerError::from_outcome(Outcome::from_error(e)))
+                            }
                         }
                     }
                     Ok(())

@@ -40,8 +40,8 @@ use std::{borrow::Cow, io::Write};
 
 use bytes::{BufMut, Bytes, BytesMut};
 use drs_core::{
-    Body, BodyFormat, Command, DecodeError, EncodeError, Framing, OutBody, Outgoing, Protocol, Text,
-    INVALID_STREAM,
+    Body, BodyFormat, Command, DecodeError, EncodeError, Framing, OutBody, Outgoing, Protocol,
+    Text, INVALID_STREAM,
 };
 
 /// How deeply arrays and objects may nest in a value of a command (the

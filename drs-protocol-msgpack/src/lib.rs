@@ -27,8 +27,8 @@
 
 use bytes::{BufMut, Bytes, BytesMut};
 use drs_core::{
-    Body, BodyFormat, Command, DecodeError, EncodeError, Framing, OutBody, Outgoing, Protocol, Text,
-    INVALID_STREAM,
+    Body, BodyFormat, Command, DecodeError, EncodeError, Framing, OutBody, Outgoing, Protocol,
+    Text, INVALID_STREAM,
 };
 use serde::Serialize;
 

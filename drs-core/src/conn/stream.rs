@@ -163,7 +163,7 @@ impl<T> CallStream<T> {
         timer.as_mut().poll(cx).is_ready()
     }
 
-    fn read_item(&mut self, body: Body) -> Result<T, Error>
+    fn read_item(&mut self, body: Body, live: bool) -> Result<T, Error>
     where
         T: FromBody,
     {
@@ -171,7 +171,7 @@ impl<T> CallStream<T> {
             timer.as_mut().reset(Instant::now() + self.idle);
         }
         self.unacked += 1;
-        if self.unacked >= (self.window / 2).max(1) {
+        if live && self.unacked >= (self.window / 2).max(1) {
             let more = std::mem::take(&mut self.unacked);
             self.slot.lock().credit += u64::from(more);
             self.conn
@@ -228,8 +228,10 @@ impl<T: FromBody> Stream for CallStream<T> {
                 State::Open => {
                     let mut slot = this.slot.lock();
                     if let Some(body) = slot.items.pop_front() {
+                        // Credit only while the peer may still send.
+                        let live = slot.end.is_none();
                         drop(slot);
-                        return Poll::Ready(Some(this.read_item(body)));
+                        return Poll::Ready(Some(this.read_item(body, live)));
                     }
                     if let Some(end) = slot.end.take() {
                         drop(slot);
