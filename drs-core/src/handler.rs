@@ -117,8 +117,9 @@ impl Msg {
         self.producer().grant(n);
     }
 
-    /// Encodes `value` as a body in this connection's protocol.
-    pub(crate) fn encode_body(&self, value: &dyn erased_serde::Serialize) -> Result<Body, Error> {
+    /// Encodes `value` as a body in this connection's protocol (to keep a
+    /// reply, as a cache does, or to reply with it later as a [`Body`]).
+    pub fn encode_body(&self, value: &dyn erased_serde::Serialize) -> Result<Body, Error> {
         let shared = &self.inner.shared;
         let frame = encode_frame(
             &*shared.protocol,
