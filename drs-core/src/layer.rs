@@ -135,7 +135,7 @@ impl Layer for Before {
 }
 
 /// An `after` hook: sees every command's outcome.
-pub(crate) struct After(pub(crate) Arc<dyn Fn(&Msg, &Outcome) + Send + Sync>);
+pub(crate) struct After(pub(crate) crate::router::AfterHook);
 
 impl Layer for After {
     fn call(&self, msg: Msg, next: Next) -> ReplyFuture {

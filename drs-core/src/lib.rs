@@ -43,6 +43,14 @@
 //! - A **connection** ([`Conn`]) is a cheap handle; a driver task owns the
 //!   transport. Calls time out (5 s by default); when a connection ends,
 //!   its pending calls fail at once with [`Error::Closed`].
+//! - A call can take its reply as a **stream** ([`Conn::call_stream`]):
+//!   the handler writes items into an [`ItemSink`] or returns a
+//!   [`Streamed`]; the caller's credit paces it. Any call can be
+//!   **cancelled**: dropping its future sends `drs.cancel`, which stops the
+//!   handler ([`Msg::cancel_token`] fires) and frees its slot.
+//! - **Layers** ([`Layer`], [`layer_fn`]) wrap handlers, for a whole
+//!   server, one action or one connection; `drs-layers` has worker pools,
+//!   a result cache and timeouts.
 //! - Everything is **bounded**, in bytes as well as counts: frame size
 //!   (8 MiB), commands in flight (1024) and waiting (16 MiB) per
 //!   connection, the outbound queue (32 MiB), memory held for all peers

@@ -3,7 +3,8 @@
 
 use std::time::Duration;
 
-use drs_core::{Body, HandlerError, HandlerResult, Msg, Server};
+use drs_core::{Body, HandlerError, HandlerResult, ItemSink, Msg, Server};
+use drs_layers::{Cache, Pool};
 use serde::Deserialize;
 
 /// Arguments of `add`.
@@ -21,6 +22,19 @@ pub struct Sleep {
     /// How long to sleep, in milliseconds.
     pub ms: u64,
 }
+
+/// Arguments of `count`.
+#[derive(Debug, Deserialize)]
+pub struct Count {
+    /// How many integers (at most [`MAX_COUNT`]).
+    pub n: u64,
+    /// Milliseconds between them (default 0).
+    #[serde(default)]
+    pub ms: u64,
+}
+
+/// The most items `count` streams.
+pub const MAX_COUNT: u64 = 1_000_000;
 
 /// Arguments of `fail`.
 #[derive(Debug, Deserialize)]
@@ -52,6 +66,12 @@ pub struct AskBack {
 /// | `kaboom` | anything | the handler panics: `drs.exception` |
 /// | `shout` | anything | broadcasts `shout` with the body to every client; returns how many got it |
 /// | `ask_back` | `{"action": a, "body": b, "timeout_ms": t}` | calls the client with `a`/`b`, returns its answer |
+/// | `count` | `{"n": n, "ms": m}` | streams 0..n-1, one every m ms, ends with n (without `"stream"`: the array) |
+/// | `cached_time` | — | the server's time in ms, cached for 2 s (server-wide) |
+/// | `pooled_sleep` | `{"ms": n}` | like `sleep`, 2 at once and 2 waiting server-wide; more: `drs.error` "queue full" |
+///
+/// Every call can be cancelled (`drs.cancel`): a cancelled `sleep` frees
+/// its slot at once.
 pub fn demo_actions(server: &Server) {
     server.on("echo", |body: Body| async move { HandlerResult::Ok(body) });
     server.on("add", |args: Add| async move {
@@ -85,6 +105,30 @@ pub fn demo_actions(server: &Server) {
             .await?;
         HandlerResult::Ok(answer)
     });
+    server.on("count", |args: Count, items: ItemSink| async move {
+        if args.n > MAX_COUNT {
+            return Err(HandlerError::new(format!("n is at most {MAX_COUNT}")));
+        }
+        for i in 0..args.n {
+            if args.ms > 0 && i > 0 {
+                tokio::time::sleep(Duration::from_millis(args.ms)).await;
+            }
+            items.send(&i).await?;
+        }
+        HandlerResult::Ok(args.n)
+    });
+    server.on("cached_time", || async {
+        let now = std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .map_or(0, |d| d.as_millis() as u64);
+        HandlerResult::Ok(now)
+    });
+    server.layer_for("cached_time", Cache::new(Duration::from_secs(2)));
+    server.on("pooled_sleep", |args: Sleep| async move {
+        tokio::time::sleep(Duration::from_millis(args.ms)).await;
+        HandlerResult::Ok(args.ms)
+    });
+    server.layer_for("pooled_sleep", Pool::new(2, 2));
 }
 
 /// Logs to stderr, filtered by `RUST_LOG` (default: `default`).

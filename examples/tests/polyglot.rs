@@ -76,6 +76,15 @@ fn python_unix_socket_client() {
 }
 
 #[test]
+fn python_streams_credit_and_cancel_over_a_raw_socket() {
+    if !python_has(&["socket"]) {
+        return;
+    }
+    let server = DemoServer::start(&["--tcp", "127.0.0.1:0"]);
+    run_python("stream_client.py", &[server.addr(0)]);
+}
+
+#[test]
 fn python_msgpack_and_json_clients_share_a_server() {
     if !python_has(&["msgpack"]) {
         return;
