@@ -78,6 +78,18 @@ pub(crate) fn find_key(line: &[u8]) -> Option<u64> {
     number_after(line, br#""key":""#)
 }
 
+/// The string value after `needle` in a JSON line, quotes included (the
+/// benchmark's payloads hold no escapes).
+pub(crate) fn field<'a>(line: &'a [u8], needle: &[u8]) -> Option<&'a [u8]> {
+    let at = memchr::memmem::find(line, needle)? + needle.len();
+    let rest = line.get(at..)?;
+    if rest.first() != Some(&b'"') {
+        return None;
+    }
+    let end = memchr::memchr(b'"', &rest[1..])? + 2;
+    Some(&rest[..end])
+}
+
 fn number_after(haystack: &[u8], needle: &[u8]) -> Option<u64> {
     let at = memchr::memmem::find(haystack, needle)? + needle.len();
     let digits = haystack[at..].iter().take_while(|b| b.is_ascii_digit());
@@ -617,4 +629,141 @@ pub(crate) async fn idle(addr: &str, conns: usize) -> Res<serde_json::Value> {
     let mut sink = Vec::new();
     let _ = stdin.read_to_end(&mut sink).await;
     Ok(json!({ "conns": held.len() }))
+}
+
+/// What a stream load run reports: items received inside the window.
+fn stream_report(items: u64, streams: usize, window: Window) -> serde_json::Value {
+    let secs = (window.end - window.warm).as_secs_f64();
+    json!({ "items": items, "streams": streams, "secs": secs, "rate": items as f64 / secs })
+}
+
+/// Streams: `streams` streamed calls of `bench.stream` on one TCP
+/// connection, each with a window of `window_items`; counts the items that
+/// arrive inside the window.
+///
+/// `stream-lines` writes the calls and the credit as JSON lines and counts
+/// `drs.next` lines (also the client of the stream floor, which ignores the
+/// credit); `stream-rust` uses [`drs_core::Conn::call_stream`].
+pub(crate) async fn streams(
+    client: &str,
+    addr: &str,
+    streams: usize,
+    window_items: u32,
+    payload: usize,
+    window: Window,
+) -> Res<serde_json::Value> {
+    let payload = "x".repeat(payload);
+    let items = match client {
+        "stream-lines" => stream_lines(addr, streams, window_items, &payload, window).await?,
+        "stream-rust" => stream_rust(addr, streams, window_items, payload, window).await?,
+        other => return Err(format!("unknown stream client {other}").into()),
+    };
+    Ok(stream_report(items, streams, window))
+}
+
+async fn stream_lines(
+    addr: &str,
+    streams: usize,
+    window_items: u32,
+    payload: &str,
+    window: Window,
+) -> Res<u64> {
+    let s = tokio::net::TcpStream::connect(addr).await?;
+    s.set_nodelay(true)?;
+    let (mut rd, mut wr) = s.into_split();
+    let mut out = BytesMut::new();
+    for key in 1..=streams {
+        out.put_slice(format!(
+            "{{\"key\":\"{key}\",\"action\":\"bench.stream\",\"body\":\"{payload}\",\"stream\":{window_items}}}\n"
+        ).as_bytes());
+    }
+    let grant = (window_items / 2).max(1);
+    // Items read since the last grant, per key (keys are 1..=streams).
+    let mut unthanked = vec![0u32; streams + 1];
+    let mut counted = 0u64;
+    let mut buf = BytesMut::with_capacity(256 * 1024);
+    let deadline = tokio::time::sleep_until(window.end.into());
+    tokio::pin!(deadline);
+    loop {
+        if buf.capacity() - buf.len() < 64 * 1024 {
+            buf.reserve(256 * 1024);
+        }
+        tokio::select! {
+            biased;
+            () = &mut deadline => return Ok(counted),
+            n = wr.write(&out), if !out.is_empty() => {
+                let n = n?;
+                let _ = out.split_to(n);
+                continue;
+            }
+            r = rd.read_buf(&mut buf) => {
+                if r? == 0 {
+                    return Err("the server closed the connection".into());
+                }
+            }
+        }
+        let counts = window.counts(Instant::now());
+        let mut start = 0;
+        while let Some(end) = memchr::memchr(b'\n', &buf[start..]) {
+            let line = &buf[start..start + end + 1];
+            start += end + 1;
+            let key = find_key(line).map_or(usize::MAX, |k| k as usize);
+            if key > streams || memchr::memmem::find(line, b"\"drs.next\"").is_none() {
+                return Err(
+                    format!("not an item of a stream: {}", String::from_utf8_lossy(line)).into(),
+                );
+            }
+            if counts {
+                counted += 1;
+            }
+            unthanked[key] += 1;
+            if unthanked[key] >= grant {
+                unthanked[key] = 0;
+                out.put_slice(
+                    format!("{{\"key\":\"{key}\",\"action\":\"drs.more\",\"body\":{grant}}}\n")
+                        .as_bytes(),
+                );
+            }
+        }
+        let _ = buf.split_to(start);
+    }
+}
+
+async fn stream_rust(
+    addr: &str,
+    streams: usize,
+    window_items: u32,
+    payload: String,
+    window: Window,
+) -> Res<u64> {
+    let conn = drs_transport_tcp::connect(addr, drs_protocol_json::Json).await?;
+    let tasks: Vec<_> = (0..streams)
+        .map(|_| {
+            let mut items = conn
+                .call_stream::<String>("bench.stream", &payload)
+                .window(window_items);
+            let len = payload.len();
+            tokio::spawn(async move {
+                let mut counted = 0u64;
+                loop {
+                    match timeout_at(window.end.into(), items.next()).await {
+                        Err(_) => return Ok::<_, drs_core::Error>(counted),
+                        Ok(None) => return Err(drs_core::Error::Closed),
+                        Ok(Some(item)) => {
+                            let item = item?;
+                            debug_assert_eq!(item.len(), len);
+                            if window.counts(Instant::now()) {
+                                counted += 1;
+                            }
+                        }
+                    }
+                }
+            })
+        })
+        .collect();
+    let mut total = 0;
+    for t in tasks {
+        total += t.await??;
+    }
+    Ok(total)
 }

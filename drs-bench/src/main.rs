@@ -12,6 +12,13 @@
 //! The orchestrator starts each server in its own process (`serve SYSTEM`)
 //! pinned to core 0 and the load generator in another (`load ...`) pinned to
 //! core 1, both single-threaded, and compares rates measured in the same run.
+//!
+//! Scenarios: calls (C connections × K in flight, 64 B and 16 KiB) over TCP,
+//! WebSocket and IPC, with a row for the same drs server with one no-op
+//! [`layer_fn`](drs_core::layer_fn) around every route; streamed replies
+//! (items/s through one stream and through 32 on one connection, each
+//! granting credit as it reads, against a floor that writes the same lines
+//! back to back and ignores credit); broadcast; fire; idle memory.
 
 // A command-line tool: its output is the point.
 #![allow(clippy::print_stdout)]
@@ -76,6 +83,17 @@ fn run_load(args: &[String]) -> Res<()> {
                             arg(args, 4, "clients")?,
                             arg(args, 5, "payload")?,
                             8,
+                            window,
+                        )
+                        .await
+                    }
+                    "stream-lines" | "stream-rust" => {
+                        load::streams(
+                            &mode,
+                            &addr,
+                            arg(args, 4, "streams")?,
+                            arg(args, 5, "window")?,
+                            arg(args, 6, "payload")?,
                             window,
                         )
                         .await
@@ -234,6 +252,7 @@ const TCP_SYSTEMS: &[(&str, &str, &str)] = &[
     ("drs json", "drs-tcp-json", "lines"),
     ("drs msgpack", "drs-tcp-msgpack", "msgpack"),
     ("drs json, Rust client", "drs-tcp-json", "drs-rust"),
+    ("drs json, no-op layer", "drs-tcp-json-layer", "lines"),
     ("tarpc json", "tarpc-tcp", "tarpc"),
 ];
 const WS_SYSTEMS: &[(&str, &str, &str)] = &[
@@ -242,6 +261,15 @@ const WS_SYSTEMS: &[(&str, &str, &str)] = &[
     ("drs msgpack", "drs-ws-msgpack", "ws-msgpack"),
     ("jsonrpsee", "jsonrpsee-ws", "jsonrpc-ws"),
 ];
+const STREAM_SYSTEMS: &[(&str, &str, &str)] = &[
+    ("floor", "floor-stream", "stream-lines"),
+    ("drs json", "drs-tcp-json", "stream-lines"),
+    ("drs json, Rust client", "drs-tcp-json", "stream-rust"),
+];
+/// (streams on one connection, window): one stream moves about half a
+/// window per round trip, so it is shown with 16 items, drs's default of
+/// 64, and 256.
+const STREAM_SHAPES: &[(usize, u32)] = &[(1, 16), (1, 64), (1, 256), (32, 64)];
 const IPC_SYSTEMS: &[(&str, &str, &str)] = &[
     ("floor", "floor-ipc", "lines-ipc"),
     ("drs json", "drs-ipc-json", "lines-ipc"),
@@ -290,6 +318,33 @@ fn orchestrate(args: &[String]) -> Res<()> {
                     });
                 }
             }
+        }
+    }
+
+    for &(streams, window) in STREAM_SHAPES {
+        let scenario = format!(
+            "{streams} stream{}, 64 B, window {window}",
+            if streams == 1 { "" } else { "s" }
+        );
+        if !wanted(&format!("Stream {scenario}")) {
+            continue;
+        }
+        for &(label, system, client) in STREAM_SYSTEMS {
+            let (server, addr) = h.server(system)?;
+            let (n, w) = (streams.to_string(), window.to_string());
+            let result = h.load(&[client, &addr, &warm, &dur, &n, &w, "64"]);
+            stop(server);
+            let result = result.map_err(|e| format!("Stream {scenario} {label}: {e}"))?;
+            eprintln!(
+                "stream    {scenario:26} {label:22} {:>12.0} items/s",
+                result["rate"].as_f64().unwrap_or(0.0)
+            );
+            rows.push(Row {
+                group: "Stream",
+                scenario: scenario.clone(),
+                system: label,
+                result,
+            });
         }
     }
 
@@ -451,6 +506,7 @@ fn render(rows: &[Row]) -> String {
                 "Broadcast" => ("deliveries/s", "reach all p50"),
                 "Fire" => ("fires/s", ""),
                 "Idle" => ("bytes/conn", ""),
+                "Stream" => ("items/s", ""),
                 _ => ("calls/s", "p50 µs   p99 µs"),
             };
             let peer = peer_of(r.group)
@@ -544,6 +600,16 @@ fn targets(rows: &[Row]) -> Vec<String> {
                 .map(|(a, b)| a / b),
             "≤ 1.25",
             |x| x <= 1.25,
+        );
+    }
+    for s in ["1×64, 64 B", "32×8, 64 B"] {
+        check(
+            format!("TCP {s} no-op layer/none"),
+            rate("TCP", s, "drs json, no-op layer")
+                .zip(rate("TCP", s, "drs json"))
+                .map(|(a, b)| a / b),
+            "≥ 0.95, the noise",
+            |x| x >= 0.95,
         );
     }
     let s = "1×64, 64 B";

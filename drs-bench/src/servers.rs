@@ -10,7 +10,7 @@ use std::{
 };
 
 use bytes::{Bytes, BytesMut};
-use drs_core::{Body, HandlerResult, Server};
+use drs_core::{layer_fn, Body, HandlerResult, ItemSink, Next, Server};
 use futures::{FutureExt, SinkExt, StreamExt};
 use tokio::{
     io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt},
@@ -24,7 +24,9 @@ pub(crate) const SYSTEMS: &[&str] = &[
     "floor-ws",
     "floor-fanout",
     "floor-sink",
+    "floor-stream",
     "drs-tcp-json",
+    "drs-tcp-json-layer",
     "drs-tcp-msgpack",
     "drs-ipc-json",
     "drs-ws-json",
@@ -77,9 +79,17 @@ pub(crate) async fn serve(system: &str) -> Result<(), Box<dyn std::error::Error 
             }
         }
         "floor-fanout" | "floor-sink" => floor_fanout().await,
-        "drs-tcp-json" | "drs-tcp-msgpack" | "drs-ipc-json" | "drs-ws-json" | "drs-ws-msgpack" => {
-            drs_server(system).await
+        "floor-stream" => {
+            let l = tokio::net::TcpListener::bind("127.0.0.1:0").await?;
+            ready(&l.local_addr()?.to_string());
+            loop {
+                let (s, _) = l.accept().await?;
+                s.set_nodelay(true)?;
+                tokio::spawn(stream_lines(s));
+            }
         }
+        "drs-tcp-json" | "drs-tcp-json-layer" | "drs-tcp-msgpack" | "drs-ipc-json"
+        | "drs-ws-json" | "drs-ws-msgpack" => drs_server(system).await,
         "tarpc-tcp" => tarpc_server().await,
         "jsonrpsee-ws" => jsonrpsee_server().await,
         other => Err(format!("unknown system {other}; one of {SYSTEMS:?}").into()),
@@ -104,6 +114,33 @@ async fn echo_lines<S: AsyncRead + AsyncWrite + Unpin>(mut s: S) {
             }
         }
     }
+}
+
+/// The stream floor: after the first line (a streamed call), write
+/// `drs.next` lines carrying its body back to back, 64 KiB at a time, until
+/// the peer goes; whatever else the peer sends (credit) is read and dropped.
+async fn stream_lines(s: tokio::net::TcpStream) {
+    let (mut rd, mut wr) = s.into_split();
+    let mut buf = BytesMut::with_capacity(64 * 1024);
+    let first = loop {
+        match rd.read_buf(&mut buf).await {
+            Ok(0) | Err(_) => return,
+            Ok(_) => {}
+        }
+        if let Some(end) = memchr::memchr(b'\n', &buf) {
+            break buf.split_to(end + 1);
+        }
+    };
+    let body = crate::load::field(&first, br#""body":"#).unwrap_or(b"null");
+    let mut line = br#"{"key":"1","action":"drs.next","body":"#.to_vec();
+    line.extend_from_slice(body);
+    line.extend_from_slice(b"}\n");
+    let batch = Bytes::from(line.repeat((64 * 1024 / line.len()).max(1)));
+    tokio::spawn(async move {
+        let mut sink = tokio::io::sink();
+        let _ = tokio::io::copy(&mut rd, &mut sink).await;
+    });
+    while wr.write_all(&batch).await.is_ok() {}
 }
 
 /// The WebSocket floor: echo every text message, flushing once per batch.
@@ -213,10 +250,24 @@ async fn drs_server(system: &str) -> Result<(), Box<dyn std::error::Error + Send
         let n = fanout.broadcast("news", &body);
         async move { HandlerResult::Ok(n?) }
     });
+    // Streams its body as items, as fast as the caller's credit allows,
+    // until the caller cancels.
+    server.on("bench.stream", |item: String, items: ItemSink| async move {
+        let ended: HandlerResult<()> = loop {
+            if let Err(e) = items.send(&item).await {
+                break Err(e.into());
+            }
+        };
+        ended
+    });
+    if system == "drs-tcp-json-layer" {
+        // What one layer on every route costs: the smallest one there is.
+        server.layer(layer_fn(|msg, next: Next| next.run(msg)));
+    }
     let json = drs_protocol_json::Json;
     let msgpack = drs_protocol_msgpack::MsgPack;
     let addr = match system {
-        "drs-tcp-json" => server.listen(
+        "drs-tcp-json" | "drs-tcp-json-layer" => server.listen(
             drs_transport_tcp::TcpListener::bind("127.0.0.1:0").await?,
             json,
         )?,
