@@ -521,9 +521,13 @@ impl<T: Transport> Driver<T> {
                 }
                 Poll::Ready(None) => {
                     progress = true;
-                    // The peer will send nothing more: fail our calls now.
+                    // The peer will send nothing more: stop reading (even
+                    // when the connection is already ending, e.g. draining
+                    // for a shutdown, which keeps reading; polling an
+                    // ended stream again would spin) and fail our calls.
                     // It may still read (a half-close): its handlers get
                     // the close linger to finish and send their replies.
+                    self.reading = false;
                     self.begin_end(CloseReason::PeerClosed, false);
                 }
                 Poll::Pending => break,
