@@ -34,6 +34,13 @@ use crate::{
 /// let n: u64 = conn.call("drs.ping", ()).await?;
 /// # Ok(()) }
 /// ```
+///
+/// Cloning gives another handle to the same handlers and layers: a handler
+/// registered through one clone serves the connections of all. Each
+/// connection made with [`dial`](Client::dial) gets its own routes on top
+/// ([`Conn::on`] on it stays with it), which is what lets a reconnecting
+/// session keep its handlers from one connection to the next.
+#[derive(Clone)]
 pub struct Client {
     router: Arc<Router>,
     config: ConnConfig,
@@ -99,6 +106,11 @@ impl Client {
         self
     }
 
+    /// The connection settings.
+    pub fn settings(&self) -> &ConnConfig {
+        &self.config
+    }
+
     /// Dials and starts the connection. Must be called within a Tokio runtime.
     /// Dialing is bounded by the handshake timeout of the settings.
     pub async fn connect<D: Dialer, P: Protocol>(
@@ -106,14 +118,29 @@ impl Client {
         dialer: D,
         protocol: P,
     ) -> Result<Conn, Error> {
-        let protocol: Arc<dyn Protocol> = Arc::new(protocol);
+        self.dial(&dialer, Arc::new(protocol)).await
+    }
+
+    /// Dials one more connection with these handlers (see the type's
+    /// docs), without consuming the client: what a reconnecting session or
+    /// a pool uses. Must be called within a Tokio runtime; bounded by the
+    /// handshake timeout of the settings.
+    pub async fn dial<D: Dialer>(
+        &self,
+        dialer: &D,
+        protocol: Arc<dyn Protocol>,
+    ) -> Result<Conn, Error> {
         let spec = self.config.frame_spec(&*protocol);
         let meter = spec.meter.clone();
         let timeout = self.config.handshake_timeout;
         let (io, info) = tokio::time::timeout(timeout, dialer.dial(spec))
             .await
             .map_err(|_| Error::Timeout(timeout))??;
-        Ok(self.start(io, info, protocol, meter))
+        Ok(Self {
+            router: Router::child(self.router.clone()),
+            config: self.config.clone(),
+        }
+        .start(io, info, protocol, meter))
     }
 
     /// Starts a connection over an open byte stream, framed as the protocol wants.

@@ -18,6 +18,14 @@ pub const ERROR: &str = "drs.error";
 pub const EXCEPTION: &str = "drs.exception";
 /// The built-in action answering with the current time in ms since the epoch.
 pub const PING: &str = "drs.ping";
+/// Names the connection's peer (DESIGN §1b): body `{"name": …}`, answered
+/// with `{"resumed": bool}`, or `drs.error` [`NAME_TAKEN`].
+pub const IDENTIFY: &str = "drs.identify";
+/// The message of the `drs.error` answering a `drs.identify` whose name
+/// another live connection holds.
+pub const NAME_TAKEN: &str = "name taken";
+/// The longest name `drs.identify` accepts, in bytes.
+pub const MAX_NAME_LEN: usize = 256;
 /// One item of a streamed reply (callee to caller), keyed like the call.
 pub const NEXT: &str = "drs.next";
 /// More credit for a streamed reply (caller to callee); the body is the

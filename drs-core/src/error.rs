@@ -53,8 +53,17 @@ pub enum Error {
     #[error("call timed out after {0:?}")]
     Timeout(Duration),
     /// The connection is closed (or closed while the call was pending).
+    /// A call that fails so may or may not have run on the peer.
     #[error("connection closed")]
     Closed,
+    /// There was no connection to send on (a session between connections,
+    /// set to fail at once): the command was not sent.
+    #[error("not connected")]
+    NotConnected,
+    /// No live connection has this name (see `drs.identify`): the command
+    /// was not sent.
+    #[error("no connected peer is named {0:?}")]
+    NoPeer(String),
     /// A frame would exceed (or did exceed) the maximum frame size.
     #[error("frame of {len} bytes exceeds the maximum frame size of {limit} bytes")]
     FrameTooLarge {
@@ -94,6 +103,12 @@ impl Error {
     /// The connection is closed.
     pub fn is_closed(&self) -> bool {
         matches!(self, Error::Closed)
+    }
+
+    /// The command was never sent ([`NotConnected`](Error::NotConnected),
+    /// [`NoPeer`](Error::NoPeer)): retrying it cannot run it twice.
+    pub fn is_unsent(&self) -> bool {
+        matches!(self, Error::NotConnected | Error::NoPeer(_))
     }
 
     /// The error body sent by the remote side, for `drs.error` and `drs.exception`.

@@ -101,7 +101,7 @@ pub use close::CloseReason;
 pub use codec::{BadFrame, FrameCodec, FrameTooLarge, FramedIo};
 pub use command::{
     is_control_action, is_reply_action, Body, Command, FromBody, CANCEL, CANCELLED, ERROR,
-    EXCEPTION, INVALID_STREAM, MORE, NEXT, PING, RESPONSE,
+    EXCEPTION, IDENTIFY, INVALID_STREAM, MAX_NAME_LEN, MORE, NAME_TAKEN, NEXT, PING, RESPONSE,
 };
 pub use conn::{Call, CallStream, Conn, ConnConfig};
 pub use error::{Error, RemoteError};
@@ -113,7 +113,7 @@ pub use layer::{layer_fn, FnLayer, Layer, Next};
 pub use protocol::{
     BodyFormat, DecodeError, EncodeError, FrameKind, Framing, OutBody, Outgoing, Protocol,
 };
-pub use server::{Server, ServerConfig};
+pub use server::{Peer, Server, ServerConfig};
 pub use stream::{IntoReply, ItemSink, Produced, Streamed};
 pub use text::Text;
 pub use transport::{ConnInfo, Dialer, FrameSpec, Listener, Transport, DEFAULT_MAX_FRAME_LEN};

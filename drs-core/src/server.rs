@@ -22,14 +22,14 @@ use tokio_util::{sync::CancellationToken, task::TaskTracker};
 use crate::{
     budget::{MemoryBudget, ReadMeter, DEFAULT_MEMORY_BUDGET},
     close::CloseReason,
-    command::{MessageBody, ERROR},
-    conn::{encode_frame, Conn, ConnConfig},
+    command::{MessageBody, ERROR, IDENTIFY, MAX_NAME_LEN, NAME_TAKEN},
+    conn::{encode_frame, Conn, ConnConfig, PeerName},
     error::Error,
-    handler::{Handler, Msg, Outcome},
+    handler::{Handler, HandlerError, Msg, Outcome},
     layer::Layer,
     protocol::{OutBody, Outgoing, Protocol},
     router::Router,
-    sync::{read, write},
+    sync::{lock, read, write},
     transport::{ConnInfo, Listener, Transport},
 };
 
@@ -106,6 +106,8 @@ struct Inner {
     /// Connections being served, admitted or not.
     live: AtomicUsize,
     conns: RwLock<HashMap<u64, Conn>>,
+    /// Names given with `drs.identify` → the connection holding each.
+    names: std::sync::Mutex<HashMap<Arc<str>, u64>>,
     on_connect: RwLock<Vec<ConnectHook>>,
     on_disconnect: RwLock<Vec<DisconnectHook>>,
     /// Stops the accept loops.
@@ -166,7 +168,7 @@ impl Server {
     /// with the server-wide defaults).
     pub fn with_config(config: impl Into<ServerConfig>) -> Self {
         let config = config.into();
-        Self {
+        let server = Self {
             inner: Arc::new(Inner {
                 router: Router::root(),
                 config: config.conn,
@@ -174,6 +176,7 @@ impl Server {
                 budget: MemoryBudget::new(config.memory_budget),
                 live: AtomicUsize::new(0),
                 conns: RwLock::default(),
+                names: std::sync::Mutex::default(),
                 on_connect: RwLock::default(),
                 on_disconnect: RwLock::default(),
                 stop_accepting: CancellationToken::new(),
@@ -181,7 +184,19 @@ impl Server {
                 force: CancellationToken::new(),
                 tasks: TaskTracker::new(),
             }),
-        }
+        };
+        let weak = Arc::downgrade(&server.inner);
+        server
+            .inner
+            .router
+            .on(IDENTIFY, move |conn: Conn, args: Identify| {
+                let claimed = match weak.upgrade() {
+                    Some(inner) => inner.claim(&conn, &args.name),
+                    None => Err(HandlerError::new("the server is gone")),
+                };
+                async move { claimed.map(|resumed| Identified { resumed }) }
+            });
+        server
     }
 
     /// The settings every connection gets.
@@ -452,6 +467,7 @@ impl Server {
         driver.set_gate(Box::pin(gate));
         driver.run().await;
         write(&inner.conns).remove(&conn.id());
+        inner.release_name(&conn);
         if admitted.load(std::sync::atomic::Ordering::Acquire) {
             for hook in read(&inner.on_disconnect).clone() {
                 if std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| hook(&conn))).is_err() {
@@ -474,6 +490,55 @@ impl Server {
     /// The number of live connections.
     pub fn connection_count(&self) -> usize {
         read(&self.inner.conns).len()
+    }
+
+    /// The live connections with what is known of each peer: its name
+    /// (from `drs.identify`), its address and transport.
+    pub fn peers(&self) -> Vec<Peer> {
+        read(&self.inner.conns)
+            .values()
+            .map(|conn| Peer {
+                id: conn.id(),
+                name: conn.name(),
+                peer_addr: conn.peer_addr().map(str::to_string),
+                transport: conn.info().transport,
+            })
+            .collect()
+    }
+
+    /// The live connection whose peer identified as `name`.
+    pub fn named(&self, name: &str) -> Option<Conn> {
+        let id = *lock(&self.inner.names).get(name)?;
+        self.connection(id)
+    }
+
+    /// Calls `action` on the peer named `name` (see [`Conn::call`]); fails
+    /// with [`Error::NoPeer`] when no live connection has that name.
+    pub fn call_named<R>(
+        &self,
+        name: &str,
+        action: &str,
+        body: impl Serialize,
+    ) -> Result<crate::Call<R>, Error> {
+        let conn = self
+            .named(name)
+            .ok_or_else(|| Error::NoPeer(name.to_string()))?;
+        Ok(conn.call(action, body))
+    }
+
+    /// Fires `action` to the peer named `name` (see [`Conn::fire`]); fails
+    /// with [`Error::NoPeer`] when no live connection has that name.
+    pub fn fire_named(
+        &self,
+        name: &str,
+        action: &str,
+        body: impl Serialize,
+    ) -> impl Future<Output = Result<(), Error>> + Send + 'static {
+        let fire = self
+            .named(name)
+            .ok_or_else(|| Error::NoPeer(name.to_string()))
+            .map(|conn| conn.fire(action, body));
+        async move { fire?.await }
     }
 
     /// Fires `action` with `body` to every live connection and returns how
@@ -567,6 +632,72 @@ impl Server {
     /// Whether [`shutdown`](Server::shutdown) has begun.
     pub fn is_shutting_down(&self) -> bool {
         self.inner.stop_accepting.is_cancelled()
+    }
+}
+
+/// A live connection as [`Server::peers`] lists it.
+#[derive(Debug, Clone)]
+#[non_exhaustive]
+pub struct Peer {
+    /// The connection's id ([`Conn::id`]).
+    pub id: u64,
+    /// The name the peer gave with `drs.identify`.
+    pub name: Option<Arc<str>>,
+    /// The peer's address, when the transport knows it.
+    pub peer_addr: Option<String>,
+    /// The transport's name (`"tcp"`, `"ws"`, `"ipc"`, …).
+    pub transport: &'static str,
+}
+
+/// The body of `drs.identify`.
+#[derive(serde::Deserialize)]
+struct Identify {
+    name: String,
+}
+
+/// The answer to `drs.identify`.
+#[derive(Serialize)]
+struct Identified {
+    /// Whether the server still held state for the name. The core keeps
+    /// none across connections (subscriptions and undelivered messages
+    /// belong to pub/sub), so this is `false` until something does.
+    resumed: bool,
+}
+
+impl Inner {
+    /// Gives `conn` the name `name` (releasing the one it had), unless
+    /// another live connection holds it.
+    fn claim(&self, conn: &Conn, name: &str) -> Result<bool, HandlerError> {
+        if name.is_empty() || name.len() > MAX_NAME_LEN || name.chars().any(char::is_control) {
+            return Err(HandlerError::new(format!(
+                "invalid name: it must be 1 to {MAX_NAME_LEN} bytes without control characters"
+            )));
+        }
+        let mut names = lock(&self.names);
+        if let Some(&holder) = names.get(name) {
+            if holder != conn.id() && read(&self.conns).contains_key(&holder) {
+                return Err(HandlerError::new(NAME_TAKEN));
+            }
+        }
+        if let Some(old) = conn.name() {
+            if names.get(&old) == Some(&conn.id()) {
+                names.remove(&old);
+            }
+        }
+        let name: Arc<str> = name.into();
+        names.insert(name.clone(), conn.id());
+        conn.insert(PeerName(name));
+        Ok(false)
+    }
+
+    /// Frees the name of a connection that has ended.
+    fn release_name(&self, conn: &Conn) {
+        if let Some(name) = conn.name() {
+            let mut names = lock(&self.names);
+            if names.get(&name) == Some(&conn.id()) {
+                names.remove(&name);
+            }
+        }
     }
 }
 

@@ -647,6 +647,14 @@ impl Conn {
         self.shared.pending.len()
     }
 
+    /// The name the peer gave with `drs.identify` (on a server connection),
+    /// if it gave one.
+    pub fn name(&self) -> Option<Arc<str>> {
+        lock(&self.shared.ext)
+            .get::<PeerName>()
+            .map(|n| n.0.clone())
+    }
+
     /// Attaches a value to the connection (one per type), e.g. the user an
     /// `on_connect` hook authenticated.
     pub fn insert<T: Send + Sync + 'static>(&self, value: T) -> Option<T> {
@@ -663,6 +671,10 @@ impl Conn {
         f(&mut lock(&self.shared.ext))
     }
 }
+
+/// The name a peer identified with, kept in the connection's extensions.
+#[derive(Clone)]
+pub(crate) struct PeerName(pub(crate) Arc<str>);
 
 /// Encodes one frame, checking the maximum frame size.
 pub(crate) fn encode_frame(
