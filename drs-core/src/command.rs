@@ -26,6 +26,10 @@ pub const IDENTIFY: &str = "drs.identify";
 pub const NAME_TAKEN: &str = "name taken";
 /// The longest name `drs.identify` accepts, in bytes.
 pub const MAX_NAME_LEN: usize = 256;
+/// The message of the `drs.error` a draining server (shutting down)
+/// answers new calls with: the call did not run, so it is safe to send it
+/// again elsewhere or later.
+pub const SHUTTING_DOWN: &str = "the server is shutting down";
 /// One item of a streamed reply (callee to caller), keyed like the call.
 pub const NEXT: &str = "drs.next";
 /// More credit for a streamed reply (caller to callee); the body is the

@@ -102,6 +102,7 @@ pub use codec::{BadFrame, FrameCodec, FrameTooLarge, FramedIo};
 pub use command::{
     is_control_action, is_reply_action, Body, Command, FromBody, CANCEL, CANCELLED, ERROR,
     EXCEPTION, IDENTIFY, INVALID_STREAM, MAX_NAME_LEN, MORE, NAME_TAKEN, NEXT, PING, RESPONSE,
+    SHUTTING_DOWN,
 };
 pub use conn::{Call, CallStream, Conn, ConnConfig};
 pub use error::{Error, RemoteError};

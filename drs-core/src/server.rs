@@ -22,7 +22,7 @@ use tokio_util::{sync::CancellationToken, task::TaskTracker};
 use crate::{
     budget::{MemoryBudget, ReadMeter, DEFAULT_MEMORY_BUDGET},
     close::CloseReason,
-    command::{MessageBody, ERROR, IDENTIFY, MAX_NAME_LEN, NAME_TAKEN},
+    command::{MessageBody, ERROR, IDENTIFY, MAX_NAME_LEN, NAME_TAKEN, SHUTTING_DOWN},
     conn::{encode_frame, Conn, ConnConfig, PeerName},
     error::Error,
     handler::{Handler, HandlerError, Msg, Outcome},
@@ -452,7 +452,7 @@ impl Server {
                     hook(conn.clone()).await?;
                 }
                 if server.inner.drain.is_cancelled() {
-                    return Err("the server is shutting down".to_string());
+                    return Err(SHUTTING_DOWN.to_string());
                 }
                 write(&server.inner.conns).insert(conn.id(), conn.clone());
                 admitted.store(true, std::sync::atomic::Ordering::Release);

@@ -12,7 +12,7 @@ use std::{
 
 use drs_core::{
     Client, CloseReason, Conn, ConnConfig, Dialer, Error, FromBody, Handler, Layer, Protocol,
-    IDENTIFY,
+    IDENTIFY, SHUTTING_DOWN,
 };
 use futures::Stream;
 use serde::{Deserialize, Serialize};
@@ -124,7 +124,10 @@ impl Drop for Owner {
 /// and reports what happens as [`SessionEvent`]s.
 ///
 /// Calls made while it is between connections wait for the next one
-/// within their own timeout, or fail at once ([`WhenDisconnected`]).
+/// within their own timeout, or fail at once ([`WhenDisconnected`]). A
+/// call that a server shutting down refuses (`drs.error`
+/// [`SHUTTING_DOWN`]: it did not run) waits for the next connection the
+/// same way.
 /// **A call in flight when its connection is lost fails with
 /// [`Error::Closed`] and is never sent again** — it may or may not have
 /// run on the server — unless its action was declared
@@ -503,14 +506,23 @@ impl Session {
     /// else [`Conn`] offers. The connection may be lost later like any.
     pub async fn conn(&self) -> Result<Conn, Error> {
         let timeout = self.inner.call_timeout;
-        self.conn_by(Instant::now() + timeout, timeout).await
+        self.conn_by(Instant::now() + timeout, timeout, None).await
     }
 
-    async fn conn_by(&self, deadline: Instant, timeout: Duration) -> Result<Conn, Error> {
+    /// The live connection, other than `avoid` (one whose server refused
+    /// the call because it is shutting down), by `deadline`.
+    async fn conn_by(
+        &self,
+        deadline: Instant,
+        timeout: Duration,
+        avoid: Option<u64>,
+    ) -> Result<Conn, Error> {
         let mut rx = self.inner.state.subscribe();
         loop {
             match &*rx.borrow_and_update() {
-                State::Connected(conn) if !conn.is_closed() => return Ok(conn.clone()),
+                State::Connected(conn) if !conn.is_closed() && Some(conn.id()) != avoid => {
+                    return Ok(conn.clone())
+                }
                 State::Closed => return Err(Error::Closed),
                 State::GaveUp => return Err(Error::NotConnected),
                 _ if self.inner.when == WhenDisconnected::Fail => return Err(Error::NotConnected),
@@ -622,13 +634,23 @@ where
             let deadline = Instant::now() + self.timeout;
             let resend = session.inner.idempotent.contains(&self.action);
             let mut resent = 0;
+            let mut refused_by = None;
             loop {
-                let conn = session.conn_by(deadline, self.timeout).await?;
+                let conn = session.conn_by(deadline, self.timeout, refused_by).await?;
                 let left = deadline.saturating_duration_since(Instant::now());
                 match conn.call::<R>(&self.action, &self.body).timeout(left).await {
                     Err(Error::Closed) if resend && resent < session.inner.max_resends => {
                         resent += 1;
                         tracing::debug!(action = %self.action, resent, "connection lost; sending an idempotent call again");
+                    }
+                    // Refused, not run: the server is draining. The next
+                    // connection (to its successor) gets it.
+                    Err(Error::Remote(e))
+                        if e.message == SHUTTING_DOWN
+                            && session.inner.when == WhenDisconnected::Wait =>
+                    {
+                        tracing::debug!(action = %self.action, "the server is shutting down; the call waits for the next connection");
+                        refused_by = Some(conn.id());
                     }
                     Err(Error::Timeout(_)) => return Err(Error::Timeout(self.timeout)),
                     other => return other,

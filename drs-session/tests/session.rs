@@ -3,7 +3,7 @@
 
 mod common;
 
-use std::time::Duration;
+use std::{future::IntoFuture, time::Duration};
 
 use common::{app, bounded, listen_tcp, next_event, until, until_event, Counts};
 use drs_core::{CloseReason, ConnConfig, Error, HandlerResult, Server};
@@ -546,6 +546,96 @@ async fn sessions_work_over_every_transport_and_protocol() {
         )
         .await;
         server.shutdown(Duration::ZERO).await;
+    })
+    .await;
+}
+
+/// A draining server refuses new calls (they did not run): a session's
+/// call waits for the next connection and goes out there.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_call_refused_by_a_server_shutting_down_goes_to_the_next_one() {
+    bounded(async {
+        let tagged = |tag: &'static str| {
+            let server = Server::new();
+            server.on("tag", move || async move { HandlerResult::Ok(tag) });
+            let release = std::sync::Arc::new(tokio::sync::Semaphore::new(0));
+            let blocked = std::sync::Arc::new(std::sync::atomic::AtomicUsize::new(0));
+            let (r, b) = (release.clone(), blocked.clone());
+            server.on("block", move || {
+                let r = r.clone();
+                b.fetch_add(1, std::sync::atomic::Ordering::SeqCst);
+                async move {
+                    r.acquire().await.expect("open").forget();
+                    HandlerResult::Ok(())
+                }
+            });
+            (server, release, blocked)
+        };
+        let (first, release, running) = tagged("first");
+        let addr = listen_tcp(&first, "127.0.0.1:0").await;
+        let session = Session::builder(TcpDialer::new(addr.clone()), Json)
+            .policy(fast())
+            .config(ConnConfig::default().call_timeout(Duration::from_secs(30)))
+            .connect()
+            .await
+            .expect("connect");
+        let failing = Session::builder(TcpDialer::new(addr.clone()), Json)
+            .when_disconnected(WhenDisconnected::Fail)
+            .connect()
+            .await
+            .expect("connect");
+        // A running call keeps each connection open through the drain.
+        let blocked = tokio::spawn(session.call::<Value, _>("block", ()).into_future());
+        let blocked_too = tokio::spawn(failing.call::<Value, _>("block", ()).into_future());
+        until("both block", || {
+            running.load(std::sync::atomic::Ordering::SeqCst) == 2
+        })
+        .await;
+        let tag: String = session.call("tag", ()).await.expect("tag");
+        assert_eq!(tag, "first");
+        let shutdown = {
+            let first = first.clone();
+            tokio::spawn(async move { first.shutdown(Duration::from_secs(30)).await })
+        };
+        until("the server is draining", || first.is_shutting_down()).await;
+        // Refused: with Fail the caller sees it ...
+        let refused = loop {
+            match failing.call::<String, _>("tag", ()).await {
+                Ok(_) => tokio::task::yield_now().await, // not draining yet
+                Err(e) => break e,
+            }
+        };
+        assert_eq!(
+            refused.remote().map(|r| r.message.as_str()),
+            Some(drs_core::SHUTTING_DOWN)
+        );
+        // ... with Wait the call waits for the next server. Once this
+        // connection refuses too (each connection sees the drain on its
+        // own), the call's first poll sends it, and a reply to a later
+        // frame shows the server has read (and refused) it.
+        let conn = session.current().expect("connected");
+        while conn.call::<Value>("drs.ping", ()).await.is_ok() {
+            tokio::task::yield_now().await;
+        }
+        let mut waiting = Box::pin(session.call::<String, _>("tag", ()).into_future());
+        assert!(futures::poll!(&mut waiting).is_pending());
+        let later = conn.call::<Value>("drs.ping", ()).await.unwrap_err();
+        assert!(later.is_remote(), "{later:?}");
+        let waiting = tokio::spawn(waiting);
+        release.add_permits(2);
+        blocked
+            .await
+            .expect("join")
+            .expect("the running call finished");
+        blocked_too
+            .await
+            .expect("join")
+            .expect("the running call finished");
+        shutdown.await.expect("shutdown");
+        let (second, _release, _) = tagged("second");
+        listen_tcp(&second, &addr).await;
+        assert_eq!(waiting.await.expect("join").expect("answered"), "second");
+        second.shutdown(Duration::ZERO).await;
     })
     .await;
 }

@@ -1,17 +1,19 @@
 //! A tour of drs from the client side: calls, fires, errors, timeouts, a
-//! server calling back, broadcast, concurrency.
+//! server calling back, broadcast, concurrency, and a session riding
+//! through a server restart.
 //!
 //! ```text
 //! cargo run --example client                     # starts the demo server in-process
 //! cargo run --example client -- 127.0.0.1:12000  # or talks to a running demo_server
 //! ```
 
-use std::{process::ExitCode, time::Duration};
+use std::{future::IntoFuture, process::ExitCode, time::Duration};
 
 use drs_core::{Client, Error, HandlerResult, Server};
 use drs_protocol_json::Json;
+use drs_session::{ReconnectPolicy, Session};
 use drs_transport_tcp::{TcpDialer, TcpListener};
-use examples::{demo_actions, init_tracing};
+use examples::{demo_actions, demo_actions_named, init_tracing};
 use serde_json::{json, Value};
 
 #[tokio::main]
@@ -110,6 +112,45 @@ async fn tour() -> Result<(), Box<dyn std::error::Error>> {
     conn.close();
     conn.closed().await;
     println!("closed");
+
+    session_through_a_restart().await
+}
+
+/// A named session rides through a restart of its server (one the tour
+/// starts and stops itself, on a port it picks).
+async fn session_through_a_restart() -> Result<(), Box<dyn std::error::Error>> {
+    println!("\na session through a server restart:");
+    let start = |addr: String, name: &'static str| async move {
+        let server = Server::new();
+        demo_actions_named(&server, name);
+        let addr = server.listen(TcpListener::bind(addr).await?, Json)?;
+        Ok::<_, std::io::Error>((server, addr))
+    };
+    let (server, addr) = start("127.0.0.1:0".into(), "first server").await?;
+    let session = Session::builder(TcpDialer::new(&addr), Json)
+        .name("tour")
+        .policy(ReconnectPolicy::default().initial_delay(Duration::from_millis(50)))
+        .on_event(|event| println!("  (session) {event:?}"))
+        .connect()
+        .await?;
+    let me: Value = session.call("session", ()).await?;
+    println!("session                -> {me}");
+
+    server.shutdown(Duration::ZERO).await;
+    println!("  (the server stopped; a call made now waits for the next connection)");
+    let waiting = tokio::spawn(session.call::<Value, _>("session", ()).into_future());
+    // The old port may take a moment to be free again.
+    let restarted = loop {
+        match start(addr.clone(), "second server").await {
+            Ok((server, _)) => break server,
+            Err(_) => tokio::time::sleep(Duration::from_millis(20)).await,
+        }
+    };
+    let me = waiting.await??;
+    println!("session                -> {me} (same name, new connection)");
+    session.close();
+    session.stopped().await;
+    restarted.shutdown(Duration::ZERO).await;
     Ok(())
 }
 
@@ -118,9 +159,7 @@ async fn futures_join<T>(calls: impl Iterator<Item = drs_core::Call<T>>) -> Resu
 where
     T: drs_core::FromBody + Send + 'static,
 {
-    let handles: Vec<_> = calls
-        .map(|c| tokio::spawn(std::future::IntoFuture::into_future(c)))
-        .collect();
+    let handles: Vec<_> = calls.map(|c| tokio::spawn(c.into_future())).collect();
     let mut out = Vec::with_capacity(handles.len());
     for h in handles {
         out.push(h.await.expect("call task")?);

@@ -1,5 +1,6 @@
-//! The demo server: `echo`, `add`, `sleep`, `fail`, `kaboom`, `shout` and
-//! `ask_back`, on any number of transports at once.
+//! The demo server: `echo`, `add`, `sleep`, `fail`, `kaboom`, `shout`,
+//! `ask_back`, `count`, `cached_time`, `pooled_sleep` and `session` (see
+//! [`examples::demo_actions`]), on any number of transports at once.
 //!
 //! ```text
 //! cargo run --example demo_server                                  # TCP on 127.0.0.1:12000, JSON
@@ -24,7 +25,7 @@ use drs_protocol_msgpack::MsgPack;
 use drs_transport_ipc::IpcListener;
 use drs_transport_tcp::{Keepalive, TcpListener};
 use drs_transport_ws::{WsConfig, WsListener};
-use examples::{demo_actions, init_tracing};
+use examples::{default_server_name, demo_actions_named, init_tracing};
 
 const USAGE: &str =
     "usage: demo_server [--protocol json|msgpack] [--tcp ADDR] [--ws ADDR] [--ipc PATH] ... [LIMITS]
@@ -43,7 +44,8 @@ limits (durations in seconds, fractions allowed; 0 turns an optional one off):
                               (unfinished frames, commands waiting)
   --max-outbound BYTES        bytes waiting to be written, per connection (default: 33554432)
   --max-frame BYTES           largest frame accepted or sent              (default: 8388608)
-  --slow-admission MS         a demo connect hook that takes this long    (default: 0)";
+  --slow-admission MS         a demo connect hook that takes this long    (default: 0)
+  --name NAME                 the server's name, as `session` answers     (default: HOSTNAME:PID)";
 
 /// The page served to browsers on the WebSocket listener's `/`.
 const PAGE: &str = include_str!("../browser/index.html");
@@ -60,6 +62,8 @@ struct Settings {
     config: ServerConfig,
     keepalive: Option<Keepalive>,
     slow_admission: Duration,
+    /// What `session` answers as the server's name.
+    name: String,
 }
 
 fn seconds(flag: &str, v: &str) -> Result<Duration, String> {
@@ -88,6 +92,7 @@ fn parse(args: impl Iterator<Item = String>) -> Result<Settings, String> {
     let mut config = ServerConfig::default();
     let mut keepalive = Some(Keepalive::default());
     let mut slow_admission = Duration::ZERO;
+    let mut name = None;
     let mut args = args.peekable();
     while let Some(flag) = args.next() {
         let mut value = || args.next().ok_or_else(|| format!("{flag} needs a value"));
@@ -109,6 +114,7 @@ fn parse(args: impl Iterator<Item = String>) -> Result<Settings, String> {
             "--slow-admission" => {
                 slow_admission = Duration::from_millis(count(f, &value()?)? as u64)
             }
+            "--name" => name = Some(value()?),
             "--tcp" => binds.push((Bind::Tcp(value()?), protocol.clone())),
             "--ws" => binds.push((Bind::Ws(value()?), protocol.clone())),
             "--ipc" => binds.push((Bind::Ipc(value()?), protocol.clone())),
@@ -130,6 +136,7 @@ fn parse(args: impl Iterator<Item = String>) -> Result<Settings, String> {
         config,
         keepalive,
         slow_admission,
+        name: name.unwrap_or_else(default_server_name),
     })
 }
 
@@ -150,7 +157,8 @@ async fn main() -> ExitCode {
     };
 
     let server = Server::with_config(settings.config);
-    demo_actions(&server);
+    demo_actions_named(&server, settings.name.clone());
+    tracing::info!(name = %settings.name, "demo server");
     let slow = settings.slow_admission;
     server.on_connect(move |conn| async move {
         if !slow.is_zero() {

@@ -3,7 +3,7 @@
 
 use std::time::Duration;
 
-use drs_core::{Body, HandlerError, HandlerResult, ItemSink, Msg, Server};
+use drs_core::{Body, Conn, HandlerError, HandlerResult, ItemSink, Msg, Server};
 use drs_layers::{Cache, Pool};
 use serde::Deserialize;
 
@@ -69,10 +69,41 @@ pub struct AskBack {
 /// | `count` | `{"n": n, "ms": m}` | streams 0..n-1, one every m ms, ends with n (without `"stream"`: the array) |
 /// | `cached_time` | — | the server's time in ms, cached for 2 s (server-wide) |
 /// | `pooled_sleep` | `{"ms": n}` | like `sleep`, 2 at once and 2 waiting server-wide; more: `drs.error` "queue full" |
+/// | `session` | — | `{"name": the caller's session name or null, "conn": its connection id, "server": the server's name}` |
+///
+/// The server's name is [`default_server_name`]; [`demo_actions_named`]
+/// sets another.
 ///
 /// Every call can be cancelled (`drs.cancel`): a cancelled `sleep` frees
 /// its slot at once.
 pub fn demo_actions(server: &Server) {
+    demo_actions_named(server, default_server_name());
+}
+
+/// `<hostname>:<pid>`: the demo server's name unless `--name` gives one.
+pub fn default_server_name() -> String {
+    let host = std::fs::read_to_string("/proc/sys/kernel/hostname")
+        .ok()
+        .or_else(|| std::env::var("HOSTNAME").ok())
+        .or_else(|| std::env::var("COMPUTERNAME").ok())
+        .map(|h| h.trim().to_string())
+        .filter(|h| !h.is_empty())
+        .unwrap_or_else(|| "localhost".to_string());
+    format!("{host}:{}", std::process::id())
+}
+
+/// [`demo_actions`], with `name` as the server's name (what `session`
+/// answers).
+pub fn demo_actions_named(server: &Server, name: impl Into<String>) {
+    let name: std::sync::Arc<str> = name.into().into();
+    server.on("session", move |conn: Conn| {
+        let answer = serde_json::json!({
+            "name": conn.name().as_deref(),
+            "conn": conn.id(),
+            "server": &*name,
+        });
+        async move { HandlerResult::Ok(answer) }
+    });
     server.on("echo", |body: Body| async move { HandlerResult::Ok(body) });
     server.on("add", |args: Add| async move {
         HandlerResult::Ok(args.a + args.b)

@@ -117,6 +117,37 @@ fn a_session_of_raw_json_lines() {
     );
 }
 
+/// `--name` and the `session` action: who the server is, who we are.
+#[test]
+fn session_names_the_caller_and_the_server() {
+    let server = DemoServer::start(&["--tcp", "127.0.0.1:0", "--name", "demo-7"]);
+    let mut alpha = client(&server);
+    let anonymous = alpha.call(r#"{"key":"1","action":"session"}"#);
+    assert_eq!(anonymous["body"]["name"], Value::Null);
+    assert_eq!(anonymous["body"]["server"], "demo-7");
+    assert!(anonymous["body"]["conn"].is_u64());
+    let ok = alpha.call(r#"{"key":"2","action":"drs.identify","body":{"name":"alpha"}}"#);
+    assert_eq!(ok["body"], json!({"resumed": false}));
+    let named = alpha.call(r#"{"key":"3","action":"session"}"#);
+    assert_eq!(named["body"]["name"], "alpha");
+    assert_eq!(named["body"]["conn"], anonymous["body"]["conn"]);
+
+    let mut other = client(&server);
+    let taken = other.call(r#"{"key":"1","action":"drs.identify","body":{"name":"alpha"}}"#);
+    assert_eq!(taken["action"], "drs.error");
+    assert_eq!(taken["body"]["message"], "name taken");
+
+    // Without --name the server is HOSTNAME:PID.
+    let unnamed = start();
+    let mut c = client(&unnamed);
+    let who = c.call(r#"{"key":"1","action":"session"}"#);
+    let server_name = who["body"]["server"].as_str().expect("a name");
+    assert!(
+        server_name.ends_with(&format!(":{}", unnamed.child.id())),
+        "{server_name}"
+    );
+}
+
 #[test]
 fn the_server_calls_the_raw_client_back() {
     let server = start();

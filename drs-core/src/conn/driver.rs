@@ -52,6 +52,7 @@ use crate::{
     codec::{BadFrame, FrameTooLarge},
     command::{
         is_reply_action, Command, MessageBody, CANCEL, CANCELLED, ERROR, EXCEPTION, RESPONSE,
+        SHUTTING_DOWN,
     },
     error::Error,
     handler::{Msg, Outcome},
@@ -715,8 +716,7 @@ impl<T: Transport> Driver<T> {
 
     fn refuse_draining(&mut self, cmd: &Command) {
         if let Some(key) = &cmd.key {
-            let msg = "the server is shutting down";
-            self.push_reply(key, &Outcome::Error(msg.to_owned()));
+            self.push_reply(key, &Outcome::Error(SHUTTING_DOWN.to_owned()));
         }
     }
 
