@@ -9,10 +9,10 @@ use std::{
     time::Duration,
 };
 
-use common::{bounded, listen_tcp, until};
+use common::{bounded, fast, listen_tcp, until};
 use drs_core::{Conn, ConnConfig, Error, HandlerResult, Server};
 use drs_protocol_json::Json;
-use drs_session::{Pool, ReconnectPolicy, DEFAULT_POOL_SIZE};
+use drs_session::{Pool, DEFAULT_POOL_SIZE};
 use drs_transport_tcp::TcpDialer;
 use tokio::sync::watch;
 
@@ -51,12 +51,6 @@ fn parking() -> Parking {
         seen,
         release,
     }
-}
-
-fn fast() -> ReconnectPolicy {
-    ReconnectPolicy::default()
-        .initial_delay(Duration::from_millis(10))
-        .max_delay(Duration::from_millis(50))
 }
 
 fn long_calls() -> ConnConfig {

@@ -5,18 +5,12 @@ mod common;
 
 use std::{future::IntoFuture, time::Duration};
 
-use common::{app, bounded, listen_tcp, next_event, until, until_event, Counts};
+use common::{app, bounded, fast, listen_tcp, next_event, tcp_session, until, until_event, Counts};
 use drs_core::{CloseReason, ConnConfig, Error, HandlerResult, Server};
 use drs_protocol_json::Json;
-use drs_session::{ReconnectPolicy, Session, SessionEvent, WhenDisconnected};
+use drs_session::{Session, SessionEvent, WhenDisconnected};
 use drs_transport_tcp::TcpDialer;
 use serde_json::{json, Value};
-
-fn fast() -> ReconnectPolicy {
-    ReconnectPolicy::default()
-        .initial_delay(Duration::from_millis(10))
-        .max_delay(Duration::from_millis(50))
-}
 
 /// Closes every connection of `server` from its side.
 fn drop_all(server: &Server) {
@@ -85,8 +79,7 @@ async fn a_call_in_flight_on_a_lost_connection_fails_at_once_and_is_never_sent_a
         let counts = Counts::default();
         let server = app(&counts);
         let addr = listen_tcp(&server, "127.0.0.1:0").await;
-        let session = Session::builder(TcpDialer::new(addr), Json)
-            .policy(fast())
+        let session = tcp_session(&addr)
             .config(ConnConfig::default().call_timeout(Duration::from_secs(30)))
             .connect()
             .await
@@ -115,8 +108,7 @@ async fn an_idempotent_call_is_sent_again_on_the_next_connection() {
         let counts = Counts::default();
         let server = app(&counts);
         let addr = listen_tcp(&server, "127.0.0.1:0").await;
-        let session = Session::builder(TcpDialer::new(addr.clone()), Json)
-            .policy(fast())
+        let session = tcp_session(&addr)
             .idempotent(["flaky"])
             .config(ConnConfig::default().call_timeout(Duration::from_secs(30)))
             .connect()
@@ -136,8 +128,7 @@ async fn an_idempotent_call_is_sent_again_on_the_next_connection() {
         assert_eq!(counts.flaky(), 2);
 
         // At most `max_resends` times: then the loss is the caller's.
-        let limited = Session::builder(TcpDialer::new(addr), Json)
-            .policy(fast())
+        let limited = tcp_session(&addr)
             .idempotent(["hang"])
             .max_resends(1)
             .config(ConnConfig::default().call_timeout(Duration::from_secs(30)))
@@ -166,13 +157,8 @@ async fn calls_between_connections_wait_or_fail_by_configuration() {
         let counts = Counts::default();
         let server = app(&counts);
         let addr = listen_tcp(&server, "127.0.0.1:0").await;
-        let waiting = Session::builder(TcpDialer::new(addr.clone()), Json)
-            .policy(fast())
-            .connect()
-            .await
-            .expect("connect");
-        let failing = Session::builder(TcpDialer::new(addr.clone()), Json)
-            .policy(fast())
+        let waiting = tcp_session(&addr).connect().await.expect("connect");
+        let failing = tcp_session(&addr)
             .when_disconnected(WhenDisconnected::Fail)
             .connect()
             .await
@@ -573,8 +559,7 @@ async fn a_call_refused_by_a_server_shutting_down_goes_to_the_next_one() {
         };
         let (first, release, running) = tagged("first");
         let addr = listen_tcp(&first, "127.0.0.1:0").await;
-        let session = Session::builder(TcpDialer::new(addr.clone()), Json)
-            .policy(fast())
+        let session = tcp_session(&addr)
             .config(ConnConfig::default().call_timeout(Duration::from_secs(30)))
             .connect()
             .await

@@ -12,7 +12,9 @@ use std::{
 };
 
 use drs_core::{Body, Conn, HandlerResult, Server};
-use drs_session::SessionEvent;
+use drs_protocol_json::Json;
+use drs_session::{ReconnectPolicy, Session, SessionBuilder, SessionEvent};
+use drs_transport_tcp::TcpDialer;
 use futures::{Stream, StreamExt};
 
 /// Every test is bounded by this.
@@ -23,6 +25,18 @@ pub async fn bounded<F: Future>(f: F) -> F::Output {
     tokio::time::timeout(LIMIT, f)
         .await
         .expect("the test finished within its time limit")
+}
+
+/// Reconnects quickly: 10 ms doubling to 50 ms.
+pub fn fast() -> ReconnectPolicy {
+    ReconnectPolicy::default()
+        .initial_delay(Duration::from_millis(10))
+        .max_delay(Duration::from_millis(50))
+}
+
+/// A session over TCP + JSON to `addr` that reconnects [`fast`].
+pub fn tcp_session(addr: &str) -> SessionBuilder<TcpDialer> {
+    Session::builder(TcpDialer::new(addr), Json).policy(fast())
 }
 
 /// Counts executions per action of the test app.
