@@ -31,10 +31,10 @@ fn sole_notice(got: &[Command]) -> String {
 }
 
 /// The close reasons of the connections that ended, in order.
-type Reasons = Arc<Mutex<Vec<Option<&'static str>>>>;
+pub(crate) type Reasons = Arc<Mutex<Vec<Option<&'static str>>>>;
 
 /// Records the close reason of every connection that ends, and counts them.
-fn record_close_reasons(server: &Server) -> (Reasons, Arc<Counter>) {
+pub(crate) fn record_close_reasons(server: &Server) -> (Reasons, Arc<Counter>) {
     let reasons = Arc::new(Mutex::new(Vec::new()));
     let gone = Arc::new(Counter::default());
     let (r, g) = (reasons.clone(), gone.clone());

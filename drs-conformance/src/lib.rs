@@ -31,8 +31,10 @@ use serde::Deserialize;
 use serde_json::{json, Value};
 
 mod behaviours;
+mod security;
 mod streams;
 pub use behaviours::*;
+pub use security::*;
 pub use streams::*;
 
 /// How long any one behaviour may take before it counts as hung.
@@ -488,7 +490,12 @@ macro_rules! conformance_suite {
                 cancel_stops_a_call_and_frees_its_slot,
                 dropping_a_call_cancels_it,
                 cancel_of_an_unknown_or_finished_key_is_ignored,
-                peer_vanishing_mid_stream_cleans_up
+                peer_vanishing_mid_stream_cleans_up,
+                auth_gates_every_command_until_authenticated,
+                auth_deadline_closes_an_unauthenticated_connection,
+                failed_auth_is_rate_limited_per_address,
+                jails_refuse_actions_outside_them,
+                connection_client_and_outbound_jails
             );
         }
     };

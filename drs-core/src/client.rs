@@ -88,6 +88,13 @@ impl Client {
         self
     }
 
+    /// Confines what the server may call or fire on this client to
+    /// `jail`: anything else gets `drs.error` "action not allowed: …" and
+    /// reaches no handler.
+    pub fn jail(self, jail: crate::Jail) -> Self {
+        self.layer(crate::auth::JailLayer(Arc::new(jail)))
+    }
+
     /// Adds a [`Layer`](crate::Layer) around the handler of one action.
     pub fn layer_for(self, action: impl Into<String>, layer: impl crate::Layer) -> Self {
         self.router.layer_for(action, Arc::new(layer));

@@ -37,6 +37,8 @@ pub enum CloseReason {
     TooManyConnections,
     /// The peer sent an oversize frame or too much garbage.
     BadPeer(String),
+    /// The peer did not authenticate within the admission deadline.
+    Unauthenticated,
     /// The transport failed.
     Io(Arc<io::Error>),
 }
@@ -58,6 +60,7 @@ impl CloseReason {
             CloseReason::BudgetExceeded => "budget_exceeded",
             CloseReason::TooManyConnections => "too_many_connections",
             CloseReason::BadPeer(_) => "bad_peer",
+            CloseReason::Unauthenticated => "unauthenticated",
             CloseReason::Io(_) => "io",
         }
     }
@@ -79,6 +82,9 @@ impl fmt::Display for CloseReason {
             CloseReason::BudgetExceeded => f.write_str("the server's memory budget is exceeded"),
             CloseReason::TooManyConnections => f.write_str("the server is at its connection limit"),
             CloseReason::BadPeer(why) => write!(f, "bad peer: {why}"),
+            CloseReason::Unauthenticated => {
+                f.write_str("the peer did not authenticate within the deadline")
+            }
             CloseReason::Io(e) => write!(f, "transport error: {e}"),
         }
     }

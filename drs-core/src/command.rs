@@ -18,6 +18,10 @@ pub const ERROR: &str = "drs.error";
 pub const EXCEPTION: &str = "drs.exception";
 /// The built-in action answering with the current time in ms since the epoch.
 pub const PING: &str = "drs.ping";
+/// Authenticates the connection (DESIGN §1b): body `{"token": …}` (or
+/// whatever the server's authenticator reads), answered with the
+/// identity's `{"name": …, "roles": […]}` or `drs.error`.
+pub const AUTH: &str = "drs.auth";
 /// Names the connection's peer (DESIGN §1b): body `{"name": …}`, answered
 /// with `{"resumed": bool}`, or `drs.error` [`NAME_TAKEN`].
 pub const IDENTIFY: &str = "drs.identify";

@@ -64,6 +64,11 @@ pub enum Error {
     /// was not sent.
     #[error("no connected peer is named {0:?}")]
     NoPeer(String),
+    /// The action is outside this side's outbound jail
+    /// ([`ConnConfig::outbound_jail`](crate::ConnConfig::outbound_jail)):
+    /// the command was not sent.
+    #[error("action not allowed: {0}")]
+    NotAllowed(String),
     /// A frame would exceed (or did exceed) the maximum frame size.
     #[error("frame of {len} bytes exceeds the maximum frame size of {limit} bytes")]
     FrameTooLarge {
@@ -108,7 +113,10 @@ impl Error {
     /// The command was never sent ([`NotConnected`](Error::NotConnected),
     /// [`NoPeer`](Error::NoPeer)): retrying it cannot run it twice.
     pub fn is_unsent(&self) -> bool {
-        matches!(self, Error::NotConnected | Error::NoPeer(_))
+        matches!(
+            self,
+            Error::NotConnected | Error::NoPeer(_) | Error::NotAllowed(_)
+        )
     }
 
     /// The error body sent by the remote side, for `drs.error` and `drs.exception`.

@@ -74,6 +74,7 @@
 //!
 //! - `test-util`: the in-memory transport ([`memory`]).
 
+mod auth;
 mod budget;
 mod client;
 mod close;
@@ -95,12 +96,16 @@ mod text;
 mod transcode;
 mod transport;
 
+pub use auth::{
+    CredentialSource, Credentials, Identity, Jail, DEFAULT_FAILURE_WINDOW, DEFAULT_MAX_FAILURES,
+    NOT_ALLOWED, UNAUTHENTICATED,
+};
 pub use budget::{BudgetExceeded, MemoryBudget, ReadMeter, DEFAULT_MEMORY_BUDGET};
 pub use client::{connect, Client};
 pub use close::CloseReason;
 pub use codec::{BadFrame, FrameCodec, FrameTooLarge, FramedIo};
 pub use command::{
-    is_control_action, is_reply_action, Body, Command, FromBody, CANCEL, CANCELLED, ERROR,
+    is_control_action, is_reply_action, Body, Command, FromBody, AUTH, CANCEL, CANCELLED, ERROR,
     EXCEPTION, IDENTIFY, INVALID_STREAM, MAX_NAME_LEN, MORE, NAME_TAKEN, NEXT, PING, RESPONSE,
     SHUTTING_DOWN,
 };

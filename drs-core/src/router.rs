@@ -186,6 +186,11 @@ impl Router {
         self.update(|t| t.layers.push(layer));
     }
 
+    /// Adds a layer outside every other (the server's gate).
+    pub(crate) fn layer_outermost(&self, layer: Arc<dyn Layer>) {
+        self.update(|t| t.layers.insert(0, layer));
+    }
+
     /// Adds a layer around one action's handler, inside those added before.
     pub(crate) fn layer_for(&self, action: impl Into<String>, layer: Arc<dyn Layer>) {
         let action = action.into();

@@ -101,6 +101,9 @@ pub struct ConnInfo {
     /// The request target (path and query, e.g. `/socket?token=abc`), for
     /// transports that have one.
     pub target: Option<String>,
+    /// The request's `Authorization` header, for transports that have one
+    /// (WebSocket).
+    pub authorization: Option<String>,
 }
 
 impl ConnInfo {
@@ -127,6 +130,12 @@ impl ConnInfo {
     /// Sets the request target.
     pub fn with_target(mut self, target: impl Into<String>) -> Self {
         self.target = Some(target.into());
+        self
+    }
+
+    /// Sets the `Authorization` header's value.
+    pub fn with_authorization(mut self, value: impl Into<String>) -> Self {
+        self.authorization = Some(value.into());
         self
     }
 

@@ -7,7 +7,9 @@
 //!   answered with a `drs.error` and skipped.
 //! - Any path is accepted. The request target, with its query string, is in
 //!   [`ConnInfo::target`](drs_core::ConnInfo), so an `on_connect` hook can
-//!   authenticate (`conn.info().query_param("token")`) or reject.
+//!   authenticate (`conn.info().query_param("token")`) or reject; the
+//!   `Authorization` header is in `ConnInfo::authorization`. Both feed
+//!   `Server::authenticate`.
 //! - Keepalive: a ping every [`WsConfig::keepalive`] interval (default 30 s);
 //!   a peer that sends nothing for a whole interval after a ping is
 //!   disconnected (close reason `KeepaliveFailed`), and its pending calls
@@ -472,10 +474,16 @@ async fn server_handshake(
         meter: Some(spec.meter.clone()),
     };
     let mut seen_target = None;
+    let mut seen_authorization = None;
     // The error type is tungstenite's (an HTTP response), not ours to shrink.
     #[allow(clippy::result_large_err)]
     let remember_target = |req: &Request, resp: Response| {
         seen_target = Some(req.uri().to_string());
+        seen_authorization = req
+            .headers()
+            .get("authorization")
+            .and_then(|v| v.to_str().ok())
+            .map(str::to_string);
         Ok(resp)
     };
     let ws = tokio_tungstenite::accept_hdr_async_with_config(
@@ -485,7 +493,10 @@ async fn server_handshake(
     )
     .await
     .map_err(|e| ws_error(e, spec.max_frame_len))?;
-    let info = info.with_target(seen_target.unwrap_or(target));
+    let mut info = info.with_target(seen_target.unwrap_or(target));
+    if let Some(authorization) = seen_authorization {
+        info = info.with_authorization(authorization);
+    }
     Ok((WsTransport::new(ws, &spec, &config), info))
 }
 

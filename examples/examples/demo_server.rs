@@ -17,9 +17,14 @@
 //! Every limit of the server can be set from the command line, so each can
 //! be tried from a shell (`demo_server --help` lists them with defaults).
 
-use std::{process::ExitCode, sync::Arc, time::Duration};
+use std::{
+    collections::HashMap,
+    process::ExitCode,
+    sync::{Arc, RwLock},
+    time::Duration,
+};
 
-use drs_core::{Protocol, Server, ServerConfig};
+use drs_core::{Credentials, Identity, Jail, Protocol, Server, ServerConfig};
 use drs_protocol_json::Json;
 use drs_protocol_msgpack::MsgPack;
 use drs_transport_ipc::IpcListener;
@@ -45,7 +50,14 @@ limits (durations in seconds, fractions allowed; 0 turns an optional one off):
   --max-outbound BYTES        bytes waiting to be written, per connection (default: 33554432)
   --max-frame BYTES           largest frame accepted or sent              (default: 8388608)
   --slow-admission MS         a demo connect hook that takes this long    (default: 0)
-  --name NAME                 the server's name, as `session` answers     (default: HOSTNAME:PID)";
+  --name NAME                 the server's name, as `session` answers     (default: HOSTNAME:PID)
+
+security:
+  --token TOKEN               the listeners after it require drs.auth {\"token\": TOKEN}
+                              (or ?token=TOKEN on WebSocket); the admission timeout is
+                              the deadline to authenticate; 5 failures a minute per address
+  --jail PATTERNS             allowlist of actions for every connection (comma-separated;
+                              `billing.*` is a prefix); others get \"action not allowed\"";
 
 /// The page served to browsers on the WebSocket listener's `/`.
 const PAGE: &str = include_str!("../browser/index.html");
@@ -58,7 +70,9 @@ enum Bind {
 
 /// What to listen on, each with its protocol, and the limits.
 struct Settings {
-    binds: Vec<(Bind, Arc<dyn Protocol>)>,
+    /// Each listener with its protocol and the token it requires.
+    binds: Vec<(Bind, Arc<dyn Protocol>, Option<String>)>,
+    jail: Option<Jail>,
     config: ServerConfig,
     keepalive: Option<Keepalive>,
     slow_admission: Duration,
@@ -93,6 +107,8 @@ fn parse(args: impl Iterator<Item = String>) -> Result<Settings, String> {
     let mut keepalive = Some(Keepalive::default());
     let mut slow_admission = Duration::ZERO;
     let mut name = None;
+    let mut token: Option<String> = None;
+    let mut jail = None;
     let mut args = args.peekable();
     while let Some(flag) = args.next() {
         let mut value = || args.next().ok_or_else(|| format!("{flag} needs a value"));
@@ -115,9 +131,17 @@ fn parse(args: impl Iterator<Item = String>) -> Result<Settings, String> {
                 slow_admission = Duration::from_millis(count(f, &value()?)? as u64)
             }
             "--name" => name = Some(value()?),
-            "--tcp" => binds.push((Bind::Tcp(value()?), protocol.clone())),
-            "--ws" => binds.push((Bind::Ws(value()?), protocol.clone())),
-            "--ipc" => binds.push((Bind::Ipc(value()?), protocol.clone())),
+            "--token" => {
+                let t = value()?;
+                if t.is_empty() {
+                    return Err("--token: the token is empty".into());
+                }
+                token = Some(t);
+            }
+            "--jail" => jail = Some(Jail::parse(&value()?).map_err(|e| format!("--jail: {e}"))?),
+            "--tcp" => binds.push((Bind::Tcp(value()?), protocol.clone(), token.clone())),
+            "--ws" => binds.push((Bind::Ws(value()?), protocol.clone(), token.clone())),
+            "--ipc" => binds.push((Bind::Ipc(value()?), protocol.clone(), token.clone())),
             "--protocol" => {
                 protocol = match value()?.as_str() {
                     "json" => Arc::new(Json),
@@ -129,7 +153,7 @@ fn parse(args: impl Iterator<Item = String>) -> Result<Settings, String> {
         }
     }
     if binds.is_empty() {
-        binds.push((Bind::Tcp("127.0.0.1:12000".into()), protocol));
+        binds.push((Bind::Tcp("127.0.0.1:12000".into()), protocol, token));
     }
     Ok(Settings {
         binds,
@@ -137,6 +161,7 @@ fn parse(args: impl Iterator<Item = String>) -> Result<Settings, String> {
         keepalive,
         slow_admission,
         name: name.unwrap_or_else(default_server_name),
+        jail,
     })
 }
 
@@ -180,8 +205,44 @@ async fn main() -> ExitCode {
         tracing::info!(id = conn.id(), %reason, "client disconnected")
     });
 
+    if let Some(jail) = settings.jail {
+        tracing::info!(%jail, "every connection is jailed");
+        server.jail(jail);
+    }
+    // The token each listener requires, by its address (known once bound).
+    let tokens: Arc<RwLock<HashMap<String, Option<String>>>> = Arc::default();
+    if settings.binds.iter().any(|(_, _, token)| token.is_some()) {
+        // Listeners without a token admit everyone, as "anonymous".
+        let open = tokens.clone();
+        server.on_connect(move |conn| {
+            let required = listener_token(&open, conn.info().local_addr.as_deref());
+            async move {
+                if let Some(None) = required {
+                    conn.authenticate_as(Identity::new("anonymous"));
+                }
+                Ok::<_, std::convert::Infallible>(())
+            }
+        });
+        let required = tokens.clone();
+        server.authenticate(move |creds: Credentials| {
+            let expected = listener_token(&required, creds.info.local_addr.as_deref());
+            async move {
+                match (expected, creds.token) {
+                    (Some(Some(expected)), Some(given)) if expected == given => {
+                        Ok(Identity::new("token holder"))
+                    }
+                    (Some(Some(_)), Some(_)) => Err("bad token".to_string()),
+                    (Some(Some(_)), None) => Err("no token".to_string()),
+                    (Some(None), _) => Ok(Identity::new("anonymous")),
+                    // Accepted before its listener was recorded: fail closed.
+                    (None, _) => Err("the listener is not ready".to_string()),
+                }
+            }
+        });
+    }
+
     let keepalive = settings.keepalive;
-    for (bind, protocol) in settings.binds {
+    for (bind, protocol, token) in settings.binds {
         let (kind, asked, bound) = match bind {
             Bind::Tcp(addr) => {
                 let bound = match TcpListener::bind(&addr).await {
@@ -207,7 +268,10 @@ async fn main() -> ExitCode {
             }
         };
         match bound {
-            Ok(addr) => announce(&format!("listening {kind} {addr}")),
+            Ok(addr) => {
+                tokens.write().unwrap().insert(addr.clone(), token);
+                announce(&format!("listening {kind} {addr}"))
+            }
             Err(e) => {
                 eprintln!("cannot listen on {kind} {asked}: {e}");
                 return ExitCode::FAILURE;
@@ -221,6 +285,16 @@ async fn main() -> ExitCode {
     tracing::info!("shutting down");
     server.shutdown(Duration::from_secs(5)).await;
     ExitCode::SUCCESS
+}
+
+/// The token the listener at `local` requires: `Some(None)` for an open
+/// one, `None` for one not recorded yet (treated as closed).
+fn listener_token(
+    tokens: &RwLock<HashMap<String, Option<String>>>,
+    local: Option<&str>,
+) -> Option<Option<String>> {
+    let tokens = tokens.read().unwrap();
+    local.and_then(|addr| tokens.get(addr).cloned())
 }
 
 /// Prints a line on stdout and flushes it (tests read it through a pipe).

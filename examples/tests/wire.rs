@@ -148,6 +148,62 @@ fn session_names_the_caller_and_the_server() {
     );
 }
 
+/// `--token` guards the listeners after it, `--jail` every connection.
+#[test]
+fn token_and_jail_flags() {
+    let server = DemoServer::start(&[
+        "--jail",
+        "echo,add,session",
+        "--tcp",
+        "127.0.0.1:0",
+        "--token",
+        "s3cret",
+        "--tcp",
+        "127.0.0.1:0",
+        "--admission-timeout",
+        "0.3",
+    ]);
+    let open_addr = server.addr(0).to_string();
+    let guarded_addr = server.addr(1).to_string();
+    let connect = |addr: &str| {
+        let stream = TcpStream::connect(addr).expect("connect");
+        stream.set_read_timeout(Some(READ_TIMEOUT)).unwrap();
+        Peer {
+            reader: BufReader::new(stream.try_clone().unwrap()),
+            stream,
+        }
+    };
+
+    // The open listener: no token needed, but the jail holds.
+    let mut open = connect(&open_addr);
+    let echoed = open.call(r#"{"key":"1","action":"echo","body":"hi"}"#);
+    assert_eq!(echoed["body"], "hi");
+    let refused = open.call(r#"{"key":"2","action":"kaboom"}"#);
+    assert_eq!(refused["body"]["message"], "action not allowed: kaboom");
+
+    // The guarded one: nothing before drs.auth, a bad token is refused.
+    let mut guarded = connect(&guarded_addr);
+    let refused = guarded.call(r#"{"key":"1","action":"echo","body":"hi"}"#);
+    assert_eq!(refused["body"]["message"], "unauthenticated");
+    let bad = guarded.call(r#"{"key":"2","action":"drs.auth","body":{"token":"nope"}}"#);
+    assert_eq!(bad["body"]["message"], "authentication failed: bad token");
+    let ok = guarded.call(r#"{"key":"3","action":"drs.auth","body":{"token":"s3cret"}}"#);
+    assert_eq!(ok["action"], "drs.response");
+    let echoed = guarded.call(r#"{"key":"4","action":"echo","body":"hi"}"#);
+    assert_eq!(echoed["body"], "hi");
+    let refused = guarded.call(r#"{"key":"5","action":"sleep","body":{"ms":1}}"#);
+    assert_eq!(refused["body"]["message"], "action not allowed: sleep");
+
+    // One that never authenticates is told so and closed.
+    let mut idle = connect(&guarded_addr);
+    let notice = idle.recv();
+    assert_eq!(
+        notice["body"]["message"],
+        "authentication deadline exceeded"
+    );
+    idle.expect_eof();
+}
+
 #[test]
 fn the_server_calls_the_raw_client_back() {
     let server = start();
@@ -287,6 +343,19 @@ fn bad_arguments_are_refused() {
         .output()
         .unwrap();
     assert_eq!(out.status.code(), Some(2));
+    for (args, says) in [
+        (&["--jail", "a*"][..], "--jail: bad action pattern"),
+        (&["--jail", "a,,b"][..], "--jail: an empty action pattern"),
+        (&["--token", ""][..], "--token: the token is empty"),
+    ] {
+        let out = Command::new(example_path("demo_server"))
+            .args(args)
+            .output()
+            .unwrap();
+        assert_eq!(out.status.code(), Some(2), "{args:?}");
+        let stderr = String::from_utf8_lossy(&out.stderr);
+        assert!(stderr.contains(says), "{args:?}: {stderr}");
+    }
 }
 
 #[test]

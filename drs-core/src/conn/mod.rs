@@ -103,6 +103,11 @@ pub struct ConnConfig {
     /// round trip, so the window bounds its rate: on loopback, 16 gave a
     /// third of what 64 gives (`drs-bench --only Stream`).
     pub stream_window: u32,
+    /// The actions this side may call or fire on the peer (a server's
+    /// limit on what it asks of its clients, a client's of a server);
+    /// others fail with [`Error::NotAllowed`] and are not sent. Default:
+    /// none (all allowed).
+    pub outbound_jail: Option<crate::Jail>,
 }
 
 impl Default for ConnConfig {
@@ -122,6 +127,7 @@ impl Default for ConnConfig {
             write_stall_timeout: Some(Duration::from_secs(30)),
             handler_timeout: None,
             stream_window: 64,
+            outbound_jail: None,
         }
     }
 }
@@ -202,6 +208,12 @@ impl ConnConfig {
     /// Sets the default handler deadline (`None`: none).
     pub fn handler_timeout(mut self, timeout: Option<Duration>) -> Self {
         self.handler_timeout = timeout;
+        self
+    }
+
+    /// Sets the actions this side may call or fire on the peer.
+    pub fn outbound_jail(mut self, jail: Option<crate::Jail>) -> Self {
+        self.outbound_jail = jail;
         self
     }
 
@@ -321,12 +333,19 @@ pub(crate) struct Shared {
     /// Set by the driver when the connection ends; a close requested with
     /// a reason (a slow consumer) puts it here first.
     pub(crate) close_reason: Mutex<Option<CloseReason>>,
+    /// Who the peer is, once authenticated.
+    pub(crate) identity: std::sync::OnceLock<Arc<crate::Identity>>,
 }
 
 impl Shared {
     /// Queues a frame, waiting for room in bytes and frames; fails with
     /// [`Error::Closed`] if the connection closes meanwhile.
     pub(crate) async fn send(&self, tx: &mpsc::Sender<Bytes>, frame: Bytes) -> Result<(), Error> {
+        // The driver says the connection is closed before it drops its end
+        // of the channel: a frame sent in between would vanish unreported.
+        if self.closed.is_cancelled() {
+            return Err(Error::Closed);
+        }
         if self.outbound.is_full() {
             tokio::select! {
                 () = self.outbound.room() => {}
@@ -390,6 +409,7 @@ impl Conn {
         let shared = Arc::new(Shared {
             outbound: Outbound::new(config.max_outbound),
             close_reason: Mutex::new(None),
+            identity: std::sync::OnceLock::new(),
             id: NEXT_CONN_ID.fetch_add(1, Ordering::Relaxed),
             weak_tx: tx.downgrade(),
             info,
@@ -483,7 +503,9 @@ impl Conn {
         action: &str,
         body: impl Serialize,
     ) -> impl Future<Output = Result<(), Error>> + Send + 'static {
-        let frame = self.encode(None, action, OutBody::Value(&body));
+        let frame = self
+            .check_outbound(action)
+            .and_then(|()| self.encode(None, action, OutBody::Value(&body)));
         let conn = self.clone();
         async move { conn.shared.send(&conn.tx, frame?).await }
     }
@@ -504,12 +526,22 @@ impl Conn {
     pub fn call<R>(&self, action: &str, body: impl Serialize) -> Call<R> {
         let key = self.shared.next_key.fetch_add(1, Ordering::Relaxed);
         let mut digits = KeyText::default();
-        let frame = self.encode(Some(digits.format(key)), action, OutBody::Value(&body));
+        let frame = self
+            .check_outbound(action)
+            .and_then(|()| self.encode(Some(digits.format(key)), action, OutBody::Value(&body)));
         Call {
             conn: self.clone(),
             prepared: frame.map(|f| (key, f)),
             timeout: self.shared.config.call_timeout,
             _reply: PhantomData,
+        }
+    }
+
+    /// Whether the outbound jail lets us send `action`.
+    fn check_outbound(&self, action: &str) -> Result<(), Error> {
+        match &self.shared.config.outbound_jail {
+            Some(jail) if !jail.allows(action) => Err(Error::NotAllowed(action.to_string())),
+            _ => Ok(()),
         }
     }
 
@@ -548,14 +580,16 @@ impl Conn {
         let key = self.shared.next_key.fetch_add(1, Ordering::Relaxed);
         let mut digits = KeyText::default();
         let window = self.shared.config.stream_window;
-        let frame = encode_frame(
-            &*self.shared.protocol,
-            self.shared.config.max_frame_len,
-            &Outgoing::new(action)
-                .key(Some(digits.format(key)))
-                .body(OutBody::Value(&body))
-                .stream(Some(window)),
-        );
+        let frame = self.check_outbound(action).and_then(|()| {
+            encode_frame(
+                &*self.shared.protocol,
+                self.shared.config.max_frame_len,
+                &Outgoing::new(action)
+                    .key(Some(digits.format(key)))
+                    .body(OutBody::Value(&body))
+                    .stream(Some(window)),
+            )
+        });
         CallStream::new(self.clone(), key, frame, window)
     }
 
@@ -645,6 +679,42 @@ impl Conn {
     /// How many calls on this connection are waiting for a reply.
     pub fn pending_calls(&self) -> usize {
         self.shared.pending.len()
+    }
+
+    /// Who the peer is, once an authenticator said so (see
+    /// [`Server::authenticate`](crate::Server::authenticate)).
+    pub fn identity(&self) -> Option<Arc<crate::Identity>> {
+        self.shared.identity.get().cloned()
+    }
+
+    /// Records who the peer is, as a connect hook that authenticated it
+    /// by other means would (a client certificate, a network it trusts);
+    /// `false` (and nothing changes) when it already has an identity.
+    pub fn authenticate_as(&self, identity: crate::Identity) -> bool {
+        self.set_identity(identity)
+    }
+
+    /// Records the peer's identity; `false` (and nothing changes) when it
+    /// already has one.
+    pub(crate) fn set_identity(&self, identity: crate::Identity) -> bool {
+        self.shared.identity.set(Arc::new(identity)).is_ok()
+    }
+
+    /// Confines what the peer may call on this connection to `jail`
+    /// (inside any server, role or identity jail): anything else gets
+    /// `drs.error` "action not allowed: …" and reaches no handler.
+    /// `drs.ping`, `drs.auth` and `drs.identify` are always allowed.
+    pub fn jail(&self, jail: crate::Jail) -> &Self {
+        self.layer(crate::auth::JailLayer(Arc::new(jail)))
+    }
+
+    /// Tells the peer why (a keyless `drs.error`) and closes for `reason`.
+    pub(crate) fn close_with_notice(&self, message: &str, reason: CloseReason) {
+        let body = crate::command::MessageBody(message);
+        if let Ok(frame) = self.encode(None, crate::command::ERROR, OutBody::Value(&body)) {
+            let _ = self.try_send_frame(frame);
+        }
+        self.shared.close_for(reason);
     }
 
     /// The name the peer gave with `drs.identify` (on a server connection),
