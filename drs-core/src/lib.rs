@@ -70,6 +70,21 @@
 //!   `drs.error` saying so: past that point a byte stream cannot be trusted
 //!   to be in sync.
 //!
+//! # Who may talk, and what they may ask
+//!
+//! - [`Server::authenticate`] requires every connection to authenticate
+//!   (`drs.auth`, or WebSocket `?token=` / `Authorization`): until then
+//!   only `drs.auth` and `drs.ping` are served ("unauthenticated"); the
+//!   [`Identity`] it returns is on [`Msg::identity`]; the admission
+//!   deadline closes the unauthenticated; failures are counted per address.
+//! - [`Jail`]s (allowlists of actions) per server ([`Server::jail`]), role
+//!   ([`Server::jail_role`]), identity, connection ([`Conn::jail`]) and
+//!   client ([`Client::jail`]); what is outside gets "action not allowed:
+//!   …" and reaches no handler. [`ConnConfig::outbound_jail`] limits what
+//!   this side sends.
+//! - [`Server::peers`], [`Server::call_named`] and [`Server::fire_named`]
+//!   reach peers by the name they gave with `drs.identify`.
+//!
 //! # Features
 //!
 //! - `test-util`: the in-memory transport ([`memory`]).

@@ -323,8 +323,8 @@ impl Server {
     ///   identity is then on every [`Msg::identity`] of the connection, and
     ///   a second `drs.auth` is refused.
     /// - Failures are logged with the peer's address, and counted per
-    ///   address: past [`DEFAULT_MAX_FAILURES`] within
-    ///   [`DEFAULT_FAILURE_WINDOW`] that address's attempts are refused
+    ///   address: past [`DEFAULT_MAX_FAILURES`](crate::DEFAULT_MAX_FAILURES) within
+    ///   [`DEFAULT_FAILURE_WINDOW`](crate::DEFAULT_FAILURE_WINDOW) that address's attempts are refused
     ///   until the window ends ([`auth_failure_limit`](Server::auth_failure_limit)).
     ///
     /// ```
@@ -361,7 +361,7 @@ impl Server {
 
     /// Sets how many failed authentications an address may make within
     /// `window` before its attempts are refused (defaults:
-    /// [`DEFAULT_MAX_FAILURES`] in [`DEFAULT_FAILURE_WINDOW`]).
+    /// [`DEFAULT_MAX_FAILURES`](crate::DEFAULT_MAX_FAILURES) in [`DEFAULT_FAILURE_WINDOW`](crate::DEFAULT_FAILURE_WINDOW)).
     pub fn auth_failure_limit(&self, max: u32, window: Duration) -> &Self {
         self.inner.gate.limiter.set(max, window);
         self
