@@ -226,6 +226,16 @@ pub async fn pending_calls_fail_at_once_on_disconnect(pair: Pair) {
     assert!(conn.fire("echo", 1).await.unwrap_err().is_closed());
 
     // The other way round: the server waits on the client, the client leaves.
+    // (The first connection may still be listed while it lingers: wait for
+    // it to go, so that the one picked below is the new client's.)
+    let gone = Arc::new(Counter::default());
+    let g = gone.clone();
+    server.on_disconnect(move |_| {
+        g.incr();
+    });
+    if server.connection_count() > 0 {
+        gone.reach(1).await;
+    }
     let entered = Arc::new(Counter::default());
     let hang = entered.clone();
     let client = long_timeout().on("hang", move || {
