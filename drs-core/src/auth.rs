@@ -401,23 +401,27 @@ pub(crate) fn peer_ip(info: &ConnInfo) -> Option<IpAddr> {
         .ok()
 }
 
-/// The token a WebSocket request carries: `?token=` first, then an
-/// `Authorization` header (its `Bearer ` prefix removed).
+/// The credentials the transport carried: a WebSocket request's
+/// `?token=`, then its `Authorization` header (its `Bearer ` prefix
+/// removed), then a TLS client certificate (no token; the certificate is
+/// in [`ConnInfo::peer_certificate`]).
 pub(crate) fn transport_credentials(info: &ConnInfo) -> Option<Credentials> {
     let (source, token) = if let Some(token) = info.query_param("token") {
-        (CredentialSource::Query, token.into_owned())
+        (CredentialSource::Query, Some(token.into_owned()))
     } else if let Some(header) = &info.authorization {
         let token = header
             .strip_prefix("Bearer ")
             .or_else(|| header.strip_prefix("bearer "))
             .unwrap_or(header);
-        (CredentialSource::Header, token.to_string())
+        (CredentialSource::Header, Some(token.to_string()))
+    } else if info.peer_certificate.is_some() {
+        (CredentialSource::Certificate, None)
     } else {
         return None;
     };
     Some(Credentials {
         source,
-        token: Some(token),
+        token,
         body: None,
         info: info.clone(),
     })

@@ -137,7 +137,9 @@ pub use protocol::{
 pub use server::{Peer, Server, ServerConfig};
 pub use stream::{IntoReply, ItemSink, Produced, Streamed};
 pub use text::Text;
-pub use transport::{ConnInfo, Dialer, FrameSpec, Listener, Transport, DEFAULT_MAX_FRAME_LEN};
+pub use transport::{
+    ConnInfo, Dialer, FrameSpec, Listener, PeerCertificate, Transport, DEFAULT_MAX_FRAME_LEN,
+};
 
 #[doc(hidden)]
 pub use erased_serde;

@@ -1,7 +1,7 @@
 //! What a transport is: a [`Transport`] moves whole frames; a [`Listener`]
 //! accepts them from peers; a [`Dialer`] connects to one.
 
-use std::{borrow::Cow, future::Future, io};
+use std::{borrow::Cow, future::Future, io, sync::Arc};
 
 use bytes::Bytes;
 use futures::{Sink, Stream};
@@ -104,6 +104,41 @@ pub struct ConnInfo {
     /// The request's `Authorization` header, for transports that have one
     /// (WebSocket).
     pub authorization: Option<String>,
+    /// The certificate the peer presented over TLS (mutual TLS), verified.
+    pub peer_certificate: Option<Arc<PeerCertificate>>,
+}
+
+/// A verified TLS peer certificate, as connect hooks, authenticators and
+/// handlers see it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+#[non_exhaustive]
+pub struct PeerCertificate {
+    /// The subject's distinguished name (`CN=alice, O=Acme`).
+    pub subject: String,
+    /// The subject's common name, if it has one.
+    pub common_name: Option<String>,
+    /// The subject alternative names: DNS names, IP addresses, e-mail
+    /// addresses and URIs, as text.
+    pub sans: Vec<String>,
+    /// The certificate, DER-encoded.
+    pub der: Vec<u8>,
+}
+
+impl PeerCertificate {
+    /// A certificate's identity.
+    pub fn new(
+        subject: impl Into<String>,
+        common_name: Option<String>,
+        sans: Vec<String>,
+        der: Vec<u8>,
+    ) -> Self {
+        Self {
+            subject: subject.into(),
+            common_name,
+            sans,
+            der,
+        }
+    }
 }
 
 impl ConnInfo {
@@ -130,6 +165,12 @@ impl ConnInfo {
     /// Sets the request target.
     pub fn with_target(mut self, target: impl Into<String>) -> Self {
         self.target = Some(target.into());
+        self
+    }
+
+    /// Sets the TLS peer certificate.
+    pub fn with_peer_certificate(mut self, cert: PeerCertificate) -> Self {
+        self.peer_certificate = Some(Arc::new(cert));
         self
     }
 
