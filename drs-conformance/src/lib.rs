@@ -52,6 +52,9 @@ pub enum Net {
     Ws,
     /// A Unix domain socket (a named pipe on Windows) in the temp directory.
     Ipc,
+    /// TLS over TCP on 127.0.0.1 (drs-tls), with a CA and a certificate
+    /// for `localhost` made for the run.
+    Tls,
 }
 
 impl Net {
@@ -62,6 +65,7 @@ impl Net {
             Net::Tcp => "tcp",
             Net::Ws => "ws",
             Net::Ipc => "ipc",
+            Net::Tls => "tls",
         }
     }
 }
@@ -167,6 +171,16 @@ impl Pair {
                     .expect("listen");
                 Place::Ws(format!("ws://{addr}/socket?suite=1"))
             }
+            Net::Tls => {
+                let listener = drs_tls::TlsListener::bind("127.0.0.1:0", test_pki().0.clone())
+                    .await
+                    .expect("bind");
+                Place::Tls(
+                    server
+                        .listen_arc(listener, protocol.clone())
+                        .expect("listen"),
+                )
+            }
             Net::Ipc => {
                 let path = temp_socket_path();
                 let listener = IpcListener::bind(path.clone()).expect("bind");
@@ -186,6 +200,36 @@ pub(crate) enum Place {
     Tcp(String),
     Ws(String),
     Ipc(String),
+    Tls(String),
+}
+
+/// The TLS settings of the run: a server certificate for `localhost`
+/// from a CA made at start, and a client trusting that CA.
+fn test_pki() -> &'static (drs_tls::ServerTls, drs_tls::ClientTls) {
+    static PKI: std::sync::OnceLock<(drs_tls::ServerTls, drs_tls::ClientTls)> =
+        std::sync::OnceLock::new();
+    PKI.get_or_init(|| {
+        use rcgen::{BasicConstraints, CertificateParams, CertifiedIssuer, IsCa, KeyPair};
+        let mut ca = CertificateParams::new(Vec::<String>::new()).expect("CA params");
+        ca.is_ca = IsCa::Ca(BasicConstraints::Unconstrained);
+        let ca = CertifiedIssuer::self_signed(ca, KeyPair::generate().expect("key")).expect("CA");
+        let leaf = CertificateParams::new(vec!["localhost".to_string()]).expect("params");
+        let key = KeyPair::generate().expect("key");
+        let cert = leaf.signed_by(&key, &ca).expect("certificate");
+        let server =
+            drs_tls::ServerTls::from_pem(cert.pem().as_bytes(), key.serialize_pem().as_bytes())
+                .and_then(|b| b.build())
+                .expect("server TLS");
+        let client = drs_tls::ClientTls::builder()
+            .trust_pem(ca.pem().as_bytes())
+            .and_then(|b| b.build())
+            .expect("client TLS");
+        (server, client)
+    })
+}
+
+fn tls_dialer(addr: &str) -> drs_tls::TlsDialer {
+    drs_tls::TlsDialer::new(addr, test_pki().1.clone()).server_name("localhost")
 }
 
 /// A fresh socket path for this process.
@@ -208,6 +252,7 @@ impl Place {
             Place::Tcp(addr) => client.connect(TcpDialer::new(addr), protocol).await,
             Place::Ws(url) => client.connect(WsDialer::new(url), protocol).await,
             Place::Ipc(path) => client.connect(IpcDialer::new(path), protocol).await,
+            Place::Tls(addr) => client.connect(tls_dialer(addr), protocol).await,
         }
     }
 }
@@ -252,6 +297,12 @@ impl Endpoint {
             }
             Place::Ipc(path) => Box::new(
                 drs_core::Dialer::dial(&IpcDialer::new(path), spec)
+                    .await
+                    .expect("dial")
+                    .0,
+            ),
+            Place::Tls(addr) => Box::new(
+                drs_core::Dialer::dial(&tls_dialer(addr), spec)
                     .await
                     .expect("dial")
                     .0,

@@ -10,3 +10,5 @@ conformance_suite!(ws_json, Pair::new(Net::Ws, Proto::Json));
 conformance_suite!(ws_msgpack, Pair::new(Net::Ws, Proto::MsgPack));
 conformance_suite!(ipc_json, Pair::new(Net::Ipc, Proto::Json));
 conformance_suite!(ipc_msgpack, Pair::new(Net::Ipc, Proto::MsgPack));
+conformance_suite!(tls_json, Pair::new(Net::Tls, Proto::Json));
+conformance_suite!(tls_msgpack, Pair::new(Net::Tls, Proto::MsgPack));
