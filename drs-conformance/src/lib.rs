@@ -209,11 +209,15 @@ fn test_pki() -> &'static (drs_tls::ServerTls, drs_tls::ClientTls) {
     static PKI: std::sync::OnceLock<(drs_tls::ServerTls, drs_tls::ClientTls)> =
         std::sync::OnceLock::new();
     PKI.get_or_init(|| {
-        use rcgen::{BasicConstraints, CertificateParams, CertifiedIssuer, IsCa, KeyPair};
+        use rcgen::{BasicConstraints, CertificateParams, CertifiedIssuer, DnType, IsCa, KeyPair};
         let mut ca = CertificateParams::new(Vec::<String>::new()).expect("CA params");
         ca.is_ca = IsCa::Ca(BasicConstraints::Unconstrained);
+        ca.distinguished_name
+            .push(DnType::CommonName, "drs suite CA");
         let ca = CertifiedIssuer::self_signed(ca, KeyPair::generate().expect("key")).expect("CA");
-        let leaf = CertificateParams::new(vec!["localhost".to_string()]).expect("params");
+        let mut leaf = CertificateParams::new(vec!["localhost".to_string()]).expect("params");
+        leaf.distinguished_name
+            .push(DnType::CommonName, "localhost");
         let key = KeyPair::generate().expect("key");
         let cert = leaf.signed_by(&key, &ca).expect("certificate");
         let server =

@@ -27,6 +27,7 @@ use std::{
 use drs_core::{Credentials, Identity, Jail, Protocol, Server, ServerConfig};
 use drs_protocol_json::Json;
 use drs_protocol_msgpack::MsgPack;
+use drs_tls::{ServerTls, TlsListener};
 use drs_transport_ipc::IpcListener;
 use drs_transport_tcp::{Keepalive, TcpListener};
 use drs_transport_ws::{WsConfig, WsListener};
@@ -53,6 +54,9 @@ limits (durations in seconds, fractions allowed; 0 turns an optional one off):
   --name NAME                 the server's name, as `session` answers     (default: HOSTNAME:PID)
 
 security:
+  --tls-cert FILE --tls-key FILE  the --tcp listeners after them speak TLS (PEM chain and key);
+                              they print `listening tls ADDR`
+  --tls-client-ca FILE        and require a client certificate signed by this CA (mutual TLS)
   --token TOKEN               the listeners after it require drs.auth {\"token\": TOKEN}
                               (or ?token=TOKEN on WebSocket); the admission timeout is
                               the deadline to authenticate; 5 failures a minute per address
@@ -63,7 +67,8 @@ security:
 const PAGE: &str = include_str!("../browser/index.html");
 
 enum Bind {
-    Tcp(String),
+    /// TCP, over TLS when settings are given.
+    Tcp(String, Option<ServerTls>),
     Ws(String),
     Ipc(String),
 }
@@ -108,6 +113,7 @@ fn parse(args: impl Iterator<Item = String>) -> Result<Settings, String> {
     let mut slow_admission = Duration::ZERO;
     let mut name = None;
     let mut token: Option<String> = None;
+    let (mut tls_cert, mut tls_key, mut tls_ca) = (None::<String>, None::<String>, None::<String>);
     let mut jail = None;
     let mut args = args.peekable();
     while let Some(flag) = args.next() {
@@ -139,8 +145,20 @@ fn parse(args: impl Iterator<Item = String>) -> Result<Settings, String> {
                 token = Some(t);
             }
             "--jail" => jail = Some(Jail::parse(&value()?).map_err(|e| format!("--jail: {e}"))?),
-            "--tcp" => binds.push((Bind::Tcp(value()?), protocol.clone(), token.clone())),
-            "--ws" => binds.push((Bind::Ws(value()?), protocol.clone(), token.clone())),
+            "--tls-cert" => tls_cert = Some(value()?),
+            "--tls-key" => tls_key = Some(value()?),
+            "--tls-client-ca" => tls_ca = Some(value()?),
+            "--tcp" => {
+                let addr = value()?;
+                let tls = server_tls(tls_cert.as_deref(), tls_key.as_deref(), tls_ca.as_deref())?;
+                binds.push((Bind::Tcp(addr, tls), protocol.clone(), token.clone()))
+            }
+            "--ws" => {
+                if tls_cert.is_some() || tls_key.is_some() {
+                    return Err("--ws: TLS for WebSocket (wss) is not supported yet; put the --ws listener before --tls-cert".into());
+                }
+                binds.push((Bind::Ws(value()?), protocol.clone(), token.clone()))
+            }
             "--ipc" => binds.push((Bind::Ipc(value()?), protocol.clone(), token.clone())),
             "--protocol" => {
                 protocol = match value()?.as_str() {
@@ -153,7 +171,8 @@ fn parse(args: impl Iterator<Item = String>) -> Result<Settings, String> {
         }
     }
     if binds.is_empty() {
-        binds.push((Bind::Tcp("127.0.0.1:12000".into()), protocol, token));
+        let tls = server_tls(tls_cert.as_deref(), tls_key.as_deref(), tls_ca.as_deref())?;
+        binds.push((Bind::Tcp("127.0.0.1:12000".into(), tls), protocol, token));
     }
     Ok(Settings {
         binds,
@@ -244,12 +263,19 @@ async fn main() -> ExitCode {
     let keepalive = settings.keepalive;
     for (bind, protocol, token) in settings.binds {
         let (kind, asked, bound) = match bind {
-            Bind::Tcp(addr) => {
+            Bind::Tcp(addr, None) => {
                 let bound = match TcpListener::bind(&addr).await {
                     Ok(l) => server.listen_arc(l.keepalive(keepalive), protocol),
                     Err(e) => Err(e),
                 };
                 ("tcp", addr, bound)
+            }
+            Bind::Tcp(addr, Some(tls)) => {
+                let bound = match TlsListener::bind(&addr, tls).await {
+                    Ok(l) => server.listen_arc(l.keepalive(keepalive), protocol),
+                    Err(e) => Err(e),
+                };
+                ("tls", addr, bound)
             }
             Bind::Ws(addr) => {
                 let ws = WsConfig::default().tcp_keepalive(keepalive);
@@ -285,6 +311,35 @@ async fn main() -> ExitCode {
     tracing::info!("shutting down");
     server.shutdown(Duration::from_secs(5)).await;
     ExitCode::SUCCESS
+}
+
+/// The TLS settings for the listeners that follow `--tls-cert` and
+/// `--tls-key` (with `--tls-client-ca`: mutual TLS).
+fn server_tls(
+    cert: Option<&str>,
+    key: Option<&str>,
+    client_ca: Option<&str>,
+) -> Result<Option<ServerTls>, String> {
+    let (cert, key) = match (cert, key) {
+        (None, None) if client_ca.is_none() => return Ok(None),
+        (Some(cert), Some(key)) => (cert, key),
+        _ => {
+            return Err(
+                "--tls-cert and --tls-key go together (and --tls-client-ca needs them)".into(),
+            )
+        }
+    };
+    let mut builder =
+        ServerTls::from_pem_files(cert, key).map_err(|e| format!("--tls-cert/--tls-key: {e}"))?;
+    if let Some(ca) = client_ca {
+        builder = builder
+            .require_client_cert_file(ca)
+            .map_err(|e| format!("--tls-client-ca: {e}"))?;
+    }
+    builder
+        .build()
+        .map(Some)
+        .map_err(|e| format!("--tls-cert/--tls-key: {e}"))
 }
 
 /// The token the listener at `local` requires: `Some(None)` for an open

@@ -84,6 +84,54 @@ fn python_streams_credit_and_cancel_over_a_raw_socket() {
     run_python("stream_client.py", &[server.addr(0)]);
 }
 
+/// Python's `ssl` over TLS TCP with a token: a CA and a certificate for
+/// `localhost` are made here (no key is committed) and given to
+/// `demo_server --tls-cert --tls-key --token`.
+#[test]
+fn python_tls_client_with_a_token() {
+    if !python_has(&["ssl"]) {
+        return;
+    }
+    use rcgen::{BasicConstraints, CertificateParams, CertifiedIssuer, DnType, IsCa, KeyPair};
+    // Distinct names: OpenSSL takes a leaf whose issuer is its own
+    // subject for a self-signed certificate.
+    let mut ca = CertificateParams::new(Vec::<String>::new()).unwrap();
+    ca.is_ca = IsCa::Ca(BasicConstraints::Unconstrained);
+    ca.distinguished_name
+        .push(DnType::CommonName, "drs test CA");
+    let ca = CertifiedIssuer::self_signed(ca, KeyPair::generate().unwrap()).unwrap();
+    let key = KeyPair::generate().unwrap();
+    let mut leaf = CertificateParams::new(vec!["localhost".to_string()]).unwrap();
+    leaf.distinguished_name
+        .push(DnType::CommonName, "localhost");
+    let cert = leaf.signed_by(&key, &ca).unwrap();
+    let dir = std::env::temp_dir().join(format!("drs-polyglot-tls-{}", std::process::id()));
+    std::fs::create_dir_all(&dir).unwrap();
+    let file = |name: &str, text: String| {
+        let path = dir.join(name);
+        std::fs::write(&path, text).unwrap();
+        path.to_string_lossy().into_owned()
+    };
+    let (ca_pem, cert_pem, key_pem) = (
+        file("ca.pem", ca.pem()),
+        file("server.pem", cert.pem()),
+        file("server.key", key.serialize_pem()),
+    );
+    let server = DemoServer::start(&[
+        "--tls-cert",
+        &cert_pem,
+        "--tls-key",
+        &key_pem,
+        "--token",
+        "opensesame",
+        "--tcp",
+        "127.0.0.1:0",
+    ]);
+    assert_eq!(server.listening[0].0, "tls");
+    run_python("tls_client.py", &[server.addr(0), &ca_pem, "opensesame"]);
+    let _ = std::fs::remove_dir_all(&dir);
+}
+
 #[test]
 fn python_msgpack_and_json_clients_share_a_server() {
     if !python_has(&["msgpack"]) {

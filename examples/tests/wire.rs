@@ -347,6 +347,32 @@ fn bad_arguments_are_refused() {
         (&["--jail", "a*"][..], "--jail: bad action pattern"),
         (&["--jail", "a,,b"][..], "--jail: an empty action pattern"),
         (&["--token", ""][..], "--token: the token is empty"),
+        (
+            &["--tls-cert", "c.pem", "--tcp", "127.0.0.1:0"][..],
+            "--tls-cert and --tls-key go together",
+        ),
+        (
+            &[
+                "--tls-cert",
+                "/nonexistent/c.pem",
+                "--tls-key",
+                "/nonexistent/k.pem",
+                "--tcp",
+                "127.0.0.1:0",
+            ][..],
+            "/nonexistent/c.pem",
+        ),
+        (
+            &[
+                "--tls-cert",
+                "c.pem",
+                "--tls-key",
+                "k.pem",
+                "--ws",
+                "127.0.0.1:0",
+            ][..],
+            "TLS for WebSocket (wss) is not supported yet",
+        ),
     ] {
         let out = Command::new(example_path("demo_server"))
             .args(args)
