@@ -55,6 +55,9 @@ pub enum Net {
     /// TLS over TCP on 127.0.0.1 (drs-tls), with a CA and a certificate
     /// for `localhost` made for the run.
     Tls,
+    /// WebSocket over TLS (`wss://localhost:port`), with the same
+    /// certificates.
+    Wss,
 }
 
 impl Net {
@@ -66,6 +69,7 @@ impl Net {
             Net::Ws => "ws",
             Net::Ipc => "ipc",
             Net::Tls => "tls",
+            Net::Wss => "wss",
         }
     }
 }
@@ -181,6 +185,17 @@ impl Pair {
                         .expect("listen"),
                 )
             }
+            Net::Wss => {
+                let listener = WsListener::bind("127.0.0.1:0")
+                    .await
+                    .expect("bind")
+                    .tls(test_pki().0.clone());
+                let addr = server
+                    .listen_arc(listener, protocol.clone())
+                    .expect("listen");
+                let port = addr.rsplit_once(':').expect("host:port").1;
+                Place::Wss(format!("wss://localhost:{port}/socket?suite=1"))
+            }
             Net::Ipc => {
                 let path = temp_socket_path();
                 let listener = IpcListener::bind(path.clone()).expect("bind");
@@ -201,6 +216,7 @@ pub(crate) enum Place {
     Ws(String),
     Ipc(String),
     Tls(String),
+    Wss(String),
 }
 
 /// The TLS settings of the run: a server certificate for `localhost`
@@ -257,6 +273,10 @@ impl Place {
             Place::Ws(url) => client.connect(WsDialer::new(url), protocol).await,
             Place::Ipc(path) => client.connect(IpcDialer::new(path), protocol).await,
             Place::Tls(addr) => client.connect(tls_dialer(addr), protocol).await,
+            Place::Wss(url) => {
+                let dialer = WsDialer::new(url).tls(test_pki().1.clone());
+                client.connect(dialer, protocol).await
+            }
         }
     }
 }
@@ -311,6 +331,12 @@ impl Endpoint {
                     .expect("dial")
                     .0,
             ),
+            Place::Wss(url) => {
+                let dialer = WsDialer::new(url)
+                    .config(WsConfig::default().keepalive(None))
+                    .tls(test_pki().1.clone());
+                Box::new(drs_core::Dialer::dial(&dialer, spec).await.expect("dial").0)
+            }
         };
         RawPeer {
             io,

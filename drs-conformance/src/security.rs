@@ -131,7 +131,7 @@ pub async fn failed_auth_is_rate_limited_per_address(pair: Pair) {
         let bad = ask(&mut raw, key, "drs.auth", json!({"token": "wrong"})).await;
         assert_eq!(message(&bad), "authentication failed: bad token");
     }
-    let limited = matches!(pair.net, Net::Tcp | Net::Ws | Net::Tls);
+    let limited = matches!(pair.net, Net::Tcp | Net::Ws | Net::Tls | Net::Wss);
     let mut other = endpoint.raw().await;
     let third = ask(&mut other, "3", "drs.auth", json!({"token": "good"})).await;
     if limited {

@@ -12,3 +12,5 @@ conformance_suite!(ipc_json, Pair::new(Net::Ipc, Proto::Json));
 conformance_suite!(ipc_msgpack, Pair::new(Net::Ipc, Proto::MsgPack));
 conformance_suite!(tls_json, Pair::new(Net::Tls, Proto::Json));
 conformance_suite!(tls_msgpack, Pair::new(Net::Tls, Proto::MsgPack));
+conformance_suite!(wss_json, Pair::new(Net::Wss, Proto::Json));
+conformance_suite!(wss_msgpack, Pair::new(Net::Wss, Proto::MsgPack));

@@ -1,4 +1,5 @@
-//! TLS for drs over TCP, with rustls (no OpenSSL).
+//! TLS for drs over TCP, with rustls (no OpenSSL); drs-transport-ws uses
+//! the same settings for `wss://`.
 //!
 //! - [`ServerTls`]: a certificate chain and key (PEM, from files or
 //!   memory), and optionally the CA whose client certificates are required
@@ -41,6 +42,7 @@ use tokio::net::{TcpStream, ToSocketAddrs};
 use tokio_rustls::{TlsAcceptor, TlsConnector};
 
 pub use rustls;
+pub use tokio_rustls;
 
 /// The crypto provider: *ring*, which builds with a C compiler alone.
 /// rustls 0.23.48 deprecates it for lacking post-quantum key exchange;
@@ -139,6 +141,32 @@ impl ServerTls {
     }
 }
 
+impl ServerTls {
+    /// Runs the server side of a handshake on `stream` (any byte stream:
+    /// TCP here, under WebSocket in drs-transport-ws); returns the TLS
+    /// stream and the client's verified certificate, if it gave one.
+    pub async fn accept<S>(
+        &self,
+        stream: S,
+    ) -> io::Result<(tokio_rustls::server::TlsStream<S>, Option<PeerCertificate>)>
+    where
+        S: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin,
+    {
+        let tls = self
+            .acceptor
+            .accept(stream)
+            .await
+            .map_err(|e| io::Error::new(e.kind(), format!("TLS handshake failed: {e}")))?;
+        let cert = tls
+            .get_ref()
+            .1
+            .peer_certificates()
+            .and_then(|c| c.first())
+            .map(identity);
+        Ok((tls, cert))
+    }
+}
+
 impl ServerTlsBuilder {
     /// Requires a client certificate signed by one of the CAs in `pem`
     /// (mutual TLS); a client without one fails the handshake.
@@ -217,6 +245,37 @@ impl ClientTls {
         Self {
             connector: TlsConnector::from(config),
         }
+    }
+}
+
+impl ClientTls {
+    /// Runs the client side of a handshake on `stream`, checking the
+    /// server's certificate for `name`; returns the TLS stream and the
+    /// server's certificate.
+    pub async fn connect<S>(
+        &self,
+        name: &str,
+        stream: S,
+    ) -> io::Result<(tokio_rustls::client::TlsStream<S>, Option<PeerCertificate>)>
+    where
+        S: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin,
+    {
+        let server_name = ServerName::try_from(name.to_string())
+            .map_err(|e| invalid(format!("server name {name:?}: {e}")))?;
+        let tls = self
+            .connector
+            .connect(server_name, stream)
+            .await
+            .map_err(|e| {
+                io::Error::new(e.kind(), format!("TLS handshake with {name} failed: {e}"))
+            })?;
+        let cert = tls
+            .get_ref()
+            .1
+            .peer_certificates()
+            .and_then(|c| c.first())
+            .map(identity);
+        Ok((tls, cert))
     }
 }
 

@@ -24,6 +24,12 @@
 //! - A plain HTTP request (no upgrade) gets a page registered with
 //!   [`WsListener::page`], or `426 Upgrade Required`.
 //!
+//! - TLS (`wss://`): [`WsListener::tls`] with a [`drs_tls::ServerTls`]
+//!   (the handshake runs on the connection's task, bounded by the server's
+//!   handshake timeout; the transport's name is `"wss"`), and
+//!   [`WsDialer::tls`] with a [`drs_tls::ClientTls`] for `wss://` URLs. A
+//!   client certificate's identity is in `ConnInfo::peer_certificate`.
+//!
 //! A browser needs nothing but `new WebSocket("ws://127.0.0.1:12001/socket")`
 //! and `JSON.stringify`.
 //!
@@ -71,8 +77,91 @@ use tokio_tungstenite::{
         protocol::WebSocketConfig,
         Message, Utf8Bytes,
     },
-    MaybeTlsStream, WebSocketStream,
+    WebSocketStream,
 };
+
+/// Implements `AsyncRead` and `AsyncWrite` for a plain-or-TLS stream enum.
+macro_rules! either_stream {
+    ($name:ident) => {
+        impl AsyncRead for $name {
+            fn poll_read(
+                self: Pin<&mut Self>,
+                cx: &mut Context<'_>,
+                buf: &mut ReadBuf<'_>,
+            ) -> Poll<io::Result<()>> {
+                match self.get_mut() {
+                    $name::Plain(s) => Pin::new(s).poll_read(cx, buf),
+                    $name::Tls(s) => Pin::new(s.as_mut()).poll_read(cx, buf),
+                }
+            }
+        }
+
+        impl AsyncWrite for $name {
+            fn poll_write(
+                self: Pin<&mut Self>,
+                cx: &mut Context<'_>,
+                buf: &[u8],
+            ) -> Poll<io::Result<usize>> {
+                match self.get_mut() {
+                    $name::Plain(s) => Pin::new(s).poll_write(cx, buf),
+                    $name::Tls(s) => Pin::new(s.as_mut()).poll_write(cx, buf),
+                }
+            }
+
+            fn poll_write_vectored(
+                self: Pin<&mut Self>,
+                cx: &mut Context<'_>,
+                bufs: &[io::IoSlice<'_>],
+            ) -> Poll<io::Result<usize>> {
+                match self.get_mut() {
+                    $name::Plain(s) => Pin::new(s).poll_write_vectored(cx, bufs),
+                    $name::Tls(s) => Pin::new(s.as_mut()).poll_write_vectored(cx, bufs),
+                }
+            }
+
+            fn is_write_vectored(&self) -> bool {
+                match self {
+                    $name::Plain(s) => s.is_write_vectored(),
+                    $name::Tls(s) => s.is_write_vectored(),
+                }
+            }
+
+            fn poll_flush(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
+                match self.get_mut() {
+                    $name::Plain(s) => Pin::new(s).poll_flush(cx),
+                    $name::Tls(s) => Pin::new(s.as_mut()).poll_flush(cx),
+                }
+            }
+
+            fn poll_shutdown(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
+                match self.get_mut() {
+                    $name::Plain(s) => Pin::new(s).poll_shutdown(cx),
+                    $name::Tls(s) => Pin::new(s.as_mut()).poll_shutdown(cx),
+                }
+            }
+        }
+    };
+}
+
+/// The byte stream under a server's WebSocket: TCP, or TLS over it.
+#[derive(Debug)]
+pub enum ServerStream {
+    /// `ws://`.
+    Plain(TcpStream),
+    /// `wss://`.
+    Tls(Box<drs_tls::tokio_rustls::server::TlsStream<TcpStream>>),
+}
+either_stream!(ServerStream);
+
+/// The byte stream under a client's WebSocket: TCP, or TLS over it.
+#[derive(Debug)]
+pub enum ClientStream {
+    /// `ws://`.
+    Plain(TcpStream),
+    /// `wss://`.
+    Tls(Box<drs_tls::tokio_rustls::client::TlsStream<TcpStream>>),
+}
+either_stream!(ClientStream);
 
 /// Settings of WebSocket connections.
 #[derive(Debug, Clone)]
@@ -245,6 +334,14 @@ impl<S: AsyncRead + AsyncWrite + Unpin> Stream for WsTransport<S> {
                 Poll::Ready(Some(Err(
                     tungstenite::Error::ConnectionClosed | tungstenite::Error::AlreadyClosed,
                 ))) => return Poll::Ready(None),
+                // Over TLS, a peer that closes the socket without a TLS
+                // close_notify reads as an unexpected EOF. Messages are
+                // framed, so nothing is silently cut short: it closed.
+                Poll::Ready(Some(Err(tungstenite::Error::Io(e))))
+                    if e.kind() == io::ErrorKind::UnexpectedEof =>
+                {
+                    return Poll::Ready(None)
+                }
                 Poll::Ready(Some(Err(e))) => {
                     return Poll::Ready(Some(Err(ws_error(e, this.limit))))
                 }
@@ -351,6 +448,7 @@ pub struct WsListener {
     inner: tokio::net::TcpListener,
     config: WsConfig,
     pages: Arc<HashMap<String, Page>>,
+    tls: Option<drs_tls::ServerTls>,
 }
 
 impl WsListener {
@@ -365,7 +463,15 @@ impl WsListener {
             inner: tokio::net::TcpListener::bind(addr).await?,
             config,
             pages: Arc::default(),
+            tls: None,
         })
+    }
+
+    /// Serves `wss://`: every connection starts with a TLS handshake
+    /// (mutual when `tls` requires client certificates).
+    pub fn tls(mut self, tls: drs_tls::ServerTls) -> Self {
+        self.tls = Some(tls);
+        self
     }
 
     /// Serves `body` to plain HTTP `GET`s of `path` (e.g. the page of a
@@ -383,7 +489,7 @@ impl WsListener {
 }
 
 impl Listener for WsListener {
-    type Io = WsTransport<Replay<TcpStream>>;
+    type Io = WsTransport<Replay<ServerStream>>;
     type Handshake = Pin<Box<dyn Future<Output = io::Result<(Self::Io, ConnInfo)>> + Send>>;
 
     async fn accept(&mut self, spec: FrameSpec) -> io::Result<Self::Handshake> {
@@ -391,13 +497,25 @@ impl Listener for WsListener {
         drs_transport_tcp::configure(&stream, self.config.tcp_keepalive.as_ref())?;
         let config = self.config.clone();
         let pages = self.pages.clone();
-        let mut info = ConnInfo::new("ws").with_peer_addr(peer.to_string());
+        let tls = self.tls.clone();
+        let name = if tls.is_some() { "wss" } else { "ws" };
+        let mut info = ConnInfo::new(name).with_peer_addr(peer.to_string());
         if let Ok(local) = stream.local_addr() {
             info = info.with_local_addr(local.to_string());
         }
-        Ok(Box::pin(server_handshake(
-            stream, info, spec, config, pages,
-        )))
+        Ok(Box::pin(async move {
+            let stream = match tls {
+                None => ServerStream::Plain(stream),
+                Some(tls) => {
+                    let (stream, cert) = tls.accept(stream).await?;
+                    if let Some(cert) = cert {
+                        info = info.with_peer_certificate(cert);
+                    }
+                    ServerStream::Tls(Box::new(stream))
+                }
+            };
+            server_handshake(stream, info, spec, config, pages).await
+        }))
     }
 
     fn local_addr(&self) -> io::Result<String> {
@@ -409,12 +527,12 @@ impl Listener for WsListener {
 const MAX_HEAD: usize = 16 * 1024;
 
 async fn server_handshake(
-    mut stream: TcpStream,
+    mut stream: ServerStream,
     info: ConnInfo,
     spec: FrameSpec,
     config: WsConfig,
     pages: Arc<HashMap<String, Page>>,
-) -> io::Result<(WsTransport<Replay<TcpStream>>, ConnInfo)> {
+) -> io::Result<(WsTransport<Replay<ServerStream>>, ConnInfo)> {
     // Read the request head ourselves, to answer plain HTTP; then replay it.
     let mut head = BytesMut::with_capacity(1024);
     while !head.windows(4).any(|w| w == b"\r\n\r\n") {
@@ -503,7 +621,10 @@ async fn server_handshake(
 /// Writes a response, then reads (a bounded amount, for a bounded time)
 /// until the client closes: closing with unread input would reset the
 /// connection and could destroy the response before the client reads it.
-async fn answer_and_close(mut stream: TcpStream, response: &[u8]) -> io::Result<()> {
+async fn answer_and_close<S: AsyncRead + AsyncWrite + Unpin>(
+    mut stream: S,
+    response: &[u8],
+) -> io::Result<()> {
     stream.write_all(response).await?;
     stream.shutdown().await?;
     let mut rest = (&mut stream).take(1 << 20);
@@ -581,11 +702,13 @@ impl<S: AsyncWrite + Unpin> AsyncWrite for Replay<S> {
     }
 }
 
-/// Dials a WebSocket URL (`ws://host:port/path?query`).
+/// Dials a WebSocket URL: `ws://host:port/path?query`, or `wss://…` with
+/// [`tls`](WsDialer::tls) settings.
 #[derive(Debug, Clone)]
 pub struct WsDialer {
     url: String,
     config: WsConfig,
+    tls: Option<drs_tls::ClientTls>,
 }
 
 impl WsDialer {
@@ -594,6 +717,7 @@ impl WsDialer {
         Self {
             url: url.into(),
             config: WsConfig::default(),
+            tls: None,
         }
     }
 
@@ -602,37 +726,104 @@ impl WsDialer {
         self.config = config;
         self
     }
+
+    /// The TLS settings for `wss://` URLs (the certificate is checked for
+    /// the URL's host).
+    pub fn tls(mut self, tls: drs_tls::ClientTls) -> Self {
+        self.tls = Some(tls);
+        self
+    }
+}
+
+fn invalid_url(url: &str, why: &str) -> io::Error {
+    io::Error::new(io::ErrorKind::InvalidInput, format!("{url}: {why}"))
+}
+
+/// A URL's scheme, host, port and target (`/path?query`).
+fn parse_url(url: &str) -> io::Result<(&str, &str, u16, String)> {
+    let (scheme, rest) = url
+        .split_once("://")
+        .ok_or_else(|| invalid_url(url, "not a ws:// or wss:// URL"))?;
+    let default_port = match scheme {
+        "ws" => 80,
+        "wss" => 443,
+        _ => return Err(invalid_url(url, "not a ws:// or wss:// URL")),
+    };
+    let end = rest.find(['/', '?']).unwrap_or(rest.len());
+    let (authority, target) = rest.split_at(end);
+    let target = if target.starts_with('/') {
+        target.to_string()
+    } else {
+        format!("/{target}")
+    };
+    let (host, port) = match authority.strip_prefix('[') {
+        Some(v6) => {
+            let (host, after) = v6
+                .split_once(']')
+                .ok_or_else(|| invalid_url(url, "unclosed [ in the host"))?;
+            (host, after.strip_prefix(':'))
+        }
+        None => match authority.rsplit_once(':') {
+            Some((host, port)) => (host, Some(port)),
+            None => (authority, None),
+        },
+    };
+    let port = match port {
+        Some(p) => p
+            .parse()
+            .map_err(|_| invalid_url(url, "the port is not a number"))?,
+        None => default_port,
+    };
+    if host.is_empty() {
+        return Err(invalid_url(url, "no host"));
+    }
+    Ok((scheme, host, port, target))
 }
 
 impl Dialer for WsDialer {
-    type Io = WsTransport<MaybeTlsStream<TcpStream>>;
+    type Io = WsTransport<ClientStream>;
 
     async fn dial(&self, spec: FrameSpec) -> io::Result<(Self::Io, ConnInfo)> {
-        let (ws, _response) = tokio_tungstenite::connect_async_with_config(
+        let (scheme, host, port, target) = parse_url(&self.url)?;
+        let tcp = TcpStream::connect((host, port)).await?;
+        drs_transport_tcp::configure(&tcp, self.config.tcp_keepalive.as_ref())?;
+        let mut info = ConnInfo::new(if scheme == "wss" { "wss" } else { "ws" });
+        if let Ok(peer) = tcp.peer_addr() {
+            info = info.with_peer_addr(peer.to_string());
+        }
+        if let Ok(local) = tcp.local_addr() {
+            info = info.with_local_addr(local.to_string());
+        }
+        let stream = if scheme == "wss" {
+            let tls = self.tls.as_ref().ok_or_else(|| {
+                invalid_url(&self.url, "wss:// needs TLS settings (WsDialer::tls)")
+            })?;
+            let (stream, cert) = tls.connect(host, tcp).await?;
+            if let Some(cert) = cert {
+                info = info.with_peer_certificate(cert);
+            }
+            ClientStream::Tls(Box::new(stream))
+        } else {
+            ClientStream::Plain(tcp)
+        };
+        let (ws, _response) = tokio_tungstenite::client_async_with_config(
             self.url.as_str(),
+            stream,
             Some(self.config.tungstenite(&spec)),
-            true,
         )
         .await
         .map_err(|e| match e {
             tungstenite::Error::Io(e) => e,
-            other => io::Error::new(io::ErrorKind::ConnectionRefused, other.to_string()),
+            tungstenite::Error::Http(response) => io::Error::other(format!(
+                "{}: the WebSocket upgrade was refused: HTTP {}",
+                self.url,
+                response.status()
+            )),
+            other => io::Error::new(
+                io::ErrorKind::InvalidData,
+                format!("{}: WebSocket handshake failed: {other}", self.url),
+            ),
         })?;
-        let mut info = ConnInfo::new("ws");
-        if let MaybeTlsStream::Plain(tcp) = ws.get_ref() {
-            drs_transport_tcp::configure(tcp, self.config.tcp_keepalive.as_ref())?;
-            if let Ok(peer) = tcp.peer_addr() {
-                info = info.with_peer_addr(peer.to_string());
-            }
-            if let Ok(local) = tcp.local_addr() {
-                info = info.with_local_addr(local.to_string());
-            }
-        }
-        let target = self
-            .url
-            .split_once("://")
-            .and_then(|(_, rest)| rest.find('/').map(|i| rest[i..].to_string()))
-            .unwrap_or_else(|| "/".to_string());
         Ok((
             WsTransport::new(ws, &spec, &self.config),
             info.with_target(target),

@@ -54,8 +54,8 @@ limits (durations in seconds, fractions allowed; 0 turns an optional one off):
   --name NAME                 the server's name, as `session` answers     (default: HOSTNAME:PID)
 
 security:
-  --tls-cert FILE --tls-key FILE  the --tcp listeners after them speak TLS (PEM chain and key);
-                              they print `listening tls ADDR`
+  --tls-cert FILE --tls-key FILE  the --tcp and --ws listeners after them speak TLS
+                              (PEM chain and key): `listening tls ADDR`, `listening wss ADDR`
   --tls-client-ca FILE        and require a client certificate signed by this CA (mutual TLS)
   --token TOKEN               the listeners after it require drs.auth {\"token\": TOKEN}
                               (or ?token=TOKEN on WebSocket); the admission timeout is
@@ -69,7 +69,8 @@ const PAGE: &str = include_str!("../browser/index.html");
 enum Bind {
     /// TCP, over TLS when settings are given.
     Tcp(String, Option<ServerTls>),
-    Ws(String),
+    /// WebSocket, `wss://` when TLS settings are given.
+    Ws(String, Option<ServerTls>),
     Ipc(String),
 }
 
@@ -154,10 +155,9 @@ fn parse(args: impl Iterator<Item = String>) -> Result<Settings, String> {
                 binds.push((Bind::Tcp(addr, tls), protocol.clone(), token.clone()))
             }
             "--ws" => {
-                if tls_cert.is_some() || tls_key.is_some() {
-                    return Err("--ws: TLS for WebSocket (wss) is not supported yet; put the --ws listener before --tls-cert".into());
-                }
-                binds.push((Bind::Ws(value()?), protocol.clone(), token.clone()))
+                let addr = value()?;
+                let tls = server_tls(tls_cert.as_deref(), tls_key.as_deref(), tls_ca.as_deref())?;
+                binds.push((Bind::Ws(addr, tls), protocol.clone(), token.clone()))
             }
             "--ipc" => binds.push((Bind::Ipc(value()?), protocol.clone(), token.clone())),
             "--protocol" => {
@@ -277,15 +277,21 @@ async fn main() -> ExitCode {
                 };
                 ("tls", addr, bound)
             }
-            Bind::Ws(addr) => {
+            Bind::Ws(addr, tls) => {
                 let ws = WsConfig::default().tcp_keepalive(keepalive);
+                let kind = if tls.is_some() { "wss" } else { "ws" };
                 let bound = match WsListener::bind_with(&addr, ws).await {
                     Ok(l) => {
-                        server.listen_arc(l.page("/", "text/html; charset=utf-8", PAGE), protocol)
+                        let l = l.page("/", "text/html; charset=utf-8", PAGE);
+                        let l = match tls {
+                            Some(tls) => l.tls(tls),
+                            None => l,
+                        };
+                        server.listen_arc(l, protocol)
                     }
                     Err(e) => Err(e),
                 };
-                ("ws", addr, bound)
+                (kind, addr, bound)
             }
             Bind::Ipc(path) => {
                 let bound =

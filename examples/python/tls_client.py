@@ -3,7 +3,10 @@ the server's certificate checked against a CA, nothing served before
 `drs.auth`, a bad token refused, then calls; and a plaintext socket to
 the TLS port refused.
 
-usage: python3 tls_client.py 127.0.0.1:12443 ca.pem TOKEN
+Then the same over `wss://` with the `websockets` package, the token in
+the URL (`?token=`), and without it.
+
+usage: python3 tls_client.py 127.0.0.1:12443 ca.pem TOKEN wss://localhost:12444/socket
 """
 
 import json
@@ -14,7 +17,7 @@ import sys
 from check import check, done, expect
 
 HOST, PORT = sys.argv[1].rsplit(":", 1)
-CA, TOKEN = sys.argv[2], sys.argv[3]
+CA, TOKEN, WSS = sys.argv[2], sys.argv[3], sys.argv[4]
 
 
 class Tls:
@@ -70,7 +73,22 @@ def plaintext_is_refused():
     expect(b"drs.response" in data, False)
 
 
+def wss_with_a_token_in_the_url():
+    from websockets.sync.client import connect
+
+    context = ssl.create_default_context(cafile=CA)
+    with connect(f"{WSS}?token={TOKEN}", ssl=context) as ws:
+        ws.send(json.dumps({"key": "1", "action": "echo", "body": "over wss"}))
+        reply = json.loads(ws.recv(timeout=10))
+        expect(reply["body"], "over wss")
+    with connect(WSS, ssl=context) as ws:
+        ws.send(json.dumps({"key": "1", "action": "echo", "body": "no token"}))
+        reply = json.loads(ws.recv(timeout=10))
+        expect(reply["body"]["message"], "unauthenticated")
+
+
 check("a token over TLS, calls after it", authenticated_calls)
+check("wss:// with ?token=, and without", wss_with_a_token_in_the_url)
 check("a certificate from another CA is refused", wrong_ca_is_refused)
 check("plaintext to the TLS port gets no reply", plaintext_is_refused)
 done()

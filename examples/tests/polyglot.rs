@@ -84,12 +84,12 @@ fn python_streams_credit_and_cancel_over_a_raw_socket() {
     run_python("stream_client.py", &[server.addr(0)]);
 }
 
-/// Python's `ssl` over TLS TCP with a token: a CA and a certificate for
-/// `localhost` are made here (no key is committed) and given to
-/// `demo_server --tls-cert --tls-key --token`.
+/// Python's `ssl` over TLS TCP, and `websockets` over `wss://`, with a
+/// token: a CA and a certificate for `localhost` are made here (no key is
+/// committed) and given to `demo_server --tls-cert --tls-key --token`.
 #[test]
-fn python_tls_client_with_a_token() {
-    if !python_has(&["ssl"]) {
+fn python_tls_and_wss_clients_with_a_token() {
+    if !python_has(&["ssl", "websockets"]) {
         return;
     }
     use rcgen::{BasicConstraints, CertificateParams, CertifiedIssuer, DnType, IsCa, KeyPair};
@@ -126,9 +126,17 @@ fn python_tls_client_with_a_token() {
         "opensesame",
         "--tcp",
         "127.0.0.1:0",
+        "--ws",
+        "127.0.0.1:0",
     ]);
     assert_eq!(server.listening[0].0, "tls");
-    run_python("tls_client.py", &[server.addr(0), &ca_pem, "opensesame"]);
+    assert_eq!(server.listening[1].0, "wss");
+    let port = server.addr(1).rsplit_once(':').unwrap().1;
+    let wss = format!("wss://localhost:{port}/socket");
+    run_python(
+        "tls_client.py",
+        &[server.addr(0), &ca_pem, "opensesame", &wss],
+    );
     let _ = std::fs::remove_dir_all(&dir);
 }
 

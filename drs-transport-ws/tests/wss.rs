@@ -1,0 +1,155 @@
+//! `wss://`: WebSocket over TLS, with certificates made at test time.
+
+use std::time::Duration;
+
+use drs_core::{Client, ConnConfig, HandlerResult, Msg, Server};
+use drs_protocol_json::Json;
+use drs_tls::{ClientTls, ServerTls};
+use drs_transport_ws::{WsDialer, WsListener};
+use rcgen::{
+    BasicConstraints, CertificateParams, CertifiedIssuer, DnType, ExtendedKeyUsagePurpose, IsCa,
+    KeyPair,
+};
+use serde_json::{json, Value};
+
+struct Ca(CertifiedIssuer<'static, KeyPair>);
+
+impl Ca {
+    fn new(name: &str) -> Self {
+        let mut params = CertificateParams::new(Vec::<String>::new()).unwrap();
+        params.is_ca = IsCa::Ca(BasicConstraints::Unconstrained);
+        params.distinguished_name.push(DnType::CommonName, name);
+        Self(CertifiedIssuer::self_signed(params, KeyPair::generate().unwrap()).unwrap())
+    }
+
+    fn issue(&self, cn: &str, names: &[&str], client: bool) -> (String, String) {
+        let mut params =
+            CertificateParams::new(names.iter().map(|n| n.to_string()).collect::<Vec<_>>())
+                .unwrap();
+        params.distinguished_name.push(DnType::CommonName, cn);
+        params.extended_key_usages = vec![if client {
+            ExtendedKeyUsagePurpose::ClientAuth
+        } else {
+            ExtendedKeyUsagePurpose::ServerAuth
+        }];
+        let key = KeyPair::generate().unwrap();
+        let cert = params.signed_by(&key, &self.0).unwrap();
+        (cert.pem(), key.serialize_pem())
+    }
+
+    fn trusting(&self) -> drs_tls::ClientTlsBuilder {
+        ClientTls::builder()
+            .trust_pem(self.0.pem().as_bytes())
+            .unwrap()
+    }
+}
+
+async fn within<F: std::future::Future>(f: F) -> F::Output {
+    tokio::time::timeout(Duration::from_secs(20), f)
+        .await
+        .expect("within 20 s")
+}
+
+fn quick() -> Client {
+    Client::new().config(ConnConfig::default().handshake_timeout(Duration::from_secs(2)))
+}
+
+async fn serve(ca: &Ca, mutual: bool) -> (Server, u16) {
+    let (cert, key) = ca.issue("localhost", &["localhost"], false);
+    let mut tls = ServerTls::from_pem(cert.as_bytes(), key.as_bytes()).unwrap();
+    if mutual {
+        tls = tls.require_client_cert(ca.0.pem().as_bytes()).unwrap();
+    }
+    let server =
+        Server::with_config(ConnConfig::default().handshake_timeout(Duration::from_secs(2)));
+    server.on("whoami", |msg: Msg| async move {
+        let info = msg.conn().info().clone();
+        HandlerResult::Ok(json!({
+            "transport": info.transport,
+            "cn": info.peer_certificate.and_then(|c| c.common_name.clone()),
+        }))
+    });
+    let listener = WsListener::bind("127.0.0.1:0")
+        .await
+        .unwrap()
+        .tls(tls.build().unwrap());
+    let addr = server.listen(listener, Json).unwrap();
+    let port = addr.rsplit_once(':').unwrap().1.parse().unwrap();
+    (server, port)
+}
+
+#[tokio::test]
+async fn wss_with_a_client_certificate() {
+    within(async {
+        let ca = Ca::new("wss CA");
+        let (server, port) = serve(&ca, true).await;
+        let (cert, key) = ca.issue("carol", &[], true);
+        let tls = ca
+            .trusting()
+            .client_cert_pem(cert.as_bytes(), key.as_bytes())
+            .unwrap()
+            .build()
+            .unwrap();
+        let conn = quick()
+            .connect(
+                WsDialer::new(format!("wss://localhost:{port}/socket")).tls(tls),
+                Json,
+            )
+            .await
+            .expect("connect");
+        let me: Value = conn.call("whoami", ()).await.expect("whoami");
+        assert_eq!(me, json!({"transport": "wss", "cn": "carol"}));
+        assert_eq!(conn.info().transport, "wss");
+        assert!(conn.info().peer_certificate.is_some());
+        server.shutdown(Duration::ZERO).await;
+    })
+    .await;
+}
+
+#[tokio::test]
+async fn wss_failures_are_clear_and_bounded() {
+    within(async {
+        let ca = Ca::new("wss CA");
+        let other = Ca::new("other CA");
+        let (server, port) = serve(&ca, false).await;
+        let url = format!("wss://localhost:{port}/socket");
+
+        let err = quick()
+            .connect(
+                WsDialer::new(&url).tls(other.trusting().build().unwrap()),
+                Json,
+            )
+            .await
+            .unwrap_err();
+        assert!(err.to_string().contains("UnknownIssuer"), "{err}");
+
+        let err = quick()
+            .connect(WsDialer::new(&url), Json)
+            .await
+            .unwrap_err();
+        assert!(
+            err.to_string().contains("wss:// needs TLS settings"),
+            "{err}"
+        );
+
+        // Plain ws:// to a wss:// listener: the server's TLS handshake
+        // fails on the HTTP request; the client's upgrade fails.
+        let err = quick()
+            .connect(WsDialer::new(format!("ws://localhost:{port}/socket")), Json)
+            .await
+            .unwrap_err();
+        assert!(!err.to_string().is_empty());
+
+        let err = quick()
+            .connect(WsDialer::new("http://localhost/"), Json)
+            .await
+            .unwrap_err();
+        assert!(
+            err.to_string().contains("not a ws:// or wss:// URL"),
+            "{err}"
+        );
+        assert_eq!(server.connection_count(), 0);
+        server.shutdown(Duration::ZERO).await;
+    })
+    .await;
+}
