@@ -363,15 +363,8 @@ fn bad_arguments_are_refused() {
             "/nonexistent/c.pem",
         ),
         (
-            &[
-                "--tls-cert",
-                "c.pem",
-                "--tls-key",
-                "k.pem",
-                "--ws",
-                "127.0.0.1:0",
-            ][..],
-            "TLS for WebSocket (wss) is not supported yet",
+            &["--tls-client-ca", "ca.pem", "--ws", "127.0.0.1:0"][..],
+            "--tls-cert and --tls-key go together",
         ),
     ] {
         let out = Command::new(example_path("demo_server"))
