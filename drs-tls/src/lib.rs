@@ -583,6 +583,14 @@ mod tests {
         assert_eq!(TlsDialer::new("[::1]:443", tls).host(), "::1");
     }
 
+    #[cfg(feature = "webpki-roots")]
+    #[test]
+    fn the_mozilla_roots_can_be_trusted() {
+        let builder = ClientTls::builder().trust_webpki_roots();
+        assert!(builder.roots.len() > 50, "{}", builder.roots.len());
+        builder.build().expect("settings");
+    }
+
     #[test]
     fn bad_pem_is_a_clear_error() {
         let e = ServerTls::from_pem(b"not pem", b"").unwrap_err();
