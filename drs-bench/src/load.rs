@@ -186,6 +186,25 @@ pub(crate) async fn calls(
                         .map(|h| vec![h])
                 })
             }
+            "lines-tls" => {
+                let s = tls_connect(addr).await?;
+                let (r, w) = tokio::io::split(s);
+                tokio::spawn(async move {
+                    stream_loop(r, w, inflight, payload, false, window)
+                        .await
+                        .map(|h| vec![h])
+                })
+            }
+            "wss-text" => {
+                let s = tls_connect(addr).await?;
+                let url = format!("wss://localhost/socket");
+                let (ws, _) = tokio_tungstenite::client_async(url.as_str(), s).await?;
+                tokio::spawn(async move {
+                    ws_loop(ws, "ws-text", inflight, payload, window)
+                        .await
+                        .map(|h| vec![h])
+                })
+            }
             "ws-text" | "ws-msgpack" | "jsonrpc-ws" => {
                 let url = format!("ws://{addr}/socket");
                 let (ws, _) =
@@ -300,16 +319,34 @@ where
     }
 }
 
-type Ws =
-    tokio_tungstenite::WebSocketStream<tokio_tungstenite::MaybeTlsStream<tokio::net::TcpStream>>;
+/// The TLS settings of the load generator: trust the CA the orchestrator
+/// made (`DRS_BENCH_TLS_DIR`).
+pub(crate) fn client_tls() -> Res<drs_tls::ClientTls> {
+    let dir = std::env::var("DRS_BENCH_TLS_DIR").map_err(|_| "DRS_BENCH_TLS_DIR is not set")?;
+    Ok(drs_tls::ClientTls::builder()
+        .trust_pem_file(std::path::Path::new(&dir).join("ca.pem"))?
+        .build()?)
+}
 
-async fn ws_loop(
-    ws: Ws,
+/// A TLS connection to `addr`, the certificate checked for `localhost`.
+async fn tls_connect(
+    addr: &str,
+) -> Res<drs_tls::tokio_rustls::client::TlsStream<tokio::net::TcpStream>> {
+    let tcp = tokio::net::TcpStream::connect(addr).await?;
+    tcp.set_nodelay(true)?;
+    Ok(client_tls()?.connect("localhost", tcp).await?.0)
+}
+
+async fn ws_loop<S>(
+    ws: tokio_tungstenite::WebSocketStream<S>,
     kind: &str,
     inflight: usize,
     payload: String,
     window: Window,
-) -> Res<Histogram<u64>> {
+) -> Res<Histogram<u64>>
+where
+    S: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin,
+{
     let mut hist = histogram();
     let (mut tx, mut rx) = ws.split();
     let request = |key: u64| -> Message {

@@ -18,7 +18,8 @@
 //! [`layer_fn`](drs_core::layer_fn) around every route; streamed replies
 //! (items/s through one stream and through 32 on one connection, each
 //! granting credit as it reads, against a floor that writes the same lines
-//! back to back and ignores credit); broadcast; fire; idle memory.
+//! back to back and ignores credit); TLS over TCP and `wss://` against
+//! the same echo floors inside rustls; broadcast; fire; idle memory.
 
 // A command-line tool: its output is the point.
 #![allow(clippy::print_stdout)]
@@ -270,6 +271,15 @@ const STREAM_SYSTEMS: &[(&str, &str, &str)] = &[
 /// window per round trip, so it is shown with 16 items, drs's default of
 /// 64, and 256.
 const STREAM_SHAPES: &[(usize, u32)] = &[(1, 16), (1, 64), (1, 256), (32, 64)];
+/// TLS over TCP and WebSocket, against the same echo floors inside rustls.
+const TLS_SYSTEMS: &[(&str, &str, &str)] = &[
+    ("floor", "floor-tls", "lines-tls"),
+    ("drs json", "drs-tls-json", "lines-tls"),
+];
+const WSS_SYSTEMS: &[(&str, &str, &str)] = &[
+    ("floor", "floor-wss", "wss-text"),
+    ("drs json", "drs-wss-json", "wss-text"),
+];
 const IPC_SYSTEMS: &[(&str, &str, &str)] = &[
     ("floor", "floor-ipc", "lines-ipc"),
     ("drs json", "drs-ipc-json", "lines-ipc"),
@@ -289,10 +299,13 @@ fn orchestrate(args: &[String]) -> Res<()> {
 
     let shapes: &[(usize, usize)] = &[(1, 1), (1, 64), (32, 8)];
     let payloads: &[usize] = &[64, 16 * 1024];
+    make_pki()?;
     for (group, systems) in [
         ("TCP", TCP_SYSTEMS),
         ("WebSocket", WS_SYSTEMS),
         ("IPC", IPC_SYSTEMS),
+        ("TLS", TLS_SYSTEMS),
+        ("WSS", WSS_SYSTEMS),
     ] {
         for &payload in payloads {
             for &(c, k) in shapes {
@@ -433,6 +446,32 @@ fn orchestrate(args: &[String]) -> Res<()> {
     Ok(())
 }
 
+/// Makes a CA and a certificate for `localhost` for the TLS scenarios, in
+/// a temporary directory the server and load processes find through
+/// `DRS_BENCH_TLS_DIR`.
+fn make_pki() -> Res<()> {
+    use rcgen::{BasicConstraints, CertificateParams, CertifiedIssuer, DnType, IsCa, KeyPair};
+    let mut ca = CertificateParams::new(Vec::<String>::new())?;
+    ca.is_ca = IsCa::Ca(BasicConstraints::Unconstrained);
+    ca.distinguished_name
+        .push(DnType::CommonName, "drs-bench CA");
+    let ca = CertifiedIssuer::self_signed(ca, KeyPair::generate()?)?;
+    let mut leaf = CertificateParams::new(vec!["localhost".to_string()])?;
+    leaf.distinguished_name
+        .push(DnType::CommonName, "localhost");
+    let key = KeyPair::generate()?;
+    let cert = leaf.signed_by(&key, &ca)?;
+    let dir = std::env::temp_dir().join(format!("drs-bench-tls-{}", std::process::id()));
+    std::fs::create_dir_all(&dir)?;
+    std::fs::write(dir.join("ca.pem"), ca.pem())?;
+    std::fs::write(dir.join("server.pem"), cert.pem())?;
+    std::fs::write(dir.join("server.key"), key.serialize_pem())?;
+    // Read by the child processes this one starts (it has no threads yet
+    // that read the environment).
+    std::env::set_var("DRS_BENCH_TLS_DIR", &dir);
+    Ok(())
+}
+
 /// Server RSS growth per connection with `n` idle connections.
 fn idle(h: &Harness, system: &str, n: usize) -> Res<Value> {
     let (server, addr) = h.server(system)?;
@@ -496,6 +535,7 @@ fn render(rows: &[Row]) -> String {
     let mut out = String::new();
     let mut last = ("", String::new());
     let peer_of = |group: &str| match group {
+        "TLS" | "WSS" => None,
         "TCP" => Some("tarpc json"),
         "WebSocket" => Some("jsonrpsee"),
         _ => None,

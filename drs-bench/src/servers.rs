@@ -25,12 +25,16 @@ pub(crate) const SYSTEMS: &[&str] = &[
     "floor-fanout",
     "floor-sink",
     "floor-stream",
+    "floor-tls",
+    "floor-wss",
     "drs-tcp-json",
     "drs-tcp-json-layer",
     "drs-tcp-msgpack",
     "drs-ipc-json",
     "drs-ws-json",
     "drs-ws-msgpack",
+    "drs-tls-json",
+    "drs-wss-json",
     "tarpc-tcp",
     "jsonrpsee-ws",
 ];
@@ -79,6 +83,27 @@ pub(crate) async fn serve(system: &str) -> Result<(), Box<dyn std::error::Error 
             }
         }
         "floor-fanout" | "floor-sink" => floor_fanout().await,
+        "floor-tls" | "floor-wss" => {
+            let tls = server_tls()?;
+            let l = tokio::net::TcpListener::bind("127.0.0.1:0").await?;
+            ready(&l.local_addr()?.to_string());
+            let ws = system == "floor-wss";
+            loop {
+                let (s, _) = l.accept().await?;
+                s.set_nodelay(true)?;
+                let tls = tls.clone();
+                tokio::spawn(async move {
+                    let Ok((s, _)) = tls.accept(s).await else {
+                        return;
+                    };
+                    if ws {
+                        echo_ws(s).await
+                    } else {
+                        echo_lines(s).await
+                    }
+                });
+            }
+        }
         "floor-stream" => {
             let l = tokio::net::TcpListener::bind("127.0.0.1:0").await?;
             ready(&l.local_addr()?.to_string());
@@ -89,7 +114,9 @@ pub(crate) async fn serve(system: &str) -> Result<(), Box<dyn std::error::Error 
             }
         }
         "drs-tcp-json" | "drs-tcp-json-layer" | "drs-tcp-msgpack" | "drs-ipc-json"
-        | "drs-ws-json" | "drs-ws-msgpack" => drs_server(system).await,
+        | "drs-ws-json" | "drs-ws-msgpack" | "drs-tls-json" | "drs-wss-json" => {
+            drs_server(system).await
+        }
         "tarpc-tcp" => tarpc_server().await,
         "jsonrpsee-ws" => jsonrpsee_server().await,
         other => Err(format!("unknown system {other}; one of {SYSTEMS:?}").into()),
@@ -143,8 +170,19 @@ async fn stream_lines(s: tokio::net::TcpStream) {
     while wr.write_all(&batch).await.is_ok() {}
 }
 
+/// The TLS settings of the TLS servers: the certificate the orchestrator
+/// made for `localhost` (`DRS_BENCH_TLS_DIR`).
+fn server_tls() -> Result<drs_tls::ServerTls, Box<dyn std::error::Error + Send + Sync>> {
+    let dir = std::env::var("DRS_BENCH_TLS_DIR").map_err(|_| "DRS_BENCH_TLS_DIR is not set")?;
+    let dir = std::path::Path::new(&dir);
+    Ok(
+        drs_tls::ServerTls::from_pem_files(dir.join("server.pem"), dir.join("server.key"))?
+            .build()?,
+    )
+}
+
 /// The WebSocket floor: echo every text message, flushing once per batch.
-async fn echo_ws(s: tokio::net::TcpStream) {
+async fn echo_ws<S: AsyncRead + AsyncWrite + Unpin>(s: S) {
     let Ok(ws) = tokio_tungstenite::accept_async(s).await else {
         return;
     };
@@ -285,6 +323,16 @@ async fn drs_server(system: &str) -> Result<(), Box<dyn std::error::Error + Send
         "drs-ws-msgpack" => server.listen(
             drs_transport_ws::WsListener::bind("127.0.0.1:0").await?,
             msgpack,
+        )?,
+        "drs-tls-json" => server.listen(
+            drs_tls::TlsListener::bind("127.0.0.1:0", server_tls()?).await?,
+            json,
+        )?,
+        "drs-wss-json" => server.listen(
+            drs_transport_ws::WsListener::bind("127.0.0.1:0")
+                .await?
+                .tls(server_tls()?),
+            json,
         )?,
         _ => unreachable!("checked by the caller"),
     };
