@@ -197,8 +197,7 @@ pub(crate) async fn calls(
             }
             "wss-text" => {
                 let s = tls_connect(addr).await?;
-                let url = format!("wss://localhost/socket");
-                let (ws, _) = tokio_tungstenite::client_async(url.as_str(), s).await?;
+                let (ws, _) = tokio_tungstenite::client_async("wss://localhost/socket", s).await?;
                 tokio::spawn(async move {
                     ws_loop(ws, "ws-text", inflight, payload, window)
                         .await
