@@ -23,6 +23,10 @@ impl Ca {
     }
 
     fn issue(&self, cn: &str, names: &[&str], client: bool) -> (String, String) {
+        self.issue_valid(cn, names, client, true)
+    }
+
+    fn issue_valid(&self, cn: &str, names: &[&str], client: bool, valid: bool) -> (String, String) {
         let mut params =
             CertificateParams::new(names.iter().map(|n| n.to_string()).collect::<Vec<_>>())
                 .unwrap();
@@ -32,6 +36,10 @@ impl Ca {
         } else {
             ExtendedKeyUsagePurpose::ServerAuth
         }];
+        if !valid {
+            params.not_before = rcgen::date_time_ymd(2000, 1, 1);
+            params.not_after = rcgen::date_time_ymd(2001, 1, 1);
+        }
         let key = KeyPair::generate().unwrap();
         let cert = params.signed_by(&key, &self.0).unwrap();
         (cert.pem(), key.serialize_pem())
@@ -55,7 +63,11 @@ fn quick() -> Client {
 }
 
 async fn serve(ca: &Ca, mutual: bool) -> (Server, u16) {
-    let (cert, key) = ca.issue("localhost", &["localhost"], false);
+    serve_as(ca, mutual, &["localhost"], true).await
+}
+
+async fn serve_as(ca: &Ca, mutual: bool, names: &[&str], valid: bool) -> (Server, u16) {
+    let (cert, key) = ca.issue_valid("localhost", names, false, valid);
     let mut tls = ServerTls::from_pem(cert.as_bytes(), key.as_bytes()).unwrap();
     if mutual {
         tls = tls.require_client_cert(ca.0.pem().as_bytes()).unwrap();
@@ -148,6 +160,52 @@ async fn wss_failures_are_clear_and_bounded() {
             err.to_string().contains("not a ws:// or wss:// URL"),
             "{err}"
         );
+        assert_eq!(server.connection_count(), 0);
+        server.shutdown(Duration::ZERO).await;
+    })
+    .await;
+}
+
+#[tokio::test]
+async fn wss_rejects_an_expired_certificate_a_wrong_name_and_a_missing_client_certificate() {
+    within(async {
+        let ca = Ca::new("wss CA");
+        for (case, names, valid, says) in [
+            ("expired", &["localhost"][..], false, "certificate expired"),
+            (
+                "wrong name",
+                &["other.example"][..],
+                true,
+                "not valid for name",
+            ),
+        ] {
+            let (server, port) = serve_as(&ca, false, names, valid).await;
+            let err = quick()
+                .connect(
+                    WsDialer::new(format!("wss://localhost:{port}/socket"))
+                        .tls(ca.trusting().build().unwrap()),
+                    Json,
+                )
+                .await
+                .unwrap_err();
+            assert!(err.to_string().contains(says), "{case}: {err}");
+            assert_eq!(server.connection_count(), 0, "{case}");
+            server.shutdown(Duration::ZERO).await;
+        }
+
+        // Mutual TLS without a client certificate: never admitted.
+        let (server, port) = serve(&ca, true).await;
+        let result = quick()
+            .connect(
+                WsDialer::new(format!("wss://localhost:{port}/socket"))
+                    .tls(ca.trusting().build().unwrap()),
+                Json,
+            )
+            .await;
+        if let Ok(conn) = result {
+            let err = conn.call::<Value>("whoami", ()).await.unwrap_err();
+            assert!(err.is_closed(), "{err:?}");
+        }
         assert_eq!(server.connection_count(), 0);
         server.shutdown(Duration::ZERO).await;
     })
