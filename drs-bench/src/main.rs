@@ -450,22 +450,14 @@ fn orchestrate(args: &[String]) -> Res<()> {
 /// a temporary directory the server and load processes find through
 /// `DRS_BENCH_TLS_DIR`.
 fn make_pki() -> Res<()> {
-    use rcgen::{BasicConstraints, CertificateParams, CertifiedIssuer, DnType, IsCa, KeyPair};
-    let mut ca = CertificateParams::new(Vec::<String>::new())?;
-    ca.is_ca = IsCa::Ca(BasicConstraints::Unconstrained);
-    ca.distinguished_name
-        .push(DnType::CommonName, "drs-bench CA");
-    let ca = CertifiedIssuer::self_signed(ca, KeyPair::generate()?)?;
-    let mut leaf = CertificateParams::new(vec!["localhost".to_string()])?;
-    leaf.distinguished_name
-        .push(DnType::CommonName, "localhost");
-    let key = KeyPair::generate()?;
-    let cert = leaf.signed_by(&key, &ca)?;
+    use drs_tls::test_pki::{TestCa, Usage};
+    let ca = TestCa::new("drs-bench CA");
+    let (cert, key) = ca.issue("localhost", &["localhost"], Usage::Server, false);
     let dir = std::env::temp_dir().join(format!("drs-bench-tls-{}", std::process::id()));
     std::fs::create_dir_all(&dir)?;
     std::fs::write(dir.join("ca.pem"), ca.pem())?;
-    std::fs::write(dir.join("server.pem"), cert.pem())?;
-    std::fs::write(dir.join("server.key"), key.serialize_pem())?;
+    std::fs::write(dir.join("server.pem"), cert)?;
+    std::fs::write(dir.join("server.key"), key)?;
     // Read by the child processes this one starts (it has no threads yet
     // that read the environment).
     std::env::set_var("DRS_BENCH_TLS_DIR", &dir);

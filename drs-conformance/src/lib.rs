@@ -225,25 +225,9 @@ fn test_pki() -> &'static (drs_tls::ServerTls, drs_tls::ClientTls) {
     static PKI: std::sync::OnceLock<(drs_tls::ServerTls, drs_tls::ClientTls)> =
         std::sync::OnceLock::new();
     PKI.get_or_init(|| {
-        use rcgen::{BasicConstraints, CertificateParams, CertifiedIssuer, DnType, IsCa, KeyPair};
-        let mut ca = CertificateParams::new(Vec::<String>::new()).expect("CA params");
-        ca.is_ca = IsCa::Ca(BasicConstraints::Unconstrained);
-        ca.distinguished_name
-            .push(DnType::CommonName, "drs suite CA");
-        let ca = CertifiedIssuer::self_signed(ca, KeyPair::generate().expect("key")).expect("CA");
-        let mut leaf = CertificateParams::new(vec!["localhost".to_string()]).expect("params");
-        leaf.distinguished_name
-            .push(DnType::CommonName, "localhost");
-        let key = KeyPair::generate().expect("key");
-        let cert = leaf.signed_by(&key, &ca).expect("certificate");
-        let server =
-            drs_tls::ServerTls::from_pem(cert.pem().as_bytes(), key.serialize_pem().as_bytes())
-                .and_then(|b| b.build())
-                .expect("server TLS");
-        let client = drs_tls::ClientTls::builder()
-            .trust_pem(ca.pem().as_bytes())
-            .and_then(|b| b.build())
-            .expect("client TLS");
+        let ca = drs_tls::test_pki::TestCa::new("drs suite CA");
+        let server = ca.server_tls(&["localhost"]).build().expect("server TLS");
+        let client = ca.trusting().build().expect("client TLS");
         (server, client)
     })
 }

@@ -32,7 +32,7 @@
 use std::{future::Future, io, net::SocketAddr, path::Path, pin::Pin, sync::Arc};
 
 use drs_core::{ConnInfo, Dialer, FrameSpec, FramedIo, Listener, PeerCertificate};
-use drs_transport_tcp::{configure, Keepalive};
+use drs_transport_tcp::{accept, configure, Keepalive};
 use rustls::{
     pki_types::{pem::PemObject, CertificateDer, PrivateKeyDer, ServerName},
     server::WebPkiClientVerifier,
@@ -43,6 +43,9 @@ use tokio_rustls::{TlsAcceptor, TlsConnector};
 
 pub use rustls;
 pub use tokio_rustls;
+
+#[cfg(feature = "test-pki")]
+pub mod test_pki;
 
 /// The crypto provider: *ring*, which builds with a C compiler alone.
 /// rustls 0.23.48 deprecates it for lacking post-quantum key exchange;
@@ -452,35 +455,17 @@ impl Listener for TlsListener {
     type Handshake = Handshake<ServerTlsTransport>;
 
     async fn accept(&mut self, spec: FrameSpec) -> io::Result<Self::Handshake> {
-        loop {
-            match self.inner.accept().await {
-                Ok((stream, _)) => {
-                    configure(&stream, self.keepalive.as_ref())?;
-                    let acceptor = self.tls.acceptor.clone();
-                    return Ok(Box::pin(async move {
-                        let mut info = info(&stream);
-                        let tls = acceptor.accept(stream).await.map_err(|e| {
-                            io::Error::new(e.kind(), format!("TLS handshake failed: {e}"))
-                        })?;
-                        if let Some(cert) =
-                            tls.get_ref().1.peer_certificates().and_then(|c| c.first())
-                        {
-                            info = info.with_peer_certificate(identity(cert));
-                        }
-                        Ok((FramedIo::new(tls, spec), info))
-                    }));
-                }
-                Err(e)
-                    if matches!(
-                        e.kind(),
-                        io::ErrorKind::ConnectionAborted | io::ErrorKind::ConnectionReset
-                    ) =>
-                {
-                    tracing::debug!(error = %e, "connection aborted before accept");
-                }
-                Err(e) => return Err(e),
+        let stream = accept(&self.inner).await?;
+        configure(&stream, self.keepalive.as_ref())?;
+        let tls = self.tls.clone();
+        Ok(Box::pin(async move {
+            let mut info = info(&stream);
+            let (tls, cert) = tls.accept(stream).await?;
+            if let Some(cert) = cert {
+                info = info.with_peer_certificate(cert);
             }
-        }
+            Ok((FramedIo::new(tls, spec), info))
+        }))
     }
 
     fn local_addr(&self) -> io::Result<String> {

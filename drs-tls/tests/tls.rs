@@ -14,11 +14,8 @@ use drs_core::{
     Server,
 };
 use drs_protocol_json::Json;
+use drs_tls::test_pki::{TestCa, Usage};
 use drs_tls::{ClientTls, ServerTls, TlsDialer, TlsListener};
-use rcgen::{
-    date_time_ymd, BasicConstraints, CertificateParams, CertifiedIssuer, DnType,
-    ExtendedKeyUsagePurpose, IsCa, KeyPair,
-};
 use serde_json::{json, Value};
 
 const LIMIT: Duration = Duration::from_secs(20);
@@ -29,42 +26,21 @@ async fn within<F: std::future::Future>(f: F) -> F::Output {
         .expect("the test finished in time")
 }
 
-/// A certificate authority made for one test.
-struct Ca {
-    issuer: CertifiedIssuer<'static, KeyPair>,
-}
+/// A CA made for one test, with the helpers these tests use.
+struct Ca(TestCa);
 
 impl Ca {
     fn new(name: &str) -> Self {
-        let mut params = CertificateParams::new(Vec::<String>::new()).unwrap();
-        params.is_ca = IsCa::Ca(BasicConstraints::Unconstrained);
-        params.distinguished_name.push(DnType::CommonName, name);
-        let issuer = CertifiedIssuer::self_signed(params, KeyPair::generate().unwrap()).unwrap();
-        Self { issuer }
+        Self(TestCa::new(name))
     }
 
     fn pem(&self) -> String {
-        self.issuer.pem()
+        self.0.pem()
     }
 
-    /// A certificate (PEM) and its key (PEM) for `names`, with common
-    /// name `cn`, for a server or a client, valid now or long expired.
     fn issue(&self, cn: &str, names: &[&str], client: bool, expired: bool) -> (String, String) {
-        let names: Vec<String> = names.iter().map(|n| n.to_string()).collect();
-        let mut params = CertificateParams::new(names).unwrap();
-        params.distinguished_name.push(DnType::CommonName, cn);
-        params.extended_key_usages = vec![if client {
-            ExtendedKeyUsagePurpose::ClientAuth
-        } else {
-            ExtendedKeyUsagePurpose::ServerAuth
-        }];
-        if expired {
-            params.not_before = date_time_ymd(2000, 1, 1);
-            params.not_after = date_time_ymd(2001, 1, 1);
-        }
-        let key = KeyPair::generate().unwrap();
-        let cert = params.signed_by(&key, &self.issuer).unwrap();
-        (cert.pem(), key.serialize_pem())
+        let usage = if client { Usage::Client } else { Usage::Server };
+        self.0.issue(cn, names, usage, expired)
     }
 
     fn server_tls(&self, names: &[&str], expired: bool) -> drs_tls::ServerTlsBuilder {
@@ -73,9 +49,7 @@ impl Ca {
     }
 
     fn trusting(&self) -> drs_tls::ClientTlsBuilder {
-        ClientTls::builder()
-            .trust_pem(self.pem().as_bytes())
-            .unwrap()
+        self.0.trusting()
     }
 }
 

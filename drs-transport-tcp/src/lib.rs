@@ -114,6 +114,26 @@ pub fn configure(stream: &TcpStream, keepalive: Option<&Keepalive>) -> io::Resul
     Ok(())
 }
 
+/// The next connection on `listener`, skipping peers that gave up before
+/// it was accepted (not the listener's problem); other errors are the
+/// listener's.
+pub async fn accept(listener: &tokio::net::TcpListener) -> io::Result<TcpStream> {
+    loop {
+        match listener.accept().await {
+            Ok((stream, _)) => return Ok(stream),
+            Err(e)
+                if matches!(
+                    e.kind(),
+                    io::ErrorKind::ConnectionAborted | io::ErrorKind::ConnectionReset
+                ) =>
+            {
+                tracing::debug!(error = %e, "connection aborted before accept");
+            }
+            Err(e) => return Err(e),
+        }
+    }
+}
+
 /// Accepts TCP connections for a [`drs_core::Server`].
 #[derive(Debug)]
 pub struct TcpListener {
@@ -168,21 +188,8 @@ impl Listener for TcpListener {
     type Handshake = Ready<io::Result<(TcpTransport, ConnInfo)>>;
 
     async fn accept(&mut self, spec: FrameSpec) -> io::Result<Self::Handshake> {
-        loop {
-            match self.inner.accept().await {
-                Ok((stream, _)) => return Ok(ready(framed(stream, spec, self.keepalive.as_ref()))),
-                // The peer gave up before we accepted: not the listener's problem.
-                Err(e)
-                    if matches!(
-                        e.kind(),
-                        io::ErrorKind::ConnectionAborted | io::ErrorKind::ConnectionReset
-                    ) =>
-                {
-                    tracing::debug!(error = %e, "connection aborted before accept");
-                }
-                Err(e) => return Err(e),
-            }
-        }
+        let stream = accept(&self.inner).await?;
+        Ok(ready(framed(stream, spec, self.keepalive.as_ref())))
     }
 
     fn local_addr(&self) -> io::Result<String> {

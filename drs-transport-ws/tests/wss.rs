@@ -4,22 +4,16 @@ use std::time::Duration;
 
 use drs_core::{Client, ConnConfig, HandlerResult, Msg, Server};
 use drs_protocol_json::Json;
-use drs_tls::{ClientTls, ServerTls};
+use drs_tls::test_pki::{TestCa, Usage};
+use drs_tls::ServerTls;
 use drs_transport_ws::{WsDialer, WsListener};
-use rcgen::{
-    BasicConstraints, CertificateParams, CertifiedIssuer, DnType, ExtendedKeyUsagePurpose, IsCa,
-    KeyPair,
-};
 use serde_json::{json, Value};
 
-struct Ca(CertifiedIssuer<'static, KeyPair>);
+struct Ca(TestCa);
 
 impl Ca {
     fn new(name: &str) -> Self {
-        let mut params = CertificateParams::new(Vec::<String>::new()).unwrap();
-        params.is_ca = IsCa::Ca(BasicConstraints::Unconstrained);
-        params.distinguished_name.push(DnType::CommonName, name);
-        Self(CertifiedIssuer::self_signed(params, KeyPair::generate().unwrap()).unwrap())
+        Self(TestCa::new(name))
     }
 
     fn issue(&self, cn: &str, names: &[&str], client: bool) -> (String, String) {
@@ -27,28 +21,16 @@ impl Ca {
     }
 
     fn issue_valid(&self, cn: &str, names: &[&str], client: bool, valid: bool) -> (String, String) {
-        let mut params =
-            CertificateParams::new(names.iter().map(|n| n.to_string()).collect::<Vec<_>>())
-                .unwrap();
-        params.distinguished_name.push(DnType::CommonName, cn);
-        params.extended_key_usages = vec![if client {
-            ExtendedKeyUsagePurpose::ClientAuth
-        } else {
-            ExtendedKeyUsagePurpose::ServerAuth
-        }];
-        if !valid {
-            params.not_before = rcgen::date_time_ymd(2000, 1, 1);
-            params.not_after = rcgen::date_time_ymd(2001, 1, 1);
-        }
-        let key = KeyPair::generate().unwrap();
-        let cert = params.signed_by(&key, &self.0).unwrap();
-        (cert.pem(), key.serialize_pem())
+        let usage = if client { Usage::Client } else { Usage::Server };
+        self.0.issue(cn, names, usage, !valid)
+    }
+
+    fn pem(&self) -> String {
+        self.0.pem()
     }
 
     fn trusting(&self) -> drs_tls::ClientTlsBuilder {
-        ClientTls::builder()
-            .trust_pem(self.0.pem().as_bytes())
-            .unwrap()
+        self.0.trusting()
     }
 }
 
@@ -70,7 +52,7 @@ async fn serve_as(ca: &Ca, mutual: bool, names: &[&str], valid: bool) -> (Server
     let (cert, key) = ca.issue_valid("localhost", names, false, valid);
     let mut tls = ServerTls::from_pem(cert.as_bytes(), key.as_bytes()).unwrap();
     if mutual {
-        tls = tls.require_client_cert(ca.0.pem().as_bytes()).unwrap();
+        tls = tls.require_client_cert(ca.pem().as_bytes()).unwrap();
     }
     let server =
         Server::with_config(ConnConfig::default().handshake_timeout(Duration::from_secs(2)));

@@ -19,9 +19,9 @@ use std::{process::ExitCode, time::Duration};
 
 use drs_core::{Client, Credentials, Error, HandlerResult, Identity, Jail, Msg, Server};
 use drs_protocol_json::Json;
+use drs_tls::test_pki::{TestCa, Usage};
 use drs_tls::{ClientTls, ServerTls, TlsDialer, TlsListener};
 use examples::init_tracing;
-use rcgen::{BasicConstraints, CertificateParams, CertifiedIssuer, DnType, IsCa, KeyPair};
 use serde_json::{json, Value};
 
 #[tokio::main]
@@ -38,23 +38,11 @@ async fn main() -> ExitCode {
     }
 }
 
-/// A CA and a `localhost` certificate, as PEM: (ca, cert, key).
-fn demo_pki() -> Result<(String, String, String), rcgen::Error> {
-    let mut ca = CertificateParams::new(Vec::<String>::new())?;
-    ca.is_ca = IsCa::Ca(BasicConstraints::Unconstrained);
-    ca.distinguished_name
-        .push(DnType::CommonName, "secure_server demo CA");
-    let ca = CertifiedIssuer::self_signed(ca, KeyPair::generate()?)?;
-    let mut leaf = CertificateParams::new(vec!["localhost".to_string()])?;
-    leaf.distinguished_name
-        .push(DnType::CommonName, "localhost");
-    let key = KeyPair::generate()?;
-    let cert = leaf.signed_by(&key, &ca)?;
-    Ok((ca.pem(), cert.pem(), key.serialize_pem()))
-}
-
 async fn run(serve: bool) -> Result<(), Box<dyn std::error::Error>> {
-    let (ca, cert, key) = demo_pki()?;
+    // Made on the spot for the demo; a real server loads its PEM files.
+    let pki = TestCa::new("secure_server demo CA");
+    let ca = pki.pem();
+    let (cert, key) = pki.issue("localhost", &["localhost"], Usage::Server, false);
     let dir = std::env::temp_dir().join(format!("drs-secure-server-{}", std::process::id()));
     std::fs::create_dir_all(&dir)?;
     std::fs::write(dir.join("ca.pem"), &ca)?;

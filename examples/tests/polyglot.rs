@@ -92,19 +92,9 @@ fn python_tls_and_wss_clients_with_a_token() {
     if !python_has(&["ssl", "websockets"]) {
         return;
     }
-    use rcgen::{BasicConstraints, CertificateParams, CertifiedIssuer, DnType, IsCa, KeyPair};
-    // Distinct names: OpenSSL takes a leaf whose issuer is its own
-    // subject for a self-signed certificate.
-    let mut ca = CertificateParams::new(Vec::<String>::new()).unwrap();
-    ca.is_ca = IsCa::Ca(BasicConstraints::Unconstrained);
-    ca.distinguished_name
-        .push(DnType::CommonName, "drs test CA");
-    let ca = CertifiedIssuer::self_signed(ca, KeyPair::generate().unwrap()).unwrap();
-    let key = KeyPair::generate().unwrap();
-    let mut leaf = CertificateParams::new(vec!["localhost".to_string()]).unwrap();
-    leaf.distinguished_name
-        .push(DnType::CommonName, "localhost");
-    let cert = leaf.signed_by(&key, &ca).unwrap();
+    use drs_tls::test_pki::{TestCa, Usage};
+    let ca = TestCa::new("drs test CA");
+    let (cert_pem, key_pem) = ca.issue("localhost", &["localhost"], Usage::Server, false);
     let dir = std::env::temp_dir().join(format!("drs-polyglot-tls-{}", std::process::id()));
     std::fs::create_dir_all(&dir).unwrap();
     let file = |name: &str, text: String| {
@@ -114,8 +104,8 @@ fn python_tls_and_wss_clients_with_a_token() {
     };
     let (ca_pem, cert_pem, key_pem) = (
         file("ca.pem", ca.pem()),
-        file("server.pem", cert.pem()),
-        file("server.key", key.serialize_pem()),
+        file("server.pem", cert_pem),
+        file("server.key", key_pem),
     );
     let server = DemoServer::start(&[
         "--tls-cert",
