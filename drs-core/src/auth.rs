@@ -276,6 +276,8 @@ impl Jails {
 /// set), then the jails. Installed once, outside every other layer.
 pub(crate) struct Gate {
     pub(crate) auth: Mutex<Option<Authenticator>>,
+    /// Whether `auth` is set: read per command without the lock.
+    pub(crate) auth_on: std::sync::atomic::AtomicBool,
     pub(crate) limiter: FailureLimiter,
     pub(crate) jails: std::sync::RwLock<Jails>,
 }
@@ -284,6 +286,7 @@ impl Gate {
     pub(crate) fn new() -> Self {
         Self {
             auth: Mutex::new(None),
+            auth_on: std::sync::atomic::AtomicBool::new(false),
             limiter: FailureLimiter::new(DEFAULT_MAX_FAILURES, DEFAULT_FAILURE_WINDOW),
             jails: std::sync::RwLock::default(),
         }
@@ -305,7 +308,7 @@ impl Layer for GateLayer {
         }
         let gate = &self.0;
         let identity = msg.identity();
-        if identity.is_none() && lock(&gate.auth).is_some() {
+        if identity.is_none() && gate.auth_on.load(std::sync::atomic::Ordering::Acquire) {
             return Box::pin(async { Outcome::error(UNAUTHENTICATED) });
         }
         let allowed = crate::sync::read(&gate.jails).allows(action, identity.as_deref());

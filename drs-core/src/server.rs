@@ -343,6 +343,10 @@ impl Server {
         Fut: Future<Output = Result<Identity, String>> + Send + 'static,
     {
         *lock(&self.inner.gate.auth) = Some(authenticator(check));
+        self.inner
+            .gate
+            .auth_on
+            .store(true, std::sync::atomic::Ordering::Release);
         self.install_gate();
         if !self.inner.auth_hooked.swap(true, Ordering::AcqRel) {
             let gate = self.inner.gate.clone();
