@@ -32,7 +32,7 @@
 use std::{future::Future, io, net::SocketAddr, path::Path, pin::Pin, sync::Arc};
 
 use drs_core::{ConnInfo, Dialer, FrameSpec, FramedIo, Listener, PeerCertificate};
-use drs_transport_tcp::{accept, configure, Keepalive};
+use drs_transport_tcp::{accept, configure, conn_info, Keepalive};
 use rustls::{
     pki_types::{pem::PemObject, CertificateDer, PrivateKeyDer, ServerName},
     server::WebPkiClientVerifier,
@@ -160,12 +160,7 @@ impl ServerTls {
             .accept(stream)
             .await
             .map_err(|e| io::Error::new(e.kind(), format!("TLS handshake failed: {e}")))?;
-        let cert = tls
-            .get_ref()
-            .1
-            .peer_certificates()
-            .and_then(|c| c.first())
-            .map(identity);
+        let cert = peer_identity(tls.get_ref().1.peer_certificates());
         Ok((tls, cert))
     }
 }
@@ -272,12 +267,7 @@ impl ClientTls {
             .map_err(|e| {
                 io::Error::new(e.kind(), format!("TLS handshake with {name} failed: {e}"))
             })?;
-        let cert = tls
-            .get_ref()
-            .1
-            .peer_certificates()
-            .and_then(|c| c.first())
-            .map(identity);
+        let cert = peer_identity(tls.get_ref().1.peer_certificates());
         Ok((tls, cert))
     }
 }
@@ -348,6 +338,11 @@ impl ClientTlsBuilder {
     }
 }
 
+/// The identity of the first (the peer's own) certificate of a chain.
+fn peer_identity(chain: Option<&[CertificateDer<'_>]>) -> Option<PeerCertificate> {
+    chain.and_then(|c| c.first()).map(identity)
+}
+
 /// What is known of a verified peer certificate.
 fn identity(der: &CertificateDer<'_>) -> PeerCertificate {
     use x509_parser::{extensions::GeneralName, prelude::FromDer};
@@ -392,14 +387,7 @@ pub type ServerTlsTransport = FramedIo<tokio_rustls::server::TlsStream<TcpStream
 pub type ClientTlsTransport = FramedIo<tokio_rustls::client::TlsStream<TcpStream>>;
 
 fn info(stream: &TcpStream) -> ConnInfo {
-    let mut info = ConnInfo::new("tls");
-    if let Ok(peer) = stream.peer_addr() {
-        info = info.with_peer_addr(peer.to_string());
-    }
-    if let Ok(local) = stream.local_addr() {
-        info = info.with_local_addr(local.to_string());
-    }
-    info
+    conn_info("tls", stream)
 }
 
 /// Accepts TLS connections over TCP for a [`drs_core::Server`]; the

@@ -173,14 +173,21 @@ fn framed(
     keepalive: Option<&Keepalive>,
 ) -> io::Result<(TcpTransport, ConnInfo)> {
     configure(&stream, keepalive)?;
-    let mut info = ConnInfo::new("tcp");
+    let info = conn_info("tcp", &stream);
+    Ok((FramedIo::new(stream, spec), info))
+}
+
+/// What is known of a TCP connection: `transport`'s name and the two
+/// addresses (for transports over TCP: TLS, WebSocket).
+pub fn conn_info(transport: &'static str, stream: &TcpStream) -> ConnInfo {
+    let mut info = ConnInfo::new(transport);
     if let Ok(peer) = stream.peer_addr() {
         info = info.with_peer_addr(peer.to_string());
     }
     if let Ok(local) = stream.local_addr() {
         info = info.with_local_addr(local.to_string());
     }
-    Ok((FramedIo::new(stream, spec), info))
+    info
 }
 
 impl Listener for TcpListener {

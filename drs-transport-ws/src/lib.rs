@@ -493,16 +493,13 @@ impl Listener for WsListener {
     type Handshake = Pin<Box<dyn Future<Output = io::Result<(Self::Io, ConnInfo)>> + Send>>;
 
     async fn accept(&mut self, spec: FrameSpec) -> io::Result<Self::Handshake> {
-        let (stream, peer) = self.inner.accept().await?;
+        let stream = drs_transport_tcp::accept(&self.inner).await?;
         drs_transport_tcp::configure(&stream, self.config.tcp_keepalive.as_ref())?;
         let config = self.config.clone();
         let pages = self.pages.clone();
         let tls = self.tls.clone();
         let name = if tls.is_some() { "wss" } else { "ws" };
-        let mut info = ConnInfo::new(name).with_peer_addr(peer.to_string());
-        if let Ok(local) = stream.local_addr() {
-            info = info.with_local_addr(local.to_string());
-        }
+        let mut info = drs_transport_tcp::conn_info(name, &stream);
         Ok(Box::pin(async move {
             let stream = match tls {
                 None => ServerStream::Plain(stream),
@@ -787,13 +784,8 @@ impl Dialer for WsDialer {
         let (scheme, host, port, target) = parse_url(&self.url)?;
         let tcp = TcpStream::connect((host, port)).await?;
         drs_transport_tcp::configure(&tcp, self.config.tcp_keepalive.as_ref())?;
-        let mut info = ConnInfo::new(if scheme == "wss" { "wss" } else { "ws" });
-        if let Ok(peer) = tcp.peer_addr() {
-            info = info.with_peer_addr(peer.to_string());
-        }
-        if let Ok(local) = tcp.local_addr() {
-            info = info.with_local_addr(local.to_string());
-        }
+        let name = if scheme == "wss" { "wss" } else { "ws" };
+        let mut info = drs_transport_tcp::conn_info(name, &tcp);
         let stream = if scheme == "wss" {
             let tls = self.tls.as_ref().ok_or_else(|| {
                 invalid_url(&self.url, "wss:// needs TLS settings (WsDialer::tls)")
