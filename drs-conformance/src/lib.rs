@@ -31,9 +31,11 @@ use serde::Deserialize;
 use serde_json::{json, Value};
 
 mod behaviours;
+mod pubsub;
 mod security;
 mod streams;
 pub use behaviours::*;
+pub use pubsub::*;
 pub use security::*;
 pub use streams::*;
 
@@ -560,7 +562,15 @@ macro_rules! conformance_suite {
                 auth_deadline_closes_an_unauthenticated_connection,
                 failed_auth_is_rate_limited_per_address,
                 jails_refuse_actions_outside_them,
-                connection_client_and_outbound_jails
+                connection_client_and_outbound_jails,
+                pubsub_wildcards_and_unsubscribe,
+                slow_subscriber_is_isolated,
+                retroactive_delivery_after_reconnect,
+                unacknowledged_delivery_is_redelivered,
+                backlog_overflow_reports_the_missed_count,
+                a_name_in_use_is_refused,
+                expose_routes_and_relays,
+                calls_go_to_the_least_busy_exposer
             );
         }
     };

@@ -222,6 +222,18 @@ impl Body {
         out.ok_or_else(|| DecodeError::new("body format produced no value"))
     }
 
+    /// The value of the top-level field `name` of this body (a map), as a
+    /// body of the same format sharing its bytes: `Ok(None)` when there is
+    /// no such field (or no body), an error when the body is no map.
+    pub fn field(&self, name: &str) -> Result<Option<Body>, DecodeError> {
+        let Some((bytes, format)) = &self.raw else {
+            return Ok(None);
+        };
+        Ok(format.field(bytes, name)?.map(|range| Body {
+            raw: Some((bytes.slice(range), *format)),
+        }))
+    }
+
     /// Whether this body is encoded in `format` (compared by name).
     pub fn is_format(&self, format: &dyn BodyFormat) -> bool {
         matches!(&self.raw, Some((_, f)) if f.name() == format.name())

@@ -69,6 +69,9 @@ pub enum Error {
     /// the command was not sent.
     #[error("action not allowed: {0}")]
     NotAllowed(String),
+    /// A topic or subscription pattern is malformed: nothing was sent.
+    #[error(transparent)]
+    BadTopic(#[from] crate::topic::BadTopic),
     /// A frame would exceed (or did exceed) the maximum frame size.
     #[error("frame of {len} bytes exceeds the maximum frame size of {limit} bytes")]
     FrameTooLarge {
@@ -115,7 +118,7 @@ impl Error {
     pub fn is_unsent(&self) -> bool {
         matches!(
             self,
-            Error::NotConnected | Error::NoPeer(_) | Error::NotAllowed(_)
+            Error::NotConnected | Error::NoPeer(_) | Error::NotAllowed(_) | Error::BadTopic(_)
         )
     }
 

@@ -103,11 +103,13 @@ mod layer;
 #[cfg(feature = "test-util")]
 pub mod memory;
 mod protocol;
+pub mod pubsub;
 mod router;
 mod server;
 mod stream;
 mod sync;
 mod text;
+pub mod topic;
 mod transcode;
 mod transport;
 
@@ -124,7 +126,7 @@ pub use command::{
     EXCEPTION, IDENTIFY, INVALID_STREAM, MAX_NAME_LEN, MORE, NAME_TAKEN, NEXT, PING, RESPONSE,
     SHUTTING_DOWN,
 };
-pub use conn::{Call, CallStream, Conn, ConnConfig};
+pub use conn::{Call, CallStream, Conn, ConnConfig, SentCall};
 pub use error::{Error, RemoteError};
 pub use ext::Extensions;
 pub use handler::{
@@ -134,7 +136,7 @@ pub use layer::{layer_fn, FnLayer, Layer, Next};
 pub use protocol::{
     BodyFormat, DecodeError, EncodeError, FrameKind, Framing, OutBody, Outgoing, Protocol,
 };
-pub use server::{Peer, Server, ServerConfig};
+pub use server::{fanout, Peer, Server, ServerConfig};
 pub use stream::{IntoReply, ItemSink, Produced, Streamed};
 pub use text::Text;
 pub use transport::{

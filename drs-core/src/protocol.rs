@@ -171,6 +171,19 @@ pub trait BodyFormat: Send + Sync + 'static {
 
     /// Whether the encoding is text; used only to show bodies in `Debug` output.
     fn is_text(&self) -> bool;
+
+    /// Where, in `raw` (a map), the value of its top-level field `name`
+    /// lies: `Ok(None)` when the map has no such field, an error when
+    /// `raw` is no map. Lets a body be taken apart without decoding what
+    /// it carries ([`Body::field`](crate::Body::field)); the default says
+    /// the format cannot.
+    fn field(&self, raw: &[u8], name: &str) -> Result<Option<std::ops::Range<usize>>, DecodeError> {
+        let _ = (raw, name);
+        Err(DecodeError::new(format!(
+            "the {} format cannot take a field out of a body",
+            self.name()
+        )))
+    }
 }
 
 /// A frame, a command or a body could not be decoded.

@@ -40,6 +40,7 @@ use crate::{
 type ConnectHook =
     Arc<dyn Fn(Conn) -> Pin<Box<dyn Future<Output = Result<(), String>> + Send>> + Send + Sync>;
 type DisconnectHook = Arc<dyn Fn(&Conn) + Send + Sync>;
+type IdentifyHook = Arc<dyn Fn(&Conn, &Arc<str>) -> bool + Send + Sync>;
 
 /// Settings of a server: what every connection gets, and the limits of the
 /// whole server. `Default` gives the documented defaults; a [`ConnConfig`]
@@ -118,6 +119,7 @@ struct Inner {
     names: std::sync::Mutex<HashMap<Arc<str>, u64>>,
     on_connect: RwLock<Vec<ConnectHook>>,
     on_disconnect: RwLock<Vec<DisconnectHook>>,
+    on_identify: RwLock<Vec<IdentifyHook>>,
     /// Stops the accept loops.
     stop_accepting: CancellationToken,
     /// Starts the graceful drain of every connection.
@@ -190,6 +192,7 @@ impl Server {
                 auth_hooked: std::sync::atomic::AtomicBool::new(false),
                 on_connect: RwLock::default(),
                 on_disconnect: RwLock::default(),
+                on_identify: RwLock::default(),
                 stop_accepting: CancellationToken::new(),
                 drain: CancellationToken::new(),
                 force: CancellationToken::new(),
@@ -202,7 +205,13 @@ impl Server {
             .router
             .on(IDENTIFY, move |conn: Conn, args: Identify| {
                 let claimed = match weak.upgrade() {
-                    Some(inner) => inner.claim(&conn, &args.name),
+                    Some(inner) => inner.claim(&conn, &args.name).map(|name| {
+                        let hooks = read(&inner.on_identify).clone();
+                        // Every hook runs: each may start serving the name.
+                        hooks
+                            .iter()
+                            .fold(false, |resumed, hook| hook(&conn, &name) | resumed)
+                    }),
                     None => Err(HandlerError::new("the server is gone")),
                 };
                 async move { claimed.map(|resumed| Identified { resumed }) }
@@ -301,6 +310,17 @@ impl Server {
             Box::pin(async move { fut.await.map_err(|e| e.to_string()) })
         });
         write(&self.inner.on_connect).push(hook);
+        self
+    }
+
+    /// Adds a hook that runs when a peer names itself with
+    /// `drs.identify` and the name is granted, before the answer is sent.
+    /// It returns whether it holds state for that name from an earlier
+    /// connection (subscriptions, undelivered messages): the answer's
+    /// `resumed` is true if any hook says so. Hooks must not block; one
+    /// that has work to do for the name spawns it.
+    pub fn on_identify(&self, hook: impl Fn(&Conn, &Arc<str>) -> bool + Send + Sync + 'static) -> &Self {
+        write(&self.inner.on_identify).push(Arc::new(hook));
         self
     }
 
@@ -672,47 +692,7 @@ impl Server {
     }
 
     fn broadcast_out(&self, action: &str, body: OutBody<'_>) -> usize {
-        let conns = self.connections();
-        let mut encoded: Vec<(&'static str, Option<Bytes>)> = Vec::with_capacity(1);
-        let mut delivered = 0;
-        for conn in &conns {
-            let protocol = conn.protocol();
-            let frame = match encoded.iter().find(|(name, _)| *name == protocol.name()) {
-                Some((_, frame)) => frame.clone(),
-                None => {
-                    let max = self.inner.config.max_frame_len;
-                    let frame = match encode_frame(protocol, max, &Outgoing::new(action).body(body))
-                    {
-                        Ok(frame) => Some(frame),
-                        Err(e) => {
-                            tracing::warn!(
-                                protocol = protocol.name(),
-                                action,
-                                error = %e,
-                                "broadcast cannot be encoded for this protocol; its connections are skipped"
-                            );
-                            None
-                        }
-                    };
-                    encoded.push((protocol.name(), frame.clone()));
-                    frame
-                }
-            };
-            let Some(frame) = frame else { continue };
-            match conn.try_send_frame(frame) {
-                Ok(()) => delivered += 1,
-                Err(TrySendError::Full(_)) => {
-                    tracing::warn!(
-                        id = conn.id(),
-                        peer = conn.peer_addr(),
-                        "slow consumer disconnected"
-                    );
-                    conn.shared.close_for(CloseReason::TooSlow);
-                }
-                Err(TrySendError::Closed(_)) => {}
-            }
-        }
-        delivered
+        fanout(&self.connections(), action, body)
     }
 
     /// Shuts the server down gracefully: stops accepting, refuses new
@@ -741,6 +721,62 @@ impl Server {
     pub fn is_shutting_down(&self) -> bool {
         self.inner.stop_accepting.is_cancelled()
     }
+}
+
+/// Fires `action` with `body` to each of `conns` and returns how many it
+/// was queued for: what [`Server::broadcast`] does, for any set of
+/// connections (a pub/sub broker's subscribers).
+///
+/// The command is encoded once per protocol and the same bytes are queued
+/// on every connection, without waiting. A connection whose outbound queue
+/// is full (in frames or bytes) is a slow consumer: it is disconnected
+/// ([`CloseReason::TooSlow`], logged), so that it never stalls the others
+/// nor grows memory. Connections whose protocol cannot encode the command
+/// (e.g. a frame over their maximum size) are skipped and logged.
+pub fn fanout<'c>(
+    conns: impl IntoIterator<Item = &'c Conn>,
+    action: &str,
+    body: OutBody<'_>,
+) -> usize {
+    let mut encoded: Vec<(&'static str, Option<Bytes>)> = Vec::with_capacity(1);
+    let mut delivered = 0;
+    for conn in conns {
+        let protocol = conn.protocol();
+        let frame = match encoded.iter().find(|(name, _)| *name == protocol.name()) {
+            Some((_, frame)) => frame.clone(),
+            None => {
+                let max = conn.config().max_frame_len;
+                let frame = match encode_frame(protocol, max, &Outgoing::new(action).body(body)) {
+                    Ok(frame) => Some(frame),
+                    Err(e) => {
+                        tracing::warn!(
+                            protocol = protocol.name(),
+                            action,
+                            error = %e,
+                            "cannot be encoded for this protocol; its connections are skipped"
+                        );
+                        None
+                    }
+                };
+                encoded.push((protocol.name(), frame.clone()));
+                frame
+            }
+        };
+        let Some(frame) = frame else { continue };
+        match conn.try_send_frame(frame) {
+            Ok(()) => delivered += 1,
+            Err(TrySendError::Full(_)) => {
+                tracing::warn!(
+                    id = conn.id(),
+                    peer = conn.peer_addr(),
+                    "slow consumer disconnected"
+                );
+                conn.shared.close_for(CloseReason::TooSlow);
+            }
+            Err(TrySendError::Closed(_)) => {}
+        }
+    }
+    delivered
 }
 
 /// The body of `drs.auth`, as far as the core reads it.
@@ -881,16 +917,16 @@ struct Identify {
 /// The answer to `drs.identify`.
 #[derive(Serialize)]
 struct Identified {
-    /// Whether the server still held state for the name. The core keeps
-    /// none across connections (subscriptions and undelivered messages
-    /// belong to pub/sub), so this is `false` until something does.
+    /// Whether the server still held state for the name: the core keeps
+    /// none across connections; an [`on_identify`](Server::on_identify)
+    /// hook (a pub/sub broker's) says whether it did.
     resumed: bool,
 }
 
 impl Inner {
     /// Gives `conn` the name `name` (releasing the one it had), unless
     /// another live connection holds it.
-    fn claim(&self, conn: &Conn, name: &str) -> Result<bool, HandlerError> {
+    fn claim(&self, conn: &Conn, name: &str) -> Result<Arc<str>, HandlerError> {
         if name.is_empty() || name.len() > MAX_NAME_LEN || name.chars().any(char::is_control) {
             return Err(HandlerError::new(format!(
                 "invalid name: it must be 1 to {MAX_NAME_LEN} bytes without control characters"
@@ -909,8 +945,8 @@ impl Inner {
         }
         let name: Arc<str> = name.into();
         names.insert(name.clone(), conn.id());
-        conn.insert(PeerName(name));
-        Ok(false)
+        conn.insert(PeerName(name.clone()));
+        Ok(name)
     }
 
     /// Frees the name of a connection that has ended.

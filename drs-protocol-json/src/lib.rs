@@ -160,6 +160,10 @@ impl BodyFormat for JsonFormat {
     fn is_text(&self) -> bool {
         true
     }
+
+    fn field(&self, raw: &[u8], name: &str) -> Result<Option<std::ops::Range<usize>>, DecodeError> {
+        field_of(raw, name)
+    }
 }
 
 /// The format of bodies the decoder produced: JSON already validated and
@@ -192,6 +196,10 @@ impl BodyFormat for CheckedJson {
 
     fn is_text(&self) -> bool {
         true
+    }
+
+    fn field(&self, raw: &[u8], name: &str) -> Result<Option<std::ops::Range<usize>>, DecodeError> {
+        field_of(raw, name)
     }
 }
 
@@ -737,4 +745,36 @@ pub mod decode {
         }
         Ok(())
     }
+}
+
+/// Where the value of the top-level member `name` of the JSON object
+/// `raw` lies (the first such member).
+fn field_of(raw: &[u8], name: &str) -> Result<Option<std::ops::Range<usize>>, DecodeError> {
+    use serde::de::{Deserializer as _, MapAccess, Visitor};
+    struct Find<'n>(&'n str);
+    impl<'de> Visitor<'de> for Find<'_> {
+        type Value = Option<&'de serde_json::value::RawValue>;
+        fn expecting(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+            f.write_str("a JSON object")
+        }
+        fn visit_map<A: MapAccess<'de>>(self, mut map: A) -> Result<Self::Value, A::Error> {
+            let mut found = None;
+            while let Some(key) = map.next_key::<std::borrow::Cow<'de, str>>()? {
+                let value: &'de serde_json::value::RawValue = map.next_value()?;
+                if found.is_none() && key == self.0 {
+                    found = Some(value);
+                }
+            }
+            Ok(found)
+        }
+    }
+    let mut de = serde_json::Deserializer::from_slice(raw);
+    de.disable_recursion_limit();
+    let found = (&mut de)
+        .deserialize_map(Find(name))
+        .map_err(|e| DecodeError::new(e.to_string()))?;
+    Ok(found.map(|value| {
+        let start = value.get().as_ptr() as usize - raw.as_ptr() as usize;
+        start..start + value.get().len()
+    }))
 }

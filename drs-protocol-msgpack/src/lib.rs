@@ -130,6 +130,23 @@ impl BodyFormat for MsgPackFormat {
     fn is_text(&self) -> bool {
         false
     }
+
+    fn field(&self, raw: &[u8], name: &str) -> Result<Option<std::ops::Range<usize>>, DecodeError> {
+        let mut r = Reader::new(raw);
+        let len = r.map_len()?;
+        for _ in 0..len {
+            let key = r.str_or_skip()?;
+            if key.is_none() {
+                r.skip_value()?;
+            }
+            let start = r.pos;
+            r.skip_value()?;
+            if key == Some(name) {
+                return Ok(Some(start..r.pos));
+            }
+        }
+        Ok(None)
+    }
 }
 
 fn enc<E: std::fmt::Display>(e: E) -> EncodeError {

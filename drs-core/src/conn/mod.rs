@@ -808,36 +808,91 @@ impl<R> Call<R> {
     }
 }
 
+impl<R: FromBody + Send + 'static> Call<R> {
+    /// Sends the call (waiting for room in the outbound queue) and returns
+    /// once it is queued, with a [`SentCall`] to await for the reply.
+    /// Calls sent one after another this way leave in that order, and
+    /// their replies can be awaited together: a pipeline.
+    pub async fn send(self) -> Result<SentCall<R>, Error> {
+        let (key, frame) = self.prepared?;
+        let conn = self.conn;
+        let rx = conn.shared.pending.register(key)?;
+        let mut guard = PendingGuard {
+            conn,
+            key,
+            armed: true,
+            sent: false,
+        };
+        let deadline = tokio::time::Instant::now() + self.timeout;
+        match tokio::time::timeout_at(deadline, guard.conn.shared.send(&guard.conn.tx, frame)).await
+        {
+            Ok(Ok(())) => guard.sent = true,
+            Ok(Err(e)) => return Err(e),
+            Err(_) => return Err(Error::Timeout(self.timeout)),
+        }
+        Ok(SentCall {
+            guard,
+            rx,
+            deadline,
+            timeout: self.timeout,
+            _reply: PhantomData,
+        })
+    }
+}
+
 impl<R: FromBody + Send + 'static> IntoFuture for Call<R> {
     type Output = Result<R, Error>;
     type IntoFuture = Pin<Box<dyn Future<Output = Result<R, Error>> + Send>>;
 
     fn into_future(self) -> Self::IntoFuture {
+        Box::pin(async move { self.send().await?.await })
+    }
+}
+
+/// A call that has been sent: await it for the reply, within what is left
+/// of the call's timeout. Dropping it before the reply cancels the call on
+/// the peer (`drs.cancel`). See [`Call::send`].
+#[must_use = "dropping a sent call cancels it"]
+pub struct SentCall<R> {
+    guard: PendingGuard,
+    rx: tokio::sync::oneshot::Receiver<Result<Reply, Error>>,
+    deadline: tokio::time::Instant,
+    timeout: Duration,
+    _reply: PhantomData<fn() -> R>,
+}
+
+impl<R> fmt::Debug for SentCall<R> {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("SentCall")
+            .field("conn", &self.guard.conn.id())
+            .field("key", &self.guard.key)
+            .finish_non_exhaustive()
+    }
+}
+
+impl<R: FromBody + Send + 'static> IntoFuture for SentCall<R> {
+    type Output = Result<R, Error>;
+    type IntoFuture = Pin<Box<dyn Future<Output = Result<R, Error>> + Send>>;
+
+    fn into_future(self) -> Self::IntoFuture {
+        let SentCall {
+            guard,
+            rx,
+            deadline,
+            timeout,
+            ..
+        } = self;
         Box::pin(async move {
-            let (key, frame) = self.prepared?;
-            let conn = self.conn;
-            let rx = conn.shared.pending.register(key)?;
-            let mut guard = PendingGuard {
-                conn: &conn,
-                key,
-                armed: true,
-                sent: false,
-            };
-            let sent = &mut guard.sent;
-            let exchange = async {
-                conn.shared.send(&conn.tx, frame).await?;
-                *sent = true;
-                rx.await.map_err(|_| Error::Closed)
-            };
-            let reply = match tokio::time::timeout(self.timeout, exchange).await {
+            let mut guard = guard;
+            let reply = match tokio::time::timeout_at(deadline, rx).await {
                 Ok(Ok(reply)) => {
                     // Answered (perhaps by a reply that did not decode):
                     // nothing to cancel.
                     guard.armed = false;
                     reply?
                 }
-                Ok(Err(e)) => return Err(e),
-                Err(_) => return Err(Error::Timeout(self.timeout)),
+                Ok(Err(_)) => return Err(Error::Closed),
+                Err(_) => return Err(Error::Timeout(timeout)),
             };
             reply.into_result()
         })

@@ -258,14 +258,14 @@ impl Pending {
 
 /// Removes a call's entry when its future is dropped or times out, and
 /// then, if the call was sent, tells the peer with `drs.cancel`.
-pub(crate) struct PendingGuard<'a> {
-    pub(crate) conn: &'a super::Conn,
+pub(crate) struct PendingGuard {
+    pub(crate) conn: super::Conn,
     pub(crate) key: u64,
     pub(crate) armed: bool,
     pub(crate) sent: bool,
 }
 
-impl Drop for PendingGuard<'_> {
+impl Drop for PendingGuard {
     fn drop(&mut self) {
         if self.armed {
             self.conn.shared.pending.remove(self.key);

@@ -1,0 +1,1274 @@
+//! The broker: subscriptions, named subscribers, retroactive backlogs and
+//! routed RPC, served on a drs [`Server`].
+
+use std::{
+    collections::{BTreeMap, BTreeSet, HashMap, HashSet},
+    fmt,
+    path::PathBuf,
+    sync::{
+        atomic::{AtomicUsize, Ordering},
+        Arc, Mutex, MutexGuard,
+    },
+    time::{Duration, SystemTime, UNIX_EPOCH},
+};
+
+use drs_core::{
+    fanout,
+    pubsub::{ExposeBody, Missed, SubscribeBody, EXPOSE, MISSED, PUBLISH, SUBSCRIBE, UNEXPOSE, UNSUBSCRIBE},
+    topic::{check_pattern, check_topic, matches, TopicTrie},
+    Body, Conn, Error, HandlerError, Jail, Layer, Msg, Next, OutBody, Outcome, ReplyFuture, Server,
+};
+use futures::{stream::FuturesUnordered, StreamExt};
+use serde::Serialize;
+use tokio::sync::Notify;
+
+use crate::store::{self, ComponentRecord, MessageRecord, Op, Store, StoreError};
+
+/// Limits of a backlog: whichever is reached first drops the oldest
+/// message.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[non_exhaustive]
+pub struct Backlog {
+    /// Messages kept.
+    pub max_messages: usize,
+    /// Bytes of bodies kept.
+    pub max_bytes: usize,
+    /// Age past which a message is dropped.
+    pub max_age: Duration,
+}
+
+impl Backlog {
+    /// A backlog of at most `max_messages`, `max_bytes` and `max_age`.
+    pub fn new(max_messages: usize, max_bytes: usize, max_age: Duration) -> Self {
+        Self {
+            max_messages: max_messages.max(1),
+            max_bytes: max_bytes.max(1),
+            max_age,
+        }
+    }
+}
+
+/// Settings of a [`Broker`]. `Default` gives the documented defaults.
+#[derive(Debug, Clone)]
+#[non_exhaustive]
+pub struct BrokerConfig {
+    /// What one name may have waiting: 10,000 messages, 64 MiB, 24 h.
+    pub backlog: Backlog,
+    /// What one topic may have stored: 100,000 messages, 256 MiB, 24 h.
+    pub topic_backlog: Backlog,
+    /// Deliveries to one named retroactive subscriber awaiting their
+    /// acknowledgement at once. Default 64.
+    pub window: usize,
+    /// How long a delivery waits for its acknowledgement before it is
+    /// sent again. Default 30 s.
+    pub ack_timeout: Duration,
+    /// Subscriptions one connection (or name) may hold. Default 1,024.
+    pub max_subscriptions: usize,
+    /// Names the broker keeps state for. Default 10,000.
+    pub max_names: usize,
+    /// Where the durable store lives; `None` (the default): in memory.
+    pub store: Option<PathBuf>,
+    /// Topics anyone may publish to; `None`: all.
+    pub publish_jail: Option<Jail>,
+    /// Patterns anyone may subscribe to; `None`: all.
+    pub subscribe_jail: Option<Jail>,
+}
+
+impl Default for BrokerConfig {
+    fn default() -> Self {
+        const DAY: Duration = Duration::from_secs(24 * 3600);
+        Self {
+            backlog: Backlog::new(10_000, 64 << 20, DAY),
+            topic_backlog: Backlog::new(100_000, 256 << 20, DAY),
+            window: 64,
+            ack_timeout: Duration::from_secs(30),
+            max_subscriptions: 1024,
+            max_names: 10_000,
+            store: None,
+            publish_jail: None,
+            subscribe_jail: None,
+        }
+    }
+}
+
+impl BrokerConfig {
+    /// Sets the per-name backlog.
+    pub fn backlog(mut self, backlog: Backlog) -> Self {
+        self.backlog = backlog;
+        self
+    }
+
+    /// Sets the per-topic backlog of the store.
+    pub fn topic_backlog(mut self, backlog: Backlog) -> Self {
+        self.topic_backlog = backlog;
+        self
+    }
+
+    /// Sets the delivery window (at least 1).
+    pub fn window(mut self, window: usize) -> Self {
+        self.window = window.max(1);
+        self
+    }
+
+    /// Sets the acknowledgement timeout.
+    pub fn ack_timeout(mut self, timeout: Duration) -> Self {
+        self.ack_timeout = timeout;
+        self
+    }
+
+    /// Sets the subscriptions one connection or name may hold.
+    pub fn max_subscriptions(mut self, max: usize) -> Self {
+        self.max_subscriptions = max.max(1);
+        self
+    }
+
+    /// Sets how many names the broker keeps state for.
+    pub fn max_names(mut self, max: usize) -> Self {
+        self.max_names = max.max(1);
+        self
+    }
+
+    /// Keeps retroactive publications and names' state in `dir`.
+    pub fn store(mut self, dir: impl Into<PathBuf>) -> Self {
+        self.store = Some(dir.into());
+        self
+    }
+
+    /// Limits the topics connections may publish to (see [`Jail`]: exact
+    /// names and `prefix.*`).
+    pub fn publish_jail(mut self, jail: Jail) -> Self {
+        self.publish_jail = Some(jail);
+        self
+    }
+
+    /// Limits what connections may subscribe to: a pattern is allowed when
+    /// the jail allows it as a name, so `sensors.*` in the jail allows
+    /// `sensors.t1`, `sensors.*` and `sensors.>`, and only an open jail
+    /// allows `>` or `*.x`.
+    pub fn subscribe_jail(mut self, jail: Jail) -> Self {
+        self.subscribe_jail = Some(jail);
+        self
+    }
+}
+
+/// The reply to a call whose action nobody serves.
+pub fn no_handlers(action: &str) -> String {
+    format!("No handlers for {action}")
+}
+
+/// Who a subscription belongs to.
+#[derive(Debug, Clone, PartialEq, Eq, Hash)]
+enum Owner {
+    /// An unnamed connection: gone with it.
+    Conn(u64),
+    /// A name: kept across its connections.
+    Name(Arc<str>),
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Hash)]
+struct Sub {
+    owner: Owner,
+    retroactive: bool,
+}
+
+/// A stored (retroactive) publication.
+#[derive(Debug)]
+struct Stored {
+    seq: u64,
+    topic: Arc<str>,
+    body: Body,
+    /// Receive time, ns since the epoch.
+    time: u64,
+    size: usize,
+}
+
+struct LogEntry {
+    msg: Arc<Stored>,
+    /// Names still to receive it.
+    holders: u32,
+}
+
+#[derive(Default)]
+struct TopicLog {
+    seqs: std::collections::VecDeque<u64>,
+    bytes: usize,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+struct PatternInfo {
+    retroactive: bool,
+    /// The first sequence number it covers.
+    since: u64,
+}
+
+struct Component {
+    /// The live connection holding the name.
+    conn: Option<Conn>,
+    patterns: BTreeMap<String, PatternInfo>,
+    pending: BTreeMap<u64, Arc<Stored>>,
+    pending_bytes: usize,
+    inflight: BTreeSet<u64>,
+    /// Dropped and not yet reported.
+    missed: u64,
+    /// A `drs.missed` report is on its way.
+    reporting: bool,
+    wake: Arc<Notify>,
+    /// Rembus: hold deliveries until the peer says it is ready.
+    held: bool,
+}
+
+impl Component {
+    fn new() -> Self {
+        Self {
+            conn: None,
+            patterns: BTreeMap::new(),
+            pending: BTreeMap::new(),
+            pending_bytes: 0,
+            inflight: BTreeSet::new(),
+            missed: 0,
+            reporting: false,
+            wake: Arc::new(Notify::new()),
+            held: false,
+        }
+    }
+
+    fn has_state(&self) -> bool {
+        !self.patterns.is_empty() || !self.pending.is_empty() || self.missed > 0
+    }
+
+    fn record(&self) -> ComponentRecord {
+        ComponentRecord {
+            patterns: self
+                .patterns
+                .iter()
+                .map(|(p, i)| (p.clone(), i.retroactive, i.since))
+                .collect(),
+            missed: self.missed,
+        }
+    }
+
+    fn wants_retroactive(&self, topic: &str) -> bool {
+        self.patterns
+            .iter()
+            .any(|(p, i)| i.retroactive && matches(p, topic))
+    }
+}
+
+#[derive(Default)]
+struct ConnState {
+    /// Subscriptions of an unnamed connection.
+    patterns: HashSet<String>,
+    exposed: HashSet<String>,
+    /// Calls relayed to this connection as an exposer, not yet answered.
+    relaying: Arc<AtomicUsize>,
+    /// Live deliveries held back until the peer is ready (Rembus).
+    held: bool,
+}
+
+#[derive(Default)]
+struct State {
+    trie: TopicTrie<Sub>,
+    conns: HashMap<u64, (Conn, ConnState)>,
+    components: HashMap<Arc<str>, Component>,
+    exposers: HashMap<String, Vec<u64>>,
+    rr: usize,
+    log: BTreeMap<u64, LogEntry>,
+    topics: HashMap<Arc<str>, TopicLog>,
+    next_seq: u64,
+}
+
+struct Inner {
+    config: BrokerConfig,
+    state: Mutex<State>,
+    store: Store,
+    /// Actions with at least one exposer (the layer's fast path).
+    exposed: AtomicUsize,
+}
+
+/// A pub/sub broker and RPC router on a drs [`Server`] (DESIGN §1b):
+/// `drs.subscribe`, `drs.unsubscribe`, `drs.publish`, `drs.expose`,
+/// `drs.unexpose`, and for names given with `drs.identify`, subscriptions
+/// and retroactive backlogs kept across connections.
+///
+/// ```
+/// # #[tokio::main(flavor = "current_thread")] async fn main() {
+/// let server = drs_core::Server::new();
+/// let broker = drs_broker::Broker::attach(&server, drs_broker::BrokerConfig::default()).unwrap();
+/// assert_eq!(broker.publish("news.today", "nothing yet").await.unwrap(), 0);
+/// # }
+/// ```
+#[derive(Clone)]
+pub struct Broker {
+    inner: Arc<Inner>,
+}
+
+impl fmt::Debug for Broker {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("Broker")
+            .field("store", &self.inner.store)
+            .finish_non_exhaustive()
+    }
+}
+
+/// What a broker holds now.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[non_exhaustive]
+pub struct BrokerStats {
+    /// Subscriptions, of connections and names.
+    pub subscriptions: usize,
+    /// Names with state.
+    pub names: usize,
+    /// Publications kept for retroactive subscribers.
+    pub stored_messages: usize,
+    /// Actions with exposers.
+    pub exposed_actions: usize,
+}
+
+fn now_ns() -> u64 {
+    SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map_or(0, |d| d.as_nanos() as u64)
+}
+
+fn lock(m: &Mutex<State>) -> MutexGuard<'_, State> {
+    m.lock().unwrap_or_else(|e| e.into_inner())
+}
+
+impl Broker {
+    /// Serves pub/sub and broker RPC on `server`, with `config`; opens and
+    /// reads the durable store first if one is configured.
+    pub fn attach(server: &Server, config: BrokerConfig) -> Result<Broker, StoreError> {
+        let (store, loaded) = match &config.store {
+            Some(dir) => {
+                let (store, loaded) = Store::open(dir)?;
+                (store, Some(loaded))
+            }
+            None => (Store::memory(), None),
+        };
+        let broker = Broker {
+            inner: Arc::new(Inner {
+                config,
+                state: Mutex::new(State::default()),
+                store,
+                exposed: AtomicUsize::new(0),
+            }),
+        };
+        if let Some(loaded) = loaded {
+            broker.restore(loaded)?;
+        }
+        broker.install(server);
+        Ok(broker)
+    }
+
+    /// The durable store's file, if there is one.
+    pub fn store_path(&self) -> Option<PathBuf> {
+        self.inner.store.path().map(PathBuf::from)
+    }
+
+    /// What the broker holds now.
+    pub fn stats(&self) -> BrokerStats {
+        let state = lock(&self.inner.state);
+        BrokerStats {
+            subscriptions: state.trie.len(),
+            names: state.components.len(),
+            stored_messages: state.log.len(),
+            exposed_actions: state.exposers.len(),
+        }
+    }
+
+    fn restore(&self, loaded: store::Loaded) -> Result<(), StoreError> {
+        let mut state = lock(&self.inner.state);
+        let corrupt = |reason: String| StoreError::Corrupt {
+            path: self.store_path().unwrap_or_default(),
+            reason,
+        };
+        for (seq, record) in loaded.messages {
+            let body = store::body_from(&record.format, record.body)
+                .ok_or_else(|| corrupt(format!("message {seq}: unknown format {:?}", record.format)))?;
+            let size = body.raw().map_or(0, |(b, _)| b.len());
+            let topic: Arc<str> = record.topic.into();
+            let msg = Arc::new(Stored {
+                seq,
+                topic: topic.clone(),
+                body,
+                time: record.time,
+                size,
+            });
+            let log = state.topics.entry(topic).or_default();
+            log.seqs.push_back(seq);
+            log.bytes += size;
+            state.log.insert(seq, LogEntry { msg, holders: 0 });
+            state.next_seq = state.next_seq.max(seq + 1);
+        }
+        for (name, record) in loaded.components {
+            let name: Arc<str> = name.into();
+            let mut component = Component::new();
+            component.missed = record.missed;
+            for (pattern, retroactive, since) in record.patterns {
+                check_pattern(&pattern).map_err(|e| corrupt(e.to_string()))?;
+                component
+                    .patterns
+                    .insert(pattern.clone(), PatternInfo { retroactive, since });
+                state.trie.insert(
+                    &pattern,
+                    Sub {
+                        owner: Owner::Name(name.clone()),
+                        retroactive,
+                    },
+                );
+            }
+            for seq in loaded.pending.get(&*name).into_iter().flatten() {
+                if let Some(entry) = state.log.get_mut(seq) {
+                    entry.holders += 1;
+                    component.pending_bytes += entry.msg.size;
+                    component.pending.insert(*seq, entry.msg.clone());
+                }
+            }
+            state.components.insert(name, component);
+        }
+        // Messages nobody holds any more (a crash between writes).
+        let orphans: Vec<u64> = state
+            .log
+            .iter()
+            .filter(|(_, e)| e.holders == 0)
+            .map(|(s, _)| *s)
+            .collect();
+        for seq in orphans {
+            state.drop_message(seq, &self.inner.store);
+        }
+        tracing::info!(
+            path = ?self.store_path(),
+            messages = state.log.len(),
+            names = state.components.len(),
+            "broker store loaded"
+        );
+        Ok(())
+    }
+
+    fn install(&self, server: &Server) {
+        let b = self.clone();
+        server.on(SUBSCRIBE, move |msg: Msg, args: SubscribeBody| {
+            let r = b.subscribe_cmd(msg.conn(), &args);
+            async move { r }
+        });
+        let b = self.clone();
+        server.on(UNSUBSCRIBE, move |msg: Msg, args: SubscribeBody| {
+            let r = b.unsubscribe_cmd(msg.conn(), &args.topic);
+            async move { r }
+        });
+        let b = self.clone();
+        server.on(PUBLISH, move |msg: Msg| {
+            let b = b.clone();
+            async move { b.publish_cmd(&msg).await }
+        });
+        let b = self.clone();
+        server.on(EXPOSE, move |msg: Msg, args: ExposeBody| {
+            let r = b.expose(msg.conn(), &args.action);
+            async move { r }
+        });
+        let b = self.clone();
+        server.on(UNEXPOSE, move |msg: Msg, args: ExposeBody| {
+            b.unexpose(msg.conn(), &args.action);
+            async move { Ok::<(), HandlerError>(()) }
+        });
+        let b = self.clone();
+        server.on_identify(move |conn, name| b.identified(conn, name));
+        let b = self.clone();
+        server.on_connect(move |conn: Conn| {
+            lock(&b.inner.state)
+                .conns
+                .insert(conn.id(), (conn, ConnState::default()));
+            async { Ok::<(), String>(()) }
+        });
+        let b = self.clone();
+        server.on_disconnect(move |conn| b.disconnected(conn));
+        server.layer(RouteLayer {
+            broker: self.clone(),
+        });
+    }
+
+    /// Publishes `body` on `topic` from the server itself, as a confirmed
+    /// `drs.publish` does: returns how many subscribers it reached or was
+    /// stored for, once a durable store has written it.
+    pub async fn publish(&self, topic: &str, body: impl Serialize) -> Result<u64, Error> {
+        check_topic(topic)?;
+        let body = encode_body(&body)?;
+        let n = self.publish_body(topic, body, None);
+        self.inner
+            .store
+            .flush()
+            .await
+            .map_err(|e| Error::Remote(drs_core::RemoteError::new(e.to_string())))?;
+        Ok(n)
+    }
+
+    /// The publish path: live deliveries now, retroactive ones queued and
+    /// stored. `from` is the publishing connection (it gets its own
+    /// publication only if it subscribed, like everyone).
+    fn publish_body(&self, topic: &str, body: Body, _from: Option<u64>) -> u64 {
+        let inner = &self.inner;
+        let mut live: Vec<Conn> = Vec::new();
+        let mut stored_for = 0u64;
+        {
+            let mut state = lock(&inner.state);
+            let mut owners: HashMap<Owner, bool> = HashMap::new();
+            state.trie.for_each_match(topic, |sub| {
+                let retro = owners.entry(sub.owner.clone()).or_insert(false);
+                *retro |= sub.retroactive;
+            });
+            if owners.is_empty() {
+                return 0;
+            }
+            let mut retro_names: Vec<Arc<str>> = Vec::new();
+            for (owner, retroactive) in owners {
+                match owner {
+                    Owner::Conn(id) => {
+                        if let Some((conn, cs)) = state.conns.get(&id) {
+                            if !cs.held {
+                                live.push(conn.clone());
+                            }
+                        }
+                    }
+                    Owner::Name(name) => {
+                        let Some(component) = state.components.get(&name) else {
+                            continue;
+                        };
+                        if retroactive {
+                            retro_names.push(name);
+                        } else if let Some(conn) = &component.conn {
+                            let held = state.conns.get(&conn.id()).is_none_or(|(_, cs)| cs.held);
+                            if !held {
+                                live.push(conn.clone());
+                            }
+                        }
+                    }
+                }
+            }
+            if !retro_names.is_empty() {
+                stored_for = retro_names.len() as u64;
+                state.store_message(inner, topic, body.clone(), retro_names);
+            }
+        }
+        let reached = fanout(live.iter(), topic, OutBody::Raw(&body)) as u64;
+        reached + stored_for
+    }
+
+    async fn publish_cmd(&self, msg: &Msg) -> Result<u64, HandlerError> {
+        let bad = |e: String| HandlerError::new(format!("invalid drs.publish: {e}"));
+        let topic: String = msg
+            .body()
+            .field("topic")
+            .map_err(|e| bad(e.to_string()))?
+            .ok_or_else(|| bad("missing field `topic`".into()))?
+            .deserialize()
+            .map_err(|e| bad(format!("`topic`: {e}")))?;
+        check_topic(&topic).map_err(|e| HandlerError::new(e.to_string()))?;
+        self.check_publish(msg.conn(), &topic)?;
+        let body = msg
+            .body()
+            .field("body")
+            .map_err(|e| bad(e.to_string()))?
+            .unwrap_or_default();
+        let n = self.publish_body(&topic, body, Some(msg.conn().id()));
+        if msg.key().is_some() {
+            self.inner
+                .store
+                .flush()
+                .await
+                .map_err(|e| HandlerError::exception(e.to_string()))?;
+        }
+        Ok(n)
+    }
+
+    fn check_publish(&self, conn: &Conn, topic: &str) -> Result<(), HandlerError> {
+        if self
+            .inner
+            .config
+            .publish_jail
+            .as_ref()
+            .is_some_and(|j| !j.allows(topic))
+        {
+            return Err(HandlerError::new(format!("publish not allowed: {topic}")));
+        }
+        let _ = conn;
+        Ok(())
+    }
+
+    fn subscribe_cmd(&self, conn: &Conn, args: &SubscribeBody) -> Result<(), HandlerError> {
+        check_pattern(&args.topic).map_err(|e| HandlerError::new(e.to_string()))?;
+        if self
+            .inner
+            .config
+            .subscribe_jail
+            .as_ref()
+            .is_some_and(|j| !j.allows(&args.topic))
+        {
+            return Err(HandlerError::new(format!(
+                "subscribe not allowed: {}",
+                args.topic
+            )));
+        }
+        self.subscribe(conn, &args.topic, args.retroactive)
+    }
+
+    /// Subscribes `conn` (its name, if it has one) to `pattern`.
+    pub fn subscribe(&self, conn: &Conn, pattern: &str, retroactive: bool) -> Result<(), HandlerError> {
+        let inner = &self.inner;
+        let max = inner.config.max_subscriptions;
+        let mut state = lock(&inner.state);
+        let state = &mut *state;
+        match conn.name() {
+            Some(name) => {
+                let next_seq = state.next_seq;
+                if !state.components.contains_key(&name) && state.components.len() >= inner.config.max_names {
+                    return Err(HandlerError::new("too many named subscribers"));
+                }
+                let component = state.components.entry(name.clone()).or_insert_with(Component::new);
+                let before = component.patterns.get(pattern).copied();
+                if before.is_none() && component.patterns.len() >= max {
+                    return Err(HandlerError::new(format!("too many subscriptions (at most {max})")));
+                }
+                if before.is_some_and(|b| b.retroactive == retroactive) {
+                    return Ok(());
+                }
+                let since = before.map_or(next_seq, |b| b.since);
+                component
+                    .patterns
+                    .insert(pattern.to_string(), PatternInfo { retroactive, since });
+                let record = component.record();
+                let owner = Owner::Name(name.clone());
+                if let Some(b) = before {
+                    state.trie.remove(pattern, &Sub { owner: owner.clone(), retroactive: b.retroactive });
+                }
+                state.trie.insert(pattern, Sub { owner, retroactive });
+                inner.store.write(Op::PutComponent(name.to_string(), store::encode(&record)));
+            }
+            None => {
+                let Some((_, cs)) = state.conns.get_mut(&conn.id()) else {
+                    return Err(HandlerError::new("the connection is closing"));
+                };
+                if !cs.patterns.contains(pattern) && cs.patterns.len() >= max {
+                    return Err(HandlerError::new(format!("too many subscriptions (at most {max})")));
+                }
+                if cs.patterns.insert(pattern.to_string()) {
+                    state.trie.insert(
+                        pattern,
+                        Sub {
+                            owner: Owner::Conn(conn.id()),
+                            retroactive: false,
+                        },
+                    );
+                }
+            }
+        }
+        Ok(())
+    }
+
+    fn unsubscribe_cmd(&self, conn: &Conn, pattern: &str) -> Result<(), HandlerError> {
+        check_pattern(pattern).map_err(|e| HandlerError::new(e.to_string()))?;
+        self.unsubscribe(conn, pattern);
+        Ok(())
+    }
+
+    /// Ends `conn`'s (or its name's) subscription to `pattern`; what its
+    /// name had waiting that no other retroactive pattern covers is
+    /// dropped.
+    pub fn unsubscribe(&self, conn: &Conn, pattern: &str) {
+        let inner = &self.inner;
+        let mut state = lock(&inner.state);
+        let state = &mut *state;
+        match conn.name() {
+            Some(name) => {
+                let Some(component) = state.components.get_mut(&name) else {
+                    return;
+                };
+                let Some(info) = component.patterns.remove(pattern) else {
+                    return;
+                };
+                let record = component.record();
+                let stale: Vec<u64> = component
+                    .pending
+                    .values()
+                    .filter(|m| !component.wants_retroactive(&m.topic))
+                    .map(|m| m.seq)
+                    .collect();
+                state.trie.remove(
+                    pattern,
+                    &Sub {
+                        owner: Owner::Name(name.clone()),
+                        retroactive: info.retroactive,
+                    },
+                );
+                inner.store.write(Op::PutComponent(name.to_string(), store::encode(&record)));
+                for seq in stale {
+                    state.release(inner, &name, seq);
+                }
+            }
+            None => {
+                if let Some((_, cs)) = state.conns.get_mut(&conn.id()) {
+                    if cs.patterns.remove(pattern) {
+                        state.trie.remove(
+                            pattern,
+                            &Sub {
+                                owner: Owner::Conn(conn.id()),
+                                retroactive: false,
+                            },
+                        );
+                    }
+                }
+            }
+        }
+    }
+
+    /// Routes calls of `action` from other connections to `conn`.
+    pub fn expose(&self, conn: &Conn, action: &str) -> Result<(), HandlerError> {
+        if action.is_empty() || action.starts_with("drs.") {
+            return Err(HandlerError::new(format!("cannot expose {action:?}")));
+        }
+        let mut state = lock(&self.inner.state);
+        let max = self.inner.config.max_subscriptions;
+        let Some((_, cs)) = state.conns.get_mut(&conn.id()) else {
+            return Err(HandlerError::new("the connection is closing"));
+        };
+        if cs.exposed.len() >= max && !cs.exposed.contains(action) {
+            return Err(HandlerError::new(format!("too many exposed actions (at most {max})")));
+        }
+        if cs.exposed.insert(action.to_string()) {
+            let list = state.exposers.entry(action.to_string()).or_default();
+            if list.is_empty() {
+                self.inner.exposed.fetch_add(1, Ordering::AcqRel);
+            }
+            list.push(conn.id());
+        }
+        Ok(())
+    }
+
+    /// Stops routing `action` to `conn`.
+    pub fn unexpose(&self, conn: &Conn, action: &str) {
+        let mut state = lock(&self.inner.state);
+        if let Some((_, cs)) = state.conns.get_mut(&conn.id()) {
+            if cs.exposed.remove(action) {
+                state.remove_exposer(&self.inner, action, conn.id());
+            }
+        }
+    }
+
+    /// Holds (or releases) live and retroactive deliveries to `conn` until
+    /// it says it is ready (Rembus's `reactive`).
+    pub fn hold(&self, conn: &Conn, held: bool) {
+        let mut state = lock(&self.inner.state);
+        if let Some((_, cs)) = state.conns.get_mut(&conn.id()) {
+            cs.held = held;
+        }
+        if let Some(name) = conn.name() {
+            if let Some(component) = state.components.get_mut(&name) {
+                component.held = held;
+                component.wake.notify_one();
+            }
+        }
+    }
+
+    /// The names and patterns `conn` has subscribed to, and the actions it
+    /// exposes.
+    pub fn registrations(&self, conn: &Conn) -> (Vec<String>, Vec<String>) {
+        let state = lock(&self.inner.state);
+        let exposed = state
+            .conns
+            .get(&conn.id())
+            .map(|(_, cs)| cs.exposed.iter().cloned().collect())
+            .unwrap_or_default();
+        let subscribed = match conn.name() {
+            Some(name) => state
+                .components
+                .get(&name)
+                .map(|c| c.patterns.keys().cloned().collect())
+                .unwrap_or_default(),
+            None => state
+                .conns
+                .get(&conn.id())
+                .map(|(_, cs)| cs.patterns.iter().cloned().collect())
+                .unwrap_or_default(),
+        };
+        (exposed, subscribed)
+    }
+
+    /// `conn` took `name`: it gets the name's subscriptions and backlog.
+    fn identified(&self, conn: &Conn, name: &Arc<str>) -> bool {
+        let mut state = lock(&self.inner.state);
+        let held = state.conns.get(&conn.id()).is_some_and(|(_, cs)| cs.held);
+        let Some(component) = state.components.get_mut(name) else {
+            if state.components.len() >= self.inner.config.max_names {
+                return false;
+            }
+            let mut component = Component::new();
+            component.conn = Some(conn.clone());
+            component.held = held;
+            state.components.insert(name.clone(), component);
+            drop(state);
+            self.start_delivery(conn.clone(), name.clone());
+            return false;
+        };
+        let resumed = component.has_state();
+        component.conn = Some(conn.clone());
+        component.held = held;
+        component.inflight.clear();
+        component.reporting = false;
+        drop(state);
+        self.start_delivery(conn.clone(), name.clone());
+        resumed
+    }
+
+    fn disconnected(&self, conn: &Conn) {
+        let inner = &self.inner;
+        let mut state = lock(&inner.state);
+        let state = &mut *state;
+        if let Some((_, cs)) = state.conns.remove(&conn.id()) {
+            for pattern in cs.patterns {
+                state.trie.remove(
+                    &pattern,
+                    &Sub {
+                        owner: Owner::Conn(conn.id()),
+                        retroactive: false,
+                    },
+                );
+            }
+            for action in cs.exposed {
+                state.remove_exposer(inner, &action, conn.id());
+            }
+        }
+        if let Some(name) = conn.name() {
+            if let Some(component) = state.components.get_mut(&name) {
+                if component.conn.as_ref().is_some_and(|c| c.id() == conn.id()) {
+                    component.conn = None;
+                    component.inflight.clear();
+                    component.wake.notify_one();
+                    if !component.has_state() {
+                        state.components.remove(&name);
+                        inner.store.write(Op::DeleteComponent(name.to_string()));
+                    }
+                }
+            }
+        }
+    }
+
+    fn start_delivery(&self, conn: Conn, name: Arc<str>) {
+        let broker = self.clone();
+        tokio::spawn(async move { broker.deliver(conn, name).await });
+    }
+
+    /// Sends `name`'s backlog, then what comes, to `conn`, in order, at
+    /// most a window of deliveries awaiting their acknowledgement.
+    async fn deliver(self, conn: Conn, name: Arc<str>) {
+        enum Next {
+            Message(Arc<Stored>),
+            Report(u64),
+            Wait(Arc<Notify>),
+            Stop,
+        }
+        type Acked = (Option<u64>, u64, Result<Body, Error>);
+        let inner = &self.inner;
+        let mut waiting: FuturesUnordered<futures::future::BoxFuture<'static, Acked>> =
+            FuturesUnordered::new();
+        loop {
+            let next = {
+                let mut state = lock(&inner.state);
+                let window = inner.config.window;
+                let max_age = inner.config.backlog.max_age;
+                match state.components.get_mut(&name) {
+                    Some(c) if c.conn.as_ref().is_some_and(|c| c.id() == conn.id()) => {
+                        if c.held {
+                            Next::Wait(c.wake.clone())
+                        } else if c.missed > 0 && !c.reporting {
+                            c.reporting = true;
+                            Next::Report(c.missed)
+                        } else if waiting.len() >= window {
+                            Next::Wait(c.wake.clone())
+                        } else {
+                            let now = now_ns();
+                            let expired: Vec<u64> = c
+                                .pending
+                                .values()
+                                .take_while(|m| {
+                                    now.saturating_sub(m.time) > max_age.as_nanos() as u64
+                                })
+                                .map(|m| m.seq)
+                                .collect();
+                            let found = c
+                                .pending
+                                .iter()
+                                .find(|(seq, _)| !c.inflight.contains(seq) && !expired.contains(seq))
+                                .map(|(_, m)| m.clone());
+                            if let Some(m) = &found {
+                                c.inflight.insert(m.seq);
+                            }
+                            let wake = c.wake.clone();
+                            if !expired.is_empty() {
+                                for seq in expired {
+                                    if state.release(inner, &name, seq) {
+                                        if let Some(c) = state.components.get_mut(&name) {
+                                            c.missed += 1;
+                                        }
+                                    }
+                                }
+                                state.save_component(inner, &name);
+                            }
+                            match found {
+                                Some(m) => Next::Message(m),
+                                None => Next::Wait(wake),
+                            }
+                        }
+                    }
+                    _ => Next::Stop,
+                }
+            };
+            match next {
+                Next::Stop => return,
+                Next::Message(m) => {
+                    let call = conn
+                        .call::<Body>(&m.topic, &m.body)
+                        .timeout(inner.config.ack_timeout)
+                        .send()
+                        .await;
+                    match call {
+                        Ok(sent) => {
+                            let seq = m.seq;
+                            waiting.push(Box::pin(async move { (Some(seq), 0, sent.await) }));
+                        }
+                        Err(_) => {
+                            self.unmark(&name, m.seq);
+                            conn.closed().await;
+                            return;
+                        }
+                    }
+                }
+                Next::Report(n) => {
+                    match conn
+                        .call::<Body>(MISSED, Missed { missed: n })
+                        .timeout(inner.config.ack_timeout)
+                        .send()
+                        .await
+                    {
+                        Ok(sent) => waiting.push(Box::pin(async move { (None, n, sent.await) })),
+                        Err(_) => {
+                            conn.closed().await;
+                            return;
+                        }
+                    }
+                }
+                Next::Wait(wake) => {
+                    tokio::select! {
+                        () = wake.notified() => {}
+                        Some((seq, reported, result)) = waiting.next(), if !waiting.is_empty() => {
+                            self.answered(&name, seq, reported, result);
+                        }
+                        () = conn.closed() => return,
+                    }
+                }
+            }
+            // Take in whatever has been answered meanwhile.
+            while let Some(Some((seq, reported, result))) =
+                futures::FutureExt::now_or_never(waiting.next())
+            {
+                self.answered(&name, seq, reported, result);
+            }
+        }
+    }
+
+    /// A delivery (or a report) was answered, or not.
+    fn answered(&self, name: &Arc<str>, seq: Option<u64>, reported: u64, result: Result<Body, Error>) {
+        let inner = &self.inner;
+        let acked = match &result {
+            Ok(_) | Err(Error::Remote(_) | Error::Exception(_) | Error::Decode(_)) => true,
+            Err(_) => false,
+        };
+        let mut state = lock(&inner.state);
+        match seq {
+            Some(seq) => {
+                if let Some(c) = state.components.get_mut(name) {
+                    c.inflight.remove(&seq);
+                    c.wake.notify_one();
+                }
+                if acked {
+                    state.release(inner, name, seq);
+                }
+            }
+            None => {
+                if let Some(c) = state.components.get_mut(name) {
+                    c.reporting = false;
+                    if acked {
+                        c.missed = c.missed.saturating_sub(reported);
+                    }
+                    c.wake.notify_one();
+                }
+                if acked {
+                    state.save_component(inner, name);
+                }
+            }
+        }
+    }
+
+    fn unmark(&self, name: &Arc<str>, seq: u64) {
+        if let Some(c) = lock(&self.inner.state).components.get_mut(name) {
+            c.inflight.remove(&seq);
+        }
+    }
+
+    /// The connection to relay a call of `action` from `from` to: the
+    /// exposer with the fewest relayed calls in flight, round robin among
+    /// equals.
+    fn exposer_for(&self, action: &str, from: u64) -> Option<(Conn, Arc<AtomicUsize>)> {
+        let mut state = lock(&self.inner.state);
+        let ids = state.exposers.get(action)?;
+        let n = ids.len();
+        let start = state.rr;
+        let mut best: Option<(usize, u64)> = None;
+        for i in 0..n {
+            let id = ids[(start + i) % n];
+            if id == from {
+                continue;
+            }
+            let Some((_, cs)) = state.conns.get(&id) else { continue };
+            let load = cs.relaying.load(Ordering::Relaxed);
+            if best.is_none_or(|(l, _)| load < l) {
+                best = Some((load, id));
+            }
+        }
+        state.rr = state.rr.wrapping_add(1);
+        let (_, id) = best?;
+        state
+            .conns
+            .get(&id)
+            .map(|(conn, cs)| (conn.clone(), cs.relaying.clone()))
+    }
+
+    /// Whether `action` has an exposer other than `from`… or only `from`.
+    fn exposed_by(&self, action: &str) -> bool {
+        lock(&self.inner.state)
+            .exposers
+            .get(action)
+            .is_some_and(|ids| !ids.is_empty())
+    }
+}
+
+impl State {
+    /// Stores a publication for the retroactive subscribers `names`.
+    fn store_message(&mut self, inner: &Inner, topic: &str, body: Body, names: Vec<Arc<str>>) {
+        let seq = self.next_seq;
+        self.next_seq += 1;
+        let size = body.raw().map_or(0, |(b, _)| b.len());
+        let time = now_ns();
+        let topic: Arc<str> = self
+            .topics
+            .get_key_value(topic)
+            .map_or_else(|| topic.into(), |(k, _)| k.clone());
+        let msg = Arc::new(Stored {
+            seq,
+            topic: topic.clone(),
+            body,
+            time,
+            size,
+        });
+        if inner.store.is_durable() {
+            let (format, bytes) = match msg.body.raw() {
+                Some((b, f)) => (f.name().to_string(), b.to_vec()),
+                None => (String::new(), Vec::new()),
+            };
+            let record = MessageRecord {
+                topic: topic.to_string(),
+                time,
+                format,
+                body: bytes,
+            };
+            inner.store.write(Op::PutMessage(seq, store::encode(&record)));
+        }
+        self.log.insert(
+            seq,
+            LogEntry {
+                msg: msg.clone(),
+                holders: names.len() as u32,
+            },
+        );
+        let log = self.topics.entry(topic).or_default();
+        log.seqs.push_back(seq);
+        log.bytes += size;
+        let backlog = inner.config.backlog;
+        for name in &names {
+            inner.store.write(Op::Hold(name.to_string(), seq));
+            let Some(c) = self.components.get_mut(name) else { continue };
+            c.pending.insert(seq, msg.clone());
+            c.pending_bytes += size;
+            let mut over: Vec<u64> = Vec::new();
+            let mut count = c.pending.len();
+            let mut bytes = c.pending_bytes;
+            for (s, m) in &c.pending {
+                if count <= backlog.max_messages && bytes <= backlog.max_bytes {
+                    break;
+                }
+                if c.inflight.contains(s) {
+                    continue;
+                }
+                over.push(*s);
+                count -= 1;
+                bytes -= m.size;
+            }
+            c.wake.notify_one();
+            if !over.is_empty() {
+                for s in over {
+                    if self.release(inner, name, s) {
+                        if let Some(c) = self.components.get_mut(name) {
+                            c.missed += 1;
+                        }
+                    }
+                }
+                self.save_component(inner, name);
+            }
+        }
+        // The topic's own bound: its oldest go, from everyone holding them.
+        let tb = inner.config.topic_backlog;
+        loop {
+            let Some(log) = self.topics.get(&*msg.topic) else { break };
+            if log.seqs.len() <= tb.max_messages && log.bytes <= tb.max_bytes {
+                break;
+            }
+            let Some(&oldest) = log.seqs.front() else { break };
+            let holders: Vec<Arc<str>> = self
+                .components
+                .iter()
+                .filter(|(_, c)| c.pending.contains_key(&oldest))
+                .map(|(n, _)| n.clone())
+                .collect();
+            for name in holders {
+                if self.release(inner, &name, oldest) {
+                    if let Some(c) = self.components.get_mut(&name) {
+                        c.missed += 1;
+                        c.wake.notify_one();
+                    }
+                }
+                self.save_component(inner, &name);
+            }
+            // Held by nobody now (or never was): gone.
+            if self.log.contains_key(&oldest) {
+                self.drop_message(oldest, &inner.store);
+            }
+        }
+    }
+
+    /// `name` no longer needs `seq`; the message goes when nobody does.
+    /// True if it had it.
+    fn release(&mut self, inner: &Inner, name: &Arc<str>, seq: u64) -> bool {
+        let Some(c) = self.components.get_mut(name) else {
+            return false;
+        };
+        let Some(m) = c.pending.remove(&seq) else {
+            return false;
+        };
+        c.pending_bytes -= m.size;
+        inner.store.write(Op::Release(name.to_string(), seq));
+        let gone = match self.log.get_mut(&seq) {
+            Some(entry) => {
+                entry.holders = entry.holders.saturating_sub(1);
+                entry.holders == 0
+            }
+            None => false,
+        };
+        if gone {
+            self.drop_message(seq, &inner.store);
+        }
+        true
+    }
+
+    fn drop_message(&mut self, seq: u64, store: &Store) {
+        let Some(entry) = self.log.remove(&seq) else { return };
+        if let Some(log) = self.topics.get_mut(&*entry.msg.topic) {
+            if let Some(i) = log.seqs.iter().position(|s| *s == seq) {
+                log.seqs.remove(i);
+            }
+            log.bytes -= entry.msg.size;
+            if log.seqs.is_empty() {
+                self.topics.remove(&*entry.msg.topic);
+            }
+        }
+        store.write(Op::DeleteMessage(seq));
+    }
+
+    fn save_component(&self, inner: &Inner, name: &Arc<str>) {
+        if let Some(c) = self.components.get(name) {
+            inner
+                .store
+                .write(Op::PutComponent(name.to_string(), store::encode(&c.record())));
+        }
+    }
+
+    fn remove_exposer(&mut self, inner: &Inner, action: &str, id: u64) {
+        if let Some(list) = self.exposers.get_mut(action) {
+            list.retain(|x| *x != id);
+            if list.is_empty() {
+                self.exposers.remove(action);
+                inner.exposed.fetch_sub(1, Ordering::AcqRel);
+            }
+        }
+    }
+}
+
+fn encode_body(value: &impl Serialize) -> Result<Body, Error> {
+    use drs_core::Protocol;
+    let bytes = rmp_serde::to_vec_named(value)
+        .map_err(|e| Error::Encode(drs_core::EncodeError::new(e.to_string())))?;
+    Ok(Body::from_raw(
+        bytes.into(),
+        drs_protocol_msgpack::MsgPack.body_format(),
+    ))
+}
+
+/// Sends calls of exposed actions to an exposer, before any handler of
+/// the server's own.
+struct RouteLayer {
+    broker: Broker,
+}
+
+impl Layer for RouteLayer {
+    fn call(&self, msg: Msg, next: Next) -> ReplyFuture {
+        if self.broker.inner.exposed.load(Ordering::Acquire) == 0
+            || msg.action().starts_with("drs.")
+        {
+            return next.run(msg);
+        }
+        let Some((exposer, load)) = self.broker.exposer_for(msg.action(), msg.conn().id()) else {
+            return next.run(msg);
+        };
+        Box::pin(async move {
+            load.fetch_add(1, Ordering::AcqRel);
+            let _done = Decrement(load);
+            if msg.key().is_none() {
+                return match exposer.fire(msg.action(), msg.body()).await {
+                    Ok(()) => Outcome::value(()),
+                    Err(e) => Outcome::error(e.to_string()),
+                };
+            }
+            let timeout = msg.conn().config().call_timeout;
+            match exposer.call::<Body>(msg.action(), msg.body()).timeout(timeout).await {
+                Ok(body) => Outcome::Body(body),
+                Err(Error::Remote(r)) => Outcome::error(r.message),
+                Err(Error::Exception(r)) => Outcome::exception(r.message),
+                Err(Error::Closed) => Outcome::error("closed"),
+                Err(Error::Timeout(d)) => Outcome::error(format!("timed out after {d:?}")),
+                Err(e) => Outcome::error(e.to_string()),
+            }
+        })
+    }
+}
+
+struct Decrement(Arc<AtomicUsize>);
+
+impl Drop for Decrement {
+    fn drop(&mut self) {
+        self.0.fetch_sub(1, Ordering::AcqRel);
+    }
+}
+
+impl Broker {
+    /// Whether some connection exposes `action`.
+    pub fn is_exposed(&self, action: &str) -> bool {
+        self.exposed_by(action)
+    }
+}

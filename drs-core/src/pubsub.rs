@@ -1,0 +1,360 @@
+//! The client side of pub/sub and broker RPC (DESIGN §1b): the wire
+//! bodies, and [`Subscriptions`], which hands each delivery to the handler
+//! of the pattern it matched.
+//!
+//! A broker (`drs-broker`) serves these commands; [`Conn`] and the
+//! reconnecting session speak them.
+
+use std::{
+    collections::BTreeMap,
+    fmt,
+    future::Future,
+    sync::{Arc, RwLock},
+};
+
+use serde::{Deserialize, Serialize};
+
+use crate::{
+    conn::Conn,
+    error::Error,
+    handler::{erase, BoxedHandler, Handler, Msg, ReplyFuture},
+    layer::{Layer, Next},
+    sync::{read, write},
+    topic::{check_pattern, check_topic, matches, TopicTrie},
+};
+
+/// `drs.subscribe` `{"topic": pattern, "retroactive": bool}`.
+pub const SUBSCRIBE: &str = "drs.subscribe";
+/// `drs.unsubscribe` `{"topic": pattern}`.
+pub const UNSUBSCRIBE: &str = "drs.unsubscribe";
+/// `drs.publish` `{"topic": topic, "body": value}`; as a call, answered
+/// with how many subscribers it reached or was stored for.
+pub const PUBLISH: &str = "drs.publish";
+/// `drs.expose` `{"action": name}`: route that action's calls here.
+pub const EXPOSE: &str = "drs.expose";
+/// `drs.unexpose` `{"action": name}`.
+pub const UNEXPOSE: &str = "drs.unexpose";
+/// A broker's call to a named retroactive subscriber whose backlog
+/// overflowed, before the messages that follow the gap:
+/// `{"missed": n}` (how many were dropped, oldest first).
+pub const MISSED: &str = "drs.missed";
+
+/// The body of `drs.subscribe` and `drs.unsubscribe`.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[non_exhaustive]
+pub struct SubscribeBody {
+    /// The pattern.
+    pub topic: String,
+    /// Whether a named subscriber gets what was published while it was
+    /// away (ignored by `drs.unsubscribe`).
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub retroactive: bool,
+}
+
+impl SubscribeBody {
+    /// A subscription to `topic`.
+    pub fn new(topic: impl Into<String>, retroactive: bool) -> Self {
+        Self {
+            topic: topic.into(),
+            retroactive,
+        }
+    }
+}
+
+/// The body of `drs.publish`.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[non_exhaustive]
+pub struct PublishBody<B> {
+    /// The concrete topic.
+    pub topic: String,
+    /// What is published.
+    #[serde(default)]
+    pub body: B,
+}
+
+/// The body of `drs.expose` and `drs.unexpose`.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[non_exhaustive]
+pub struct ExposeBody {
+    /// The action.
+    pub action: String,
+}
+
+/// The body of [`MISSED`].
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Missed {
+    /// Messages dropped from this subscriber's backlog.
+    pub missed: u64,
+}
+
+#[derive(Clone)]
+struct Entry {
+    retroactive: bool,
+    handler: BoxedHandler,
+}
+
+#[derive(Default)]
+struct Table {
+    by_pattern: BTreeMap<String, Entry>,
+    trie: TopicTrie<String>,
+}
+
+/// Handlers by topic pattern, as a [`Layer`]: a command whose action
+/// matches a subscribed pattern goes to that pattern's handler (the most
+/// specific one when several match: the one with the most literal
+/// segments); anything else goes on to the routes.
+///
+/// A [`Conn`] keeps one for [`Conn::subscribe`]; a session keeps one for
+/// all its connections, and subscribes again on each.
+#[derive(Clone, Default)]
+pub struct Subscriptions {
+    table: Arc<RwLock<Table>>,
+}
+
+impl fmt::Debug for Subscriptions {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("Subscriptions")
+            .field("patterns", &read(&self.table).by_pattern.keys().collect::<Vec<_>>())
+            .finish()
+    }
+}
+
+fn literal_segments(pattern: &str) -> usize {
+    pattern.split('.').filter(|s| *s != "*" && *s != ">").count()
+}
+
+impl Subscriptions {
+    /// An empty set.
+    pub fn new() -> Self {
+        Self::default()
+    }
+
+    /// Sets `handler` for deliveries matching `pattern` (replacing any
+    /// handler it had); fails on an invalid pattern.
+    pub fn insert<H: Handler<A>, A>(
+        &self,
+        pattern: &str,
+        retroactive: bool,
+        handler: H,
+    ) -> Result<(), Error> {
+        check_pattern(pattern).map_err(Error::from)?;
+        let mut table = write(&self.table);
+        table.trie.insert(pattern, pattern.to_string());
+        table.by_pattern.insert(
+            pattern.to_string(),
+            Entry {
+                retroactive,
+                handler: erase(handler),
+            },
+        );
+        Ok(())
+    }
+
+    /// Removes `pattern`; true if it was there.
+    pub fn remove(&self, pattern: &str) -> bool {
+        let mut table = write(&self.table);
+        let owned = pattern.to_string();
+        table.trie.remove(pattern, &owned);
+        table.by_pattern.remove(pattern).is_some()
+    }
+
+    /// The subscribed patterns, each with whether it is retroactive.
+    pub fn patterns(&self) -> Vec<(String, bool)> {
+        read(&self.table)
+            .by_pattern
+            .iter()
+            .map(|(p, e)| (p.clone(), e.retroactive))
+            .collect()
+    }
+
+    /// Whether any pattern matches `topic`.
+    pub fn matches(&self, topic: &str) -> bool {
+        read(&self.table)
+            .by_pattern
+            .keys()
+            .any(|p| matches(p, topic))
+    }
+
+    fn handler_for(&self, topic: &str) -> Option<BoxedHandler> {
+        let table = read(&self.table);
+        if table.by_pattern.is_empty() {
+            return None;
+        }
+        let mut best: Option<(usize, &BoxedHandler)> = None;
+        table.trie.for_each_match(topic, |p| {
+            let literal = literal_segments(p);
+            if best.is_none_or(|(b, _)| literal > b) {
+                if let Some(entry) = table.by_pattern.get(p) {
+                    best = Some((literal, &entry.handler));
+                }
+            }
+        });
+        best.map(|(_, h)| h.clone())
+    }
+}
+
+impl Layer for Subscriptions {
+    fn call(&self, msg: Msg, next: Next) -> ReplyFuture {
+        match self.handler_for(msg.action()) {
+            Some(handler) => handler(msg),
+            None => next.run(msg),
+        }
+    }
+}
+
+/// The handle to a connection's own [`Subscriptions`], kept in its
+/// extensions.
+#[derive(Clone)]
+struct ConnSubscriptions(Subscriptions);
+
+impl Conn {
+    /// This connection's subscriptions, installed as its outermost layer
+    /// on first use.
+    fn subscriptions(&self) -> Subscriptions {
+        if let Some(ConnSubscriptions(subs)) = self.get::<ConnSubscriptions>() {
+            return subs;
+        }
+        self.with_extensions(|ext| {
+            if let Some(ConnSubscriptions(subs)) = ext.get::<ConnSubscriptions>() {
+                return subs.clone();
+            }
+            let subs = Subscriptions::new();
+            ext.insert(ConnSubscriptions(subs.clone()));
+            self.layer(subs.clone());
+            subs
+        })
+    }
+
+    /// Subscribes to `pattern` on the broker at the other end and sends
+    /// what it delivers to `handler` (which receives the published body;
+    /// [`Msg::action`] is the concrete topic). Resolves once the broker
+    /// has confirmed. Subscribing again replaces the handler.
+    ///
+    /// ```no_run
+    /// # async fn f(conn: drs_core::Conn) -> Result<(), drs_core::Error> {
+    /// conn.subscribe("sensors.*", |msg: drs_core::Msg, t: f64| async move {
+    ///     println!("{} = {t}", msg.action());
+    ///     Ok::<_, drs_core::HandlerError>(())
+    /// }).await?;
+    /// # Ok(()) }
+    /// ```
+    pub fn subscribe<H: Handler<A>, A>(
+        &self,
+        pattern: &str,
+        handler: H,
+    ) -> impl Future<Output = Result<(), Error>> + Send + 'static {
+        self.subscribe_as(pattern, false, handler)
+    }
+
+    /// Like [`subscribe`](Conn::subscribe), retroactively: for a connection
+    /// that identified with a name, the broker keeps what is published
+    /// while it is away and delivers it, in order, when the name comes
+    /// back; each delivery is a call, acknowledged by the handler's reply.
+    pub fn subscribe_retroactive<H: Handler<A>, A>(
+        &self,
+        pattern: &str,
+        handler: H,
+    ) -> impl Future<Output = Result<(), Error>> + Send + 'static {
+        self.subscribe_as(pattern, true, handler)
+    }
+
+    fn subscribe_as<H: Handler<A>, A>(
+        &self,
+        pattern: &str,
+        retroactive: bool,
+        handler: H,
+    ) -> impl Future<Output = Result<(), Error>> + Send + 'static {
+        let registered = self
+            .subscriptions()
+            .insert(pattern, retroactive, handler)
+            .map(|()| {
+                self.call::<crate::Body>(SUBSCRIBE, SubscribeBody::new(pattern, retroactive))
+            });
+        async move {
+            registered?.await?;
+            Ok(())
+        }
+    }
+
+    /// Ends the subscription to `pattern` (on the broker, then here).
+    pub fn unsubscribe(&self, pattern: &str) -> impl Future<Output = Result<(), Error>> + Send + 'static {
+        let call = self.call::<crate::Body>(UNSUBSCRIBE, SubscribeBody::new(pattern, false));
+        let subs = self.subscriptions();
+        let pattern = pattern.to_string();
+        async move {
+            call.await?;
+            subs.remove(&pattern);
+            Ok(())
+        }
+    }
+
+    /// Publishes `body` on `topic` (a fire: nothing confirms it). Fails at
+    /// once on an invalid topic.
+    pub fn publish(
+        &self,
+        topic: &str,
+        body: impl Serialize,
+    ) -> impl Future<Output = Result<(), Error>> + Send + 'static {
+        let fire = check_topic(topic)
+            .map_err(Error::from)
+            .map(|()| self.fire(PUBLISH, PublishBody { topic: topic.to_string(), body }));
+        async move { fire?.await }
+    }
+
+    /// Publishes `body` on `topic` as a call: resolves with how many
+    /// subscribers it reached or was stored for, once a durable broker has
+    /// written it.
+    pub fn publish_confirmed(
+        &self,
+        topic: &str,
+        body: impl Serialize,
+    ) -> impl Future<Output = Result<u64, Error>> + Send + 'static {
+        let call = check_topic(topic)
+            .map_err(Error::from)
+            .map(|()| {
+                self.call::<u64>(
+                    PUBLISH,
+                    PublishBody {
+                        topic: topic.to_string(),
+                        body,
+                    },
+                )
+            });
+        async move { call?.await }
+    }
+
+    /// Serves `action` for the whole broker: registers `handler` here and
+    /// asks the broker to route every connection's calls of `action` to
+    /// this one (or another exposer).
+    pub fn expose<H: Handler<A>, A>(
+        &self,
+        action: &str,
+        handler: H,
+    ) -> impl Future<Output = Result<(), Error>> + Send + 'static {
+        self.on(action, handler);
+        let call = self.call::<crate::Body>(
+            EXPOSE,
+            ExposeBody {
+                action: action.to_string(),
+            },
+        );
+        async move {
+            call.await?;
+            Ok(())
+        }
+    }
+
+    /// Stops serving `action` for the broker (the local handler stays).
+    pub fn unexpose(&self, action: &str) -> impl Future<Output = Result<(), Error>> + Send + 'static {
+        let call = self.call::<crate::Body>(
+            UNEXPOSE,
+            ExposeBody {
+                action: action.to_string(),
+            },
+        );
+        async move {
+            call.await?;
+            Ok(())
+        }
+    }
+}
