@@ -14,7 +14,10 @@ use std::{
 
 use drs_core::{
     fanout,
-    pubsub::{ExposeBody, Missed, SubscribeBody, EXPOSE, MISSED, PUBLISH, SUBSCRIBE, UNEXPOSE, UNSUBSCRIBE},
+    pubsub::{
+        ExposeBody, Missed, SubscribeBody, EXPOSE, MISSED, PUBLISH, SUBSCRIBE, UNEXPOSE,
+        UNSUBSCRIBE,
+    },
     topic::{check_pattern, check_topic, matches, TopicTrie},
     Body, Conn, Error, HandlerError, Jail, Layer, Msg, Next, OutBody, Outcome, ReplyFuture, Server,
 };
@@ -360,6 +363,13 @@ impl Broker {
         Ok(broker)
     }
 
+    /// Waits until everything the broker has written so far is on disk
+    /// (at once without a durable store). Call it after
+    /// [`Server::shutdown`] so that the last acknowledgements are kept.
+    pub async fn flush(&self) -> Result<(), StoreError> {
+        self.inner.store.flush().await
+    }
+
     /// The durable store's file, if there is one.
     pub fn store_path(&self) -> Option<PathBuf> {
         self.inner.store.path().map(PathBuf::from)
@@ -383,8 +393,9 @@ impl Broker {
             reason,
         };
         for (seq, record) in loaded.messages {
-            let body = store::body_from(&record.format, record.body)
-                .ok_or_else(|| corrupt(format!("message {seq}: unknown format {:?}", record.format)))?;
+            let body = store::body_from(&record.format, record.body).ok_or_else(|| {
+                corrupt(format!("message {seq}: unknown format {:?}", record.format))
+            })?;
             let size = body.raw().map_or(0, |(b, _)| b.len());
             let topic: Arc<str> = record.topic.into();
             let msg = Arc::new(Stored {
@@ -612,7 +623,12 @@ impl Broker {
     }
 
     /// Subscribes `conn` (its name, if it has one) to `pattern`.
-    pub fn subscribe(&self, conn: &Conn, pattern: &str, retroactive: bool) -> Result<(), HandlerError> {
+    pub fn subscribe(
+        &self,
+        conn: &Conn,
+        pattern: &str,
+        retroactive: bool,
+    ) -> Result<(), HandlerError> {
         let inner = &self.inner;
         let max = inner.config.max_subscriptions;
         let mut state = lock(&inner.state);
@@ -620,13 +636,20 @@ impl Broker {
         match conn.name() {
             Some(name) => {
                 let next_seq = state.next_seq;
-                if !state.components.contains_key(&name) && state.components.len() >= inner.config.max_names {
+                if !state.components.contains_key(&name)
+                    && state.components.len() >= inner.config.max_names
+                {
                     return Err(HandlerError::new("too many named subscribers"));
                 }
-                let component = state.components.entry(name.clone()).or_insert_with(Component::new);
+                let component = state
+                    .components
+                    .entry(name.clone())
+                    .or_insert_with(Component::new);
                 let before = component.patterns.get(pattern).copied();
                 if before.is_none() && component.patterns.len() >= max {
-                    return Err(HandlerError::new(format!("too many subscriptions (at most {max})")));
+                    return Err(HandlerError::new(format!(
+                        "too many subscriptions (at most {max})"
+                    )));
                 }
                 if before.is_some_and(|b| b.retroactive == retroactive) {
                     return Ok(());
@@ -638,17 +661,27 @@ impl Broker {
                 let record = component.record();
                 let owner = Owner::Name(name.clone());
                 if let Some(b) = before {
-                    state.trie.remove(pattern, &Sub { owner: owner.clone(), retroactive: b.retroactive });
+                    state.trie.remove(
+                        pattern,
+                        &Sub {
+                            owner: owner.clone(),
+                            retroactive: b.retroactive,
+                        },
+                    );
                 }
                 state.trie.insert(pattern, Sub { owner, retroactive });
-                inner.store.write(Op::PutComponent(name.to_string(), store::encode(&record)));
+                inner
+                    .store
+                    .write(Op::PutComponent(name.to_string(), store::encode(&record)));
             }
             None => {
                 let Some((_, cs)) = state.conns.get_mut(&conn.id()) else {
                     return Err(HandlerError::new("the connection is closing"));
                 };
                 if !cs.patterns.contains(pattern) && cs.patterns.len() >= max {
-                    return Err(HandlerError::new(format!("too many subscriptions (at most {max})")));
+                    return Err(HandlerError::new(format!(
+                        "too many subscriptions (at most {max})"
+                    )));
                 }
                 if cs.patterns.insert(pattern.to_string()) {
                     state.trie.insert(
@@ -699,7 +732,9 @@ impl Broker {
                         retroactive: info.retroactive,
                     },
                 );
-                inner.store.write(Op::PutComponent(name.to_string(), store::encode(&record)));
+                inner
+                    .store
+                    .write(Op::PutComponent(name.to_string(), store::encode(&record)));
                 for seq in stale {
                     state.release(inner, &name, seq);
                 }
@@ -731,7 +766,9 @@ impl Broker {
             return Err(HandlerError::new("the connection is closing"));
         };
         if cs.exposed.len() >= max && !cs.exposed.contains(action) {
-            return Err(HandlerError::new(format!("too many exposed actions (at most {max})")));
+            return Err(HandlerError::new(format!(
+                "too many exposed actions (at most {max})"
+            )));
         }
         if cs.exposed.insert(action.to_string()) {
             let list = state.exposers.entry(action.to_string()).or_default();
@@ -896,7 +933,9 @@ impl Broker {
                             let found = c
                                 .pending
                                 .iter()
-                                .find(|(seq, _)| !c.inflight.contains(seq) && !expired.contains(seq))
+                                .find(|(seq, _)| {
+                                    !c.inflight.contains(seq) && !expired.contains(seq)
+                                })
                                 .map(|(_, m)| m.clone());
                             if let Some(m) = &found {
                                 c.inflight.insert(m.seq);
@@ -975,7 +1014,13 @@ impl Broker {
     }
 
     /// A delivery (or a report) was answered, or not.
-    fn answered(&self, name: &Arc<str>, seq: Option<u64>, reported: u64, result: Result<Body, Error>) {
+    fn answered(
+        &self,
+        name: &Arc<str>,
+        seq: Option<u64>,
+        reported: u64,
+        result: Result<Body, Error>,
+    ) {
         let inner = &self.inner;
         let acked = match &result {
             Ok(_) | Err(Error::Remote(_) | Error::Exception(_) | Error::Decode(_)) => true,
@@ -1027,7 +1072,9 @@ impl Broker {
             if id == from {
                 continue;
             }
-            let Some((_, cs)) = state.conns.get(&id) else { continue };
+            let Some((_, cs)) = state.conns.get(&id) else {
+                continue;
+            };
             let load = cs.relaying.load(Ordering::Relaxed);
             if best.is_none_or(|(l, _)| load < l) {
                 best = Some((load, id));
@@ -1079,7 +1126,9 @@ impl State {
                 format,
                 body: bytes,
             };
-            inner.store.write(Op::PutMessage(seq, store::encode(&record)));
+            inner
+                .store
+                .write(Op::PutMessage(seq, store::encode(&record)));
         }
         self.log.insert(
             seq,
@@ -1094,7 +1143,9 @@ impl State {
         let backlog = inner.config.backlog;
         for name in &names {
             inner.store.write(Op::Hold(name.to_string(), seq));
-            let Some(c) = self.components.get_mut(name) else { continue };
+            let Some(c) = self.components.get_mut(name) else {
+                continue;
+            };
             c.pending.insert(seq, msg.clone());
             c.pending_bytes += size;
             let mut over: Vec<u64> = Vec::new();
@@ -1126,11 +1177,15 @@ impl State {
         // The topic's own bound: its oldest go, from everyone holding them.
         let tb = inner.config.topic_backlog;
         loop {
-            let Some(log) = self.topics.get(&*msg.topic) else { break };
+            let Some(log) = self.topics.get(&*msg.topic) else {
+                break;
+            };
             if log.seqs.len() <= tb.max_messages && log.bytes <= tb.max_bytes {
                 break;
             }
-            let Some(&oldest) = log.seqs.front() else { break };
+            let Some(&oldest) = log.seqs.front() else {
+                break;
+            };
             let holders: Vec<Arc<str>> = self
                 .components
                 .iter()
@@ -1178,7 +1233,9 @@ impl State {
     }
 
     fn drop_message(&mut self, seq: u64, store: &Store) {
-        let Some(entry) = self.log.remove(&seq) else { return };
+        let Some(entry) = self.log.remove(&seq) else {
+            return;
+        };
         if let Some(log) = self.topics.get_mut(&*entry.msg.topic) {
             if let Some(i) = log.seqs.iter().position(|s| *s == seq) {
                 log.seqs.remove(i);
@@ -1193,9 +1250,10 @@ impl State {
 
     fn save_component(&self, inner: &Inner, name: &Arc<str>) {
         if let Some(c) = self.components.get(name) {
-            inner
-                .store
-                .write(Op::PutComponent(name.to_string(), store::encode(&c.record())));
+            inner.store.write(Op::PutComponent(
+                name.to_string(),
+                store::encode(&c.record()),
+            ));
         }
     }
 
@@ -1246,7 +1304,11 @@ impl Layer for RouteLayer {
                 };
             }
             let timeout = msg.conn().config().call_timeout;
-            match exposer.call::<Body>(msg.action(), msg.body()).timeout(timeout).await {
+            match exposer
+                .call::<Body>(msg.action(), msg.body())
+                .timeout(timeout)
+                .await
+            {
                 Ok(body) => Outcome::Body(body),
                 Err(Error::Remote(r)) => Outcome::error(r.message),
                 Err(Error::Exception(r)) => Outcome::exception(r.message),

@@ -97,7 +97,10 @@ mod serde_bytes_compat {
             fn visit_bytes<E>(self, v: &[u8]) -> Result<Vec<u8>, E> {
                 Ok(v.to_vec())
             }
-            fn visit_seq<A: serde::de::SeqAccess<'de>>(self, mut a: A) -> Result<Vec<u8>, A::Error> {
+            fn visit_seq<A: serde::de::SeqAccess<'de>>(
+                self,
+                mut a: A,
+            ) -> Result<Vec<u8>, A::Error> {
                 let mut out = Vec::new();
                 while let Some(b) = a.next_element()? {
                     out.push(b);
@@ -241,7 +244,11 @@ fn load(db: &Database) -> Result<Loaded, String> {
             for row in table.iter().map_err(|e| e.to_string())? {
                 let (key, _) = row.map_err(|e| e.to_string())?;
                 let (name, seq) = key.value();
-                loaded.pending.entry(name.to_string()).or_default().push(seq);
+                loaded
+                    .pending
+                    .entry(name.to_string())
+                    .or_default()
+                    .push(seq);
             }
         }
         Err(e) if missing(&e) => {}

@@ -38,7 +38,10 @@ impl Inbox {
 }
 
 /// A handler that puts what it gets in `inbox`.
-fn recorder(inbox: Arc<Inbox>) -> impl Fn(Msg, Value) -> futures::future::Ready<HandlerResult<()>> + Clone + Send + Sync + 'static {
+fn recorder(
+    inbox: Arc<Inbox>,
+) -> impl Fn(Msg, Value) -> futures::future::Ready<HandlerResult<()>> + Clone + Send + Sync + 'static
+{
     move |msg: Msg, body: Value| {
         inbox.push(msg.action(), body);
         futures::future::ready(Ok(()))
@@ -58,15 +61,23 @@ pub async fn pubsub_wildcards_and_unsubscribe(pair: Pair) {
     let inbox = Arc::new(Inbox::default());
     let sub = ep.connect().await;
     for pattern in ["s.*", "s.>", "s.t1", "x.>"] {
-        sub.subscribe(pattern, recorder(inbox.clone())).await.expect("subscribe");
+        sub.subscribe(pattern, recorder(inbox.clone()))
+            .await
+            .expect("subscribe");
     }
     // Idempotent.
-    sub.subscribe("s.*", recorder(inbox.clone())).await.expect("again");
+    sub.subscribe("s.*", recorder(inbox.clone()))
+        .await
+        .expect("again");
     let publisher = ep.connect().await;
     let own = Arc::new(Inbox::default());
     publisher.on("s.t1", recorder(own.clone()));
     assert_eq!(publish(&publisher, "s.t1", json!({"t": 21.5})).await, 1);
-    assert_eq!(publish(&publisher, "s.t1.raw", json!(1)).await, 1, "s.> matches");
+    assert_eq!(
+        publish(&publisher, "s.t1.raw", json!(1)).await,
+        1,
+        "s.> matches"
+    );
     assert_eq!(publish(&publisher, "x.a.b", json!("deep")).await, 1);
     assert_eq!(publish(&publisher, "y.a", json!(0)).await, 0);
     inbox.reach(3).await;
@@ -76,11 +87,17 @@ pub async fn pubsub_wildcards_and_unsubscribe(pair: Pair) {
     sub.unsubscribe("s.t1").await.expect("unsubscribe");
     assert_eq!(publish(&publisher, "s.t1", json!(3)).await, 0);
     // The publisher subscribes: now it receives its own.
-    publisher.subscribe("s.t1", recorder(own.clone())).await.expect("subscribe");
+    publisher
+        .subscribe("s.t1", recorder(own.clone()))
+        .await
+        .expect("subscribe");
     assert_eq!(publish(&publisher, "s.t1", json!(4)).await, 1);
     own.reach(1).await;
     // A fire publish arrives too (after everything before it).
-    publisher.publish("x.end", json!("fired")).await.expect("fire");
+    publisher
+        .publish("x.end", json!("fired"))
+        .await
+        .expect("fire");
     inbox.reach(4).await;
     assert_eq!(
         inbox.take(),
@@ -113,16 +130,24 @@ pub async fn pubsub_wildcards_and_unsubscribe(pair: Pair) {
 /// A subscriber that does not read is disconnected as a slow consumer;
 /// the others get everything.
 pub async fn slow_subscriber_is_isolated(pair: Pair) {
-    let config = ConnConfig::default().outbound_queue(8).max_outbound(64 << 10);
+    let config = ConnConfig::default()
+        .outbound_queue(8)
+        .max_outbound(64 << 10);
     let (server, _broker) = broker_server(config, BrokerConfig::default());
     let (reasons, gone) = record_close_reasons(&server);
     let ep = pair.listen(&server).await;
     let mut slow = ep.raw().await;
-    slow.send(Some("1"), "drs.subscribe", json!({"topic": "feed"})).await;
-    assert_eq!(slow.recv().await.expect("reply").action.as_str(), "drs.response");
+    slow.send(Some("1"), "drs.subscribe", json!({"topic": "feed"}))
+        .await;
+    assert_eq!(
+        slow.recv().await.expect("reply").action.as_str(),
+        "drs.response"
+    );
     let inbox = Arc::new(Inbox::default());
     let fast = ep.connect().await;
-    fast.subscribe("feed", recorder(inbox.clone())).await.expect("subscribe");
+    fast.subscribe("feed", recorder(inbox.clone()))
+        .await
+        .expect("subscribe");
     let publisher = ep.connect().await;
     // Enough to fill any socket buffer; confirmed one at a time, so that
     // only the subscriber that does not read falls behind.
@@ -132,7 +157,10 @@ pub async fn slow_subscriber_is_isolated(pair: Pair) {
         publish(&publisher, "feed", json!({"i": i, "pad": payload})).await;
     }
     gone.reach(1).await;
-    assert_eq!(reasons.lock().unwrap()[0], Some(CloseReason::TooSlow.name()));
+    assert_eq!(
+        reasons.lock().unwrap()[0],
+        Some(CloseReason::TooSlow.name())
+    );
     inbox.reach(n).await;
     let got = inbox.take();
     assert!(got.iter().enumerate().all(|(i, (_, b))| b["i"] == json!(i)));
@@ -142,14 +170,25 @@ pub async fn slow_subscriber_is_isolated(pair: Pair) {
 /// Connects, registering `inbox` for `pattern` before naming itself, so
 /// that the backlog has somewhere to go; returns the connection and
 /// whether the broker resumed the name.
-async fn named(ep: &Endpoint, name: &str, pattern: &str, handler: impl Handler<(Msg, Value)>) -> (Conn, bool) {
+async fn named(
+    ep: &Endpoint,
+    name: &str,
+    pattern: &str,
+    handler: impl Handler<(Msg, Value)>,
+) -> (Conn, bool) {
     let subs = Subscriptions::new();
     subs.insert(pattern, true, handler).expect("pattern");
     let conn = ep.connect_with(Client::new().layer(subs)).await;
-    let answer: Value = conn.call(IDENTIFY, json!({"name": name})).await.expect("identify");
-    conn.call::<Value>("drs.subscribe", json!({"topic": pattern, "retroactive": true}))
+    let answer: Value = conn
+        .call(IDENTIFY, json!({"name": name}))
         .await
-        .expect("subscribe");
+        .expect("identify");
+    conn.call::<Value>(
+        "drs.subscribe",
+        json!({"topic": pattern, "retroactive": true}),
+    )
+    .await
+    .expect("subscribe");
     (conn, answer["resumed"] == json!(true))
 }
 
@@ -176,7 +215,11 @@ pub async fn retroactive_delivery_after_reconnect(pair: Pair) {
     acknowledged(&broker).await;
     leave(alpha, &gone).await;
     for i in 1..=3 {
-        assert_eq!(publish(&publisher, &format!("r.{i}"), json!(i)).await, 1, "stored for alpha");
+        assert_eq!(
+            publish(&publisher, &format!("r.{i}"), json!(i)).await,
+            1,
+            "stored for alpha"
+        );
     }
     assert_eq!(broker.stats().stored_messages, 3);
     let (alpha, resumed) = named(&ep, "alpha", "r.*", recorder(inbox.clone())).await;
@@ -251,7 +294,8 @@ pub async fn unacknowledged_delivery_is_redelivered(pair: Pair) {
 /// A backlog over its bound drops the oldest, and the subscriber is told
 /// how many before the rest.
 pub async fn backlog_overflow_reports_the_missed_count(pair: Pair) {
-    let config = BrokerConfig::default().backlog(Backlog::new(3, 1 << 20, Duration::from_secs(3600)));
+    let config =
+        BrokerConfig::default().backlog(Backlog::new(3, 1 << 20, Duration::from_secs(3600)));
     let (server, _broker) = broker_server(ConnConfig::default(), config);
     let (_, gone) = record_close_reasons(&server);
     let ep = pair.listen(&server).await;
@@ -263,14 +307,18 @@ pub async fn backlog_overflow_reports_the_missed_count(pair: Pair) {
     }
     let inbox = Arc::new(Inbox::default());
     let subs = Subscriptions::new();
-    subs.insert("o.*", true, recorder(inbox.clone())).expect("pattern");
+    subs.insert("o.*", true, recorder(inbox.clone()))
+        .expect("pattern");
     let i2 = inbox.clone();
     let client = Client::new().layer(subs).on("drs.missed", move |m: Value| {
         i2.push("drs.missed", m);
         async { HandlerResult::Ok(()) }
     });
     let conn = ep.connect_with(client).await;
-    let _: Value = conn.call(IDENTIFY, json!({"name": "alpha"})).await.expect("identify");
+    let _: Value = conn
+        .call(IDENTIFY, json!({"name": "alpha"}))
+        .await
+        .expect("identify");
     inbox.reach(4).await;
     assert_eq!(
         inbox.take(),
@@ -288,9 +336,15 @@ pub async fn a_name_in_use_is_refused(pair: Pair) {
     let (server, _broker) = broker_server(ConnConfig::default(), BrokerConfig::default());
     let ep = pair.listen(&server).await;
     let a = ep.connect().await;
-    let _: Value = a.call(IDENTIFY, json!({"name": "solo"})).await.expect("identify");
+    let _: Value = a
+        .call(IDENTIFY, json!({"name": "solo"}))
+        .await
+        .expect("identify");
     let b = ep.connect().await;
-    let err = b.call::<Value>(IDENTIFY, json!({"name": "solo"})).await.unwrap_err();
+    let err = b
+        .call::<Value>(IDENTIFY, json!({"name": "solo"}))
+        .await
+        .unwrap_err();
     assert_eq!(err.remote().map(|r| r.message.as_str()), Some(NAME_TAKEN));
 }
 
@@ -306,11 +360,15 @@ pub async fn expose_routes_and_relays(pair: Pair) {
         .await
         .expect("expose");
     worker
-        .expose("add", |_: Value| async move { HandlerResult::Ok("from the exposer") })
+        .expose("add", |_: Value| async move {
+            HandlerResult::Ok("from the exposer")
+        })
         .await
         .expect("expose");
     worker
-        .expose("refuse", |_: Value| async move { Err::<(), _>(HandlerError::new("no thanks")) })
+        .expose("refuse", |_: Value| async move {
+            Err::<(), _>(HandlerError::new("no thanks"))
+        })
         .await
         .expect("expose");
     let started = Arc::new(Counter::default());
@@ -327,13 +385,22 @@ pub async fn expose_routes_and_relays(pair: Pair) {
         .expect("expose");
     assert!(broker.is_exposed("triple"));
     let caller = ep.connect().await;
-    assert_eq!(caller.call::<f64>("triple", 14).await.expect("relayed"), 42.0);
-    let via: String = caller.call("add", json!({"a": 1, "b": 2})).await.expect("relayed");
+    assert_eq!(
+        caller.call::<f64>("triple", 14).await.expect("relayed"),
+        42.0
+    );
+    let via: String = caller
+        .call("add", json!({"a": 1, "b": 2}))
+        .await
+        .expect("relayed");
     assert_eq!(via, "from the exposer");
     let err = caller.call::<Value>("refuse", ()).await.unwrap_err();
     assert_eq!(err.remote().map(|r| r.message.as_str()), Some("no thanks"));
     worker.unexpose("add").await.expect("unexpose");
-    let own: f64 = caller.call("add", json!({"a": 1, "b": 2})).await.expect("own handler");
+    let own: f64 = caller
+        .call("add", json!({"a": 1, "b": 2}))
+        .await
+        .expect("own handler");
     assert_eq!(own, 3.0);
     let err = caller.call::<Value>("nobody.serves", ()).await.unwrap_err();
     assert_eq!(
@@ -347,7 +414,10 @@ pub async fn expose_routes_and_relays(pair: Pair) {
     started.reach(1).await;
     worker.close();
     let err = hanging.await.expect("task").unwrap_err();
-    assert!(matches!(&err, Error::Remote(r) if r.message == "closed"), "{err}");
+    assert!(
+        matches!(&err, Error::Remote(r) if r.message == "closed"),
+        "{err}"
+    );
     let err = caller.call::<f64>("triple", 1).await.unwrap_err();
     assert_eq!(
         err.remote().map(|r| r.message.as_str()),

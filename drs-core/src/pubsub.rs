@@ -114,13 +114,19 @@ pub struct Subscriptions {
 impl fmt::Debug for Subscriptions {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         f.debug_struct("Subscriptions")
-            .field("patterns", &read(&self.table).by_pattern.keys().collect::<Vec<_>>())
+            .field(
+                "patterns",
+                &read(&self.table).by_pattern.keys().collect::<Vec<_>>(),
+            )
             .finish()
     }
 }
 
 fn literal_segments(pattern: &str) -> usize {
-    pattern.split('.').filter(|s| *s != "*" && *s != ">").count()
+    pattern
+        .split('.')
+        .filter(|s| *s != "*" && *s != ">")
+        .count()
 }
 
 impl Subscriptions {
@@ -277,7 +283,10 @@ impl Conn {
     }
 
     /// Ends the subscription to `pattern` (on the broker, then here).
-    pub fn unsubscribe(&self, pattern: &str) -> impl Future<Output = Result<(), Error>> + Send + 'static {
+    pub fn unsubscribe(
+        &self,
+        pattern: &str,
+    ) -> impl Future<Output = Result<(), Error>> + Send + 'static {
         let call = self.call::<crate::Body>(UNSUBSCRIBE, SubscribeBody::new(pattern, false));
         let subs = self.subscriptions();
         let pattern = pattern.to_string();
@@ -295,9 +304,15 @@ impl Conn {
         topic: &str,
         body: impl Serialize,
     ) -> impl Future<Output = Result<(), Error>> + Send + 'static {
-        let fire = check_topic(topic)
-            .map_err(Error::from)
-            .map(|()| self.fire(PUBLISH, PublishBody { topic: topic.to_string(), body }));
+        let fire = check_topic(topic).map_err(Error::from).map(|()| {
+            self.fire(
+                PUBLISH,
+                PublishBody {
+                    topic: topic.to_string(),
+                    body,
+                },
+            )
+        });
         async move { fire?.await }
     }
 
@@ -309,17 +324,15 @@ impl Conn {
         topic: &str,
         body: impl Serialize,
     ) -> impl Future<Output = Result<u64, Error>> + Send + 'static {
-        let call = check_topic(topic)
-            .map_err(Error::from)
-            .map(|()| {
-                self.call::<u64>(
-                    PUBLISH,
-                    PublishBody {
-                        topic: topic.to_string(),
-                        body,
-                    },
-                )
-            });
+        let call = check_topic(topic).map_err(Error::from).map(|()| {
+            self.call::<u64>(
+                PUBLISH,
+                PublishBody {
+                    topic: topic.to_string(),
+                    body,
+                },
+            )
+        });
         async move { call?.await }
     }
 
@@ -345,7 +358,10 @@ impl Conn {
     }
 
     /// Stops serving `action` for the broker (the local handler stays).
-    pub fn unexpose(&self, action: &str) -> impl Future<Output = Result<(), Error>> + Send + 'static {
+    pub fn unexpose(
+        &self,
+        action: &str,
+    ) -> impl Future<Output = Result<(), Error>> + Send + 'static {
         let call = self.call::<crate::Body>(
             UNEXPOSE,
             ExposeBody {

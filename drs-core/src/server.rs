@@ -319,7 +319,10 @@ impl Server {
     /// connection (subscriptions, undelivered messages): the answer's
     /// `resumed` is true if any hook says so. Hooks must not block; one
     /// that has work to do for the name spawns it.
-    pub fn on_identify(&self, hook: impl Fn(&Conn, &Arc<str>) -> bool + Send + Sync + 'static) -> &Self {
+    pub fn on_identify(
+        &self,
+        hook: impl Fn(&Conn, &Arc<str>) -> bool + Send + Sync + 'static,
+    ) -> &Self {
         write(&self.inner.on_identify).push(Arc::new(hook));
         self
     }

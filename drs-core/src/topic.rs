@@ -125,7 +125,10 @@ impl<V> Default for Node<V> {
 
 impl<V> Node<V> {
     fn is_empty(&self) -> bool {
-        self.children.is_empty() && self.star.is_none() && self.here.is_empty() && self.rest.is_empty()
+        self.children.is_empty()
+            && self.star.is_none()
+            && self.here.is_empty()
+            && self.rest.is_empty()
     }
 }
 
@@ -286,7 +289,9 @@ mod tests {
             check_pattern(ok).unwrap();
             assert!(check_topic(ok).is_err(), "{ok} is no topic");
         }
-        for bad in ["", ".", "a.", ".a", "a..b", "a b", "a\nb", "a.>.b", "a*", "a.b>", "x>"] {
+        for bad in [
+            "", ".", "a.", ".a", "a..b", "a b", "a\nb", "a.>.b", "a*", "a.b>", "x>",
+        ] {
             assert!(check_pattern(bad).is_err(), "{bad:?} accepted");
         }
         let long = "a".repeat(MAX_TOPIC_LEN + 1);
@@ -340,8 +345,12 @@ mod tests {
 
     #[test]
     fn trie_agrees_with_matches() {
-        let patterns = ["a", "a.b", "a.*", "*.b", "a.>", ">", "*.*", "a.b.c", "*.b.>", "c.*.e"];
-        let topics = ["a", "b", "a.b", "a.c", "c.b", "a.b.c", "a.x.c", "c.d.e", "x.b.y.z"];
+        let patterns = [
+            "a", "a.b", "a.*", "*.b", "a.>", ">", "*.*", "a.b.c", "*.b.>", "c.*.e",
+        ];
+        let topics = [
+            "a", "b", "a.b", "a.c", "c.b", "a.b.c", "a.x.c", "c.d.e", "x.b.y.z",
+        ];
         let mut trie = TopicTrie::new();
         for (i, p) in patterns.iter().enumerate() {
             trie.insert(p, i);

@@ -334,10 +334,23 @@ fn escaped_names_keys_and_actions_decode() {
 
 #[test]
 fn a_field_of_a_body_keeps_its_bytes() {
-    let cmd = decode(r#"{"action":"drs.publish","body":{"topic":"a.b","body":{"x": 1.50, "s":"\u00e9"},"z":[1]}}"#);
+    let cmd = decode(
+        r#"{"action":"drs.publish","body":{"topic":"a.b","body":{"x": 1.50, "s":"\u00e9"},"z":[1]}}"#,
+    );
     let inner = cmd.body.field("body").unwrap().unwrap();
-    assert_eq!(inner.raw().unwrap().0.as_ref(), br#"{"x": 1.50, "s":"\u00e9"}"#);
-    assert_eq!(cmd.body.field("topic").unwrap().unwrap().deserialize::<String>().unwrap(), "a.b");
+    assert_eq!(
+        inner.raw().unwrap().0.as_ref(),
+        br#"{"x": 1.50, "s":"\u00e9"}"#
+    );
+    assert_eq!(
+        cmd.body
+            .field("topic")
+            .unwrap()
+            .unwrap()
+            .deserialize::<String>()
+            .unwrap(),
+        "a.b"
+    );
     assert!(cmd.body.field("missing").unwrap().is_none());
     let not_a_map = decode(r#"{"action":"a","body":[1,2]}"#);
     assert!(not_a_map.body.field("body").is_err());

@@ -260,12 +260,23 @@ fn broken_frames_report_key_and_action_when_read() {
 
 #[test]
 fn a_field_of_a_body_keeps_its_bytes() {
-    let body = rmp_serde::to_vec_named(&json!({"n": 5, "topic": "a.b", "body": {"x": [1, 2]}})).unwrap();
+    let body =
+        rmp_serde::to_vec_named(&json!({"n": 5, "topic": "a.b", "body": {"x": [1, 2]}})).unwrap();
     let body = Body::from_raw(Bytes::from(body), MsgPack.body_format());
     let inner = body.field("body").unwrap().unwrap();
     assert_eq!(inner.deserialize::<Value>().unwrap(), json!({"x": [1, 2]}));
-    assert_eq!(body.field("topic").unwrap().unwrap().deserialize::<String>().unwrap(), "a.b");
+    assert_eq!(
+        body.field("topic")
+            .unwrap()
+            .unwrap()
+            .deserialize::<String>()
+            .unwrap(),
+        "a.b"
+    );
     assert!(body.field("nope").unwrap().is_none());
-    let array = Body::from_raw(Bytes::from(rmp_serde::to_vec(&[1, 2]).unwrap()), MsgPack.body_format());
+    let array = Body::from_raw(
+        Bytes::from(rmp_serde::to_vec(&[1, 2]).unwrap()),
+        MsgPack.body_format(),
+    );
     assert!(array.field("body").is_err());
 }

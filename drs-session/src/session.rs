@@ -11,7 +11,8 @@ use std::{
 };
 
 use drs_core::{
-    Client, CloseReason, Conn, ConnConfig, Dialer, Error, FromBody, Handler, Layer, Protocol,
+    pubsub::{SubscribeBody, Subscriptions, EXPOSE, SUBSCRIBE},
+    Body, Client, CloseReason, Conn, ConnConfig, Dialer, Error, FromBody, Handler, Layer, Protocol,
     IDENTIFY, SHUTTING_DOWN,
 };
 use futures::Stream;
@@ -96,6 +97,10 @@ struct Inner {
     idempotent: HashSet<String>,
     max_resends: u32,
     call_timeout: Duration,
+    /// Topic handlers, subscribed again on every connection.
+    subs: Subscriptions,
+    /// Actions exposed to the broker on every connection.
+    exposed: Vec<String>,
 }
 
 impl Inner {
@@ -180,6 +185,7 @@ pub struct SessionBuilder<D> {
     idempotent: HashSet<String>,
     max_resends: u32,
     callbacks: Vec<Callback>,
+    exposed: Vec<String>,
 }
 
 impl<D: Clone> Clone for SessionBuilder<D> {
@@ -194,6 +200,7 @@ impl<D: Clone> Clone for SessionBuilder<D> {
             idempotent: self.idempotent.clone(),
             max_resends: self.max_resends,
             callbacks: self.callbacks.clone(),
+            exposed: self.exposed.clone(),
         }
     }
 }
@@ -226,6 +233,16 @@ impl<D: Dialer> SessionBuilder<D> {
     /// every connection of the session.
     pub fn on<H: Handler<A>, A>(mut self, action: impl Into<String>, handler: H) -> Self {
         self.client = self.client.on(action, handler);
+        self
+    }
+
+    /// Serves `action` for a broker (`drs.expose`, DESIGN §1b): registers
+    /// `handler` and exposes the action on every connection, so that the
+    /// broker routes other connections' calls of it here.
+    pub fn expose<H: Handler<A>, A>(mut self, action: impl Into<String>, handler: H) -> Self {
+        let action = action.into();
+        self.client = self.client.on(action.clone(), handler);
+        self.exposed.push(action);
         self
     }
 
@@ -313,6 +330,8 @@ impl<D: Dialer> SessionBuilder<D> {
     fn spawn(self, first: Option<oneshot::Sender<Result<(), Error>>>) -> Session {
         let (state, _) = watch::channel(State::Connecting);
         let (events, _) = broadcast::channel(256);
+        let subs = Subscriptions::new();
+        let client = self.client.layer(subs.clone());
         let inner = Arc::new(Inner {
             state,
             events,
@@ -321,12 +340,14 @@ impl<D: Dialer> SessionBuilder<D> {
             when: self.when,
             idempotent: self.idempotent,
             max_resends: self.max_resends,
-            call_timeout: self.client.settings().call_timeout,
+            call_timeout: client.settings().call_timeout,
+            subs,
+            exposed: self.exposed,
         });
         let stop = CancellationToken::new();
         let task = Supervisor {
             inner: inner.clone(),
-            client: self.client,
+            client,
             dialer: self.dialer,
             protocol: self.protocol,
             policy: self.policy,
@@ -442,27 +463,53 @@ impl<D: Dialer> Supervisor<D> {
         inner.emit(SessionEvent::Closed);
     }
 
-    /// Dials and, for a named session, identifies.
+    /// Dials and, for a named session, identifies; then subscribes and
+    /// exposes again what the session has.
     async fn dial(&self) -> Result<(Conn, bool), Error> {
         let conn = self
             .client
             .dial(&self.dialer, self.protocol.clone())
             .await?;
-        let Some(name) = &self.inner.name else {
-            return Ok((conn, false));
-        };
-        let answer = conn
-            .call::<Identified>(IDENTIFY, Identify { name })
-            .timeout(self.client.settings().handshake_timeout)
-            .await;
-        match answer {
-            Ok(identified) => Ok((conn, identified.resumed)),
+        match self.set_up(&conn).await {
+            Ok(resumed) => Ok((conn, resumed)),
             Err(e) => {
                 conn.close();
                 Err(e)
             }
         }
     }
+
+    async fn set_up(&self, conn: &Conn) -> Result<bool, Error> {
+        let timeout = self.client.settings().handshake_timeout;
+        let resumed = match &self.inner.name {
+            Some(name) => {
+                conn.call::<Identified>(IDENTIFY, Identify { name })
+                    .timeout(timeout)
+                    .await?
+                    .resumed
+            }
+            None => false,
+        };
+        for (pattern, retroactive) in self.inner.subs.patterns() {
+            conn.call::<Body>(SUBSCRIBE, SubscribeBody::new(pattern, retroactive))
+                .timeout(timeout)
+                .await?;
+        }
+        for action in &self.inner.exposed {
+            conn.call::<Body>(EXPOSE, json_action(action))
+                .timeout(timeout)
+                .await?;
+        }
+        Ok(resumed)
+    }
+}
+
+fn json_action(action: &str) -> impl Serialize + '_ {
+    #[derive(Serialize)]
+    struct Action<'a> {
+        action: &'a str,
+    }
+    Action { action }
 }
 
 impl Session {
@@ -480,6 +527,7 @@ impl Session {
             idempotent: HashSet::new(),
             max_resends: 3,
             callbacks: Vec::new(),
+            exposed: Vec::new(),
         }
     }
 
@@ -552,6 +600,69 @@ impl Session {
             _reply: PhantomData,
             _body: PhantomData,
         }
+    }
+
+    /// Subscribes to `pattern` on the broker and hands what it delivers to
+    /// `handler`, on this connection and every later one (the session
+    /// subscribes again after each reconnect). Waits for a connection as
+    /// calls do; resolves once the broker has confirmed.
+    pub async fn subscribe<H: Handler<A>, A>(
+        &self,
+        pattern: &str,
+        handler: H,
+    ) -> Result<(), Error> {
+        self.subscribe_as(pattern, false, handler).await
+    }
+
+    /// Like [`subscribe`](Session::subscribe), retroactively: for a named
+    /// session the broker keeps what is published while it is away and
+    /// delivers it, in order, when it is back; each delivery is a call,
+    /// acknowledged when `handler` returns.
+    pub async fn subscribe_retroactive<H: Handler<A>, A>(
+        &self,
+        pattern: &str,
+        handler: H,
+    ) -> Result<(), Error> {
+        self.subscribe_as(pattern, true, handler).await
+    }
+
+    async fn subscribe_as<H: Handler<A>, A>(
+        &self,
+        pattern: &str,
+        retroactive: bool,
+        handler: H,
+    ) -> Result<(), Error> {
+        self.inner.subs.insert(pattern, retroactive, handler)?;
+        self.call::<Body, _>(SUBSCRIBE, SubscribeBody::new(pattern, retroactive))
+            .await?;
+        Ok(())
+    }
+
+    /// Ends the subscription to `pattern`, here and on the broker.
+    pub async fn unsubscribe(&self, pattern: &str) -> Result<(), Error> {
+        self.inner.subs.remove(pattern);
+        match self.current() {
+            Some(conn) => conn.unsubscribe(pattern).await,
+            None => Ok(()),
+        }
+    }
+
+    /// Publishes `body` on `topic` (a fire), waiting for a connection as
+    /// [`fire`](Session::fire) does.
+    pub async fn publish<B: Serialize>(&self, topic: &str, body: B) -> Result<(), Error> {
+        drs_core::topic::check_topic(topic)?;
+        self.conn().await?.publish(topic, body).await
+    }
+
+    /// Publishes `body` on `topic` as a call: how many subscribers it
+    /// reached or was stored for, once a durable broker has written it.
+    pub async fn publish_confirmed<B: Serialize>(
+        &self,
+        topic: &str,
+        body: B,
+    ) -> Result<u64, Error> {
+        drs_core::topic::check_topic(topic)?;
+        self.conn().await?.publish_confirmed(topic, body).await
     }
 
     /// Fires `action` with `body` on the current connection, waiting for

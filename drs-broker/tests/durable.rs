@@ -1,0 +1,267 @@
+//! The durable store across a SIGKILL, and the errors of a store that
+//! cannot be used. The broker runs in a child process: this test binary
+//! run again with [`CHILD`] set.
+
+use std::{io::Write, sync::Arc, time::Duration};
+
+use drs_broker::{Broker, BrokerConfig, StoreError, STORE_FILE};
+use drs_core::{pubsub::Subscriptions, Client, Conn, HandlerResult, Msg, Server, IDENTIFY};
+use drs_protocol_json::Json;
+use drs_transport_tcp::{TcpDialer, TcpListener};
+use serde_json::{json, Value};
+use tokio::{
+    io::{AsyncBufReadExt, BufReader},
+    sync::mpsc,
+};
+
+/// Set in the environment of the child broker process: "ADDR DIR".
+const CHILD: &str = "DRS_BROKER_DURABLE_CHILD";
+
+const LIMIT: Duration = Duration::from_secs(60);
+
+/// Not a test: the child broker process (returns at once without
+/// [`CHILD`]).
+#[test]
+fn child_broker_process() {
+    let Ok(spec) = std::env::var(CHILD) else {
+        return;
+    };
+    let (addr, dir) = spec.split_once(' ').expect("ADDR DIR");
+    let rt = tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(2)
+        .enable_all()
+        .build()
+        .expect("runtime");
+    rt.block_on(async {
+        let server = Server::new();
+        let broker = Broker::attach(&server, BrokerConfig::default().store(dir)).expect("store");
+        let b = broker.clone();
+        server.on("stored", move || {
+            let n = b.stats().stored_messages;
+            async move { HandlerResult::Ok(n) }
+        });
+        let listener = TcpListener::bind(addr).await.expect("bind");
+        let addr = server.listen(listener, Json).expect("listen");
+        let mut out = std::io::stdout().lock();
+        writeln!(out, "ready {addr}").expect("write");
+        out.flush().expect("flush");
+        drop(out);
+        std::future::pending::<()>().await;
+    });
+}
+
+async fn start_child(addr: &str, dir: &str) -> (tokio::process::Child, String) {
+    let exe = std::env::current_exe().expect("test binary");
+    let mut child = tokio::process::Command::new(exe)
+        .args([
+            "--exact",
+            "child_broker_process",
+            "--nocapture",
+            "--test-threads=1",
+        ])
+        .env(CHILD, format!("{addr} {dir}"))
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::null())
+        .kill_on_drop(true)
+        .spawn()
+        .expect("start the child broker");
+    let mut lines = BufReader::new(child.stdout.take().expect("stdout")).lines();
+    let ready = async {
+        while let Some(line) = lines.next_line().await.expect("read") {
+            if let Some((_, addr)) = line.split_once("ready ") {
+                return addr.trim().to_string();
+            }
+        }
+        panic!("the child broker ended before it was ready");
+    }
+    .await;
+    tokio::spawn(async move { while let Ok(Some(_)) = lines.next_line().await {} });
+    (child, ready)
+}
+
+async fn connect(addr: &str, client: Client) -> Conn {
+    client
+        .connect(TcpDialer::new(addr), Arc::new(Json))
+        .await
+        .expect("connect")
+}
+
+/// Connects as `name` with `d.*` delivered to `tx`.
+async fn subscriber(
+    addr: &str,
+    name: &str,
+    tx: mpsc::UnboundedSender<(String, Value)>,
+) -> (Conn, bool) {
+    let subs = Subscriptions::new();
+    subs.insert("d.*", true, move |msg: Msg, body: Value| {
+        let _ = tx.send((msg.action().to_string(), body));
+        async { HandlerResult::Ok(()) }
+    })
+    .expect("pattern");
+    let conn = connect(addr, Client::new().layer(subs)).await;
+    let answer: Value = conn
+        .call(IDENTIFY, json!({"name": name}))
+        .await
+        .expect("identify");
+    conn.call::<Value>(
+        "drs.subscribe",
+        json!({"topic": "d.*", "retroactive": true}),
+    )
+    .await
+    .expect("subscribe");
+    (conn, answer["resumed"] == json!(true))
+}
+
+fn temp_dir(tag: &str) -> std::path::PathBuf {
+    let dir = std::env::temp_dir().join(format!("drs-broker-{tag}-{}", std::process::id()));
+    let _ = std::fs::remove_dir_all(&dir);
+    dir
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn acknowledged_publications_and_acks_survive_sigkill() {
+    tokio::time::timeout(LIMIT, async {
+        let dir = temp_dir("sigkill");
+        let dir_s = dir.to_string_lossy().into_owned();
+        let (mut child, addr) = start_child("127.0.0.1:0", &dir_s).await;
+        let (tx, mut rx) = mpsc::unbounded_channel();
+        let (sub, resumed) = subscriber(&addr, "keeper", tx.clone()).await;
+        assert!(!resumed);
+        sub.close();
+        sub.closed().await;
+        let publisher = connect(&addr, Client::new()).await;
+        // Confirmed publishes: each answered once written. The name may
+        // not be released yet when the first arrives: it is stored for
+        // the name either way.
+        for i in 0..100 {
+            let n = publisher
+                .publish_confirmed(&format!("d.{i}"), json!({"i": i}))
+                .await
+                .expect("publish");
+            assert_eq!(n, 1);
+        }
+        child.kill().await.expect("SIGKILL");
+        let (mut child, addr2) = start_child(&addr, &dir_s).await;
+        assert_eq!(addr2, addr);
+        let (sub, resumed) = subscriber(&addr, "keeper", tx.clone()).await;
+        assert!(resumed, "the name's state survived");
+        for i in 0..100 {
+            let (topic, body) = rx.recv().await.expect("delivery");
+            assert_eq!(
+                (topic.as_str(), &body),
+                (format!("d.{i}").as_str(), &json!({"i": i}))
+            );
+        }
+        // Every acknowledgement taken in, then made durable by a confirmed
+        // publish (the store writes in order).
+        loop {
+            let stored: u64 = sub.call("stored", ()).await.expect("stored");
+            if stored == 0 {
+                break;
+            }
+            tokio::task::yield_now().await;
+        }
+        let publisher = connect(&addr, Client::new()).await;
+        publisher
+            .publish_confirmed("other.flush", 0)
+            .await
+            .expect("flush");
+        child.kill().await.expect("SIGKILL");
+        let (_child, _) = start_child(&addr, &dir_s).await;
+        let (_sub, resumed) = subscriber(&addr, "keeper", tx).await;
+        assert!(resumed, "its subscription is kept");
+        let publisher = connect(&addr, Client::new()).await;
+        publisher
+            .publish_confirmed("d.after", "new")
+            .await
+            .expect("publish");
+        let (topic, body) = rx.recv().await.expect("delivery");
+        assert_eq!(
+            (topic.as_str(), body),
+            ("d.after", json!("new")),
+            "nothing acknowledged came back"
+        );
+        let _ = std::fs::remove_dir_all(&dir);
+    })
+    .await
+    .expect("within the limit");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_damaged_store_is_a_clear_error_at_start() {
+    let dir = temp_dir("damaged");
+    std::fs::create_dir_all(&dir).unwrap();
+    std::fs::write(
+        dir.join(STORE_FILE),
+        b"this is not a database, just some text".repeat(100),
+    )
+    .unwrap();
+    let server = Server::new();
+    let err = Broker::attach(&server, BrokerConfig::default().store(&dir)).unwrap_err();
+    let text = err.to_string();
+    assert!(text.contains(STORE_FILE), "{text}");
+    assert!(
+        matches!(err, StoreError::Corrupt { .. } | StoreError::Open { .. }),
+        "{err:?}"
+    );
+    let _ = std::fs::remove_dir_all(&dir);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_unusable_store_directory_is_a_clear_error_at_start() {
+    let base = temp_dir("unusable");
+    std::fs::create_dir_all(&base).unwrap();
+    let file = base.join("a-file");
+    std::fs::write(&file, b"x").unwrap();
+    let server = Server::new();
+    let err =
+        Broker::attach(&server, BrokerConfig::default().store(file.join("store"))).unwrap_err();
+    assert!(matches!(err, StoreError::Open { .. }), "{err:?}");
+    assert!(err.to_string().contains("a-file"), "{err}");
+    let _ = std::fs::remove_dir_all(&base);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_store_reopened_in_process_keeps_names_and_backlogs() {
+    tokio::time::timeout(LIMIT, async {
+        let dir = temp_dir("reopen");
+        let server = Server::new();
+        let broker = Broker::attach(&server, BrokerConfig::default().store(&dir)).expect("open");
+        let addr = server
+            .listen(TcpListener::bind("127.0.0.1:0").await.unwrap(), Json)
+            .unwrap();
+        let (tx, mut rx) = mpsc::unbounded_channel();
+        let (sub, _) = subscriber(&addr, "kept", tx.clone()).await;
+        sub.close();
+        sub.closed().await;
+        assert_eq!(broker.publish("d.one", 1).await.unwrap(), 1);
+        assert_eq!(broker.publish("d.two", "two").await.unwrap(), 1);
+        server.shutdown(Duration::from_secs(1)).await;
+        broker.flush().await.unwrap();
+        drop((server, broker));
+        // The first broker's writer may still hold the file a moment:
+        // open until it lets go.
+        let server = Server::new();
+        let broker = loop {
+            match Broker::attach(&server, BrokerConfig::default().store(&dir)) {
+                Ok(b) => break b,
+                Err(StoreError::Open { .. }) => tokio::task::yield_now().await,
+                Err(e) => panic!("{e}"),
+            }
+        };
+        assert_eq!(broker.stats().stored_messages, 2);
+        let addr = server
+            .listen(TcpListener::bind("127.0.0.1:0").await.unwrap(), Json)
+            .unwrap();
+        let (_sub, resumed) = subscriber(&addr, "kept", tx).await;
+        assert!(resumed);
+        assert_eq!(rx.recv().await.unwrap(), ("d.one".to_string(), json!(1)));
+        assert_eq!(
+            rx.recv().await.unwrap(),
+            ("d.two".to_string(), json!("two"))
+        );
+        let _ = std::fs::remove_dir_all(&dir);
+    })
+    .await
+    .expect("within the limit");
+}
