@@ -286,6 +286,8 @@ struct Inner {
     store: Store,
     /// Actions with at least one exposer (the layer's fast path).
     exposed: AtomicUsize,
+    /// The delivery tasks of named subscribers.
+    tasks: tokio_util::task::TaskTracker,
 }
 
 /// A pub/sub broker and RPC router on a drs [`Server`] (DESIGN §1b):
@@ -354,6 +356,7 @@ impl Broker {
                 state: Mutex::new(State::default()),
                 store,
                 exposed: AtomicUsize::new(0),
+                tasks: tokio_util::task::TaskTracker::new(),
             }),
         };
         if let Some(loaded) = loaded {
@@ -364,10 +367,19 @@ impl Broker {
     }
 
     /// Waits until everything the broker has written so far is on disk
-    /// (at once without a durable store). Call it after
-    /// [`Server::shutdown`] so that the last acknowledgements are kept.
+    /// (at once without a durable store).
     pub async fn flush(&self) -> Result<(), StoreError> {
         self.inner.store.flush().await
+    }
+
+    /// Ends the broker's work once its server has shut down: waits for the
+    /// deliveries to named subscribers to end (they end with their
+    /// connections), so that the acknowledgements they took in are
+    /// written, then [`flush`](Broker::flush)es.
+    pub async fn close(&self) -> Result<(), StoreError> {
+        self.inner.tasks.close();
+        self.inner.tasks.wait().await;
+        self.flush().await
     }
 
     /// The durable store's file, if there is one.
@@ -890,7 +902,9 @@ impl Broker {
 
     fn start_delivery(&self, conn: Conn, name: Arc<str>) {
         let broker = self.clone();
-        tokio::spawn(async move { broker.deliver(conn, name).await });
+        self.inner
+            .tasks
+            .spawn(async move { broker.deliver(conn, name).await });
     }
 
     /// Sends `name`'s backlog, then what comes, to `conn`, in order, at
@@ -1000,7 +1014,15 @@ impl Broker {
                         Some((seq, reported, result)) = waiting.next(), if !waiting.is_empty() => {
                             self.answered(&name, seq, reported, result);
                         }
-                        () = conn.closed() => return,
+                        () = conn.closed() => {
+                            // Replies read before the end still count.
+                            while let Some(Some((seq, reported, result))) =
+                                futures::FutureExt::now_or_never(waiting.next())
+                            {
+                                self.answered(&name, seq, reported, result);
+                            }
+                            return;
+                        }
                     }
                 }
             }

@@ -237,7 +237,7 @@ async fn a_store_reopened_in_process_keeps_names_and_backlogs() {
         assert_eq!(broker.publish("d.one", 1).await.unwrap(), 1);
         assert_eq!(broker.publish("d.two", "two").await.unwrap(), 1);
         server.shutdown(Duration::from_secs(1)).await;
-        broker.flush().await.unwrap();
+        broker.close().await.unwrap();
         drop((server, broker));
         // The first broker's writer may still hold the file a moment:
         // open until it lets go.

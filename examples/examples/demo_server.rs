@@ -19,11 +19,13 @@
 
 use std::{
     collections::HashMap,
+    path::PathBuf,
     process::ExitCode,
     sync::{Arc, RwLock},
     time::Duration,
 };
 
+use drs_broker::{Broker, BrokerConfig};
 use drs_core::{Credentials, Identity, Jail, Protocol, Server, ServerConfig};
 use drs_protocol_json::Json;
 use drs_protocol_msgpack::MsgPack;
@@ -52,6 +54,10 @@ limits (durations in seconds, fractions allowed; 0 turns an optional one off):
   --max-frame BYTES           largest frame accepted or sent              (default: 8388608)
   --slow-admission MS         a demo connect hook that takes this long    (default: 0)
   --name NAME                 the server's name, as `session` answers     (default: HOSTNAME:PID)
+
+pub/sub (on every listener: drs.subscribe, drs.publish, drs.expose; DESIGN 1b):
+  --store DIR                 keep retroactive topics and names' state here (redb)
+                              (default: TMPDIR/drs-demo/NAME, printed as `store PATH`)
 
 security:
   --tls-cert FILE --tls-key FILE  the --tcp and --ws listeners after them speak TLS
@@ -84,6 +90,8 @@ struct Settings {
     slow_admission: Duration,
     /// What `session` answers as the server's name.
     name: String,
+    /// The broker's durable store.
+    store: Option<PathBuf>,
 }
 
 fn seconds(flag: &str, v: &str) -> Result<Duration, String> {
@@ -116,6 +124,7 @@ fn parse(args: impl Iterator<Item = String>) -> Result<Settings, String> {
     let mut token: Option<String> = None;
     let (mut tls_cert, mut tls_key, mut tls_ca) = (None::<String>, None::<String>, None::<String>);
     let mut jail = None;
+    let mut store = None;
     let mut args = args.peekable();
     while let Some(flag) = args.next() {
         let mut value = || args.next().ok_or_else(|| format!("{flag} needs a value"));
@@ -138,6 +147,7 @@ fn parse(args: impl Iterator<Item = String>) -> Result<Settings, String> {
                 slow_admission = Duration::from_millis(count(f, &value()?)? as u64)
             }
             "--name" => name = Some(value()?),
+            "--store" => store = Some(PathBuf::from(value()?)),
             "--token" => {
                 let t = value()?;
                 if t.is_empty() {
@@ -181,6 +191,7 @@ fn parse(args: impl Iterator<Item = String>) -> Result<Settings, String> {
         slow_admission,
         name: name.unwrap_or_else(default_server_name),
         jail,
+        store,
     })
 }
 
@@ -201,6 +212,30 @@ async fn main() -> ExitCode {
     };
 
     let server = Server::with_config(settings.config);
+    // Pub/sub and broker RPC, with exposers served before the demo's own
+    // handlers of the same name.
+    let store = settings.store.clone().unwrap_or_else(|| {
+        let dir: String = settings
+            .name
+            .chars()
+            .map(|c| {
+                if c.is_alphanumeric() || c == '-' || c == '.' {
+                    c
+                } else {
+                    '-'
+                }
+            })
+            .collect();
+        std::env::temp_dir().join("drs-demo").join(dir)
+    });
+    let broker = match Broker::attach(&server, BrokerConfig::default().store(&store)) {
+        Ok(broker) => broker,
+        Err(e) => {
+            eprintln!("{e}");
+            return ExitCode::FAILURE;
+        }
+    };
+    announce(&format!("store {}", store.display()));
     demo_actions_named(&server, settings.name.clone());
     tracing::info!(name = %settings.name, "demo server");
     let slow = settings.slow_admission;
@@ -316,6 +351,10 @@ async fn main() -> ExitCode {
     }
     tracing::info!("shutting down");
     server.shutdown(Duration::from_secs(5)).await;
+    if let Err(e) = broker.close().await {
+        eprintln!("{e}");
+        return ExitCode::FAILURE;
+    }
     ExitCode::SUCCESS
 }
 

@@ -387,3 +387,160 @@ fn readme_example_is_the_hello_example() {
         "README.md must show examples/examples/hello.rs verbatim"
     );
 }
+
+/// A fresh store directory for one test.
+fn store_dir(tag: &str) -> String {
+    let dir = std::env::temp_dir().join(format!("drs-demo-test-{tag}-{}", std::process::id()));
+    let _ = std::fs::remove_dir_all(&dir);
+    dir.to_string_lossy().into_owned()
+}
+
+#[test]
+fn pubsub_and_broker_rpc_in_raw_json_lines() {
+    let server = start();
+    let mut sub = client(&server);
+    assert_eq!(
+        sub.call(r#"{"key":"s","action":"drs.subscribe","body":{"topic":"sensors.*"}}"#)["action"],
+        "drs.response"
+    );
+    let mut publisher = client(&server);
+    assert_eq!(
+        publisher.call(
+            r#"{"key":"p","action":"drs.publish","body":{"topic":"sensors.t1","body":{"c":21.5}}}"#
+        ),
+        json!({"key":"p","action":"drs.response","body":1})
+    );
+    assert_eq!(sub.recv(), json!({"action":"sensors.t1","body":{"c":21.5}}));
+    // A raw client exposes `add`: the demo's own `add` is passed over.
+    let mut worker = client(&server);
+    worker.call(r#"{"key":"e","action":"drs.expose","body":{"action":"add"}}"#);
+    publisher.send(r#"{"key":"a","action":"add","body":{"a":1,"b":2}}"#);
+    let routed = worker.recv();
+    assert_eq!(routed["action"], "add");
+    assert_eq!(routed["body"], json!({"a":1,"b":2}));
+    let key = routed["key"].as_str().expect("a call").to_string();
+    worker.send(&format!(
+        r#"{{"key":"{key}","action":"drs.response","body":"from the worker"}}"#
+    ));
+    assert_eq!(
+        publisher.recv(),
+        json!({"key":"a","action":"drs.response","body":"from the worker"})
+    );
+}
+
+/// A raw connection named and subscribed retroactively to `d.*`, with the
+/// deliveries that arrived before the replies (they start as soon as the
+/// name is taken back).
+struct Named {
+    peer: Peer,
+    resumed: bool,
+    early: Vec<Value>,
+}
+
+/// Calls on `c` and returns the reply, keeping the deliveries (calls of
+/// other actions) that come first.
+fn call_among_deliveries(c: &mut Peer, key: &str, line: &str, early: &mut Vec<Value>) -> Value {
+    c.send(line);
+    loop {
+        let frame = c.recv();
+        if frame["key"] == key
+            && frame["action"]
+                .as_str()
+                .is_some_and(|a| a.starts_with("drs."))
+        {
+            return frame;
+        }
+        early.push(frame);
+    }
+}
+
+fn named_subscriber(server: &DemoServer, name: &str) -> Named {
+    let mut peer = client(server);
+    let mut early = Vec::new();
+    let identify = format!(r#"{{"key":"i","action":"drs.identify","body":{{"name":"{name}"}}}}"#);
+    let answer = call_among_deliveries(&mut peer, "i", &identify, &mut early);
+    assert_eq!(answer["action"], "drs.response", "{answer}");
+    let subscribe =
+        r#"{"key":"s","action":"drs.subscribe","body":{"topic":"d.*","retroactive":true}}"#;
+    let answer2 = call_among_deliveries(&mut peer, "s", subscribe, &mut early);
+    assert_eq!(answer2["action"], "drs.response", "{answer2}");
+    Named {
+        peer,
+        resumed: answer["body"]["resumed"] == json!(true),
+        early,
+    }
+}
+
+/// Reads `n` deliveries (calls), acknowledging each; returns their bodies.
+fn take_deliveries(named: &mut Named, n: usize) -> Vec<Value> {
+    let mut early = std::mem::take(&mut named.early).into_iter();
+    (0..n)
+        .map(|_| {
+            let d = early.next().unwrap_or_else(|| named.peer.recv());
+            let key = d["key"]
+                .as_str()
+                .expect("a retroactive delivery is a call")
+                .to_string();
+            named
+                .peer
+                .send(&format!(r#"{{"key":"{key}","action":"drs.response"}}"#));
+            d["body"].clone()
+        })
+        .collect()
+}
+
+#[test]
+fn the_store_survives_sigkill_and_a_graceful_restart() {
+    let dir = store_dir("restart");
+    let args = ["--store", dir.as_str(), "--tcp", "127.0.0.1:0"];
+    let server = DemoServer::start(&args);
+    assert_eq!(server.store, dir);
+    let s = named_subscriber(&server, "keeper");
+    s.peer.stream.shutdown(Shutdown::Both).unwrap();
+    let mut p = client(&server);
+    for i in 0..3 {
+        // Answered once written: the name may still be connected, or not.
+        let n = p.call(&format!(
+            r#"{{"key":"{i}","action":"drs.publish","body":{{"topic":"d.x","body":{i}}}}}"#
+        ));
+        assert_eq!(n["body"], 1, "{n}");
+    }
+    drop(server); // SIGKILL
+    let server = DemoServer::start(&args);
+    let mut s = named_subscriber(&server, "keeper");
+    assert!(s.resumed);
+    assert_eq!(take_deliveries(&mut s, 3), [json!(0), json!(1), json!(2)]);
+    // A graceful restart keeps the acknowledgements (read before the ping).
+    let c = s.peer.call(r#"{"key":"p","action":"drs.ping"}"#);
+    assert_eq!(c["key"], "p");
+    let mut server = server;
+    server.interrupt();
+    assert!(server.child.wait().unwrap().success());
+    let server = DemoServer::start(&args);
+    let mut s = named_subscriber(&server, "keeper");
+    assert!(s.resumed);
+    let mut p = client(&server);
+    p.call(r#"{"key":"n","action":"drs.publish","body":{"topic":"d.new","body":"fresh"}}"#);
+    assert_eq!(
+        take_deliveries(&mut s, 1),
+        [json!("fresh")],
+        "nothing acknowledged came back"
+    );
+    drop(server);
+    let _ = std::fs::remove_dir_all(&dir);
+}
+
+#[test]
+fn an_unusable_store_stops_the_demo_with_its_path() {
+    let file = std::env::temp_dir().join(format!("drs-demo-not-a-dir-{}", std::process::id()));
+    std::fs::write(&file, b"x").unwrap();
+    let store = file.join("store");
+    let out = Command::new(example_path("demo_server"))
+        .args(["--store", &store.to_string_lossy(), "--tcp", "127.0.0.1:0"])
+        .output()
+        .unwrap();
+    assert!(!out.status.success());
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(stderr.contains(&*file.to_string_lossy()), "{stderr}");
+    let _ = std::fs::remove_file(&file);
+}

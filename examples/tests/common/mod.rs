@@ -37,6 +37,10 @@ pub struct DemoServer {
     pub child: Child,
     /// The `listening KIND ADDR` lines, one per listener, as (kind, addr).
     pub listening: Vec<(String, String)>,
+    /// The broker's store directory (`store PATH`).
+    pub store: String,
+    /// Whether the store is the default one, removed when dropped.
+    own_store: bool,
 }
 
 impl DemoServer {
@@ -44,9 +48,11 @@ impl DemoServer {
     pub fn start(args: &[&str]) -> Self {
         let expected = args
             .iter()
-            .filter(|a| ["--tcp", "--ws", "--ipc"].contains(a))
+            .filter(|a| ["--tcp", "--ws", "--ipc", "--rembus"].contains(a))
             .count()
             .max(1);
+        // The store line comes first, then one line per listener.
+        let expected = expected + 1;
         let mut child = Command::new(example_path("demo_server"))
             .args(args)
             .env("RUST_LOG", "warn")
@@ -66,20 +72,30 @@ impl DemoServer {
                 let _ = tx.send(line);
             }
         });
-        let listening = (0..expected)
-            .map(|_| {
-                let line = rx
-                    .recv_timeout(READ_TIMEOUT)
-                    .expect("demo_server announced a listener");
-                let rest = line
-                    .trim()
-                    .strip_prefix("listening ")
-                    .unwrap_or_else(|| panic!("unexpected line {line:?}"));
-                let (kind, addr) = rest.split_once(' ').expect("listening KIND ADDR");
-                (kind.to_string(), addr.to_string())
-            })
-            .collect();
-        DemoServer { child, listening }
+        let mut store = String::new();
+        let mut listening = Vec::new();
+        for _ in 0..expected {
+            let line = rx
+                .recv_timeout(READ_TIMEOUT)
+                .expect("demo_server announced its store and listeners");
+            let line = line.trim();
+            if let Some(path) = line.strip_prefix("store ") {
+                store = path.to_string();
+                continue;
+            }
+            let rest = line
+                .strip_prefix("listening ")
+                .unwrap_or_else(|| panic!("unexpected line {line:?}"));
+            let (kind, addr) = rest.split_once(' ').expect("listening KIND ADDR");
+            listening.push((kind.to_string(), addr.to_string()));
+        }
+        let own_store = !args.contains(&"--store");
+        DemoServer {
+            child,
+            listening,
+            store,
+            own_store,
+        }
     }
 
     /// The address of the `n`th listener.
@@ -101,5 +117,8 @@ impl Drop for DemoServer {
     fn drop(&mut self) {
         let _ = self.child.kill();
         let _ = self.child.wait();
+        if self.own_store && !self.store.is_empty() {
+            let _ = std::fs::remove_dir_all(&self.store);
+        }
     }
 }
