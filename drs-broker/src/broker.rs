@@ -218,6 +218,8 @@ struct Component {
     wake: Arc<Notify>,
     /// Rembus: hold deliveries until the peer says it is ready.
     held: bool,
+    /// Deliveries are fires, done once sent (Rembus QoS 0).
+    unacknowledged: bool,
 }
 
 impl Component {
@@ -232,6 +234,7 @@ impl Component {
             reporting: false,
             wake: Arc::new(Notify::new()),
             held: false,
+            unacknowledged: false,
         }
     }
 
@@ -266,6 +269,8 @@ struct ConnState {
     relaying: Arc<AtomicUsize>,
     /// Live deliveries held back until the peer is ready (Rembus).
     held: bool,
+    /// Retroactive deliveries are fires, done once sent.
+    unacknowledged: bool,
 }
 
 #[derive(Default)]
@@ -817,6 +822,17 @@ impl Broker {
         }
     }
 
+    /// Makes the retroactive deliveries to `conn` fires, each done once
+    /// sent, instead of calls acknowledged by their reply: for peers that
+    /// acknowledge nothing (Rembus components). Set it before the peer
+    /// identifies.
+    pub fn deliver_unacknowledged(&self, conn: &Conn) {
+        let mut state = lock(&self.inner.state);
+        if let Some((_, cs)) = state.conns.get_mut(&conn.id()) {
+            cs.unacknowledged = true;
+        }
+    }
+
     /// The names and patterns `conn` has subscribed to, and the actions it
     /// exposes.
     pub fn registrations(&self, conn: &Conn) -> (Vec<String>, Vec<String>) {
@@ -844,7 +860,10 @@ impl Broker {
     /// `conn` took `name`: it gets the name's subscriptions and backlog.
     fn identified(&self, conn: &Conn, name: &Arc<str>) -> bool {
         let mut state = lock(&self.inner.state);
-        let held = state.conns.get(&conn.id()).is_some_and(|(_, cs)| cs.held);
+        let (held, unacknowledged) = state
+            .conns
+            .get(&conn.id())
+            .map_or((false, false), |(_, cs)| (cs.held, cs.unacknowledged));
         let Some(component) = state.components.get_mut(name) else {
             if state.components.len() >= self.inner.config.max_names {
                 return false;
@@ -852,6 +871,7 @@ impl Broker {
             let mut component = Component::new();
             component.conn = Some(conn.clone());
             component.held = held;
+            component.unacknowledged = unacknowledged;
             state.components.insert(name.clone(), component);
             drop(state);
             self.start_delivery(conn.clone(), name.clone());
@@ -860,6 +880,7 @@ impl Broker {
         let resumed = component.has_state();
         component.conn = Some(conn.clone());
         component.held = held;
+        component.unacknowledged = unacknowledged;
         component.inflight.clear();
         component.reporting = false;
         drop(state);
@@ -911,7 +932,7 @@ impl Broker {
     /// most a window of deliveries awaiting their acknowledgement.
     async fn deliver(self, conn: Conn, name: Arc<str>) {
         enum Next {
-            Message(Arc<Stored>),
+            Message(Arc<Stored>, bool),
             Report(u64),
             Wait(Arc<Notify>),
             Stop,
@@ -965,8 +986,12 @@ impl Broker {
                                 }
                                 state.save_component(inner, &name);
                             }
+                            let fire = state
+                                .components
+                                .get(&name)
+                                .is_some_and(|c| c.unacknowledged);
                             match found {
-                                Some(m) => Next::Message(m),
+                                Some(m) => Next::Message(m, fire),
                                 None => Next::Wait(wake),
                             }
                         }
@@ -976,7 +1001,19 @@ impl Broker {
             };
             match next {
                 Next::Stop => return,
-                Next::Message(m) => {
+                Next::Message(m, true) => {
+                    // Done once sent: the peer acknowledges nothing.
+                    let sent = conn.fire(&m.topic, &m.body).await;
+                    match sent {
+                        Ok(()) => self.answered(&name, Some(m.seq), 0, Ok(Body::absent())),
+                        Err(_) => {
+                            self.unmark(&name, m.seq);
+                            conn.closed().await;
+                            return;
+                        }
+                    }
+                }
+                Next::Message(m, false) => {
                     let call = conn
                         .call::<Body>(&m.topic, &m.body)
                         .timeout(inner.config.ack_timeout)

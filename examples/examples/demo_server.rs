@@ -29,6 +29,7 @@ use drs_broker::{Broker, BrokerConfig};
 use drs_core::{Credentials, Identity, Jail, Protocol, Server, ServerConfig};
 use drs_protocol_json::Json;
 use drs_protocol_msgpack::MsgPack;
+use drs_rembus::Rembus;
 use drs_tls::{ServerTls, TlsListener};
 use drs_transport_ipc::IpcListener;
 use drs_transport_tcp::{Keepalive, TcpListener};
@@ -56,6 +57,8 @@ limits (durations in seconds, fractions allowed; 0 turns an optional one off):
   --name NAME                 the server's name, as `session` answers     (default: HOSTNAME:PID)
 
 pub/sub (on every listener: drs.subscribe, drs.publish, drs.expose; DESIGN 1b):
+  --rembus ADDR               serve Rembus components (CBOR over WebSocket) on ADDR,
+                              printed as `listening rembus ADDR`
   --store DIR                 keep retroactive topics and names' state here (redb)
                               (default: TMPDIR/drs-demo/NAME, printed as `store PATH`)
 
@@ -78,6 +81,8 @@ enum Bind {
     /// WebSocket, `wss://` when TLS settings are given.
     Ws(String, Option<ServerTls>),
     Ipc(String),
+    /// Rembus components, over WebSocket.
+    Rembus(String),
 }
 
 /// What to listen on, each with its protocol, and the limits.
@@ -170,6 +175,7 @@ fn parse(args: impl Iterator<Item = String>) -> Result<Settings, String> {
                 binds.push((Bind::Ws(addr, tls), protocol.clone(), token.clone()))
             }
             "--ipc" => binds.push((Bind::Ipc(value()?), protocol.clone(), token.clone())),
+            "--rembus" => binds.push((Bind::Rembus(value()?), Arc::new(Rembus), None)),
             "--protocol" => {
                 protocol = match value()?.as_str() {
                     "json" => Arc::new(Json),
@@ -236,6 +242,7 @@ async fn main() -> ExitCode {
         }
     };
     announce(&format!("store {}", store.display()));
+    drs_rembus::attach(&server, &broker);
     demo_actions_named(&server, settings.name.clone());
     tracing::info!(name = %settings.name, "demo server");
     let slow = settings.slow_admission;
@@ -332,6 +339,10 @@ async fn main() -> ExitCode {
                 let bound =
                     IpcListener::bind(path.clone()).and_then(|l| server.listen_arc(l, protocol));
                 ("ipc", path, bound)
+            }
+            Bind::Rembus(addr) => {
+                let bound = drs_rembus::listen(&server, &addr).await;
+                ("rembus", addr, bound)
             }
         };
         match bound {

@@ -193,3 +193,34 @@ fn demo_server_refuses_bad_flags() {
     assert_eq!(out.status.code(), Some(2));
     assert!(String::from_utf8_lossy(&out.stderr).contains("--ws needs a value"));
 }
+
+/// The real Rembus client (PyPI `rembus`, unmodified) against the demo's
+/// Rembus endpoint, beside a drs JSON client (pytest:
+/// examples/python/test_rembus.py).
+#[test]
+fn python_rembus_components() {
+    if !python_has(&["rembus", "pytest"]) {
+        return;
+    }
+    let server = DemoServer::start(&["--tcp", "127.0.0.1:0", "--rembus", "127.0.0.1:0"]);
+    assert_eq!(server.listening[1].0, "rembus");
+    let dir = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("python");
+    let out = Command::new("python3")
+        .args([
+            "-m",
+            "pytest",
+            "-q",
+            "-p",
+            "no:cacheprovider",
+            "test_rembus.py",
+        ])
+        .env("DRS_TCP", server.addr(0))
+        .env("DRS_REMBUS", server.addr(1))
+        .current_dir(&dir)
+        .output()
+        .expect("run pytest");
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(out.status.success(), "pytest failed:\n{stdout}\n{stderr}");
+    assert!(stdout.contains(" passed"), "{stdout}");
+}

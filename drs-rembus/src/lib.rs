@@ -1,0 +1,167 @@
+//! A Rembus-compatible endpoint for drs (see `shared/interop/rembus.md`):
+//! unmodified Rembus components — the `rembus` Python package — connect over
+//! WebSocket, speak their CBOR messages, and share one broker with drs
+//! clients of every transport and protocol.
+//!
+//! ```no_run
+//! # async fn f() -> Result<(), Box<dyn std::error::Error>> {
+//! let server = drs_core::Server::new();
+//! let broker = drs_broker::Broker::attach(&server, drs_broker::BrokerConfig::default())?;
+//! drs_rembus::attach(&server, &broker);
+//! let addr = drs_rembus::listen(&server, "127.0.0.1:8338").await?;
+//! println!("listening rembus {addr}");
+//! # Ok(()) }
+//! ```
+//!
+//! What a Rembus component gets:
+//!
+//! - **Identity** `[0, id, cid, meta]`: the component's name, unique among
+//!   live connections (`[4, id, 10, "already connected"]` otherwise); its
+//!   subscriptions and backlog are kept across connections.
+//! - **Expose / unexpose**: other connections' calls of that name, drs's
+//!   or Rembus's, are routed to it and its answer relayed; exposers come
+//!   before the server's own handlers. No exposer: status 42 with the name.
+//! - **Subscribe** with `msg_from`: `Now` (0) is live only; anything else
+//!   (`LastReceived`, a window) is retroactive for a named component: what
+//!   is published while it is away is kept (bounded by the broker's
+//!   backlogs) and sent when it is back and reactive, in publish order.
+//!   Deliveries to Rembus components are QoS 0 publishes, done once sent.
+//! - **Reactive**: nothing is delivered until the component sends
+//!   `reactive true`; `setup` (after an automatic reconnect) registers
+//!   its exposers and subscribers again and turns it reactive.
+//! - **Publish** QoS 0, 1 and 2: QoS 1/2 are acknowledged (`[5, id]`) once
+//!   the broker has taken the message (and a durable broker has written
+//!   it). A QoS 2 repeat of an id is published again (at least once).
+//! - **RPC**: `[2, id, name, null, args]` goes to an exposer or the
+//!   server's handler of that name; `[4, id, status, data]` comes back
+//!   (0, 40 for an exception or error with its text, 42 not found, 45 no
+//!   such target, 46 the exposer went away). Status 70 and 11 are never sent.
+//!
+//! Between Rembus and drs an argument list of one is that value, any other
+//! is an array body; an array body is the argument list. Topics use `/` in
+//! Rembus and `.` in drs (`**` is `>`).
+
+use std::sync::Arc;
+
+use drs_broker::Broker;
+use drs_core::{Body, Conn, Error, HandlerError, Msg, Server};
+use drs_transport_ws::WsListener;
+use serde::Deserialize;
+
+mod protocol;
+
+pub use protocol::{
+    status, topic_in, topic_out, Rembus, ACK, ADMIN, ALREADY_CONNECTED, DIRECT, REACTIVE, SETUP,
+    TARGET_NOT_FOUND, UNKNOWN_ADMIN,
+};
+
+#[derive(Deserialize)]
+struct Reactive {
+    #[serde(default)]
+    status: bool,
+}
+
+#[derive(Deserialize, Default)]
+struct Setup {
+    #[serde(default)]
+    exposers: Vec<serde_json::Value>,
+    #[serde(default)]
+    subscribers: Vec<serde_json::Value>,
+}
+
+#[derive(Deserialize)]
+struct Direct {
+    target: String,
+    action: String,
+}
+
+/// A name from a `setup` list: a string, or the first string of a list
+/// or the `topic` of a map.
+fn entry_name(v: &serde_json::Value) -> Option<(String, bool)> {
+    match v {
+        serde_json::Value::String(s) => Some((s.clone(), false)),
+        serde_json::Value::Array(items) => {
+            let name = items.first()?.as_str()?.to_string();
+            let retro = items
+                .get(1)
+                .and_then(|f| f.as_f64())
+                .is_some_and(|f| f != 0.0);
+            Some((name, retro))
+        }
+        serde_json::Value::Object(map) => {
+            let name = map.get("topic")?.as_str()?.to_string();
+            let retro = map
+                .get("msg_from")
+                .and_then(|f| f.as_f64())
+                .is_some_and(|f| f != 0.0);
+            Some((name, retro))
+        }
+        _ => None,
+    }
+}
+
+/// Makes `server` (with `broker` attached) serve Rembus components on the
+/// connections that speak [`Rembus`]: registers the Rembus commands and,
+/// for those connections, holds deliveries until they are reactive. Call
+/// it once, after [`Broker::attach`], before [`listen`].
+pub fn attach(server: &Server, broker: &Broker) {
+    let b = broker.clone();
+    server.on_connect(move |conn: Conn| {
+        if conn.protocol().name() == drs_core::Protocol::name(&Rembus) {
+            b.hold(&conn, true);
+            b.deliver_unacknowledged(&conn);
+        }
+        async { Ok::<(), std::convert::Infallible>(()) }
+    });
+    let b = broker.clone();
+    server.on(REACTIVE, move |msg: Msg, args: Reactive| {
+        b.hold(msg.conn(), !args.status);
+        async { Ok::<(), HandlerError>(()) }
+    });
+    let b = broker.clone();
+    server.on(SETUP, move |msg: Msg, args: Setup| {
+        let conn = msg.conn();
+        let mut result = Ok(());
+        for action in args.exposers.iter().filter_map(entry_name) {
+            result = result.and(b.expose(conn, &action.0));
+        }
+        for (topic, retroactive) in args.subscribers.iter().filter_map(entry_name) {
+            let topic = topic_in(&topic);
+            result = result.and(b.subscribe(conn, &topic, retroactive));
+        }
+        b.hold(conn, false);
+        async move { result }
+    });
+    server.on(ADMIN, || async {
+        Err::<(), _>(HandlerError::new(UNKNOWN_ADMIN))
+    });
+    server.on(ACK, || async { Ok::<(), HandlerError>(()) });
+    let s = server.clone();
+    server.on(DIRECT, move |msg: Msg, args: Direct| {
+        let body = msg.body().field("body").ok().flatten().unwrap_or_default();
+        let call = s.call_named::<Body>(&args.target, &args.action, &body);
+        async move {
+            match call {
+                Err(Error::NoPeer(name)) => {
+                    Err(HandlerError::new(format!("{TARGET_NOT_FOUND}: {name}")))
+                }
+                Err(e) => Err(HandlerError::new(e.to_string())),
+                Ok(call) => match call.await {
+                    Ok(body) => Ok(body),
+                    Err(Error::Remote(r)) => Err(HandlerError::new(r.message)),
+                    Err(Error::Exception(r)) => Err(HandlerError::exception(r.message)),
+                    Err(Error::Closed) => Err(HandlerError::new("closed")),
+                    Err(e) => Err(HandlerError::new(e.to_string())),
+                },
+            }
+        }
+    });
+}
+
+/// Serves Rembus components on a WebSocket listener bound to `addr`
+/// (binary frames; any request path); [`attach`] must have been called.
+/// Returns the bound address.
+pub async fn listen(server: &Server, addr: &str) -> std::io::Result<String> {
+    let listener = WsListener::bind(addr).await?;
+    server.listen_arc(listener, Arc::new(Rembus))
+}
