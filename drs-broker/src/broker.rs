@@ -1235,10 +1235,7 @@ impl State {
         }
         // The topic's own bound: its oldest go, from everyone holding them.
         let tb = inner.config.topic_backlog;
-        loop {
-            let Some(log) = self.topics.get(&*msg.topic) else {
-                break;
-            };
+        while let Some(log) = self.topics.get(&*msg.topic) {
             if log.seqs.len() <= tb.max_messages && log.bytes <= tb.max_bytes {
                 break;
             }

@@ -189,7 +189,7 @@ impl Subscriptions {
         let mut best: Option<(usize, &BoxedHandler)> = None;
         table.trie.for_each_match(topic, |p| {
             let literal = literal_segments(p);
-            if best.is_none_or(|(b, _)| literal > b) {
+            if best.map_or(true, |(b, _)| literal > b) {
                 if let Some(entry) = table.by_pattern.get(p) {
                     best = Some((literal, &entry.handler));
                 }

@@ -261,10 +261,7 @@ fn visit<V>(node: &Node<V>, segments: &[&str], f: &mut impl FnMut(&V)) {
 }
 
 /// A set of values found by [`TopicTrie::for_each_match`], each once.
-pub fn distinct<V: Eq + Hash + Clone>(trie: &TopicTrie<V>, topic: &str) -> Vec<V>
-where
-    V: PartialEq,
-{
+pub fn distinct<V: Eq + Hash + Clone>(trie: &TopicTrie<V>, topic: &str) -> Vec<V> {
     let mut seen = std::collections::HashSet::new();
     let mut out = Vec::new();
     trie.for_each_match(topic, |v| {
