@@ -75,6 +75,9 @@ pub struct BrokerConfig {
     pub publish_jail: Option<Jail>,
     /// Patterns anyone may subscribe to; `None`: all.
     pub subscribe_jail: Option<Jail>,
+    /// Per role: the topics its holders may publish to, and the patterns
+    /// they may subscribe to (`None`: no limit of the role's own).
+    pub role_jails: HashMap<String, (Option<Jail>, Option<Jail>)>,
 }
 
 impl Default for BrokerConfig {
@@ -90,6 +93,7 @@ impl Default for BrokerConfig {
             store: None,
             publish_jail: None,
             subscribe_jail: None,
+            role_jails: HashMap::new(),
         }
     }
 }
@@ -151,6 +155,54 @@ impl BrokerConfig {
     pub fn subscribe_jail(mut self, jail: Jail) -> Self {
         self.subscribe_jail = Some(jail);
         self
+    }
+
+    /// Limits what authenticated peers with `role` may publish to and
+    /// subscribe to (see [`Server::authenticate`]). A peer with several
+    /// such roles may do what any of them allows; always within the
+    /// server-wide [`publish_jail`](BrokerConfig::publish_jail) and
+    /// [`subscribe_jail`](BrokerConfig::subscribe_jail).
+    pub fn role_jails(
+        mut self,
+        role: impl Into<String>,
+        publish: Option<Jail>,
+        subscribe: Option<Jail>,
+    ) -> Self {
+        self.role_jails.insert(role.into(), (publish, subscribe));
+        self
+    }
+
+    /// Whether `conn` may publish to `topic` (`publish`) or subscribe to
+    /// the pattern `topic`.
+    fn allows(&self, conn: &Conn, topic: &str, publish: bool) -> bool {
+        let pick = |pair: &(Option<Jail>, Option<Jail>)| -> Option<Jail> {
+            if publish {
+                pair.0.clone()
+            } else {
+                pair.1.clone()
+            }
+        };
+        let server = if publish {
+            &self.publish_jail
+        } else {
+            &self.subscribe_jail
+        };
+        if server.as_ref().is_some_and(|j| !j.allows(topic)) {
+            return false;
+        }
+        let Some(identity) = conn.identity() else {
+            return true;
+        };
+        let mut limited = false;
+        for role in &identity.roles {
+            if let Some(jail) = self.role_jails.get(role).and_then(pick) {
+                if jail.allows(topic) {
+                    return true;
+                }
+                limited = true;
+            }
+        }
+        !limited
     }
 }
 
@@ -609,28 +661,15 @@ impl Broker {
     }
 
     fn check_publish(&self, conn: &Conn, topic: &str) -> Result<(), HandlerError> {
-        if self
-            .inner
-            .config
-            .publish_jail
-            .as_ref()
-            .is_some_and(|j| !j.allows(topic))
-        {
+        if !self.inner.config.allows(conn, topic, true) {
             return Err(HandlerError::new(format!("publish not allowed: {topic}")));
         }
-        let _ = conn;
         Ok(())
     }
 
     fn subscribe_cmd(&self, conn: &Conn, args: &SubscribeBody) -> Result<(), HandlerError> {
         check_pattern(&args.topic).map_err(|e| HandlerError::new(e.to_string()))?;
-        if self
-            .inner
-            .config
-            .subscribe_jail
-            .as_ref()
-            .is_some_and(|j| !j.allows(&args.topic))
-        {
+        if !self.inner.config.allows(conn, &args.topic, false) {
             return Err(HandlerError::new(format!(
                 "subscribe not allowed: {}",
                 args.topic

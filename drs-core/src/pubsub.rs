@@ -173,6 +173,11 @@ impl Subscriptions {
             .collect()
     }
 
+    /// Whether `pattern` is subscribed.
+    pub fn contains(&self, pattern: &str) -> bool {
+        read(&self.table).by_pattern.contains_key(pattern)
+    }
+
     /// Whether any pattern matches `topic`.
     pub fn matches(&self, topic: &str) -> bool {
         read(&self.table)
@@ -270,14 +275,20 @@ impl Conn {
         retroactive: bool,
         handler: H,
     ) -> impl Future<Output = Result<(), Error>> + Send + 'static {
-        let registered = self
-            .subscriptions()
-            .insert(pattern, retroactive, handler)
-            .map(|()| {
-                self.call::<crate::Body>(SUBSCRIBE, SubscribeBody::new(pattern, retroactive))
-            });
+        let subs = self.subscriptions();
+        let had = subs.contains(pattern);
+        let registered = subs.insert(pattern, retroactive, handler).map(|()| {
+            self.call::<crate::Body>(SUBSCRIBE, SubscribeBody::new(pattern, retroactive))
+        });
+        let pattern = pattern.to_string();
         async move {
-            registered?.await?;
+            if let Err(e) = registered?.await {
+                // Refused: a new subscription leaves nothing behind.
+                if !had {
+                    subs.remove(&pattern);
+                }
+                return Err(e);
+            }
             Ok(())
         }
     }

@@ -632,9 +632,19 @@ impl Session {
         retroactive: bool,
         handler: H,
     ) -> Result<(), Error> {
+        let had = self.inner.subs.contains(pattern);
         self.inner.subs.insert(pattern, retroactive, handler)?;
-        self.call::<Body, _>(SUBSCRIBE, SubscribeBody::new(pattern, retroactive))
-            .await?;
+        let confirmed = self
+            .call::<Body, _>(SUBSCRIBE, SubscribeBody::new(pattern, retroactive))
+            .await;
+        if let Err(e) = confirmed {
+            // Refused (or not sent): a new subscription leaves nothing
+            // behind to be sent again on the next connection.
+            if !had {
+                self.inner.subs.remove(pattern);
+            }
+            return Err(e);
+        }
         Ok(())
     }
 
