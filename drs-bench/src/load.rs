@@ -110,6 +110,16 @@ fn push_json_call(out: &mut BytesMut, key: u64, payload: &str) {
     out.put_slice(b"\"}\n");
 }
 
+/// A confirmed publish on `durable.bench`, stored for the broker's one
+/// named retroactive subscriber (see `drs-bench serve drs-tcp-json-broker`).
+fn push_json_publish(out: &mut BytesMut, key: u64, payload: &str) {
+    out.put_slice(br#"{"key":""#);
+    out.put_slice(key.to_string().as_bytes());
+    out.put_slice(br#"","action":"drs.publish","body":{"topic":"durable.bench","body":""#);
+    out.put_slice(payload.as_bytes());
+    out.put_slice(b"\"}}\n");
+}
+
 /// `{"key": key, "action": "echo", "body": payload}` as MessagePack.
 fn msgpack_call(key: u64, payload: &str) -> Vec<u8> {
     let mut m = Vec::with_capacity(payload.len() + 48);
@@ -166,13 +176,17 @@ pub(crate) async fn calls(
     for _ in 0..conns {
         let payload = payload.clone();
         let task: tokio::task::JoinHandle<Res<Vec<Histogram<u64>>>> = match client {
-            "lines" | "msgpack" => {
+            "lines" | "msgpack" | "publish-lines" => {
                 let s = tokio::net::TcpStream::connect(addr).await?;
                 s.set_nodelay(true)?;
                 let (r, w) = s.into_split();
-                let binary = client == "msgpack";
+                let kind = match client {
+                    "msgpack" => Request::MsgPack,
+                    "publish-lines" => Request::Publish,
+                    _ => Request::Echo,
+                };
                 tokio::spawn(async move {
-                    stream_loop(r, w, inflight, payload, binary, window)
+                    stream_loop(r, w, inflight, payload, kind, window)
                         .await
                         .map(|h| vec![h])
                 })
@@ -181,7 +195,7 @@ pub(crate) async fn calls(
                 let s = tokio::net::UnixStream::connect(addr).await?;
                 let (r, w) = s.into_split();
                 tokio::spawn(async move {
-                    stream_loop(r, w, inflight, payload, false, window)
+                    stream_loop(r, w, inflight, payload, Request::Echo, window)
                         .await
                         .map(|h| vec![h])
                 })
@@ -190,7 +204,7 @@ pub(crate) async fn calls(
                 let s = tls_connect(addr).await?;
                 let (r, w) = tokio::io::split(s);
                 tokio::spawn(async move {
-                    stream_loop(r, w, inflight, payload, false, window)
+                    stream_loop(r, w, inflight, payload, Request::Echo, window)
                         .await
                         .map(|h| vec![h])
                 })
@@ -235,12 +249,23 @@ pub(crate) async fn calls(
     Ok(report(hists, window))
 }
 
+/// What a call load sends.
+#[derive(Clone, Copy, PartialEq, Eq)]
+enum Request {
+    /// `echo` in JSON lines.
+    Echo,
+    /// `echo` in MessagePack.
+    MsgPack,
+    /// A confirmed `drs.publish` in JSON lines.
+    Publish,
+}
+
 async fn stream_loop<R, W>(
     mut rd: R,
     mut wr: W,
     inflight: usize,
     payload: String,
-    binary: bool,
+    kind: Request,
     window: Window,
 ) -> Res<Histogram<u64>>
 where
@@ -249,14 +274,15 @@ where
 {
     let mut hist = histogram();
     let mut out = BytesMut::with_capacity(inflight * (payload.len() + 64));
-    let push = |out: &mut BytesMut, key: u64| {
-        if binary {
+    let binary = kind == Request::MsgPack;
+    let push = |out: &mut BytesMut, key: u64| match kind {
+        Request::MsgPack => {
             let m = msgpack_call(key, &payload);
             out.put_u32(m.len() as u32);
             out.put_slice(&m);
-        } else {
-            push_json_call(out, key, &payload);
         }
+        Request::Echo => push_json_call(out, key, &payload),
+        Request::Publish => push_json_publish(out, key, &payload),
     };
     for _ in 0..inflight {
         push(&mut out, ts());
@@ -496,19 +522,40 @@ async fn admitted(addr: &str) -> Res<tokio::net::TcpStream> {
     }
 }
 
-/// Broadcast: `clients` connections receive `news` broadcasts triggered by a
-/// control connection. First one broadcast at a time (time for it to reach
+/// A connection subscribed to `news` (the reply read).
+async fn subscribed(addr: &str) -> Res<tokio::net::TcpStream> {
+    let mut s = admitted(addr).await?;
+    s.write_all(b"{\"key\":\"s\",\"action\":\"drs.subscribe\",\"body\":{\"topic\":\"news\"}}\n")
+        .await?;
+    let mut reply = Vec::new();
+    while !reply.ends_with(b"\n") {
+        let mut byte = [0u8; 1];
+        if s.read(&mut byte).await? == 0 {
+            return Err("closed while subscribing".into());
+        }
+        reply.push(byte[0]);
+    }
+    Ok(s)
+}
+
+/// Broadcast (or, with `publish`, pub/sub): `clients` connections receive
+/// `news` broadcasts (publications) triggered by a control connection. First one broadcast at a time (time for it to reach
 /// every client), then `pipeline` at a time (deliveries per second).
 pub(crate) async fn broadcast(
     addr: &str,
     clients: usize,
     payload: usize,
     pipeline: usize,
+    publish: bool,
     window: Window,
 ) -> Res<serde_json::Value> {
     let (tx, mut rx) = tokio::sync::mpsc::unbounded_channel::<u64>();
     for _ in 0..clients {
-        let s = admitted(addr).await?;
+        let s = if publish {
+            subscribed(addr).await?
+        } else {
+            admitted(addr).await?
+        };
         let tx = tx.clone();
         tokio::spawn(async move {
             let mut s = s;
@@ -537,7 +584,11 @@ pub(crate) async fn broadcast(
     });
     let filler = "x".repeat(payload.saturating_sub(10));
     let trigger = |round: u64| {
-        format!("{{\"action\":\"bench.broadcast\",\"body\":\"r{round:08}-{filler}\"}}\n")
+        if publish {
+            format!("{{\"action\":\"drs.publish\",\"body\":{{\"topic\":\"news\",\"body\":\"r{round:08}-{filler}\"}}}}\n")
+        } else {
+            format!("{{\"action\":\"bench.broadcast\",\"body\":\"r{round:08}-{filler}\"}}\n")
+        }
     };
     let mut counts = std::collections::HashMap::<u64, usize>::new();
     let mut next_round = 0u64;

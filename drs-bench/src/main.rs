@@ -19,7 +19,10 @@
 //! (items/s through one stream and through 32 on one connection, each
 //! granting credit as it reads, against a floor that writes the same lines
 //! back to back and ignores credit); TLS over TCP and `wss://` against
-//! the same echo floors inside rustls; broadcast; fire; idle memory.
+//! the same echo floors inside rustls; broadcast; pub/sub fan-out to 1, 100
+//! and 1,000 subscribers against the same fan-out floor; confirmed
+//! publishes stored for a retroactive subscriber, in memory and in the
+//! redb store; fire; idle memory.
 
 // A command-line tool: its output is the point.
 #![allow(clippy::print_stdout)]
@@ -78,12 +81,13 @@ fn run_load(args: &[String]) -> Res<()> {
                 let duration = Duration::from_secs_f64(arg(args, 3, "duration")?);
                 let window = load::Window::new(warmup, duration);
                 match mode.as_str() {
-                    "broadcast" => {
+                    "broadcast" | "publish" => {
                         load::broadcast(
                             &addr,
                             arg(args, 4, "clients")?,
                             arg(args, 5, "payload")?,
                             8,
+                            mode == "publish",
                             window,
                         )
                         .await
@@ -381,6 +385,65 @@ fn orchestrate(args: &[String]) -> Res<()> {
             });
         }
     }
+    // Pub/sub: deliveries/s to 1, 100 and 1,000 subscribers of a topic,
+    // against the fan-out floor (the same lines written to every socket).
+    let fanouts: &[usize] = if o.smoke {
+        &[1, 10, 50]
+    } else {
+        &[1, 100, 1000]
+    };
+    for &subs in fanouts {
+        let scenario = format!(
+            "64 B to {subs} subscriber{}",
+            if subs == 1 { "" } else { "s" }
+        );
+        if !wanted(&format!("PubSub {scenario}")) {
+            continue;
+        }
+        for (label, system) in [
+            ("floor", "floor-fanout"),
+            ("drs json", "drs-tcp-json-broker"),
+        ] {
+            let (server, addr) = h.server(system)?;
+            let result = h.load(&["publish", &addr, &warm, &dur, &subs.to_string(), "64"]);
+            stop(server);
+            let result = result.map_err(|e| format!("PubSub {scenario} {label}: {e}"))?;
+            eprintln!(
+                "pubsub    {scenario:24} {label:22} {:>12.0} deliveries/s",
+                result["rate"].as_f64().unwrap_or(0.0)
+            );
+            rows.push(Row {
+                group: "PubSub",
+                scenario: scenario.clone(),
+                system: label,
+                result,
+            });
+        }
+    }
+    // Confirmed publishes stored for a named retroactive subscriber, in
+    // memory and in the redb store (4 connections × 16 in flight).
+    let scenario = "4×16, 64 B, stored for 1 name";
+    if wanted(&format!("Durable {scenario}")) {
+        for (label, system) in [
+            ("drs json, memory", "drs-tcp-json-broker"),
+            ("drs json, redb store", "drs-tcp-json-durable"),
+        ] {
+            let (server, addr) = h.server(system)?;
+            let result = h.load(&["publish-lines", &addr, &warm, &dur, "4", "16", "64"]);
+            stop(server);
+            let result = result.map_err(|e| format!("Durable {label}: {e}"))?;
+            eprintln!(
+                "durable   {label:22} {:>12.0} publications/s",
+                result["rate"].as_f64().unwrap_or(0.0)
+            );
+            rows.push(Row {
+                group: "Durable",
+                scenario: scenario.into(),
+                system: label,
+                result,
+            });
+        }
+    }
     if wanted("fire") {
         for (label, system) in [("floor", "floor-sink"), ("drs json", "drs-tcp-json")] {
             let (server, addr) = h.server(system)?;
@@ -666,6 +729,17 @@ fn targets(rows: &[Row]) -> Vec<String> {
         "≥ 0.5",
         |x| x >= 0.5,
     );
+    for subs in ["1 subscriber", "100 subscribers", "1000 subscribers"] {
+        let s = format!("64 B to {subs}");
+        check(
+            format!("pub/sub {s} drs/floor deliveries"),
+            rate("PubSub", &s, "drs json")
+                .zip(rate("PubSub", &s, "floor"))
+                .map(|(a, b)| a / b),
+            "≥ 0.5",
+            |x| x >= 0.5,
+        );
+    }
     let i = rows
         .iter()
         .find(|r| r.group == "Idle")

@@ -29,6 +29,8 @@ pub(crate) const SYSTEMS: &[&str] = &[
     "floor-wss",
     "drs-tcp-json",
     "drs-tcp-json-layer",
+    "drs-tcp-json-broker",
+    "drs-tcp-json-durable",
     "drs-tcp-msgpack",
     "drs-ipc-json",
     "drs-ws-json",
@@ -113,10 +115,16 @@ pub(crate) async fn serve(system: &str) -> Result<(), Box<dyn std::error::Error 
                 tokio::spawn(stream_lines(s));
             }
         }
-        "drs-tcp-json" | "drs-tcp-json-layer" | "drs-tcp-msgpack" | "drs-ipc-json"
-        | "drs-ws-json" | "drs-ws-msgpack" | "drs-tls-json" | "drs-wss-json" => {
-            drs_server(system).await
-        }
+        "drs-tcp-json"
+        | "drs-tcp-json-layer"
+        | "drs-tcp-json-broker"
+        | "drs-tcp-json-durable"
+        | "drs-tcp-msgpack"
+        | "drs-ipc-json"
+        | "drs-ws-json"
+        | "drs-ws-msgpack"
+        | "drs-tls-json"
+        | "drs-wss-json" => drs_server(system).await,
         "tarpc-tcp" => tarpc_server().await,
         "jsonrpsee-ws" => jsonrpsee_server().await,
         other => Err(format!("unknown system {other}; one of {SYSTEMS:?}").into()),
@@ -212,6 +220,8 @@ async fn floor_fanout() -> Result<(), Box<dyn std::error::Error + Send + Sync>> 
     let l = tokio::net::TcpListener::bind("127.0.0.1:0").await?;
     ready(&l.local_addr()?.to_string());
     let conns: Arc<Mutex<Vec<mpsc::Sender<Bytes>>>> = Arc::default();
+    // Connections that subscribed (pub/sub goes to these only).
+    let subscribers: Arc<Mutex<Vec<mpsc::Sender<Bytes>>>> = Arc::default();
     let fired = Arc::new(AtomicU64::new(0));
     loop {
         let (s, _) = l.accept().await?;
@@ -232,6 +242,7 @@ async fn floor_fanout() -> Result<(), Box<dyn std::error::Error + Send + Sync>> 
             }
         });
         let conns = conns.clone();
+        let subscribers = subscribers.clone();
         let fired = fired.clone();
         tokio::spawn(async move {
             let mut buf = BytesMut::with_capacity(64 * 1024);
@@ -246,13 +257,30 @@ async fn floor_fanout() -> Result<(), Box<dyn std::error::Error + Send + Sync>> 
                 while let Some(end) = memchr::memchr(b'\n', &buf) {
                     let line = buf.split_to(end + 1);
                     const BCAST: &[u8] = br#"{"action":"bench.broadcast","body":"#;
-                    if line.starts_with(BCAST) {
+                    const PUBLISH: &[u8] =
+                        br#"{"action":"drs.publish","body":{"topic":"news","body":"#;
+                    if line.starts_with(PUBLISH) {
+                        // `{"action":"news","body":X}`: X without the
+                        // publish's closing brace.
+                        let x = &line[PUBLISH.len()..line.len() - 2];
+                        let mut frame = BytesMut::from(&br#"{"action":"news","body":"#[..]);
+                        frame.extend_from_slice(x);
+                        frame.extend_from_slice(b"\n");
+                        let frame = frame.freeze();
+                        for c in subscribers.lock().unwrap().iter() {
+                            let _ = c.try_send(frame.clone());
+                        }
+                    } else if line.starts_with(BCAST) {
                         let mut frame = BytesMut::from(&br#"{"action":"news","body":"#[..]);
                         frame.extend_from_slice(&line[BCAST.len()..]);
                         let frame = frame.freeze();
                         for c in conns.lock().unwrap().iter() {
                             let _ = c.try_send(frame.clone());
                         }
+                    } else if line.starts_with(br#"{"key":"s","action":"drs.subscribe""#) {
+                        subscribers.lock().unwrap().push(tx.clone());
+                        let reply = "{\"key\":\"s\",\"action\":\"drs.response\"}\n";
+                        let _ = tx.send(Bytes::from(reply)).await;
                     } else if line.starts_with(br#"{"key""#) {
                         // A call (ping or count): answer with the fire count.
                         let key = crate::load::find_key(&line).unwrap_or(0);
@@ -302,13 +330,28 @@ async fn drs_server(system: &str) -> Result<(), Box<dyn std::error::Error + Send
         // What one layer on every route costs: the smallest one there is.
         server.layer(layer_fn(|msg, next: Next| next.run(msg)));
     }
+    let store = (system == "drs-tcp-json-durable")
+        .then(|| std::env::temp_dir().join(format!("drs-bench-store-{}", std::process::id())));
+    let broker = match system {
+        "drs-tcp-json-broker" | "drs-tcp-json-durable" => {
+            let mut config = drs_broker::BrokerConfig::default();
+            if let Some(dir) = &store {
+                let _ = std::fs::remove_dir_all(dir);
+                config = config.store(dir);
+            }
+            Some(drs_broker::Broker::attach(&server, config)?)
+        }
+        _ => None,
+    };
     let json = drs_protocol_json::Json;
     let msgpack = drs_protocol_msgpack::MsgPack;
     let addr = match system {
-        "drs-tcp-json" | "drs-tcp-json-layer" => server.listen(
-            drs_transport_tcp::TcpListener::bind("127.0.0.1:0").await?,
-            json,
-        )?,
+        "drs-tcp-json" | "drs-tcp-json-layer" | "drs-tcp-json-broker" | "drs-tcp-json-durable" => {
+            server.listen(
+                drs_transport_tcp::TcpListener::bind("127.0.0.1:0").await?,
+                json,
+            )?
+        }
         "drs-tcp-msgpack" => server.listen(
             drs_transport_tcp::TcpListener::bind("127.0.0.1:0").await?,
             msgpack,
@@ -336,6 +379,21 @@ async fn drs_server(system: &str) -> Result<(), Box<dyn std::error::Error + Send
         )?,
         _ => unreachable!("checked by the caller"),
     };
+    if broker.is_some() {
+        // One named subscriber of `durable.>`, retroactive and away: every
+        // publication there is stored for it.
+        let conn = drs_transport_tcp::connect(&addr, drs_protocol_json::Json).await?;
+        let _: serde_json::Value = conn
+            .call("drs.identify", serde_json::json!({"name": "archive"}))
+            .await?;
+        let _: serde_json::Value = conn
+            .call(
+                "drs.subscribe",
+                serde_json::json!({"topic": "durable.>", "retroactive": true}),
+            )
+            .await?;
+        conn.close();
+    }
     ready(&addr);
     std::future::pending::<()>().await;
     Ok(())
