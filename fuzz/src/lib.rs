@@ -87,3 +87,25 @@ fn check(codec: &mut FrameCodec, frame: Bytes, limit: usize) {
         assert_eq!(back, frame);
     }
 }
+
+/// For protocols that map onto drs commands without being drs commands
+/// (Rembus): decoding never panics, and answering a decoded call (a value,
+/// an error) encodes or fails cleanly, never panics.
+pub fn decode_and_answer(protocol: &dyn Protocol, data: &[u8]) {
+    let Ok(cmd) = protocol.decode(Bytes::copy_from_slice(data)) else {
+        return;
+    };
+    let _ = cmd.body.field("body");
+    let Some(key) = cmd.key.as_deref() else {
+        return;
+    };
+    for action in ["drs.response", "drs.error", "drs.exception"] {
+        let mut out = BytesMut::new();
+        let body = if cmd.body.is_absent() {
+            OutBody::Absent
+        } else {
+            OutBody::Raw(&cmd.body)
+        };
+        let _ = protocol.encode(&Outgoing::new(action).key(Some(key)).body(body), &mut out);
+    }
+}
