@@ -57,8 +57,12 @@ impl Backlog {
 pub struct BrokerConfig {
     /// What one name may have waiting: 10,000 messages, 64 MiB, 24 h.
     pub backlog: Backlog,
-    /// What one topic may have stored: 100,000 messages, 256 MiB, 24 h.
+    /// What one topic may have stored: 100,000 messages, 256 MiB, 24 h
+    /// (its age also applies to messages no name has come back for).
     pub topic_backlog: Backlog,
+    /// What the broker may hold for all names and topics together:
+    /// 1,000,000 messages, 1 GiB (its age is not used).
+    pub total_backlog: Backlog,
     /// Deliveries to one named retroactive subscriber awaiting their
     /// acknowledgement at once. Default 64.
     pub window: usize,
@@ -86,6 +90,7 @@ impl Default for BrokerConfig {
         Self {
             backlog: Backlog::new(10_000, 64 << 20, DAY),
             topic_backlog: Backlog::new(100_000, 256 << 20, DAY),
+            total_backlog: Backlog::new(1_000_000, 1 << 30, DAY),
             window: 64,
             ack_timeout: Duration::from_secs(30),
             max_subscriptions: 1024,
@@ -108,6 +113,12 @@ impl BrokerConfig {
     /// Sets the per-topic backlog of the store.
     pub fn topic_backlog(mut self, backlog: Backlog) -> Self {
         self.topic_backlog = backlog;
+        self
+    }
+
+    /// Sets the bound of everything stored together.
+    pub fn total_backlog(mut self, backlog: Backlog) -> Self {
+        self.total_backlog = backlog;
         self
     }
 
@@ -335,6 +346,8 @@ struct State {
     log: BTreeMap<u64, LogEntry>,
     topics: HashMap<Arc<str>, TopicLog>,
     next_seq: u64,
+    /// Bytes of bodies in `log`.
+    stored_bytes: usize,
 }
 
 struct Inner {
@@ -382,6 +395,8 @@ pub struct BrokerStats {
     pub names: usize,
     /// Publications kept for retroactive subscribers.
     pub stored_messages: usize,
+    /// Bytes of their bodies.
+    pub stored_bytes: usize,
     /// Actions with exposers.
     pub exposed_actions: usize,
 }
@@ -420,6 +435,7 @@ impl Broker {
             broker.restore(loaded)?;
         }
         broker.install(server);
+        broker.start_sweeper();
         Ok(broker)
     }
 
@@ -451,6 +467,7 @@ impl Broker {
             subscriptions: state.trie.len(),
             names: state.components.len(),
             stored_messages: state.log.len(),
+            stored_bytes: state.stored_bytes,
             exposed_actions: state.exposers.len(),
         }
     }
@@ -477,6 +494,7 @@ impl Broker {
             let log = state.topics.entry(topic).or_default();
             log.seqs.push_back(seq);
             log.bytes += size;
+            state.stored_bytes += size;
             state.log.insert(seq, LogEntry { msg, holders: 0 });
             state.next_seq = state.next_seq.max(seq + 1);
         }
@@ -523,6 +541,26 @@ impl Broker {
             "broker store loaded"
         );
         Ok(())
+    }
+
+    /// Drops messages past the topic backlog's age, now and then, for as
+    /// long as the broker lives (outside a runtime: only at delivery).
+    fn start_sweeper(&self) {
+        let Ok(rt) = tokio::runtime::Handle::try_current() else {
+            return;
+        };
+        let every = (self.inner.config.topic_backlog.max_age / 4)
+            .clamp(Duration::from_secs(1), Duration::from_secs(60));
+        let weak = Arc::downgrade(&self.inner);
+        rt.spawn(async move {
+            let mut tick = tokio::time::interval(every);
+            tick.tick().await;
+            loop {
+                tick.tick().await;
+                let Some(inner) = weak.upgrade() else { return };
+                lock(&inner.state).sweep(&inner);
+            }
+        });
     }
 
     fn install(&self, server: &Server) {
@@ -1235,6 +1273,7 @@ impl State {
                 holders: names.len() as u32,
             },
         );
+        self.stored_bytes += size;
         let log = self.topics.entry(topic).or_default();
         log.seqs.push_back(seq);
         log.bytes += size;
@@ -1281,25 +1320,51 @@ impl State {
             let Some(&oldest) = log.seqs.front() else {
                 break;
             };
-            let holders: Vec<Arc<str>> = self
-                .components
-                .iter()
-                .filter(|(_, c)| c.pending.contains_key(&oldest))
-                .map(|(n, _)| n.clone())
-                .collect();
-            for name in holders {
-                if self.release(inner, &name, oldest) {
-                    if let Some(c) = self.components.get_mut(&name) {
-                        c.missed += 1;
-                        c.wake.notify_one();
-                    }
+            self.evict(inner, oldest);
+        }
+        // And the bound of everything together.
+        let all = inner.config.total_backlog;
+        while self.log.len() > all.max_messages || self.stored_bytes > all.max_bytes {
+            let Some(&oldest) = self.log.keys().next() else {
+                break;
+            };
+            self.evict(inner, oldest);
+        }
+    }
+
+    /// Drops `seq` from everyone still to receive it (each told it missed
+    /// one, unless it is on its way) and from the log.
+    fn evict(&mut self, inner: &Inner, seq: u64) {
+        let holders: Vec<(Arc<str>, bool)> = self
+            .components
+            .iter()
+            .filter(|(_, c)| c.pending.contains_key(&seq))
+            .map(|(n, c)| (n.clone(), c.inflight.contains(&seq)))
+            .collect();
+        for (name, sending) in holders {
+            if self.release(inner, &name, seq) && !sending {
+                if let Some(c) = self.components.get_mut(&name) {
+                    c.missed += 1;
+                    c.wake.notify_one();
                 }
-                self.save_component(inner, &name);
             }
-            // Held by nobody now (or never was): gone.
-            if self.log.contains_key(&oldest) {
-                self.drop_message(oldest, &inner.store);
-            }
+            self.save_component(inner, &name);
+        }
+        self.drop_message(seq, &inner.store);
+    }
+
+    /// Evicts what is older than the topic backlog's age.
+    fn sweep(&mut self, inner: &Inner) {
+        let max_age = inner.config.topic_backlog.max_age.as_nanos() as u64;
+        let now = now_ns();
+        let old: Vec<u64> = self
+            .log
+            .values()
+            .take_while(|e| now.saturating_sub(e.msg.time) > max_age)
+            .map(|e| e.msg.seq)
+            .collect();
+        for seq in old {
+            self.evict(inner, seq);
         }
     }
 
@@ -1331,6 +1396,7 @@ impl State {
         let Some(entry) = self.log.remove(&seq) else {
             return;
         };
+        self.stored_bytes -= entry.msg.size;
         if let Some(log) = self.topics.get_mut(&*entry.msg.topic) {
             if let Some(i) = log.seqs.iter().position(|s| *s == seq) {
                 log.seqs.remove(i);

@@ -31,7 +31,9 @@
 //!   its exposers and subscribers again and turns it reactive.
 //! - **Publish** QoS 0, 1 and 2: QoS 1/2 are acknowledged (`[5, id]`) once
 //!   the broker has taken the message (and a durable broker has written
-//!   it). A QoS 2 repeat of an id is published again (at least once).
+//!   it). A QoS 2 repeat of an id is acknowledged again but not published
+//!   again until the peer's `[6, id]` (the last 1,024 ids per connection
+//!   are remembered).
 //! - **RPC**: `[2, id, name, null, args]` goes to an exposer or the
 //!   server's handler of that name; `[4, id, status, data]` comes back
 //!   (0, 40 for an exception or error with its text, 42 not found, 45 no
@@ -135,7 +137,15 @@ pub fn attach(server: &Server, broker: &Broker) {
     server.on(ADMIN, || async {
         Err::<(), _>(HandlerError::new(UNKNOWN_ADMIN))
     });
-    server.on(ACK, || async { Ok::<(), HandlerError>(()) });
+    server.layer_for(drs_core::pubsub::PUBLISH, ExactlyOnce);
+    server.on(ACK, |msg: Msg, ack: protocol::Ack| {
+        if ack.kind == 6 {
+            if let Some(seen) = msg.conn().get::<Seen>() {
+                seen.forget(&ack.id);
+            }
+        }
+        async { Ok::<(), HandlerError>(()) }
+    });
     let s = server.clone();
     server.on(DIRECT, move |msg: Msg, args: Direct| {
         let body = msg.body().field("body").ok().flatten().unwrap_or_default();
@@ -156,6 +166,62 @@ pub fn attach(server: &Server, broker: &Broker) {
             }
         }
     });
+}
+
+/// QoS 2 ids a connection has published and not yet released with
+/// `[6, id]`, oldest first, at most [`MAX_QOS2`].
+#[derive(Clone, Default)]
+struct Seen(Arc<std::sync::Mutex<std::collections::VecDeque<String>>>);
+
+/// QoS 2 ids remembered per connection.
+const MAX_QOS2: usize = 1024;
+
+impl Seen {
+    /// Records `id`; false if it was there (a repeat).
+    fn first(&self, id: &str) -> bool {
+        let mut ids = self.0.lock().unwrap_or_else(|e| e.into_inner());
+        if ids.iter().any(|s| s == id) {
+            return false;
+        }
+        if ids.len() == MAX_QOS2 {
+            ids.pop_front();
+        }
+        ids.push_back(id.to_string());
+        true
+    }
+
+    fn forget(&self, id: &str) {
+        let mut ids = self.0.lock().unwrap_or_else(|e| e.into_inner());
+        ids.retain(|s| s != id);
+    }
+}
+
+/// Publishes a QoS 2 message once however often the peer repeats it.
+struct ExactlyOnce;
+
+impl drs_core::Layer for ExactlyOnce {
+    fn call(&self, msg: Msg, next: drs_core::Next) -> drs_core::ReplyFuture {
+        let Some(id) = msg.key().and_then(|k| k.strip_prefix('w')) else {
+            return next.run(msg);
+        };
+        let conn = msg.conn();
+        let seen = match conn.get::<Seen>() {
+            Some(seen) => seen,
+            None => conn.with_extensions(|ext| {
+                if let Some(seen) = ext.get::<Seen>() {
+                    return seen.clone();
+                }
+                let seen = Seen::default();
+                ext.insert(seen.clone());
+                seen
+            }),
+        };
+        if seen.first(id) {
+            next.run(msg)
+        } else {
+            Box::pin(async { drs_core::Outcome::value(0u64) })
+        }
+    }
 }
 
 /// Serves Rembus components on a WebSocket listener bound to `addr`

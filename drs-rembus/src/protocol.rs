@@ -5,12 +5,12 @@
 //! |---|---|
 //! | `[0, id, cid, meta]` Identity | call `drs.identify` `{"name": cid}`, key `i<id>` |
 //! | `[1, topic, args]` Publish | fire `drs.publish` `{"topic", "body"}` |
-//! | `[0x11 \| 0x31 (+0x40), id, topic, args, …]` QoS1/2 | call `drs.publish`, key `q<id>`: answered with `[5, id]` |
+//! | `[0x11 \| 0x31 (+0x40), id, topic, args, …]` QoS1/2 | call `drs.publish`, key `q<id>` (QoS 2: `w<id>`, repeats dropped until `[6, id]`): answered with `[5, id]` |
 //! | `[2, id, name, null, args]` RPC | call `name` with the arguments, key `r<id>` |
 //! | `[2, id, name, target, args]` direct RPC | call `rembus.direct` `{"target", "action", "body"}` |
 //! | `[3, id, topic, {"cmd": …}]` Admin | call `drs.expose`, `drs.unexpose`, `drs.subscribe`, `drs.unsubscribe`, `rembus.reactive`, `rembus.setup` or `rembus.admin`, key `a<id>` |
 //! | `[4, id, status, data]` Response | the reply to our call (status 0: `drs.response`, 40: `drs.exception`, others: `drs.error`) |
-//! | `[5, id]` / `[6, id]` | fire `rembus.ack` |
+//! | `[5, id]` / `[6, id]` | fire `rembus.ack` `{"kind": 5 or 6, "id": hex}` |
 //!
 //! Arguments: a Rembus argument list of one becomes that value as the
 //! body; any other list is the body as an array. The other way, an array
@@ -198,6 +198,13 @@ struct Direct<'a> {
     body: &'a Body,
 }
 
+/// The body of [`ACK`]: which acknowledgement, of which id (hex).
+#[derive(Serialize, serde::Deserialize)]
+pub(crate) struct Ack {
+    pub(crate) kind: u64,
+    pub(crate) id: String,
+}
+
 #[derive(Serialize)]
 struct Message<'a> {
     message: &'a str,
@@ -248,7 +255,9 @@ fn decode(frame: &[u8]) -> Result<Command, DecodeError> {
         }
         t if t & 0x0f == kind::PUBLISH && t & 0x30 != 0 => {
             need(4, &items)?;
-            let key = format!("q{}", hex(id_of(&items[1])?));
+            // QoS 1 (0x10) or 2 (0x30): `w` keys are deduplicated.
+            let tag = if t & 0x30 == 0x30 { 'w' } else { 'q' };
+            let key = format!("{tag}{}", hex(id_of(&items[1])?));
             let args = std::mem::replace(&mut items[3], Value::Null);
             let topic = text(&items[2])
                 .ok_or_else(|| bad("the topic must be a string").with_key(Some(key.clone())))?;
@@ -348,7 +357,14 @@ fn decode(frame: &[u8]) -> Result<Command, DecodeError> {
             };
             Ok(command(Some(key), action, body))
         }
-        kind::ACK | kind::ACK2 => Ok(command(None, ACK, Body::absent())),
+        kind::ACK | kind::ACK2 => {
+            need(2, &items)?;
+            let ack = Ack {
+                kind: ty,
+                id: hex(id_of(&items[1])?),
+            };
+            Ok(command(None, ACK, body_of(&ack)?))
+        }
         other => {
             let key = items
                 .get(1)
@@ -446,7 +462,7 @@ fn encode(cmd: &Outgoing<'_>, dst: &mut BytesMut) -> Result<(), EncodeError> {
             let id = Value::Bytes(id);
             let ok = cmd.action == RESPONSE;
             let (status, data) = match (tag, ok) {
-                ("q", _) => return write(dst, vec![int_value(kind::ACK), id]),
+                ("q" | "w", _) => return write(dst, vec![int_value(kind::ACK), id]),
                 ("i" | "a", true) => (status::OK, Value::Null),
                 ("i", false) => {
                     let message = message_of(cmd.body)?;

@@ -162,6 +162,44 @@ async fn a_raw_rembus_peer_on_the_broker() {
         ])
         .await;
         assert_eq!(peer.recv().await, vec![n(5), id]);
+        // QoS 2: a repeat of the id is acknowledged, not published again,
+        // until the peer releases the id with [6, id].
+        let (tx, mut rx) = mpsc::unbounded_channel();
+        let watcher = drs(&tcp).await;
+        watcher
+            .subscribe("quiet", move |body: J| {
+                let _ = tx.send(body);
+                async { HandlerResult::Ok(()) }
+            })
+            .await
+            .unwrap();
+        let id = peer.id();
+        for _ in 0..2 {
+            peer.send(vec![
+                n(0x31),
+                id.clone(),
+                t("quiet"),
+                Value::Array(vec![t("once")]),
+            ])
+            .await;
+            assert_eq!(peer.recv().await, vec![n(5), id.clone()]);
+        }
+        peer.send(vec![n(6), id.clone()]).await;
+        peer.send(vec![
+            n(0x31),
+            id.clone(),
+            t("quiet"),
+            Value::Array(vec![t("again")]),
+        ])
+        .await;
+        assert_eq!(peer.recv().await, vec![n(5), id.clone()]);
+        publisher
+            .publish_confirmed("quiet", "marker")
+            .await
+            .unwrap();
+        for want in ["once", "again", "marker"] {
+            assert_eq!(rx.recv().await.unwrap(), json!(want));
+        }
         // Unknown admin command: 47.
         assert_eq!(peer.admin("x", vec![(t("cmd"), t("frobnicate"))]).await, 47);
         // No exposer: 42 with the name.

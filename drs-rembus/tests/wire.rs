@@ -98,6 +98,13 @@ fn publish_qos0_and_qos1() {
     // QoS 2 with the slot flag and its extra element.
     let cmd = decode(arr(vec![n(0x71), id(), t("a"), arr(vec![]), n(99)]));
     assert_eq!(body(&cmd), json!({"topic": "a", "body": []}));
+    assert_eq!(cmd.key.as_deref(), Some("w0102030405060708"));
+    let ack = encode(
+        Outgoing::new("drs.response")
+            .key(Some("w0102030405060708"))
+            .body(OutBody::Value(&1)),
+    );
+    assert_eq!(ack, arr(vec![n(5), id()]));
     let ack = encode(
         Outgoing::new("drs.response")
             .key(Some("q0102030405060708"))
@@ -105,7 +112,9 @@ fn publish_qos0_and_qos1() {
     );
     assert_eq!(ack, arr(vec![n(5), id()]));
     // Acks from the peer are a fire of their own.
-    assert_eq!(decode(arr(vec![n(6), id()])).action.as_str(), "rembus.ack");
+    let ack2 = decode(arr(vec![n(6), id()]));
+    assert_eq!(ack2.action.as_str(), "rembus.ack");
+    assert_eq!(body(&ack2), json!({"kind": 6, "id": "0102030405060708"}));
 }
 
 #[test]

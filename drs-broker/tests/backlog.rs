@@ -1,0 +1,195 @@
+//! The bounds of what the broker keeps for names that are away: per name
+//! (count, bytes, age), per topic, and for everything together. Past a
+//! bound the oldest go and the name is told how many it missed.
+
+use std::{sync::Arc, time::Duration};
+
+use drs_broker::{Backlog, Broker, BrokerConfig};
+use drs_core::{pubsub::Subscriptions, Client, Conn, HandlerResult, Msg, Server, IDENTIFY};
+use drs_protocol_json::Json;
+use drs_transport_tcp::{TcpDialer, TcpListener};
+use serde_json::{json, Value};
+use tokio::sync::mpsc;
+
+const HOUR: Duration = Duration::from_secs(3600);
+
+async fn broker(config: BrokerConfig) -> (Server, Broker, String) {
+    let server = Server::new();
+    let broker = Broker::attach(&server, config).unwrap();
+    let addr = server
+        .listen(TcpListener::bind("127.0.0.1:0").await.unwrap(), Json)
+        .unwrap();
+    (server, broker, addr)
+}
+
+/// Connects as `name` with `x.*` (retroactive) and `drs.missed` going to
+/// `tx`.
+async fn named(addr: &str, name: &str, tx: mpsc::UnboundedSender<(String, Value)>) -> Conn {
+    let subs = Subscriptions::new();
+    let t = tx.clone();
+    subs.insert("x.*", true, move |msg: Msg, body: Value| {
+        let _ = t.send((msg.action().to_string(), body));
+        async { HandlerResult::Ok(()) }
+    })
+    .unwrap();
+    let client = Client::new()
+        .layer(subs)
+        .on("drs.missed", move |body: Value| {
+            let _ = tx.send(("drs.missed".to_string(), body));
+            async { HandlerResult::Ok(()) }
+        });
+    let conn = client
+        .connect(TcpDialer::new(addr), Arc::new(Json))
+        .await
+        .unwrap();
+    let _: Value = conn.call(IDENTIFY, json!({"name": name})).await.unwrap();
+    let _: Value = conn
+        .call(
+            "drs.subscribe",
+            json!({"topic": "x.*", "retroactive": true}),
+        )
+        .await
+        .unwrap();
+    conn
+}
+
+/// Names `name`, subscribes, and leaves (closed on our side; stored for
+/// the name from the subscription on, whether or not the server has seen
+/// the close).
+async fn away(addr: &str, name: &str) {
+    let (tx, _rx) = mpsc::unbounded_channel();
+    let conn = named(addr, name, tx).await;
+    conn.close();
+    conn.closed().await;
+}
+
+async fn publish(broker: &Broker, topic: &str, body: Value) {
+    broker.publish(topic, body).await.unwrap();
+}
+
+async fn take(rx: &mut mpsc::UnboundedReceiver<(String, Value)>, n: usize) -> Vec<(String, Value)> {
+    let mut got = Vec::new();
+    for _ in 0..n {
+        got.push(rx.recv().await.expect("a delivery"));
+    }
+    got
+}
+
+fn d(topic: &str, body: Value) -> (String, Value) {
+    (topic.to_string(), body)
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_name_backlog_over_its_bytes_keeps_the_newest() {
+    tokio::time::timeout(Duration::from_secs(30), async {
+        let config = BrokerConfig::default().backlog(Backlog::new(1000, 100, HOUR));
+        let (_s, broker, addr) = broker(config).await;
+        away(&addr, "n").await;
+        let body = "x".repeat(38); // 40 bytes as JSON
+        for i in 0..5 {
+            publish(&broker, &format!("x.{i}"), json!(body)).await;
+        }
+        assert_eq!(broker.stats().stored_messages, 2);
+        assert!(broker.stats().stored_bytes <= 100);
+        let (tx, mut rx) = mpsc::unbounded_channel();
+        let _n = named(&addr, "n", tx).await;
+        assert_eq!(
+            take(&mut rx, 3).await,
+            [
+                d("drs.missed", json!({"missed": 3})),
+                d("x.3", json!(body)),
+                d("x.4", json!(body))
+            ]
+        );
+    })
+    .await
+    .unwrap();
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_topic_over_its_bound_loses_its_oldest_for_everyone() {
+    tokio::time::timeout(Duration::from_secs(30), async {
+        let config = BrokerConfig::default().topic_backlog(Backlog::new(2, 1 << 20, HOUR));
+        let (_s, broker, addr) = broker(config).await;
+        away(&addr, "a").await;
+        away(&addr, "b").await;
+        for i in 0..4 {
+            publish(&broker, "x.hot", json!(i)).await;
+        }
+        publish(&broker, "x.cold", json!("c")).await;
+        assert_eq!(
+            broker.stats().stored_messages,
+            3,
+            "two of x.hot, one of x.cold"
+        );
+        for name in ["a", "b"] {
+            let (tx, mut rx) = mpsc::unbounded_channel();
+            let _c = named(&addr, name, tx).await;
+            assert_eq!(
+                take(&mut rx, 4).await,
+                [
+                    d("drs.missed", json!({"missed": 2})),
+                    d("x.hot", json!(2)),
+                    d("x.hot", json!(3)),
+                    d("x.cold", json!("c")),
+                ],
+                "{name}"
+            );
+        }
+    })
+    .await
+    .unwrap();
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn everything_together_is_bounded_too() {
+    tokio::time::timeout(Duration::from_secs(30), async {
+        let config = BrokerConfig::default().total_backlog(Backlog::new(3, 1 << 20, HOUR));
+        let (_s, broker, addr) = broker(config).await;
+        away(&addr, "a").await;
+        for i in 0..6 {
+            publish(&broker, &format!("x.t{}", i % 3), json!(i)).await;
+        }
+        assert_eq!(broker.stats().stored_messages, 3);
+        let (tx, mut rx) = mpsc::unbounded_channel();
+        let _c = named(&addr, "a", tx).await;
+        assert_eq!(
+            take(&mut rx, 4).await,
+            [
+                d("drs.missed", json!({"missed": 3})),
+                d("x.t0", json!(3)),
+                d("x.t1", json!(4)),
+                d("x.t2", json!(5)),
+            ]
+        );
+    })
+    .await
+    .unwrap();
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn messages_past_their_age_are_reported_missed() {
+    tokio::time::timeout(Duration::from_secs(30), async {
+        // An age of zero: anything stored is too old by the time it could
+        // be delivered.
+        let config = BrokerConfig::default().backlog(Backlog::new(1000, 1 << 20, Duration::ZERO));
+        let (_s, broker, addr) = broker(config).await;
+        away(&addr, "old").await;
+        for i in 0..3 {
+            publish(&broker, "x.a", json!(i)).await;
+        }
+        let (tx, mut rx) = mpsc::unbounded_channel();
+        let c = named(&addr, "old", tx).await;
+        assert_eq!(
+            take(&mut rx, 1).await,
+            [d("drs.missed", json!({"missed": 3}))]
+        );
+        // Nothing else came: a ping's reply comes after anything sent
+        // before it.
+        let _: u64 = c.call("drs.ping", ()).await.unwrap();
+        assert!(rx.try_recv().is_err());
+        assert_eq!(broker.stats().stored_messages, 0);
+    })
+    .await
+    .unwrap();
+}
