@@ -937,6 +937,14 @@ impl Broker {
     /// `conn` took `name`: it gets the name's subscriptions and backlog.
     fn identified(&self, conn: &Conn, name: &Arc<str>) -> bool {
         let mut state = lock(&self.inner.state);
+        // A connection naming itself again leaves its former name.
+        for (other, component) in state.components.iter_mut() {
+            if other != name && component.conn.as_ref().is_some_and(|c| c.id() == conn.id()) {
+                component.conn = None;
+                component.inflight.clear();
+                component.wake.notify_one();
+            }
+        }
         let (held, unacknowledged) = state
             .conns
             .get(&conn.id())

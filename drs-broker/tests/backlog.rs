@@ -193,3 +193,32 @@ async fn messages_past_their_age_are_reported_missed() {
     .await
     .unwrap();
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_connection_that_renames_itself_leaves_its_former_name() {
+    tokio::time::timeout(Duration::from_secs(30), async {
+        let (_s, broker, addr) = broker(BrokerConfig::default()).await;
+        let (tx, mut rx) = mpsc::unbounded_channel();
+        let conn = named(&addr, "first", tx).await;
+        let _: Value = conn
+            .call(IDENTIFY, json!({"name": "second"}))
+            .await
+            .unwrap();
+        publish(&broker, "x.1", json!(1)).await;
+        assert_eq!(
+            broker.stats().stored_messages,
+            1,
+            "kept for `first`, now away"
+        );
+        let _: u64 = conn.call("drs.ping", ()).await.unwrap();
+        assert!(
+            rx.try_recv().is_err(),
+            "not delivered to the renamed connection"
+        );
+        let (tx2, mut rx2) = mpsc::unbounded_channel();
+        let _first = named(&addr, "first", tx2).await;
+        assert_eq!(take(&mut rx2, 1).await, [d("x.1", json!(1))]);
+    })
+    .await
+    .unwrap();
+}
