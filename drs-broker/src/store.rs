@@ -226,47 +226,45 @@ impl Store {
 fn load(db: &Database) -> Result<Loaded, String> {
     let txn = db.begin_read().map_err(|e| e.to_string())?;
     let mut loaded = Loaded::default();
-    let missing = |e: &redb::TableError| matches!(e, redb::TableError::TableDoesNotExist(_));
-    match txn.open_table(MESSAGES) {
-        Ok(table) => {
-            for row in table.iter().map_err(|e| e.to_string())? {
-                let (seq, bytes) = row.map_err(|e| e.to_string())?;
-                let record: MessageRecord = rmp_serde::from_slice(bytes.value())
-                    .map_err(|e| format!("message {}: {e}", seq.value()))?;
-                loaded.messages.push((seq.value(), record));
-            }
-        }
-        Err(e) if missing(&e) => {}
-        Err(e) => return Err(e.to_string()),
-    }
-    match txn.open_table(PENDING) {
-        Ok(table) => {
-            for row in table.iter().map_err(|e| e.to_string())? {
-                let (key, _) = row.map_err(|e| e.to_string())?;
-                let (name, seq) = key.value();
-                loaded
-                    .pending
-                    .entry(name.to_string())
-                    .or_default()
-                    .push(seq);
-            }
-        }
-        Err(e) if missing(&e) => {}
-        Err(e) => return Err(e.to_string()),
-    }
-    match txn.open_table(COMPONENTS) {
-        Ok(table) => {
-            for row in table.iter().map_err(|e| e.to_string())? {
-                let (name, bytes) = row.map_err(|e| e.to_string())?;
-                let record: ComponentRecord = rmp_serde::from_slice(bytes.value())
-                    .map_err(|e| format!("subscriber {:?}: {e}", name.value()))?;
-                loaded.components.push((name.value().to_string(), record));
-            }
-        }
-        Err(e) if missing(&e) => {}
-        Err(e) => return Err(e.to_string()),
-    }
+    each_row(&txn, MESSAGES, |seq, bytes| {
+        let record: MessageRecord =
+            rmp_serde::from_slice(bytes).map_err(|e| format!("message {seq}: {e}"))?;
+        loaded.messages.push((seq, record));
+        Ok(())
+    })?;
+    each_row(&txn, PENDING, |(name, seq), ()| {
+        loaded
+            .pending
+            .entry(name.to_string())
+            .or_default()
+            .push(seq);
+        Ok(())
+    })?;
+    each_row(&txn, COMPONENTS, |name, bytes| {
+        let record: ComponentRecord =
+            rmp_serde::from_slice(bytes).map_err(|e| format!("subscriber {name:?}: {e}"))?;
+        loaded.components.push((name.to_string(), record));
+        Ok(())
+    })?;
     Ok(loaded)
+}
+
+/// Calls `f` with every row of `table` (none if it was never written).
+fn each_row<K: redb::Key + 'static, V: redb::Value + 'static>(
+    txn: &redb::ReadTransaction,
+    table: TableDefinition<K, V>,
+    mut f: impl FnMut(K::SelfType<'_>, V::SelfType<'_>) -> Result<(), String>,
+) -> Result<(), String> {
+    let table = match txn.open_table(table) {
+        Ok(table) => table,
+        Err(redb::TableError::TableDoesNotExist(_)) => return Ok(()),
+        Err(e) => return Err(e.to_string()),
+    };
+    for row in table.iter().map_err(|e| e.to_string())? {
+        let (key, value) = row.map_err(|e| e.to_string())?;
+        f(key.value(), value.value())?;
+    }
+    Ok(())
 }
 
 /// Applies `ops` in one transaction.
