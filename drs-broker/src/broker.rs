@@ -667,6 +667,12 @@ impl Broker {
                 state.store_message(inner, topic, body.clone(), retro_names);
             }
         }
+        // Once per connection: one subscribed before naming itself may
+        // also hold its name's subscriptions.
+        if live.len() > 1 {
+            live.sort_unstable_by_key(Conn::id);
+            live.dedup_by_key(|c| c.id());
+        }
         let reached = fanout(live.iter(), topic, OutBody::Raw(&body)) as u64;
         reached + stored_for
     }
