@@ -607,23 +607,25 @@ impl Broker {
 
     /// Publishes `body` on `topic` from the server itself, as a confirmed
     /// `drs.publish` does: returns how many subscribers it reached or was
-    /// stored for, once a durable store has written it.
+    /// stored for, once a durable store has written it (a store that
+    /// cannot write fails it with [`Error::Io`]; the live deliveries have
+    /// gone out).
     pub async fn publish(&self, topic: &str, body: impl Serialize) -> Result<u64, Error> {
         check_topic(topic)?;
         let body = encode_body(&body)?;
-        let n = self.publish_body(topic, body, None);
+        let n = self.publish_body(topic, body);
         self.inner
             .store
             .flush()
             .await
-            .map_err(|e| Error::Remote(drs_core::RemoteError::new(e.to_string())))?;
+            .map_err(|e| Error::Io(std::io::Error::other(e)))?;
         Ok(n)
     }
 
     /// The publish path: live deliveries now, retroactive ones queued and
-    /// stored. `from` is the publishing connection (it gets its own
-    /// publication only if it subscribed, like everyone).
-    fn publish_body(&self, topic: &str, body: Body, _from: Option<u64>) -> u64 {
+    /// stored. The publisher is no special case: it gets its own
+    /// publication only if it subscribed, like everyone.
+    fn publish_body(&self, topic: &str, body: Body) -> u64 {
         let inner = &self.inner;
         let mut live: Vec<Conn> = Vec::new();
         let mut stored_for = 0u64;
@@ -693,7 +695,7 @@ impl Broker {
             .field("body")
             .map_err(|e| bad(e.to_string()))?
             .unwrap_or_default();
-        let n = self.publish_body(&topic, body, Some(msg.conn().id()));
+        let n = self.publish_body(&topic, body);
         if msg.key().is_some() {
             self.inner
                 .store
@@ -1238,8 +1240,8 @@ impl Broker {
             .map(|(conn, cs)| (conn.clone(), cs.relaying.clone()))
     }
 
-    /// Whether `action` has an exposer other than `from`… or only `from`.
-    fn exposed_by(&self, action: &str) -> bool {
+    /// Whether some connection exposes `action`.
+    pub fn is_exposed(&self, action: &str) -> bool {
         lock(&self.inner.state)
             .exposers
             .get(action)
@@ -1500,12 +1502,5 @@ struct Decrement(Arc<AtomicUsize>);
 impl Drop for Decrement {
     fn drop(&mut self) {
         self.0.fetch_sub(1, Ordering::AcqRel);
-    }
-}
-
-impl Broker {
-    /// Whether some connection exposes `action`.
-    pub fn is_exposed(&self, action: &str) -> bool {
-        self.exposed_by(action)
     }
 }

@@ -808,12 +808,31 @@ impl<R> Call<R> {
     }
 }
 
+type ReplyRx = tokio::sync::oneshot::Receiver<Result<Reply, Error>>;
+
 impl<R: FromBody + Send + 'static> Call<R> {
     /// Sends the call (waiting for room in the outbound queue) and returns
     /// once it is queued, with a [`SentCall`] to await for the reply.
     /// Calls sent one after another this way leave in that order, and
-    /// their replies can be awaited together: a pipeline.
+    /// their replies can be awaited together: a pipeline. The call's
+    /// timeout covers both waits.
     pub async fn send(self) -> Result<SentCall<R>, Error> {
+        let timeout = self.timeout;
+        let deadline = tokio::time::Instant::now() + timeout;
+        let (guard, rx) = tokio::time::timeout_at(deadline, self.start())
+            .await
+            .map_err(|_| Error::Timeout(timeout))??;
+        Ok(SentCall {
+            guard,
+            rx,
+            deadline,
+            timeout,
+            _reply: PhantomData,
+        })
+    }
+
+    /// Registers the call and queues its frame.
+    async fn start(self) -> Result<(PendingGuard, ReplyRx), Error> {
         let (key, frame) = self.prepared?;
         let conn = self.conn;
         let rx = conn.shared.pending.register(key)?;
@@ -823,21 +842,19 @@ impl<R: FromBody + Send + 'static> Call<R> {
             armed: true,
             sent: false,
         };
-        let deadline = tokio::time::Instant::now() + self.timeout;
-        match tokio::time::timeout_at(deadline, guard.conn.shared.send(&guard.conn.tx, frame)).await
-        {
-            Ok(Ok(())) => guard.sent = true,
-            Ok(Err(e)) => return Err(e),
-            Err(_) => return Err(Error::Timeout(self.timeout)),
-        }
-        Ok(SentCall {
-            guard,
-            rx,
-            deadline,
-            timeout: self.timeout,
-            _reply: PhantomData,
-        })
+        guard.conn.shared.send(&guard.conn.tx, frame).await?;
+        guard.sent = true;
+        Ok((guard, rx))
     }
+}
+
+/// Waits for the reply of a sent call. Dropped before it, the guard
+/// cancels the call.
+async fn reply<R: FromBody>(mut guard: PendingGuard, rx: ReplyRx) -> Result<R, Error> {
+    let reply = rx.await.map_err(|_| Error::Closed)?;
+    // Answered (perhaps by a reply that did not decode): nothing to cancel.
+    guard.armed = false;
+    reply?.into_result()
 }
 
 impl<R: FromBody + Send + 'static> IntoFuture for Call<R> {
@@ -845,7 +862,17 @@ impl<R: FromBody + Send + 'static> IntoFuture for Call<R> {
     type IntoFuture = Pin<Box<dyn Future<Output = Result<R, Error>> + Send>>;
 
     fn into_future(self) -> Self::IntoFuture {
-        Box::pin(async move { self.send().await?.await })
+        // One timer for the whole exchange, one allocation.
+        let timeout = self.timeout;
+        Box::pin(async move {
+            let exchange = async move {
+                let (guard, rx) = self.start().await?;
+                reply(guard, rx).await
+            };
+            tokio::time::timeout(timeout, exchange)
+                .await
+                .unwrap_or(Err(Error::Timeout(timeout)))
+        })
     }
 }
 
@@ -855,7 +882,7 @@ impl<R: FromBody + Send + 'static> IntoFuture for Call<R> {
 #[must_use = "dropping a sent call cancels it"]
 pub struct SentCall<R> {
     guard: PendingGuard,
-    rx: tokio::sync::oneshot::Receiver<Result<Reply, Error>>,
+    rx: ReplyRx,
     deadline: tokio::time::Instant,
     timeout: Duration,
     _reply: PhantomData<fn() -> R>,
@@ -875,26 +902,11 @@ impl<R: FromBody + Send + 'static> IntoFuture for SentCall<R> {
     type IntoFuture = Pin<Box<dyn Future<Output = Result<R, Error>> + Send>>;
 
     fn into_future(self) -> Self::IntoFuture {
-        let SentCall {
-            guard,
-            rx,
-            deadline,
-            timeout,
-            ..
-        } = self;
+        let timeout = self.timeout;
         Box::pin(async move {
-            let mut guard = guard;
-            let reply = match tokio::time::timeout_at(deadline, rx).await {
-                Ok(Ok(reply)) => {
-                    // Answered (perhaps by a reply that did not decode):
-                    // nothing to cancel.
-                    guard.armed = false;
-                    reply?
-                }
-                Ok(Err(_)) => return Err(Error::Closed),
-                Err(_) => return Err(Error::Timeout(timeout)),
-            };
-            reply.into_result()
+            tokio::time::timeout_at(self.deadline, reply(self.guard, self.rx))
+                .await
+                .unwrap_or(Err(Error::Timeout(timeout)))
         })
     }
 }
