@@ -263,8 +263,9 @@ struct TopicLog {
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 struct PatternInfo {
     retroactive: bool,
-    /// The first sequence number it covers.
-    since: u64,
+    /// How far back what was missed is still wanted when the name comes
+    /// back; `None`: all that is kept.
+    window: Option<Duration>,
 }
 
 struct Component {
@@ -310,10 +311,24 @@ impl Component {
             patterns: self
                 .patterns
                 .iter()
-                .map(|(p, i)| (p.clone(), i.retroactive, i.since))
+                .map(|(p, i)| {
+                    let window = i.window.map(|w| w.as_nanos() as u64);
+                    (p.clone(), i.retroactive, window)
+                })
                 .collect(),
             missed: self.missed,
         }
+    }
+
+    /// Whether a message it missed is within the window of one of its
+    /// retroactive patterns that match it.
+    fn wants_missed(&self, m: &Stored, now: u64) -> bool {
+        let age = now.saturating_sub(m.time);
+        self.patterns.iter().any(|(p, i)| {
+            i.retroactive
+                && matches(p, &m.topic)
+                && i.window.is_none_or(|w| age <= w.as_nanos() as u64)
+        })
     }
 
     fn wants_retroactive(&self, topic: &str) -> bool {
@@ -502,11 +517,16 @@ impl Broker {
             let name: Arc<str> = name.into();
             let mut component = Component::new();
             component.missed = record.missed;
-            for (pattern, retroactive, since) in record.patterns {
+            for (pattern, retroactive, window_ns) in record.patterns {
                 check_pattern(&pattern).map_err(|e| corrupt(e.to_string()))?;
-                component
-                    .patterns
-                    .insert(pattern.clone(), PatternInfo { retroactive, since });
+                let window = window_ns.map(Duration::from_nanos);
+                component.patterns.insert(
+                    pattern.clone(),
+                    PatternInfo {
+                        retroactive,
+                        window,
+                    },
+                );
                 state.trie.insert(
                     &pattern,
                     Sub {
@@ -721,15 +741,28 @@ impl Broker {
                 args.topic
             )));
         }
-        self.subscribe(conn, &args.topic, args.retroactive)
+        let window = match args.window {
+            Some(w) if w.is_finite() && w >= 0.0 => Some(Duration::from_secs_f64(w.min(1e9))),
+            Some(w) => {
+                return Err(HandlerError::new(format!(
+                    "invalid window {w}: a number of seconds, 0 or more"
+                )))
+            }
+            None => None,
+        };
+        self.subscribe(conn, &args.topic, args.retroactive, window)
     }
 
-    /// Subscribes `conn` (its name, if it has one) to `pattern`.
+    /// Subscribes `conn` (its name, if it has one) to `pattern`. For a
+    /// retroactive subscription of a name, `window` limits how far back
+    /// what it missed is still delivered when it comes back (`None`: all
+    /// that is kept); live messages are not affected.
     pub fn subscribe(
         &self,
         conn: &Conn,
         pattern: &str,
         retroactive: bool,
+        window: Option<Duration>,
     ) -> Result<(), HandlerError> {
         let inner = &self.inner;
         let max = inner.config.max_subscriptions;
@@ -737,7 +770,6 @@ impl Broker {
         let state = &mut *state;
         match conn.name() {
             Some(name) => {
-                let next_seq = state.next_seq;
                 if !state.components.contains_key(&name)
                     && state.components.len() >= inner.config.max_names
                 {
@@ -753,13 +785,14 @@ impl Broker {
                         "too many subscriptions (at most {max})"
                     )));
                 }
-                if before.is_some_and(|b| b.retroactive == retroactive) {
+                let info = PatternInfo {
+                    retroactive,
+                    window,
+                };
+                if before == Some(info) {
                     return Ok(());
                 }
-                let since = before.map_or(next_seq, |b| b.since);
-                component
-                    .patterns
-                    .insert(pattern.to_string(), PatternInfo { retroactive, since });
+                component.patterns.insert(pattern.to_string(), info);
                 let record = component.record();
                 let owner = Owner::Name(name.clone());
                 if let Some(b) = before {
@@ -971,11 +1004,24 @@ impl Broker {
             return false;
         };
         let resumed = component.has_state();
+        // What it missed and no longer wants (older than its windows).
+        let now = now_ns();
+        let unwanted: Vec<u64> = component
+            .pending
+            .values()
+            .filter(|m| !component.wants_missed(m, now))
+            .map(|m| m.seq)
+            .collect();
         component.conn = Some(conn.clone());
         component.held = held;
         component.unacknowledged = unacknowledged;
         component.inflight.clear();
         component.reporting = false;
+        if !unwanted.is_empty() {
+            for seq in unwanted {
+                state.release(&self.inner, name, seq);
+            }
+        }
         drop(state);
         self.start_delivery(conn.clone(), name.clone());
         resumed

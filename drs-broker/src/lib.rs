@@ -17,7 +17,8 @@
 //!   *retroactive* subscription of a name are kept for it and delivered as
 //!   calls, in publish order, a window at a time; any reply acknowledges
 //!   one. When the name identifies again it receives what it missed, and
-//!   what it had not acknowledged, then live messages.
+//!   what it had not acknowledged, then live messages. A subscription's
+//!   `"window"` (seconds) limits how far back what it missed comes back.
 //! - Backlogs are bounded per name and per topic ([`Backlog`]: count,
 //!   bytes, age). Past a bound the oldest messages are dropped and the
 //!   subscriber is told how many, with a `drs.missed` `{"missed": n}` call

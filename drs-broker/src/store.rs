@@ -73,8 +73,8 @@ pub(crate) struct MessageRecord {
 /// A named subscriber as stored.
 #[derive(Debug, Clone, Default, Serialize, Deserialize)]
 pub(crate) struct ComponentRecord {
-    /// pattern → (retroactive, first sequence it covers).
-    pub(crate) patterns: Vec<(String, bool, u64)>,
+    /// pattern → (retroactive, window in ns).
+    pub(crate) patterns: Vec<(String, bool, Option<u64>)>,
     /// Messages dropped from its backlog and not yet reported to it.
     pub(crate) missed: u64,
 }

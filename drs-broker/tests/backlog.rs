@@ -25,6 +25,16 @@ async fn broker(config: BrokerConfig) -> (Server, Broker, String) {
 /// Connects as `name` with `x.*` (retroactive) and `drs.missed` going to
 /// `tx`.
 async fn named(addr: &str, name: &str, tx: mpsc::UnboundedSender<(String, Value)>) -> Conn {
+    named_with(addr, name, tx, json!({"topic": "x.*", "retroactive": true})).await
+}
+
+/// [`named`], subscribing with `subscription`.
+async fn named_with(
+    addr: &str,
+    name: &str,
+    tx: mpsc::UnboundedSender<(String, Value)>,
+    subscription: Value,
+) -> Conn {
     let subs = Subscriptions::new();
     let t = tx.clone();
     subs.insert("x.*", true, move |msg: Msg, body: Value| {
@@ -43,13 +53,7 @@ async fn named(addr: &str, name: &str, tx: mpsc::UnboundedSender<(String, Value)
         .await
         .unwrap();
     let _: Value = conn.call(IDENTIFY, json!({"name": name})).await.unwrap();
-    let _: Value = conn
-        .call(
-            "drs.subscribe",
-            json!({"topic": "x.*", "retroactive": true}),
-        )
-        .await
-        .unwrap();
+    let _: Value = conn.call("drs.subscribe", subscription).await.unwrap();
     conn
 }
 
@@ -218,6 +222,42 @@ async fn a_connection_that_renames_itself_leaves_its_former_name() {
         let (tx2, mut rx2) = mpsc::unbounded_channel();
         let _first = named(&addr, "first", tx2).await;
         assert_eq!(take(&mut rx2, 1).await, [d("x.1", json!(1))]);
+    })
+    .await
+    .unwrap();
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_window_limits_what_comes_back_but_not_live_messages() {
+    tokio::time::timeout(Duration::from_secs(30), async {
+        let (_s, broker, addr) = broker(BrokerConfig::default()).await;
+        // A window of 0 s: nothing missed is wanted back.
+        let windowed = json!({"topic": "x.*", "retroactive": true, "window": 0});
+        let (tx, _rx) = mpsc::unbounded_channel();
+        let c = named_with(&addr, "w", tx, windowed.clone()).await;
+        c.close();
+        c.closed().await;
+        for i in 0..3 {
+            publish(&broker, "x.a", json!(i)).await;
+        }
+        assert_eq!(broker.stats().stored_messages, 3);
+        let (tx, mut rx) = mpsc::unbounded_channel();
+        let c = named_with(&addr, "w", tx, windowed).await;
+        assert_eq!(broker.stats().stored_messages, 0, "dropped, not delivered");
+        publish(&broker, "x.live", json!("now")).await;
+        assert_eq!(
+            take(&mut rx, 1).await,
+            [d("x.live", json!("now"))],
+            "no drs.missed either"
+        );
+        let err = c
+            .call::<Value>(
+                "drs.subscribe",
+                json!({"topic": "x.b", "retroactive": true, "window": -1}),
+            )
+            .await
+            .unwrap_err();
+        assert!(err.to_string().contains("invalid window"), "{err}");
     })
     .await
     .unwrap();

@@ -40,7 +40,7 @@ pub const UNEXPOSE: &str = "drs.unexpose";
 pub const MISSED: &str = "drs.missed";
 
 /// The body of `drs.subscribe` and `drs.unsubscribe`.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 #[non_exhaustive]
 pub struct SubscribeBody {
     /// The pattern.
@@ -49,6 +49,11 @@ pub struct SubscribeBody {
     /// away (ignored by `drs.unsubscribe`).
     #[serde(default, skip_serializing_if = "std::ops::Not::not")]
     pub retroactive: bool,
+    /// For a retroactive subscription: how far back, in seconds, what was
+    /// missed is still wanted when the name comes back (absent: all the
+    /// broker keeps). Live messages are not affected.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub window: Option<f64>,
 }
 
 impl SubscribeBody {
@@ -57,7 +62,15 @@ impl SubscribeBody {
         Self {
             topic: topic.into(),
             retroactive,
+            window: None,
         }
+    }
+
+    /// Limits what a retroactive subscription gets back to what was
+    /// published within `window` before the name returns.
+    pub fn window(mut self, window: std::time::Duration) -> Self {
+        self.window = Some(window.as_secs_f64());
+        self
     }
 }
 

@@ -22,9 +22,10 @@
 //!   or Rembus's, are routed to it and its answer relayed; exposers come
 //!   before the server's own handlers. No exposer: status 42 with the name.
 //! - **Subscribe** with `msg_from`: `Now` (0) is live only; anything else
-//!   (`LastReceived`, a window) is retroactive for a named component: what
-//!   is published while it is away is kept (bounded by the broker's
-//!   backlogs) and sent when it is back and reactive, in publish order.
+//!   is retroactive for a named component: what is published while it is
+//!   away is kept (bounded by the broker's backlogs) and sent when it is
+//!   back and reactive, in publish order — all of it for `LastReceived`
+//!   (+inf), what is younger than `n` ns for a finite `n`.
 //!   Deliveries to Rembus components are QoS 0 publishes, done once sent.
 //! - **Reactive**: nothing is delivered until the component sends
 //!   `reactive true`; `setup` (after an automatic reconnect) registers
@@ -129,7 +130,7 @@ pub fn attach(server: &Server, broker: &Broker) {
         }
         for (topic, retroactive) in args.subscribers.iter().filter_map(entry_name) {
             let topic = topic_in(&topic);
-            result = result.and(b.subscribe(conn, &topic, retroactive));
+            result = result.and(b.subscribe(conn, &topic, retroactive, None));
         }
         b.hold(conn, false);
         async move { result }

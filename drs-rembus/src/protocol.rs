@@ -184,6 +184,9 @@ struct Topic {
     topic: String,
     #[serde(skip_serializing_if = "std::ops::Not::not")]
     retroactive: bool,
+    /// Seconds; from a finite `msg_from` (nanoseconds).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    window: Option<f64>,
 }
 
 #[derive(Serialize)]
@@ -308,14 +311,17 @@ fn decode(frame: &[u8]) -> Result<Command, DecodeError> {
                     body_of(&Action { action: topic }),
                 ),
                 "subscribe" => {
-                    let retroactive = match field(spec, "msg_from") {
-                        Some(Value::Float(f)) => *f != 0.0,
-                        Some(v) => int(v).is_some_and(|n| n != 0),
-                        None => false,
+                    // msg_from, in ns: 0 is Now (live only), +inf is
+                    // LastReceived (all that is kept), n the last n ns.
+                    let msg_from = match field(spec, "msg_from") {
+                        Some(Value::Float(f)) => *f,
+                        Some(v) => int(v).map_or(0.0, |n| n as f64),
+                        None => 0.0,
                     };
                     let t = Topic {
                         topic: topic_in(topic),
-                        retroactive,
+                        retroactive: msg_from != 0.0 && !msg_from.is_nan(),
+                        window: (msg_from.is_finite() && msg_from > 0.0).then(|| msg_from / 1e9),
                     };
                     (drs_core::pubsub::SUBSCRIBE, body_of(&t))
                 }
@@ -323,6 +329,7 @@ fn decode(frame: &[u8]) -> Result<Command, DecodeError> {
                     let t = Topic {
                         topic: topic_in(topic),
                         retroactive: false,
+                        window: None,
                     };
                     (drs_core::pubsub::UNSUBSCRIBE, body_of(&t))
                 }
