@@ -28,7 +28,7 @@
 //!   fewest relayed calls in flight, round robin among equals) and its reply
 //!   is relayed; exposers come before the server's own handler; an exposer
 //!   lost mid-call gives the caller `drs.error` "closed"; none at all gives
-//!   "No handlers for <action>".
+//!   "No handlers for &lt;action&gt;".
 //!
 //! # Durability
 //!
