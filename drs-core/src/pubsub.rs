@@ -20,7 +20,7 @@ use crate::{
     handler::{erase, BoxedHandler, Handler, Msg, ReplyFuture},
     layer::{Layer, Next},
     sync::{read, write},
-    topic::{check_pattern, check_topic, matches, TopicTrie},
+    topic::{check_pattern, check_topic, TopicTrie},
 };
 
 /// `drs.subscribe` `{"topic": pattern, "retroactive": bool}`.
@@ -189,14 +189,6 @@ impl Subscriptions {
     /// Whether `pattern` is subscribed.
     pub fn contains(&self, pattern: &str) -> bool {
         read(&self.table).by_pattern.contains_key(pattern)
-    }
-
-    /// Whether any pattern matches `topic`.
-    pub fn matches(&self, topic: &str) -> bool {
-        read(&self.table)
-            .by_pattern
-            .keys()
-            .any(|p| matches(p, topic))
     }
 
     fn handler_for(&self, topic: &str) -> Option<BoxedHandler> {

@@ -2,7 +2,7 @@
 //! segment) and `>` (the rest), and a trie that finds every pattern a
 //! topic matches without scanning them all.
 
-use std::{collections::HashMap, fmt, hash::Hash};
+use std::{collections::HashMap, fmt};
 
 /// The longest topic or pattern accepted, in bytes.
 pub const MAX_TOPIC_LEN: usize = 1024;
@@ -260,18 +260,6 @@ fn visit<V>(node: &Node<V>, segments: &[&str], f: &mut impl FnMut(&V)) {
     }
 }
 
-/// A set of values found by [`TopicTrie::for_each_match`], each once.
-pub fn distinct<V: Eq + Hash + Clone>(trie: &TopicTrie<V>, topic: &str) -> Vec<V> {
-    let mut seen = std::collections::HashSet::new();
-    let mut out = Vec::new();
-    trie.for_each_match(topic, |v| {
-        if seen.insert(v.clone()) {
-            out.push(v.clone());
-        }
-    });
-    out
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -331,7 +319,6 @@ mod tests {
         trie.for_each_match("a.b", |v| got.push(*v));
         got.sort();
         assert_eq!(got, [1, 1, 2]);
-        assert_eq!(distinct(&trie, "a.b").len(), 2);
         assert!(trie.remove("a.*", &1));
         assert!(!trie.remove("a.*", &1));
         assert!(trie.remove("a.>", &1));
