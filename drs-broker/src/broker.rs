@@ -302,6 +302,19 @@ impl Component {
         }
     }
 
+    /// Forgets what is on its way to a connection that is gone. A message
+    /// evicted while on its way was not counted as missed then; with no
+    /// acknowledgement to come, it is now.
+    fn drop_inflight(&mut self) {
+        let lost = self
+            .inflight
+            .iter()
+            .filter(|s| !self.pending.contains_key(s))
+            .count();
+        self.missed += lost as u64;
+        self.inflight.clear();
+    }
+
     fn has_state(&self) -> bool {
         !self.patterns.is_empty() || !self.pending.is_empty() || self.missed > 0
     }
@@ -982,7 +995,7 @@ impl Broker {
         for (other, component) in state.components.iter_mut() {
             if other != name && component.conn.as_ref().is_some_and(|c| c.id() == conn.id()) {
                 component.conn = None;
-                component.inflight.clear();
+                component.drop_inflight();
                 component.wake.notify_one();
             }
         }
@@ -1015,7 +1028,7 @@ impl Broker {
         component.conn = Some(conn.clone());
         component.held = held;
         component.unacknowledged = unacknowledged;
-        component.inflight.clear();
+        component.drop_inflight();
         component.reporting = false;
         if !unwanted.is_empty() {
             for seq in unwanted {
@@ -1049,11 +1062,14 @@ impl Broker {
             if let Some(component) = state.components.get_mut(&name) {
                 if component.conn.as_ref().is_some_and(|c| c.id() == conn.id()) {
                     component.conn = None;
-                    component.inflight.clear();
+                    let missed = component.missed;
+                    component.drop_inflight();
                     component.wake.notify_one();
                     if !component.has_state() {
                         state.components.remove(&name);
                         inner.store.write(Op::DeleteComponent(name.to_string()));
+                    } else if component.missed != missed {
+                        state.save_component(inner, &name);
                     }
                 }
             }
@@ -1096,19 +1112,20 @@ impl Broker {
                             Next::Wait(c.wake.clone())
                         } else {
                             let now = now_ns();
-                            let expired: Vec<u64> = c
+                            let expired: Vec<(u64, bool)> = c
                                 .pending
                                 .values()
                                 .take_while(|m| {
                                     now.saturating_sub(m.time) > max_age.as_nanos() as u64
                                 })
-                                .map(|m| m.seq)
+                                .map(|m| (m.seq, c.inflight.contains(&m.seq)))
                                 .collect();
                             let found = c
                                 .pending
                                 .iter()
                                 .find(|(seq, _)| {
-                                    !c.inflight.contains(seq) && !expired.contains(seq)
+                                    !c.inflight.contains(seq)
+                                        && !expired.iter().any(|(s, _)| s == *seq)
                                 })
                                 .map(|(_, m)| m.clone());
                             if let Some(m) = &found {
@@ -1116,8 +1133,10 @@ impl Broker {
                             }
                             let wake = c.wake.clone();
                             if !expired.is_empty() {
-                                for seq in expired {
-                                    if state.release(inner, &name, seq) {
+                                // One on its way is missed only if not
+                                // acknowledged after all (see `answered`).
+                                for (seq, sending) in expired {
+                                    if state.release(inner, &name, seq) && !sending {
                                         if let Some(c) = state.components.get_mut(&name) {
                                             c.missed += 1;
                                         }
@@ -1144,9 +1163,11 @@ impl Broker {
                     // Done once sent: the peer acknowledges nothing.
                     let sent = conn.fire(&m.topic, &m.body).await;
                     match sent {
-                        Ok(()) => self.answered(&name, Some(m.seq), 0, Ok(Body::absent())),
+                        Ok(()) => {
+                            self.answered(conn.id(), &name, Some(m.seq), 0, Ok(Body::absent()))
+                        }
                         Err(_) => {
-                            self.unmark(&name, m.seq);
+                            self.unmark(conn.id(), &name, m.seq);
                             conn.closed().await;
                             return;
                         }
@@ -1164,7 +1185,7 @@ impl Broker {
                             waiting.push(Box::pin(async move { (Some(seq), 0, sent.await) }));
                         }
                         Err(_) => {
-                            self.unmark(&name, m.seq);
+                            self.unmark(conn.id(), &name, m.seq);
                             conn.closed().await;
                             return;
                         }
@@ -1188,14 +1209,14 @@ impl Broker {
                     tokio::select! {
                         () = wake.notified() => {}
                         Some((seq, reported, result)) = waiting.next(), if !waiting.is_empty() => {
-                            self.answered(&name, seq, reported, result);
+                            self.answered(conn.id(), &name, seq, reported, result);
                         }
                         () = conn.closed() => {
                             // Replies read before the end still count.
                             while let Some(Some((seq, reported, result))) =
                                 futures::FutureExt::now_or_never(waiting.next())
                             {
-                                self.answered(&name, seq, reported, result);
+                                self.answered(conn.id(), &name, seq, reported, result);
                             }
                             return;
                         }
@@ -1206,14 +1227,18 @@ impl Broker {
             while let Some(Some((seq, reported, result))) =
                 futures::FutureExt::now_or_never(waiting.next())
             {
-                self.answered(&name, seq, reported, result);
+                self.answered(conn.id(), &name, seq, reported, result);
             }
         }
     }
 
-    /// A delivery (or a report) was answered, or not.
+    /// A delivery (or a report) to connection `from` was answered, or not.
+    /// An acknowledgement always counts; the bookkeeping of what is on its
+    /// way belongs to the connection holding the name, so an answer from one
+    /// it has since gone to another leaves that alone.
     fn answered(
         &self,
+        from: u64,
         name: &Arc<str>,
         seq: Option<u64>,
         reported: u64,
@@ -1225,35 +1250,42 @@ impl Broker {
             Err(_) => false,
         };
         let mut state = lock(&inner.state);
+        let current = |c: &Component| c.conn.as_ref().is_some_and(|k| k.id() == from);
         match seq {
             Some(seq) => {
-                if let Some(c) = state.components.get_mut(name) {
-                    c.inflight.remove(&seq);
+                let mut lost = false;
+                if let Some(c) = state.components.get_mut(name).filter(|c| current(c)) {
+                    // Evicted while on its way, and not received after all.
+                    lost = c.inflight.remove(&seq) && !acked && !c.pending.contains_key(&seq);
+                    if lost {
+                        c.missed += 1;
+                    }
                     c.wake.notify_one();
                 }
                 if acked {
                     state.release(inner, name, seq);
+                } else if lost {
+                    state.save_component(inner, name);
                 }
             }
             None => {
-                if let Some(c) = state.components.get_mut(name) {
+                if let Some(c) = state.components.get_mut(name).filter(|c| current(c)) {
                     c.reporting = false;
                     if acked {
                         c.missed = c.missed.saturating_sub(reported);
                     }
                     c.wake.notify_one();
-                }
-                if acked {
-                    state.save_component(inner, name);
+                    if acked {
+                        state.save_component(inner, name);
+                    }
                 }
             }
         }
     }
 
-    fn unmark(&self, name: &Arc<str>, seq: u64) {
-        if let Some(c) = lock(&self.inner.state).components.get_mut(name) {
-            c.inflight.remove(&seq);
-        }
+    /// A delivery of `seq` could not be sent to `from`.
+    fn unmark(&self, from: u64, name: &Arc<str>, seq: u64) {
+        self.answered(from, name, Some(seq), 0, Err(Error::Closed));
     }
 
     /// The connection to relay a call of `action` from `from` to: the
@@ -1347,24 +1379,23 @@ impl State {
             };
             c.pending.insert(seq, msg.clone());
             c.pending_bytes += size;
-            let mut over: Vec<u64> = Vec::new();
+            // Its oldest go; one on its way is missed only if it is not
+            // acknowledged after all (see `answered`).
+            let mut over: Vec<(u64, bool)> = Vec::new();
             let mut count = c.pending.len();
             let mut bytes = c.pending_bytes;
             for (s, m) in &c.pending {
                 if count <= backlog.max_messages && bytes <= backlog.max_bytes {
                     break;
                 }
-                if c.inflight.contains(s) {
-                    continue;
-                }
-                over.push(*s);
+                over.push((*s, c.inflight.contains(s)));
                 count -= 1;
                 bytes -= m.size;
             }
             c.wake.notify_one();
             if !over.is_empty() {
-                for s in over {
-                    if self.release(inner, name, s) {
+                for (s, sending) in over {
+                    if self.release(inner, name, s) && !sending {
                         if let Some(c) = self.components.get_mut(name) {
                             c.missed += 1;
                         }

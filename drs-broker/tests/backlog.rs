@@ -57,14 +57,23 @@ async fn named_with(
     conn
 }
 
-/// Names `name`, subscribes, and leaves (closed on our side; stored for
-/// the name from the subscription on, whether or not the server has seen
-/// the close).
-async fn away(addr: &str, name: &str) {
+/// Names `name`, subscribes, and leaves: closed on our side, and the
+/// server has let the name go (until it does, coming back as `name` is
+/// refused as "name taken"). What is published after the subscription is
+/// stored for the name whether or not the server had seen the close.
+async fn away(server: &Server, addr: &str, name: &str) {
     let (tx, _rx) = mpsc::unbounded_channel();
-    let conn = named(addr, name, tx).await;
+    leave(server, named(addr, name, tx).await, name).await;
+}
+
+/// Closes `conn`, named `name`, and waits until the server has let the
+/// name go.
+async fn leave(server: &Server, conn: Conn, name: &str) {
     conn.close();
     conn.closed().await;
+    while server.named(name).is_some() {
+        tokio::task::yield_now().await;
+    }
 }
 
 async fn publish(broker: &Broker, topic: &str, body: Value) {
@@ -87,8 +96,8 @@ fn d(topic: &str, body: Value) -> (String, Value) {
 async fn a_name_backlog_over_its_bytes_keeps_the_newest() {
     tokio::time::timeout(Duration::from_secs(30), async {
         let config = BrokerConfig::default().backlog(Backlog::new(1000, 100, HOUR));
-        let (_s, broker, addr) = broker(config).await;
-        away(&addr, "n").await;
+        let (s, broker, addr) = broker(config).await;
+        away(&s, &addr, "n").await;
         let body = "x".repeat(38); // 40 bytes as JSON
         for i in 0..5 {
             publish(&broker, &format!("x.{i}"), json!(body)).await;
@@ -114,9 +123,9 @@ async fn a_name_backlog_over_its_bytes_keeps_the_newest() {
 async fn a_topic_over_its_bound_loses_its_oldest_for_everyone() {
     tokio::time::timeout(Duration::from_secs(30), async {
         let config = BrokerConfig::default().topic_backlog(Backlog::new(2, 1 << 20, HOUR));
-        let (_s, broker, addr) = broker(config).await;
-        away(&addr, "a").await;
-        away(&addr, "b").await;
+        let (s, broker, addr) = broker(config).await;
+        away(&s, &addr, "a").await;
+        away(&s, &addr, "b").await;
         for i in 0..4 {
             publish(&broker, "x.hot", json!(i)).await;
         }
@@ -149,8 +158,8 @@ async fn a_topic_over_its_bound_loses_its_oldest_for_everyone() {
 async fn everything_together_is_bounded_too() {
     tokio::time::timeout(Duration::from_secs(30), async {
         let config = BrokerConfig::default().total_backlog(Backlog::new(3, 1 << 20, HOUR));
-        let (_s, broker, addr) = broker(config).await;
-        away(&addr, "a").await;
+        let (s, broker, addr) = broker(config).await;
+        away(&s, &addr, "a").await;
         for i in 0..6 {
             publish(&broker, &format!("x.t{}", i % 3), json!(i)).await;
         }
@@ -177,8 +186,8 @@ async fn messages_past_their_age_are_reported_missed() {
         // An age of zero: anything stored is too old by the time it could
         // be delivered.
         let config = BrokerConfig::default().backlog(Backlog::new(1000, 1 << 20, Duration::ZERO));
-        let (_s, broker, addr) = broker(config).await;
-        away(&addr, "old").await;
+        let (s, broker, addr) = broker(config).await;
+        away(&s, &addr, "old").await;
         for i in 0..3 {
             publish(&broker, "x.a", json!(i)).await;
         }
@@ -230,13 +239,11 @@ async fn a_connection_that_renames_itself_leaves_its_former_name() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_window_limits_what_comes_back_but_not_live_messages() {
     tokio::time::timeout(Duration::from_secs(30), async {
-        let (_s, broker, addr) = broker(BrokerConfig::default()).await;
+        let (s, broker, addr) = broker(BrokerConfig::default()).await;
         // A window of 0 s: nothing missed is wanted back.
         let windowed = json!({"topic": "x.*", "retroactive": true, "window": 0});
         let (tx, _rx) = mpsc::unbounded_channel();
-        let c = named_with(&addr, "w", tx, windowed.clone()).await;
-        c.close();
-        c.closed().await;
+        leave(&s, named_with(&addr, "w", tx, windowed.clone()).await, "w").await;
         for i in 0..3 {
             publish(&broker, "x.a", json!(i)).await;
         }
@@ -258,6 +265,57 @@ async fn a_window_limits_what_comes_back_but_not_live_messages() {
             .await
             .unwrap_err();
         assert!(err.to_string().contains("invalid window"), "{err}");
+    })
+    .await
+    .unwrap();
+}
+
+/// A message evicted while its delivery awaits an acknowledgement that
+/// never comes (the subscriber leaves first) is reported missed.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_message_evicted_on_its_way_and_never_acknowledged_is_missed() {
+    tokio::time::timeout(Duration::from_secs(30), async {
+        let config = BrokerConfig::default().total_backlog(Backlog::new(3, 1 << 20, HOUR));
+        let (s, broker, addr) = broker(config).await;
+        // A subscriber that takes deliveries and never answers them.
+        let (seen_tx, mut seen) = mpsc::unbounded_channel();
+        let subs = Subscriptions::new();
+        subs.insert("x.*", true, move |msg: Msg| {
+            let _ = seen_tx.send(msg.action().to_string());
+            std::future::pending::<HandlerResult<()>>()
+        })
+        .unwrap();
+        let conn = Client::new()
+            .layer(subs)
+            .connect(TcpDialer::new(&addr), Arc::new(Json))
+            .await
+            .unwrap();
+        let _: Value = conn.call(IDENTIFY, json!({"name": "a"})).await.unwrap();
+        let _: Value = conn
+            .call(
+                "drs.subscribe",
+                json!({"topic": "x.*", "retroactive": true}),
+            )
+            .await
+            .unwrap();
+        publish(&broker, "x.t", json!(0)).await;
+        assert_eq!(seen.recv().await.unwrap(), "x.t", "0 is on its way");
+        for i in 1..4 {
+            publish(&broker, "x.t", json!(i)).await;
+        }
+        assert_eq!(broker.stats().stored_messages, 3, "0 was evicted");
+        leave(&s, conn, "a").await;
+        let (tx, mut rx) = mpsc::unbounded_channel();
+        let _c = named(&addr, "a", tx).await;
+        assert_eq!(
+            take(&mut rx, 4).await,
+            [
+                d("drs.missed", json!({"missed": 1})),
+                d("x.t", json!(1)),
+                d("x.t", json!(2)),
+                d("x.t", json!(3)),
+            ]
+        );
     })
     .await
     .unwrap();
