@@ -1,0 +1,639 @@
+//! NATS for drs: a server registers as a *service* on NATS, any number of
+//! server processes on any machines share its load, and drs clients and plain
+//! NATS clients in any language call it.
+//!
+//! ```text
+//!  drs client ──┐                      ┌── worker 1 (NatsListener "calc")
+//!  nats req ────┼── nats-server ── drs.calc (queue group drs.calc) ── worker 2
+//!  drs client ──┘                      └── worker 3
+//! ```
+//!
+//! # Subjects
+//!
+//! A service `NAME` listens on subject `drs.NAME` in queue group `drs.NAME`:
+//! NATS hands each message on it to one worker of the group.
+//!
+//! - **A plain NATS request** whose payload is one drs frame (JSON or
+//!   MessagePack, as the listener's protocol) is run by one worker and gets
+//!   one reply message: the reply frame, with the same key. No headers or
+//!   handshake are needed, so `nats req drs.calc '{"action":"add","body":[1,2],"key":"1"}'`
+//!   is a working client. A fire (no key) sent this way is run and gets no
+//!   reply; a frame that does not decode is answered with the protocol's
+//!   `drs.error`.
+//! - **A drs connection** ([`NatsDialer`]) is a session with one worker: the
+//!   client sends a request with header `Drs-Connect: <its inbox>` to
+//!   `drs.NAME`; the worker that takes it answers with header
+//!   `Drs-Conn: <a subject of its own>`. From then on each side publishes
+//!   one frame per message to the other's subject. Everything drs does on a
+//!   socket works on such a connection: calls both ways, fires, broadcasts,
+//!   streams with credit and cancel, identities, pub/sub through the
+//!   server's broker. A [`drs_session::Session`](https://docs.rs/drs-session)
+//!   over NATS reconnects to whichever worker the queue group picks next;
+//!   a pool of sessions spreads over the workers.
+//!
+//! # Flow control
+//!
+//! NATS has no back-pressure: a publisher never waits for a slow
+//! subscriber, the server drops what a subscriber cannot take. A drs
+//! connection over NATS therefore carries its own window, in bytes, as
+//! HTTP/2 does: a side sends while less than [`NatsConfig::window`] bytes
+//! are unacknowledged, and the receiver acknowledges what its connection
+//! has consumed (`Drs-Control: ack N`, in batches of a quarter window). A
+//! slow reader thus holds up its peer's writer, and the server's own
+//! outbound queue and slow-consumer policy apply as on TCP. A peer that
+//! sends past its window (two windows queued) is disconnected.
+//!
+//! # Liveness
+//!
+//! NATS does not tell a subscriber that a publisher died. Each side of a
+//! connection that has heard nothing from the other for
+//! [`NatsConfig::heartbeat`] sends a ping request to the other's subject.
+//! "No responders" (the other process is gone: NATS dropped its
+//! subscriptions when its socket closed, e.g. after a SIGKILL) ends the
+//! connection at once; [`NatsConfig::missed_heartbeats`] pings without an
+//! answer end it too. The calls in flight on it then fail with
+//! `Error::Closed`, not by their timeout, and a session reconnects to
+//! another worker.
+//!
+//! # Limits
+//!
+//! A frame is at most the smaller of the connection's maximum frame size
+//! and the NATS server's `max_payload` (1 MiB by default). A worker holds at
+//! most [`NatsConfig::accept_queue`] connections not yet taken by its
+//! server; past that a connect is refused (`Drs-Control: refused busy`) and
+//! the queue group's other workers are tried by the caller's next attempt.
+//! A plain request is a connection of one frame that ends when its reply
+//! is sent, or after [`NatsConfig::oneshot_linger`] for a fire; it counts
+//! against the server's connection limit like any other.
+//!
+//! ```no_run
+//! # async fn f() -> Result<(), Box<dyn std::error::Error>> {
+//! use drs_core::{HandlerResult, Server};
+//! use drs_protocol_json::Json;
+//! use drs_transport_nats::{NatsDialer, NatsListener};
+//!
+//! let nats = async_nats::connect("nats://127.0.0.1:4222").await?;
+//! let server = Server::new();
+//! server.on("add", |(a, b): (i64, i64)| async move { HandlerResult::Ok(a + b) });
+//! server.listen(NatsListener::bind(&nats, "calc").await?, Json)?;
+//!
+//! let conn = drs_core::Client::new()
+//!     .connect(NatsDialer::new(nats.clone(), "calc"), Json)
+//!     .await?;
+//! let sum: i64 = conn.call("add", (1, 2)).await?;
+//! # Ok(()) }
+//! ```
+
+mod link;
+#[cfg(feature = "test-server")]
+pub mod test_server;
+
+use std::{
+    collections::HashMap,
+    future::{ready, Ready},
+    io,
+    sync::{
+        atomic::{AtomicU64, Ordering},
+        Arc,
+    },
+    time::Duration,
+};
+
+use async_nats::{Client as Nats, HeaderMap, Message, Subject};
+use bytes::Bytes;
+use drs_core::{Client, Conn, ConnInfo, Dialer, Error, FrameSpec, Listener, Protocol};
+use futures::StreamExt;
+use tokio::{sync::mpsc, task::JoinHandle};
+
+pub use async_nats;
+pub use link::NatsIo;
+use link::{Control, LinkState};
+
+/// The header a drs client's connect request carries: its inbox subject.
+pub const CONNECT_HEADER: &str = "Drs-Connect";
+/// The header of a worker's answer to a connect: its subject for this
+/// connection.
+pub const CONN_HEADER: &str = "Drs-Conn";
+/// The header of the messages that carry no frame: `ack N`, `ping`,
+/// `pong`, `close`, `gone`, `refused REASON`.
+pub const CONTROL_HEADER: &str = "Drs-Control";
+
+/// The subject (and queue group) of service `name`: `drs.<name>`.
+pub fn service_subject(name: &str) -> String {
+    format!("drs.{name}")
+}
+
+/// Checks a service name: dot-separated tokens of letters, digits, `-`
+/// and `_` (so that `drs.<name>` is a plain subject, no wildcard).
+pub fn check_service(name: &str) -> io::Result<()> {
+    let ok = !name.is_empty()
+        && name.len() <= 200
+        && name.split('.').all(|t| {
+            !t.is_empty()
+                && t.bytes()
+                    .all(|b| b.is_ascii_alphanumeric() || b == b'-' || b == b'_')
+        });
+    if ok {
+        Ok(())
+    } else {
+        Err(io::Error::new(
+            io::ErrorKind::InvalidInput,
+            format!(
+                "invalid service name {name:?}: dot-separated tokens of letters, digits, '-' and '_'"
+            ),
+        ))
+    }
+}
+
+/// Settings of connections over NATS (both sides use the same defaults).
+#[derive(Debug, Clone)]
+#[non_exhaustive]
+pub struct NatsConfig {
+    /// How long a side may hear nothing from the other before it pings.
+    /// Default 1 s.
+    pub heartbeat: Duration,
+    /// Unanswered pings in a row that end a connection. Default 2.
+    pub missed_heartbeats: u32,
+    /// Bytes a side may send before the other acknowledges them. Default
+    /// 1 MiB.
+    pub window: usize,
+    /// How long a connect waits for a worker's answer. Default 5 s.
+    pub connect_timeout: Duration,
+    /// How long a plain NATS message without a reply is held as a
+    /// connection while its handler runs. Default 30 s.
+    pub oneshot_linger: Duration,
+    /// Connections a worker holds before its server takes them. Default
+    /// 1024.
+    pub accept_queue: usize,
+}
+
+impl Default for NatsConfig {
+    fn default() -> Self {
+        Self {
+            heartbeat: Duration::from_secs(1),
+            missed_heartbeats: 2,
+            window: 1 << 20,
+            connect_timeout: Duration::from_secs(5),
+            oneshot_linger: Duration::from_secs(30),
+            accept_queue: 1024,
+        }
+    }
+}
+
+impl NatsConfig {
+    /// Sets [`heartbeat`](Self::heartbeat).
+    pub fn heartbeat(mut self, every: Duration) -> Self {
+        self.heartbeat = every;
+        self
+    }
+
+    /// Sets [`missed_heartbeats`](Self::missed_heartbeats) (at least 1).
+    pub fn missed_heartbeats(mut self, n: u32) -> Self {
+        self.missed_heartbeats = n.max(1);
+        self
+    }
+
+    /// Sets [`window`](Self::window) (at least 1 KiB).
+    pub fn window(mut self, bytes: usize) -> Self {
+        self.window = bytes.max(1024);
+        self
+    }
+
+    /// Sets [`connect_timeout`](Self::connect_timeout).
+    pub fn connect_timeout(mut self, timeout: Duration) -> Self {
+        self.connect_timeout = timeout;
+        self
+    }
+
+    /// Sets [`oneshot_linger`](Self::oneshot_linger).
+    pub fn oneshot_linger(mut self, linger: Duration) -> Self {
+        self.oneshot_linger = linger;
+        self
+    }
+
+    /// Sets [`accept_queue`](Self::accept_queue) (at least 1).
+    pub fn accept_queue(mut self, n: usize) -> Self {
+        self.accept_queue = n.max(1);
+        self
+    }
+}
+
+fn control(msg: &Message) -> Option<&str> {
+    msg.headers
+        .as_ref()
+        .and_then(|h| h.get(CONTROL_HEADER))
+        .map(|v| v.as_str())
+}
+
+fn header<'a>(msg: &'a Message, name: &str) -> Option<&'a str> {
+    msg.headers
+        .as_ref()
+        .and_then(|h| h.get(name))
+        .map(|v| v.as_str())
+}
+
+pub(crate) fn control_headers(value: &str) -> HeaderMap {
+    let mut h = HeaderMap::new();
+    h.insert(CONTROL_HEADER, value);
+    h
+}
+
+/// A subject a peer may give as its own: no spaces, no wildcards.
+fn valid_subject(s: &str) -> bool {
+    !s.is_empty()
+        && s.len() <= 512
+        && s.split('.').all(|t| {
+            !t.is_empty() && t != "*" && t != ">" && !t.bytes().any(|b| b.is_ascii_whitespace())
+        })
+}
+
+fn max_payload(nats: &Nats) -> usize {
+    match nats.server_info().max_payload {
+        0 => 1 << 20,
+        n => n,
+    }
+}
+
+/// A connection the worker's task accepted, waiting for the server.
+enum Accepted {
+    Link {
+        id: u64,
+        peer: Subject,
+        local: String,
+        state: Arc<LinkState>,
+        rx: mpsc::UnboundedReceiver<io::Result<Bytes>>,
+    },
+    OneShot {
+        frame: Bytes,
+        reply: Option<Subject>,
+    },
+}
+
+/// Serves a drs [`Server`](drs_core::Server) as service `name` on NATS:
+/// subject and queue group `drs.<name>`.
+#[derive(Debug)]
+pub struct NatsListener {
+    nats: Nats,
+    subject: String,
+    config: NatsConfig,
+    incoming: mpsc::Receiver<Accepted>,
+    gone: mpsc::UnboundedSender<u64>,
+    task: JoinHandle<()>,
+}
+
+impl std::fmt::Debug for Accepted {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            Accepted::Link { id, peer, .. } => write!(f, "Link({id}, {peer})"),
+            Accepted::OneShot { reply, .. } => write!(f, "OneShot({reply:?})"),
+        }
+    }
+}
+
+impl NatsListener {
+    /// Joins service `name` with the default [`NatsConfig`].
+    pub async fn bind(nats: &Nats, name: &str) -> io::Result<Self> {
+        Self::bind_with(nats, name, NatsConfig::default()).await
+    }
+
+    /// Joins service `name`: subscribes to `drs.<name>` in queue group
+    /// `drs.<name>`, and to a subject of this worker's own for its
+    /// connections.
+    pub async fn bind_with(nats: &Nats, name: &str, config: NatsConfig) -> io::Result<Self> {
+        check_service(name)?;
+        let subject = service_subject(name);
+        let service = nats
+            .queue_subscribe(subject.clone(), subject.clone())
+            .await
+            .map_err(|e| io::Error::new(io::ErrorKind::BrokenPipe, e))?;
+        let prefix = nats.new_inbox();
+        let links = nats
+            .subscribe(format!("{prefix}.*"))
+            .await
+            .map_err(|e| io::Error::new(io::ErrorKind::BrokenPipe, e))?;
+        // Both subscriptions are registered with the server before `bind`
+        // returns: a caller told the service is up can reach it.
+        nats.flush()
+            .await
+            .map_err(|e| io::Error::new(io::ErrorKind::BrokenPipe, e))?;
+        let (accepted_tx, incoming) = mpsc::channel(config.accept_queue);
+        let (gone, gone_rx) = mpsc::unbounded_channel();
+        let worker = Worker {
+            nats: nats.clone(),
+            prefix,
+            config: config.clone(),
+            conns: HashMap::new(),
+            next: AtomicU64::new(1),
+            accepted: accepted_tx,
+        };
+        let task = tokio::spawn(worker.run(service, links, gone_rx));
+        Ok(Self {
+            nats: nats.clone(),
+            subject,
+            config,
+            incoming,
+            gone,
+            task,
+        })
+    }
+
+    /// The service's subject, `drs.<name>`.
+    pub fn subject(&self) -> &str {
+        &self.subject
+    }
+}
+
+impl Drop for NatsListener {
+    fn drop(&mut self) {
+        // Its connections end with it (their senders go with the task).
+        self.task.abort();
+    }
+}
+
+impl Listener for NatsListener {
+    type Io = NatsIo;
+    type Handshake = Ready<io::Result<(NatsIo, ConnInfo)>>;
+
+    async fn accept(&mut self, spec: FrameSpec) -> io::Result<Self::Handshake> {
+        let accepted = self.incoming.recv().await.ok_or_else(|| {
+            io::Error::new(io::ErrorKind::BrokenPipe, "the NATS subscription ended")
+        })?;
+        let max_frame = spec.max_frame_len.min(max_payload(&self.nats));
+        let io = match accepted {
+            Accepted::Link {
+                id,
+                peer,
+                local,
+                state,
+                rx,
+            } => {
+                let info = ConnInfo::new("nats")
+                    .with_peer_addr(peer.to_string())
+                    .with_local_addr(local);
+                let gone = self.gone.clone();
+                let io = NatsIo::link(
+                    self.nats.clone(),
+                    peer,
+                    state,
+                    rx,
+                    max_frame,
+                    self.config.clone(),
+                    Some(Box::new(move || {
+                        let _ = gone.send(id);
+                    })),
+                );
+                (io, info)
+            }
+            Accepted::OneShot { frame, reply } => {
+                let mut info = ConnInfo::new("nats").with_local_addr(self.subject.clone());
+                if let Some(r) = &reply {
+                    info = info.with_peer_addr(r.to_string());
+                }
+                let io = NatsIo::oneshot(
+                    self.nats.clone(),
+                    frame,
+                    reply,
+                    max_frame,
+                    self.config.oneshot_linger,
+                );
+                (io, info)
+            }
+        };
+        Ok(ready(Ok(io)))
+    }
+
+    fn local_addr(&self) -> io::Result<String> {
+        Ok(self.subject.clone())
+    }
+}
+
+struct Entry {
+    tx: mpsc::UnboundedSender<io::Result<Bytes>>,
+    state: Arc<LinkState>,
+}
+
+/// The task behind a [`NatsListener`]: takes connects and plain requests
+/// from the queue group, and routes each connection's messages.
+struct Worker {
+    nats: Nats,
+    prefix: String,
+    config: NatsConfig,
+    conns: HashMap<u64, Entry>,
+    next: AtomicU64,
+    accepted: mpsc::Sender<Accepted>,
+}
+
+impl Worker {
+    async fn run(
+        mut self,
+        mut service: async_nats::Subscriber,
+        mut links: async_nats::Subscriber,
+        mut gone: mpsc::UnboundedReceiver<u64>,
+    ) {
+        loop {
+            tokio::select! {
+                msg = service.next() => match msg {
+                    Some(msg) => self.on_service(msg).await,
+                    None => break,
+                },
+                msg = links.next() => match msg {
+                    Some(msg) => self.on_link(msg).await,
+                    None => break,
+                },
+                Some(id) = gone.recv() => {
+                    self.conns.remove(&id);
+                }
+            }
+        }
+        tracing::warn!("NATS subscriptions of a drs service ended");
+    }
+
+    async fn on_service(&mut self, msg: Message) {
+        if let Some(peer) = header(&msg, CONNECT_HEADER) {
+            let Some(reply) = msg.reply.clone() else {
+                return;
+            };
+            if !valid_subject(peer) {
+                let h = control_headers("refused invalid inbox subject");
+                let _ = self.nats.publish_with_headers(reply, h, Bytes::new()).await;
+                return;
+            }
+            let id = self.next.fetch_add(1, Ordering::Relaxed);
+            let local = format!("{}.{id}", self.prefix);
+            let state = LinkState::new(self.config.window);
+            let (tx, rx) = mpsc::unbounded_channel();
+            let accepted = Accepted::Link {
+                id,
+                peer: Subject::from(peer),
+                local: local.clone(),
+                state: state.clone(),
+                rx,
+            };
+            // The answer goes out before the server can send anything on
+            // the connection (the peer's inbox takes frames either way).
+            if self.accepted.try_send(accepted).is_err() {
+                let h = control_headers("refused busy");
+                let _ = self.nats.publish_with_headers(reply, h, Bytes::new()).await;
+                return;
+            }
+            self.conns.insert(id, Entry { tx, state });
+            let mut h = HeaderMap::new();
+            h.insert(CONN_HEADER, local.as_str());
+            let _ = self.nats.publish_with_headers(reply, h, Bytes::new()).await;
+        } else if !msg.payload.is_empty() {
+            let accepted = Accepted::OneShot {
+                frame: msg.payload,
+                reply: msg.reply.clone(),
+            };
+            if self.accepted.try_send(accepted).is_err() {
+                if let Some(reply) = msg.reply {
+                    let h = control_headers("refused busy");
+                    let _ = self.nats.publish_with_headers(reply, h, Bytes::new()).await;
+                }
+            }
+        }
+    }
+
+    async fn on_link(&mut self, msg: Message) {
+        let id = msg
+            .subject
+            .rsplit('.')
+            .next()
+            .and_then(|t| t.parse::<u64>().ok());
+        let Some(entry) = id.and_then(|id| self.conns.get(&id)) else {
+            // A ping for a connection this worker no longer has.
+            if let Some(reply) = msg.reply {
+                let _ = self
+                    .nats
+                    .publish_with_headers(reply, control_headers("gone"), Bytes::new())
+                    .await;
+            }
+            return;
+        };
+        let id = id.unwrap_or_default();
+        match link::route(&self.nats, entry.state.as_ref(), &entry.tx, msg).await {
+            Control::Keep => {}
+            Control::End => {
+                self.conns.remove(&id);
+            }
+        }
+    }
+}
+
+/// Connects drs clients to service `name` on NATS.
+#[derive(Debug, Clone)]
+pub struct NatsDialer {
+    nats: Nats,
+    subject: String,
+    config: NatsConfig,
+}
+
+impl NatsDialer {
+    /// Dials service `name` through `nats`.
+    pub fn new(nats: Nats, name: &str) -> Self {
+        Self {
+            nats,
+            subject: service_subject(name),
+            config: NatsConfig::default(),
+        }
+    }
+
+    /// Uses `config`.
+    pub fn config(mut self, config: NatsConfig) -> Self {
+        self.config = config;
+        self
+    }
+}
+
+impl Dialer for NatsDialer {
+    type Io = NatsIo;
+
+    async fn dial(&self, spec: FrameSpec) -> io::Result<(NatsIo, ConnInfo)> {
+        let nats = &self.nats;
+        let inbox = nats.new_inbox();
+        let sub = nats
+            .subscribe(inbox.clone())
+            .await
+            .map_err(|e| io::Error::new(io::ErrorKind::BrokenPipe, e))?;
+        let state = LinkState::new(self.config.window);
+        let (tx, rx) = mpsc::unbounded_channel();
+        tokio::spawn(link::pump(nats.clone(), sub, tx, state.clone()));
+        let mut h = HeaderMap::new();
+        h.insert(CONNECT_HEADER, inbox.as_str());
+        let request = async_nats::Request::new()
+            .headers(h)
+            .timeout(Some(self.config.connect_timeout));
+        let answer = nats
+            .send_request(self.subject.clone(), request)
+            .await
+            .map_err(|e| match e.kind() {
+                async_nats::RequestErrorKind::NoResponders => io::Error::new(
+                    io::ErrorKind::ConnectionRefused,
+                    format!("no drs service on NATS subject {}", self.subject),
+                ),
+                async_nats::RequestErrorKind::TimedOut => io::Error::new(
+                    io::ErrorKind::TimedOut,
+                    format!(
+                        "no answer from {} within {:?}",
+                        self.subject, self.config.connect_timeout
+                    ),
+                ),
+                async_nats::RequestErrorKind::Other => io::Error::new(io::ErrorKind::BrokenPipe, e),
+            })?;
+        let Some(peer) = header(&answer, CONN_HEADER).filter(|p| valid_subject(p)) else {
+            let why = control(&answer)
+                .and_then(|c| c.strip_prefix("refused "))
+                .unwrap_or("no connection subject in the answer");
+            return Err(io::Error::new(
+                io::ErrorKind::ConnectionRefused,
+                format!("{} refused the connection: {why}", self.subject),
+            ));
+        };
+        let info = ConnInfo::new("nats")
+            .with_peer_addr(peer.to_string())
+            .with_local_addr(inbox);
+        let max_frame = spec.max_frame_len.min(max_payload(nats));
+        let io = NatsIo::link(
+            nats.clone(),
+            Subject::from(peer),
+            state,
+            rx,
+            max_frame,
+            self.config.clone(),
+            None,
+        );
+        Ok((io, info))
+    }
+}
+
+/// Connects to service `name` through `nats` with default settings.
+pub async fn connect<P: Protocol>(nats: Nats, name: &str, protocol: P) -> Result<Conn, Error> {
+    Client::new()
+        .connect(NatsDialer::new(nats, name), protocol)
+        .await
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn service_names_are_plain_subjects() {
+        for ok in ["calc", "a.b", "my-svc_2"] {
+            check_service(ok).unwrap();
+        }
+        for bad in ["", "a..b", "*", "a.>", "a b", ".a", "a."] {
+            let err = check_service(bad).unwrap_err();
+            assert_eq!(err.kind(), io::ErrorKind::InvalidInput, "{bad:?}");
+        }
+        assert_eq!(service_subject("calc"), "drs.calc");
+    }
+
+    #[test]
+    fn peer_subjects_are_checked() {
+        assert!(valid_subject("_INBOX.abc"));
+        for bad in ["", "a.*", "a.>", "a b", "a..b"] {
+            assert!(!valid_subject(bad), "{bad:?}");
+        }
+    }
+}
