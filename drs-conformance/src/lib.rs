@@ -24,6 +24,11 @@ use drs_core::{
 use drs_protocol_json::Json;
 use drs_protocol_msgpack::MsgPack;
 use drs_transport_ipc::{IpcDialer, IpcListener};
+use drs_transport_nats::{
+    async_nats,
+    test_server::{self, NatsServer},
+    NatsDialer, NatsListener,
+};
 use drs_transport_tcp::{TcpDialer, TcpListener};
 use drs_transport_ws::{WsConfig, WsDialer, WsListener};
 use futures::{SinkExt, StreamExt};
@@ -60,6 +65,9 @@ pub enum Net {
     /// WebSocket over TLS (`wss://localhost:port`), with the same
     /// certificates.
     Wss,
+    /// A service on a nats-server of the run (127.0.0.1, a free port),
+    /// reached through a drs connection over NATS.
+    Nats,
 }
 
 impl Net {
@@ -72,6 +80,7 @@ impl Net {
             Net::Ipc => "ipc",
             Net::Tls => "tls",
             Net::Wss => "wss",
+            Net::Nats => "nats",
         }
     }
 }
@@ -206,6 +215,18 @@ impl Pair {
                     .expect("listen");
                 Place::Ipc(path)
             }
+            Net::Nats => {
+                let url = nats_server().expect("nats-server (checked by run)").url();
+                // A client per test: each test has a runtime of its own.
+                let nats = async_nats::connect(url).await.expect("connect to NATS");
+                static NEXT: AtomicUsize = AtomicUsize::new(0);
+                let service = format!("suite-{}", NEXT.fetch_add(1, Ordering::Relaxed));
+                let listener = NatsListener::bind(&nats, &service).await.expect("bind");
+                server
+                    .listen_arc(listener, protocol.clone())
+                    .expect("listen");
+                Place::Nats(nats, service)
+            }
         };
         Endpoint { place, protocol }
     }
@@ -219,6 +240,16 @@ pub(crate) enum Place {
     Ipc(String),
     Tls(String),
     Wss(String),
+    Nats(async_nats::Client, String),
+}
+
+/// The nats-server of the run, started on first use (`None`: not
+/// installed). It goes with the process.
+fn nats_server() -> Option<&'static NatsServer> {
+    static SERVER: std::sync::OnceLock<Option<NatsServer>> = std::sync::OnceLock::new();
+    SERVER
+        .get_or_init(|| test_server::binary().map(|_| NatsServer::start(None)))
+        .as_ref()
 }
 
 /// The TLS settings of the run: a server certificate for `localhost`
@@ -262,6 +293,11 @@ impl Place {
             Place::Wss(url) => {
                 let dialer = WsDialer::new(url).tls(test_pki().1.clone());
                 client.connect(dialer, protocol).await
+            }
+            Place::Nats(nats, service) => {
+                client
+                    .connect(NatsDialer::new(nats.clone(), service), protocol)
+                    .await
             }
         }
     }
@@ -321,6 +357,10 @@ impl Endpoint {
                 let dialer = WsDialer::new(url)
                     .config(WsConfig::default().keepalive(None))
                     .tls(test_pki().1.clone());
+                Box::new(drs_core::Dialer::dial(&dialer, spec).await.expect("dial").0)
+            }
+            Place::Nats(nats, service) => {
+                let dialer = NatsDialer::new(nats.clone(), service);
                 Box::new(drs_core::Dialer::dial(&dialer, spec).await.expect("dial").0)
             }
         };
@@ -410,6 +450,10 @@ where
     F: FnOnce(Pair) -> Fut,
     Fut: Future<Output = ()>,
 {
+    if pair.net == Net::Nats && nats_server().is_none() {
+        test_server::skip(&format!("{pair:?}"), "nats-server");
+        return;
+    }
     if tokio::time::timeout(TEST_TIMEOUT, behaviour(pair))
         .await
         .is_err()

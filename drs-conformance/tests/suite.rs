@@ -14,3 +14,5 @@ conformance_suite!(tls_json, Pair::new(Net::Tls, Proto::Json));
 conformance_suite!(tls_msgpack, Pair::new(Net::Tls, Proto::MsgPack));
 conformance_suite!(wss_json, Pair::new(Net::Wss, Proto::Json));
 conformance_suite!(wss_msgpack, Pair::new(Net::Wss, Proto::MsgPack));
+conformance_suite!(nats_json, Pair::new(Net::Nats, Proto::Json));
+conformance_suite!(nats_msgpack, Pair::new(Net::Nats, Proto::MsgPack));

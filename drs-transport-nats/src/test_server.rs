@@ -14,7 +14,8 @@ use std::{
     time::{Duration, Instant},
 };
 
-/// A running `nats-server`.
+/// A running `nats-server`. It stops when dropped, and with the process
+/// that started it, however that ends.
 #[derive(Debug)]
 pub struct NatsServer {
     child: Option<Child>,
@@ -109,13 +110,19 @@ impl NatsServer {
 
     fn spawn(&mut self) -> Result<(), String> {
         let bin = binary().ok_or("nats-server is not installed")?;
-        let mut cmd = Command::new(bin);
-        cmd.args(["-a", "127.0.0.1", "-p", &self.port.to_string()]);
+        // Run under a shell that kills the server (SIGKILL) when its
+        // standard input closes: when we stop it, and when this process
+        // ends in any way (a server in a static is never dropped).
+        let mut cmd = Command::new("sh");
+        cmd.arg("-c")
+            .arg(r#""$0" "$@" & pid=$!; cat >/dev/null; kill -9 $pid; wait $pid"#)
+            .arg(bin)
+            .args(["-a", "127.0.0.1", "-p", &self.port.to_string()]);
         if let Some(dir) = &self.store {
             cmd.arg("-js").arg("-sd").arg(dir);
         }
         let mut child = cmd
-            .stdin(Stdio::null())
+            .stdin(Stdio::piped())
             .stdout(Stdio::null())
             .stderr(Stdio::null())
             .spawn()
@@ -130,7 +137,7 @@ impl NatsServer {
                 return Ok(());
             }
             if Instant::now() > deadline {
-                let _ = child.kill();
+                drop(child.stdin.take());
                 let _ = child.wait();
                 return Err("not listening after 10 s".into());
             }
@@ -148,10 +155,11 @@ impl NatsServer {
         self.store.as_deref()
     }
 
-    /// Stops the server (SIGKILL: nothing is flushed on the way out).
+    /// Stops the server (SIGKILL: nothing is flushed on the way out) and
+    /// waits until it is gone.
     pub fn stop(&mut self) {
         if let Some(mut child) = self.child.take() {
-            let _ = child.kill();
+            drop(child.stdin.take());
             let _ = child.wait();
         }
     }
