@@ -259,7 +259,6 @@ enum Accepted {
     Link {
         id: u64,
         peer: Subject,
-        local: String,
         state: Arc<LinkState>,
         rx: mpsc::UnboundedReceiver<io::Result<Bytes>>,
     },
@@ -363,13 +362,14 @@ impl Listener for NatsListener {
             Accepted::Link {
                 id,
                 peer,
-                local,
                 state,
                 rx,
             } => {
+                // The listener's address, as for other transports; the
+                // connection's own subject is a detail of this worker.
                 let info = ConnInfo::new("nats")
                     .with_peer_addr(peer.to_string())
-                    .with_local_addr(local);
+                    .with_local_addr(self.subject.clone());
                 let gone = self.gone.clone();
                 let io = NatsIo::link(
                     self.nats.clone(),
@@ -465,7 +465,6 @@ impl Worker {
             let accepted = Accepted::Link {
                 id,
                 peer: Subject::from(peer),
-                local: local.clone(),
                 state: state.clone(),
                 rx,
             };

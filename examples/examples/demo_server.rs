@@ -14,6 +14,11 @@
 //! listener prints `listening tcp ADDR`, `listening ws ADDR` or
 //! `listening ipc PATH` on stdout as it binds. Ctrl-C shuts down gracefully.
 //!
+//! `--nats nats://HOST:PORT --service NAME` makes it one worker of service
+//! `NAME` on NATS (subject and queue group `drs.NAME`); start several and
+//! they share the calls. Broker flags count as listeners: with any
+//! listener flag, no default TCP port is opened.
+//!
 //! Every limit of the server can be set from the command line, so each can
 //! be tried from a shell (`demo_server --help` lists them with defaults).
 
@@ -32,6 +37,7 @@ use drs_protocol_msgpack::MsgPack;
 use drs_rembus::Rembus;
 use drs_tls::{ServerTls, TlsListener};
 use drs_transport_ipc::IpcListener;
+use drs_transport_nats::{async_nats, NatsListener};
 use drs_transport_tcp::{Keepalive, TcpListener};
 use drs_transport_ws::{WsConfig, WsListener};
 use examples::{default_server_name, demo_actions_named, init_tracing};
@@ -55,6 +61,12 @@ limits (durations in seconds, fractions allowed; 0 turns an optional one off):
   --max-frame BYTES           largest frame accepted or sent              (default: 8388608)
   --slow-admission MS         a demo connect hook that takes this long    (default: 0)
   --name NAME                 the server's name, as `session` answers     (default: HOSTNAME:PID)
+
+brokers (each counts as a listener):
+  --nats URL                  serve as a NATS service: subject and queue group drs.SERVICE
+                              (any number of demo_servers share it), printed as
+                              `listening nats drs.SERVICE`
+  --service NAME              the service name of --nats                  (default: demo)
 
 pub/sub (on every listener: drs.subscribe, drs.publish, drs.expose; DESIGN 1b):
   --rembus ADDR               serve Rembus components (CBOR over WebSocket) on ADDR,
@@ -83,6 +95,8 @@ enum Bind {
     Ipc(String),
     /// Rembus components, over WebSocket.
     Rembus(String),
+    /// A NATS service: the server's URL (the service name is `--service`).
+    Nats(String),
 }
 
 /// What to listen on, each with its protocol, and the limits.
@@ -97,6 +111,8 @@ struct Settings {
     name: String,
     /// The broker's durable store.
     store: Option<PathBuf>,
+    /// The service name on NATS.
+    service: String,
 }
 
 fn seconds(flag: &str, v: &str) -> Result<Duration, String> {
@@ -130,6 +146,7 @@ fn parse(args: impl Iterator<Item = String>) -> Result<Settings, String> {
     let (mut tls_cert, mut tls_key, mut tls_ca) = (None::<String>, None::<String>, None::<String>);
     let mut jail = None;
     let mut store = None;
+    let mut service = "demo".to_string();
     let mut args = args.peekable();
     while let Some(flag) = args.next() {
         let mut value = || args.next().ok_or_else(|| format!("{flag} needs a value"));
@@ -176,6 +193,12 @@ fn parse(args: impl Iterator<Item = String>) -> Result<Settings, String> {
             }
             "--ipc" => binds.push((Bind::Ipc(value()?), protocol.clone(), token.clone())),
             "--rembus" => binds.push((Bind::Rembus(value()?), Arc::new(Rembus), None)),
+            "--nats" => binds.push((Bind::Nats(value()?), protocol.clone(), token.clone())),
+            "--service" => {
+                service = value()?;
+                drs_transport_nats::check_service(&service)
+                    .map_err(|e| format!("--service: {e}"))?;
+            }
             "--protocol" => {
                 protocol = match value()?.as_str() {
                     "json" => Arc::new(Json),
@@ -198,6 +221,7 @@ fn parse(args: impl Iterator<Item = String>) -> Result<Settings, String> {
         name: name.unwrap_or_else(default_server_name),
         jail,
         store,
+        service,
     })
 }
 
@@ -343,6 +367,18 @@ async fn main() -> ExitCode {
             Bind::Rembus(addr) => {
                 let bound = drs_rembus::listen(&server, &addr).await;
                 ("rembus", addr, bound)
+            }
+            Bind::Nats(url) => {
+                let options = async_nats::ConnectOptions::new()
+                    .name(format!("drs demo_server {}", settings.name));
+                let bound = match options.connect(url.as_str()).await {
+                    Ok(nats) => match NatsListener::bind(&nats, &settings.service).await {
+                        Ok(l) => server.listen_arc(l, protocol),
+                        Err(e) => Err(e),
+                    },
+                    Err(e) => Err(std::io::Error::other(e)),
+                };
+                ("nats", url, bound)
             }
         };
         match bound {
