@@ -62,7 +62,9 @@ async fn start_worker(url: &str, name: &str) -> std::io::Result<tokio::process::
             return Ok(child);
         }
     }
-    Err(std::io::Error::other(format!("{name} ended before it was ready")))
+    Err(std::io::Error::other(format!(
+        "{name} ended before it was ready"
+    )))
 }
 
 /// Makes `calls` calls of `session` at once; counts the answers by
@@ -97,12 +99,15 @@ async fn demo() -> Result<(), Box<dyn std::error::Error>> {
     println!("3 workers serve drs.{SERVICE}");
 
     let nats = async_nats::connect(&url).await?;
-    let pool = Pool::builder(NatsDialer::new(nats.clone(), SERVICE).config(nats_config()), Json)
-        .size(12)
-        .config(ConnConfig::default().call_timeout(Duration::from_secs(5)))
-        .policy(ReconnectPolicy::default().initial_delay(Duration::from_millis(20)))
-        .connect()
-        .await?;
+    let pool = Pool::builder(
+        NatsDialer::new(nats.clone(), SERVICE).config(nats_config()),
+        Json,
+    )
+    .size(12)
+    .config(ConnConfig::default().call_timeout(Duration::from_secs(5)))
+    .policy(ReconnectPolicy::default().initial_delay(Duration::from_millis(20)))
+    .connect()
+    .await?;
     let (by_worker, _) = spread(&pool, 300).await?;
     println!("300 calls answered by: {by_worker:?}");
     if by_worker.len() < 2 {

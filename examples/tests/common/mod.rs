@@ -48,7 +48,12 @@ impl DemoServer {
     pub fn start(args: &[&str]) -> Self {
         let expected = args
             .iter()
-            .filter(|a| ["--tcp", "--ws", "--ipc", "--rembus"].contains(a))
+            .filter(|a| {
+                [
+                    "--tcp", "--ws", "--ipc", "--rembus", "--nats", "--redis", "--cerbas",
+                ]
+                .contains(a)
+            })
             .count()
             .max(1);
         // The store line comes first, then one line per listener.

@@ -1,0 +1,89 @@
+//! `demo_server` behind a broker: `--nats URL --service NAME` (a real
+//! nats-server on a free port, started here; skipped, visibly, where it is
+//! not installed, and a failure under CI).
+
+mod common;
+
+use std::time::Duration;
+
+use common::DemoServer;
+use drs_transport_nats::{async_nats, test_server::NatsServer};
+use serde_json::{json, Value};
+
+fn runtime() -> tokio::runtime::Runtime {
+    tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(2)
+        .enable_all()
+        .build()
+        .unwrap()
+}
+
+#[test]
+fn demo_server_serves_a_nats_service_and_opens_no_default_port() {
+    let Some(nats_server) = NatsServer::start_or_skip("demo_server_serves_a_nats_service") else {
+        return;
+    };
+    let server = DemoServer::start(&["--nats", &nats_server.url(), "--service", "brokers-test"]);
+    assert_eq!(
+        server.listening,
+        [("nats".to_string(), "drs.brokers-test".to_string())],
+        "one listener, and no default TCP port"
+    );
+    runtime().block_on(async {
+        tokio::time::timeout(Duration::from_secs(30), async {
+            let nats = async_nats::connect(nats_server.url()).await.unwrap();
+            let frame = json!({"action": "add", "body": {"a": 1, "b": 2}, "key": "7"});
+            let reply = nats
+                .request("drs.brokers-test", frame.to_string().into())
+                .await
+                .unwrap();
+            let reply: Value = serde_json::from_slice(&reply.payload).unwrap();
+            assert_eq!(reply["key"], "7");
+            assert_eq!(reply["action"], "drs.response");
+            assert_eq!(reply["body"], 3.0);
+            // And a drs client, through the same service.
+            let conn = drs_core::Client::new()
+                .connect(
+                    drs_transport_nats::NatsDialer::new(nats, "brokers-test"),
+                    drs_protocol_json::Json,
+                )
+                .await
+                .unwrap();
+            let echoed: String = conn.call("echo", "over nats").await.unwrap();
+            assert_eq!(echoed, "over nats");
+        })
+        .await
+        .unwrap();
+    });
+}
+
+#[test]
+fn a_bad_service_name_is_a_usage_error() {
+    let out = std::process::Command::new(common::example_path("demo_server"))
+        .args(["--nats", "nats://127.0.0.1:1", "--service", "a.*"])
+        .output()
+        .unwrap();
+    assert_eq!(out.status.code(), Some(2));
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        stderr.contains("--service: invalid service name"),
+        "{stderr}"
+    );
+}
+
+#[test]
+fn an_unreachable_nats_server_fails_the_start_with_its_url() {
+    let store = std::env::temp_dir().join(format!("drs-brokers-test-{}", std::process::id()));
+    let out = std::process::Command::new(common::example_path("demo_server"))
+        .args(["--nats", "nats://127.0.0.1:1", "--store"])
+        .arg(&store)
+        .output()
+        .unwrap();
+    let _ = std::fs::remove_dir_all(&store);
+    assert!(!out.status.success());
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        stderr.contains("cannot listen on nats nats://127.0.0.1:1"),
+        "{stderr}"
+    );
+}
