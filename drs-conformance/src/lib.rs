@@ -23,12 +23,9 @@ use drs_core::{
 };
 use drs_protocol_json::Json;
 use drs_protocol_msgpack::MsgPack;
+use drs_testkit::NatsServer;
 use drs_transport_ipc::{IpcDialer, IpcListener};
-use drs_transport_nats::{
-    async_nats,
-    test_server::{self, NatsServer},
-    NatsDialer, NatsListener,
-};
+use drs_transport_nats::{async_nats, NatsDialer, NatsListener};
 use drs_transport_tcp::{TcpDialer, TcpListener};
 use drs_transport_ws::{WsConfig, WsDialer, WsListener};
 use futures::{SinkExt, StreamExt};
@@ -248,7 +245,7 @@ pub(crate) enum Place {
 fn nats_server() -> Option<&'static NatsServer> {
     static SERVER: std::sync::OnceLock<Option<NatsServer>> = std::sync::OnceLock::new();
     SERVER
-        .get_or_init(|| test_server::binary().map(|_| NatsServer::start(None)))
+        .get_or_init(|| NatsServer::binary().map(|_| NatsServer::start(false)))
         .as_ref()
 }
 
@@ -451,7 +448,7 @@ where
     Fut: Future<Output = ()>,
 {
     if pair.net == Net::Nats && nats_server().is_none() {
-        test_server::skip(&format!("{pair:?}"), "nats-server");
+        drs_testkit::skip(&format!("{pair:?}"), "nats-server");
         return;
     }
     if tokio::time::timeout(TEST_TIMEOUT, behaviour(pair))

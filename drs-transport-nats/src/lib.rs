@@ -85,8 +85,6 @@
 //! ```
 
 mod link;
-#[cfg(feature = "test-server")]
-pub mod test_server;
 
 use std::{
     collections::HashMap,

@@ -9,9 +9,8 @@ use bytes::Bytes;
 use drs_core::{Body, Client, Error, HandlerResult, Server};
 use drs_protocol_json::Json;
 use drs_protocol_msgpack::MsgPack;
-use drs_transport_nats::{
-    test_server::NatsServer, NatsConfig, NatsDialer, NatsListener, CONTROL_HEADER,
-};
+use drs_testkit::NatsServer;
+use drs_transport_nats::{NatsConfig, NatsDialer, NatsListener, CONTROL_HEADER};
 use serde_json::{json, Value};
 
 const LIMIT: Duration = Duration::from_secs(30);

@@ -19,7 +19,8 @@ use std::{
 use drs_core::{ConnConfig, Error, HandlerResult, Server};
 use drs_protocol_json::Json;
 use drs_session::{Pool, ReconnectPolicy};
-use drs_transport_nats::{test_server::NatsServer, NatsConfig, NatsDialer, NatsListener};
+use drs_testkit::NatsServer;
+use drs_transport_nats::{NatsConfig, NatsDialer, NatsListener};
 use tokio::io::{AsyncBufReadExt, BufReader};
 
 const WORKER: &str = "DRS_NATS_WORKER";

@@ -21,9 +21,8 @@ use std::{collections::BTreeMap, future::IntoFuture, process::ExitCode, time::Du
 use drs_core::{ConnConfig, Error, Server};
 use drs_protocol_json::Json;
 use drs_session::{Pool, ReconnectPolicy};
-use drs_transport_nats::{
-    async_nats, test_server, test_server::NatsServer, NatsConfig, NatsDialer, NatsListener,
-};
+use drs_testkit::NatsServer;
+use drs_transport_nats::{async_nats, NatsConfig, NatsDialer, NatsListener};
 use examples::{demo_actions_named, init_tracing};
 use serde_json::Value;
 use tokio::io::{AsyncBufReadExt, BufReader};
@@ -155,7 +154,7 @@ async fn main() -> ExitCode {
         }
     }
     init_tracing("warn");
-    if test_server::binary().is_none() && std::env::var_os("CI").is_none() {
+    if NatsServer::binary().is_none() && std::env::var_os("CI").is_none() {
         eprintln!("nats_workers needs nats-server (apt-get install nats-server); skipped");
         return ExitCode::SUCCESS;
     }

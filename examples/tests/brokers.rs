@@ -7,7 +7,8 @@ mod common;
 use std::time::Duration;
 
 use common::DemoServer;
-use drs_transport_nats::{async_nats, test_server::NatsServer};
+use drs_testkit::NatsServer;
+use drs_transport_nats::async_nats;
 use serde_json::{json, Value};
 
 fn runtime() -> tokio::runtime::Runtime {
