@@ -100,7 +100,6 @@ mod error;
 mod ext;
 mod handler;
 mod layer;
-#[cfg(feature = "test-util")]
 pub mod memory;
 mod protocol;
 pub mod pubsub;

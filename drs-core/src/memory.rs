@@ -1,4 +1,7 @@
-//! An in-memory transport: frames over channels, for tests (feature `test-util`).
+//! An in-memory transport: frames over channels. Tests use it, and so does
+//! anything that runs a server's actions in-process through its router and
+//! layers, as a peer's commands run (e.g. the Cerbas worker of
+//! drs-transport-redis).
 
 use std::{
     future::{ready, Ready},

@@ -67,6 +67,11 @@ brokers (each counts as a listener):
                               (any number of demo_servers share it), printed as
                               `listening nats drs.SERVICE`
   --service NAME              the service name of --nats                  (default: demo)
+  --cerbas redis://HOST:PORT/DB  serve unmodified Cerbas clients through that Redis database
+                              (Cerbas's dev setup uses 1): hello, echo, sum, withargs,
+                              witherror, slow, asyncfunc, halt; `listening cerbas URL`
+  --cerbas-crontab FILE       run the Cerbas requests of a crontab file
+                              (`<cron expression> | <request JSON>`, UTC, reloaded on change)
 
 pub/sub (on every listener: drs.subscribe, drs.publish, drs.expose; DESIGN 1b):
   --rembus ADDR               serve Rembus components (CBOR over WebSocket) on ADDR,
@@ -97,6 +102,8 @@ enum Bind {
     Rembus(String),
     /// A NATS service: the server's URL (the service name is `--service`).
     Nats(String),
+    /// Cerbas clients through Redis: the URL with its database.
+    Cerbas(String),
 }
 
 /// What to listen on, each with its protocol, and the limits.
@@ -113,6 +120,8 @@ struct Settings {
     store: Option<PathBuf>,
     /// The service name on NATS.
     service: String,
+    /// The crontab of Cerbas mode.
+    cerbas_crontab: Option<PathBuf>,
 }
 
 fn seconds(flag: &str, v: &str) -> Result<Duration, String> {
@@ -147,6 +156,7 @@ fn parse(args: impl Iterator<Item = String>) -> Result<Settings, String> {
     let mut jail = None;
     let mut store = None;
     let mut service = "demo".to_string();
+    let mut cerbas_crontab = None;
     let mut args = args.peekable();
     while let Some(flag) = args.next() {
         let mut value = || args.next().ok_or_else(|| format!("{flag} needs a value"));
@@ -194,6 +204,8 @@ fn parse(args: impl Iterator<Item = String>) -> Result<Settings, String> {
             "--ipc" => binds.push((Bind::Ipc(value()?), protocol.clone(), token.clone())),
             "--rembus" => binds.push((Bind::Rembus(value()?), Arc::new(Rembus), None)),
             "--nats" => binds.push((Bind::Nats(value()?), protocol.clone(), token.clone())),
+            "--cerbas" => binds.push((Bind::Cerbas(value()?), protocol.clone(), None)),
+            "--cerbas-crontab" => cerbas_crontab = Some(PathBuf::from(value()?)),
             "--service" => {
                 service = value()?;
                 drs_transport_nats::check_service(&service)
@@ -222,6 +234,7 @@ fn parse(args: impl Iterator<Item = String>) -> Result<Settings, String> {
         jail,
         store,
         service,
+        cerbas_crontab,
     })
 }
 
@@ -327,6 +340,8 @@ async fn main() -> ExitCode {
     }
 
     let keepalive = settings.keepalive;
+    // Cerbas workers run while these live.
+    let mut cerbas = Vec::new();
     for (bind, protocol, token) in settings.binds {
         let (kind, asked, bound) = match bind {
             Bind::Tcp(addr, None) => {
@@ -379,6 +394,20 @@ async fn main() -> ExitCode {
                     Err(e) => Err(std::io::Error::other(e)),
                 };
                 ("nats", url, bound)
+            }
+            Bind::Cerbas(url) => {
+                // The Cerbas functions are drs handlers on a server of their
+                // own (Cerbas's `echo` is not the demo's).
+                let (functions, worker) =
+                    examples::cerbas_demo(&url, settings.cerbas_crontab.clone());
+                let bound = match worker.start(&functions).await {
+                    Ok(handle) => {
+                        cerbas.push((functions, handle));
+                        Ok(url.clone())
+                    }
+                    Err(e) => Err(std::io::Error::other(e)),
+                };
+                ("cerbas", url, bound)
             }
         };
         match bound {

@@ -224,3 +224,37 @@ fn python_rembus_components() {
     assert!(out.status.success(), "pytest failed:\n{stdout}\n{stderr}");
     assert!(stdout.contains(" passed"), "{stdout}");
 }
+
+/// A Cerbas client in Python (PyPI `redis` and `u-msgpack-python`, as
+/// Cerbas's driver uses), step by step, against `demo_server --cerbas` on a
+/// real redis-server started here (pytest: examples/python/test_cerbas.py).
+#[test]
+fn python_cerbas_client() {
+    if !python_has(&["redis", "umsgpack", "pytest"]) {
+        return;
+    }
+    let Some(redis) = drs_testkit::RedisServer::start_or_skip("python_cerbas_client") else {
+        return;
+    };
+    let url = redis.url(1);
+    let server = DemoServer::start(&["--cerbas", &url]);
+    assert_eq!(server.listening[0], ("cerbas".to_string(), url.clone()));
+    let dir = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("python");
+    let out = Command::new("python3")
+        .args([
+            "-m",
+            "pytest",
+            "-q",
+            "-p",
+            "no:cacheprovider",
+            "test_cerbas.py",
+        ])
+        .env("CERBAS_REDIS_URL", &url)
+        .current_dir(&dir)
+        .output()
+        .expect("run pytest");
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(out.status.success(), "pytest failed:\n{stdout}\n{stderr}");
+    assert!(stdout.contains(" passed"), "{stdout}");
+}
