@@ -1289,8 +1289,8 @@ impl Broker {
     }
 
     /// The connection to relay a call of `action` from `from` to: the
-    /// exposer with the fewest relayed calls in flight, round robin among
-    /// equals.
+    /// open exposer with the fewest relayed calls in flight, round robin
+    /// among equals.
     fn exposer_for(&self, action: &str, from: u64) -> Option<(Conn, Arc<AtomicUsize>)> {
         let mut state = lock(&self.inner.state);
         let ids = state.exposers.get(action)?;
@@ -1302,7 +1302,9 @@ impl Broker {
             if id == from {
                 continue;
             }
-            let Some((_, cs)) = state.conns.get(&id) else {
+            // A connection that has closed and whose end the server has
+            // not processed yet serves nothing.
+            let Some((_, cs)) = state.conns.get(&id).filter(|(c, _)| !c.is_closed()) else {
                 continue;
             };
             let load = cs.relaying.load(Ordering::Relaxed);

@@ -23,9 +23,10 @@ use drs_core::{
 };
 use drs_protocol_json::Json;
 use drs_protocol_msgpack::MsgPack;
-use drs_testkit::NatsServer;
+use drs_testkit::{NatsServer, RedisServer};
 use drs_transport_ipc::{IpcDialer, IpcListener};
 use drs_transport_nats::{async_nats, NatsDialer, NatsListener};
+use drs_transport_redis::{RedisDialer, RedisListener};
 use drs_transport_tcp::{TcpDialer, TcpListener};
 use drs_transport_ws::{WsConfig, WsDialer, WsListener};
 use futures::{SinkExt, StreamExt};
@@ -65,6 +66,9 @@ pub enum Net {
     /// A service on a nats-server of the run (127.0.0.1, a free port),
     /// reached through a drs connection over NATS.
     Nats,
+    /// A service on a redis-server of the run (127.0.0.1, a free port),
+    /// reached through a drs connection over Redis lists.
+    Redis,
 }
 
 impl Net {
@@ -78,6 +82,7 @@ impl Net {
             Net::Tls => "tls",
             Net::Wss => "wss",
             Net::Nats => "nats",
+            Net::Redis => "redis",
         }
     }
 }
@@ -224,6 +229,21 @@ impl Pair {
                     .expect("listen");
                 Place::Nats(nats, service)
             }
+            Net::Redis => {
+                let url = redis_server()
+                    .expect("redis-server (checked by run)")
+                    .url(0);
+                static NEXT: AtomicUsize = AtomicUsize::new(0);
+                let service = format!("suite-{}", NEXT.fetch_add(1, Ordering::Relaxed));
+                let listener =
+                    RedisListener::bind_with(&url, &service, protocol.clone(), Default::default())
+                        .await
+                        .expect("bind");
+                server
+                    .listen_arc(listener, protocol.clone())
+                    .expect("listen");
+                Place::Redis(url, service)
+            }
         };
         Endpoint { place, protocol }
     }
@@ -238,6 +258,16 @@ pub(crate) enum Place {
     Tls(String),
     Wss(String),
     Nats(async_nats::Client, String),
+    Redis(String, String),
+}
+
+/// The redis-server of the run, started on first use (`None`: not
+/// installed). It goes with the process.
+fn redis_server() -> Option<&'static RedisServer> {
+    static SERVER: std::sync::OnceLock<Option<RedisServer>> = std::sync::OnceLock::new();
+    SERVER
+        .get_or_init(|| RedisServer::binary().map(|_| RedisServer::start()))
+        .as_ref()
 }
 
 /// The nats-server of the run, started on first use (`None`: not
@@ -294,6 +324,11 @@ impl Place {
             Place::Nats(nats, service) => {
                 client
                     .connect(NatsDialer::new(nats.clone(), service), protocol)
+                    .await
+            }
+            Place::Redis(url, service) => {
+                client
+                    .connect(RedisDialer::new(url.clone(), service), protocol)
                     .await
             }
         }
@@ -358,6 +393,10 @@ impl Endpoint {
             }
             Place::Nats(nats, service) => {
                 let dialer = NatsDialer::new(nats.clone(), service);
+                Box::new(drs_core::Dialer::dial(&dialer, spec).await.expect("dial").0)
+            }
+            Place::Redis(url, service) => {
+                let dialer = RedisDialer::new(url.clone(), service);
                 Box::new(drs_core::Dialer::dial(&dialer, spec).await.expect("dial").0)
             }
         };
@@ -449,6 +488,10 @@ where
 {
     if pair.net == Net::Nats && nats_server().is_none() {
         drs_testkit::skip(&format!("{pair:?}"), "nats-server");
+        return;
+    }
+    if pair.net == Net::Redis && redis_server().is_none() {
+        drs_testkit::skip(&format!("{pair:?}"), "redis-server");
         return;
     }
     if tokio::time::timeout(TEST_TIMEOUT, behaviour(pair))

@@ -16,3 +16,5 @@ conformance_suite!(wss_json, Pair::new(Net::Wss, Proto::Json));
 conformance_suite!(wss_msgpack, Pair::new(Net::Wss, Proto::MsgPack));
 conformance_suite!(nats_json, Pair::new(Net::Nats, Proto::Json));
 conformance_suite!(nats_msgpack, Pair::new(Net::Nats, Proto::MsgPack));
+conformance_suite!(redis_json, Pair::new(Net::Redis, Proto::Json));
+conformance_suite!(redis_msgpack, Pair::new(Net::Redis, Proto::MsgPack));

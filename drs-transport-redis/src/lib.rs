@@ -2,6 +2,11 @@
 //! manager: reconnects by itself, one multiplexed connection for commands
 //! and one for the blocking pop, so a pop never holds up a reply).
 //!
+//! - [`queue`]: a drs service on Redis: workers share a queue
+//!   (`BLMOVE` into a per-worker processing list; a reaper answers "worker
+//!   lost" for what a dead worker held, or runs it again if its action is
+//!   idempotent), drs connections with flow control and heartbeats, and
+//!   plain requests from any Redis client.
 //! - [`cerbas`]: a worker that serves unmodified Cerbas clients with drs
 //!   handlers (Cerbas's request keys, queue, response channels in JSON and
 //!   MessagePack, timeouts, cache, cron, halt).
@@ -15,6 +20,30 @@
 
 pub mod cerbas;
 mod cron;
+mod link;
 mod msgpack;
+pub mod queue;
 
+use std::io;
+
+pub use link::LinkIo;
+pub use queue::{connect, Keys, RedisConfig, RedisDialer, RedisIo, RedisListener};
 pub use redis;
+
+/// Checks a service name: letters, digits, `-`, `_` and `.` (it goes in
+/// key names, between braces).
+pub fn check_service(name: &str) -> io::Result<()> {
+    let ok = !name.is_empty()
+        && name.len() <= 200
+        && name
+            .bytes()
+            .all(|b| b.is_ascii_alphanumeric() || matches!(b, b'-' | b'_' | b'.'));
+    if ok {
+        Ok(())
+    } else {
+        Err(io::Error::new(
+            io::ErrorKind::InvalidInput,
+            format!("invalid service name {name:?}: letters, digits, '-', '_' and '.'"),
+        ))
+    }
+}

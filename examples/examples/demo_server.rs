@@ -16,7 +16,8 @@
 //!
 //! `--nats nats://HOST:PORT --service NAME` makes it one worker of service
 //! `NAME` on NATS (subject and queue group `drs.NAME`); start several and
-//! they share the calls. Broker flags count as listeners: with any
+//! they share the calls; `--redis redis://HOST:PORT/DB --service NAME`
+//! the same through Redis lists. Broker flags count as listeners: with any
 //! listener flag, no default TCP port is opened.
 //!
 //! Every limit of the server can be set from the command line, so each can
@@ -38,6 +39,7 @@ use drs_rembus::Rembus;
 use drs_tls::{ServerTls, TlsListener};
 use drs_transport_ipc::IpcListener;
 use drs_transport_nats::{async_nats, NatsListener};
+use drs_transport_redis::{RedisConfig, RedisListener};
 use drs_transport_tcp::{Keepalive, TcpListener};
 use drs_transport_ws::{WsConfig, WsListener};
 use examples::{default_server_name, demo_actions_named, init_tracing};
@@ -66,7 +68,11 @@ brokers (each counts as a listener):
   --nats URL                  serve as a NATS service: subject and queue group drs.SERVICE
                               (any number of demo_servers share it), printed as
                               `listening nats drs.SERVICE`
-  --service NAME              the service name of --nats                  (default: demo)
+  --redis redis://HOST:PORT/DB  serve as a Redis service: workers share the list
+                              drs:{SERVICE}:queue; `listening redis drs:{SERVICE}:queue`
+  --idempotent ACTIONS        actions a dead --redis worker's successor may run again
+                              (comma-separated; others are answered \"worker lost\")
+  --service NAME              the service name of --nats and --redis      (default: demo)
   --cerbas redis://HOST:PORT/DB  serve unmodified Cerbas clients through that Redis database
                               (Cerbas's dev setup uses 1): hello, echo, sum, withargs,
                               witherror, slow, asyncfunc, halt; `listening cerbas URL`
@@ -104,6 +110,8 @@ enum Bind {
     Nats(String),
     /// Cerbas clients through Redis: the URL with its database.
     Cerbas(String),
+    /// A Redis service: the URL (the service name is `--service`).
+    Redis(String),
 }
 
 /// What to listen on, each with its protocol, and the limits.
@@ -122,6 +130,8 @@ struct Settings {
     service: String,
     /// The crontab of Cerbas mode.
     cerbas_crontab: Option<PathBuf>,
+    /// Actions a dead Redis worker's successor may run again.
+    idempotent: Vec<String>,
 }
 
 fn seconds(flag: &str, v: &str) -> Result<Duration, String> {
@@ -157,6 +167,7 @@ fn parse(args: impl Iterator<Item = String>) -> Result<Settings, String> {
     let mut store = None;
     let mut service = "demo".to_string();
     let mut cerbas_crontab = None;
+    let mut idempotent = Vec::new();
     let mut args = args.peekable();
     while let Some(flag) = args.next() {
         let mut value = || args.next().ok_or_else(|| format!("{flag} needs a value"));
@@ -206,9 +217,12 @@ fn parse(args: impl Iterator<Item = String>) -> Result<Settings, String> {
             "--nats" => binds.push((Bind::Nats(value()?), protocol.clone(), token.clone())),
             "--cerbas" => binds.push((Bind::Cerbas(value()?), protocol.clone(), None)),
             "--cerbas-crontab" => cerbas_crontab = Some(PathBuf::from(value()?)),
+            "--redis" => binds.push((Bind::Redis(value()?), protocol.clone(), token.clone())),
+            "--idempotent" => idempotent.extend(value()?.split(',').map(|a| a.trim().to_string())),
             "--service" => {
                 service = value()?;
                 drs_transport_nats::check_service(&service)
+                    .and_then(|()| drs_transport_redis::check_service(&service))
                     .map_err(|e| format!("--service: {e}"))?;
             }
             "--protocol" => {
@@ -235,6 +249,7 @@ fn parse(args: impl Iterator<Item = String>) -> Result<Settings, String> {
         store,
         service,
         cerbas_crontab,
+        idempotent,
     })
 }
 
@@ -394,6 +409,14 @@ async fn main() -> ExitCode {
                     Err(e) => Err(std::io::Error::other(e)),
                 };
                 ("nats", url, bound)
+            }
+            Bind::Redis(url) => {
+                let config = RedisConfig::default().idempotent(settings.idempotent.clone());
+                let bound =
+                    RedisListener::bind_with(&url, &settings.service, protocol.clone(), config)
+                        .await;
+                let bound = bound.and_then(|l| server.listen_arc(l, protocol));
+                ("redis", url, bound)
             }
             Bind::Cerbas(url) => {
                 // The Cerbas functions are drs handlers on a server of their

@@ -88,3 +88,63 @@ fn an_unreachable_nats_server_fails_the_start_with_its_url() {
         "{stderr}"
     );
 }
+
+#[test]
+fn demo_server_serves_a_redis_service() {
+    let Some(redis_server) =
+        drs_testkit::RedisServer::start_or_skip("demo_server_serves_a_redis_service")
+    else {
+        return;
+    };
+    let url = redis_server.url(2);
+    let server = DemoServer::start(&["--redis", &url, "--service", "brokers-test"]);
+    assert_eq!(
+        server.listening,
+        [("redis".to_string(), "drs:{brokers-test}:queue".to_string())],
+        "one listener, and no default TCP port"
+    );
+    runtime().block_on(async {
+        tokio::time::timeout(Duration::from_secs(30), async {
+            use drs_transport_redis::redis;
+            let config = redis::AsyncConnectionConfig::new().set_response_timeout(None);
+            let mut r = redis::Client::open(url.as_str())
+                .unwrap()
+                .get_multiplexed_async_connection_with_config(&config)
+                .await
+                .unwrap();
+            let keys = drs_transport_redis::Keys::new("brokers-test");
+            let reply = keys.reply_list();
+            let entry = format!(
+                "R{reply}\n{}",
+                json!({"action": "add", "body": {"a": 1, "b": 2}, "key": "9"})
+            );
+            redis::cmd("RPUSH")
+                .arg(keys.queue())
+                .arg(entry)
+                .query_async::<()>(&mut r)
+                .await
+                .unwrap();
+            let (_, frame): (String, Vec<u8>) = redis::cmd("BLPOP")
+                .arg(&reply)
+                .arg(20)
+                .query_async(&mut r)
+                .await
+                .unwrap();
+            let reply: Value = serde_json::from_slice(&frame).unwrap();
+            assert_eq!(reply["key"], "9");
+            assert_eq!(reply["body"], 3.0);
+            // And a drs client, through the same service.
+            let conn = drs_core::Client::new()
+                .connect(
+                    drs_transport_redis::RedisDialer::new(url.clone(), "brokers-test"),
+                    drs_protocol_json::Json,
+                )
+                .await
+                .unwrap();
+            let echoed: String = conn.call("echo", "over redis").await.unwrap();
+            assert_eq!(echoed, "over redis");
+        })
+        .await
+        .unwrap();
+    });
+}

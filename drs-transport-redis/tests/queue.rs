@@ -1,0 +1,250 @@
+//! A drs service on a real redis-server (started here on a free port of
+//! 127.0.0.1): plain requests through the queue, workers sharing it, and
+//! what a worker killed with SIGKILL leaves behind: "worker lost" for what
+//! it held, a second run for idempotent actions, a drs connection to it
+//! closed.
+//!
+//! The killed worker is this test binary run again with
+//! `DRS_REDIS_WORKER` set.
+
+use std::{collections::HashMap, io::Write, sync::Arc, time::Duration};
+
+use drs_core::{Client, ConnConfig, Error, HandlerResult, Server};
+use drs_protocol_json::Json;
+use drs_testkit::RedisServer;
+use drs_transport_redis::{
+    redis::{self, AsyncCommands},
+    Keys, RedisConfig, RedisDialer, RedisListener,
+};
+use serde_json::{json, Value};
+use tokio::io::{AsyncBufReadExt, BufReader};
+
+const WORKER: &str = "DRS_REDIS_WORKER";
+const LIMIT: Duration = Duration::from_secs(60);
+
+fn config() -> RedisConfig {
+    RedisConfig::default()
+        .heartbeat(Duration::from_millis(200))
+        .idempotent(["again"])
+}
+
+/// Pushes a plain request and returns its reply list.
+async fn push(r: &mut redis::aio::MultiplexedConnection, keys: &Keys, frame: Value) -> String {
+    let reply = keys.reply_list();
+    let mut entry = format!("R{reply}\n").into_bytes();
+    entry.extend(frame.to_string().as_bytes());
+    let _: () = r.rpush(keys.queue(), entry).await.unwrap();
+    reply
+}
+
+/// A connection whose replies may take long (BLPOP).
+async fn redis_conn(url: &str) -> redis::aio::MultiplexedConnection {
+    let config = redis::AsyncConnectionConfig::new().set_response_timeout(None);
+    redis::Client::open(url)
+        .unwrap()
+        .get_multiplexed_async_connection_with_config(&config)
+        .await
+        .unwrap()
+}
+
+async fn take(r: &mut redis::aio::MultiplexedConnection, reply: &str) -> Value {
+    let (_, frame): (String, Vec<u8>) = redis::cmd("BLPOP")
+        .arg(reply)
+        .arg(30)
+        .query_async(r)
+        .await
+        .unwrap();
+    serde_json::from_slice(&frame).unwrap()
+}
+
+async fn worker_server(url: &str, service: &str, name: &'static str) -> Server {
+    let server = Server::new();
+    server.on("who", move || async move { HandlerResult::Ok(name) });
+    server.on("again", move || async move { HandlerResult::Ok(name) });
+    server.on("add", |(a, b): (i64, i64)| async move {
+        HandlerResult::Ok(a + b)
+    });
+    let listener = RedisListener::bind_with(url, service, Arc::new(Json), config())
+        .await
+        .unwrap();
+    server.listen(listener, Json).unwrap();
+    server
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn plain_requests_are_shared_by_the_workers_and_answered_once() {
+    let Some(redis_server) = RedisServer::start_or_skip("plain_requests_are_shared") else {
+        return;
+    };
+    tokio::time::timeout(LIMIT, async {
+        let url = redis_server.url(0);
+        let _a = worker_server(&url, "calc", "a").await;
+        let _b = worker_server(&url, "calc", "b").await;
+        let keys = Keys::new("calc");
+        let mut r = redis_conn(&url).await;
+        let reply = push(
+            &mut r,
+            &keys,
+            json!({"action": "add", "body": [2, 3], "key": "k"}),
+        )
+        .await;
+        let answer = take(&mut r, &reply).await;
+        assert_eq!(answer["action"], "drs.response");
+        assert_eq!(answer["key"], "k");
+        assert_eq!(answer["body"], 5);
+        // Garbage in the queue is dropped; what follows is served.
+        let _: () = r.rpush(keys.queue(), "nonsense").await.unwrap();
+        let mut by = HashMap::<String, usize>::new();
+        let mut replies = Vec::new();
+        for i in 0..200 {
+            let frame = json!({"action": "who", "key": i.to_string()});
+            replies.push(push(&mut r, &keys, frame).await);
+        }
+        for (i, reply) in replies.iter().enumerate() {
+            let answer = take(&mut r, reply).await;
+            assert_eq!(answer["key"], i.to_string());
+            *by.entry(answer["body"].as_str().unwrap().to_string())
+                .or_default() += 1;
+            let left: usize = r.llen(reply).await.unwrap();
+            assert_eq!(left, 0, "one reply each");
+        }
+        assert_eq!(by.len(), 2, "both workers took requests: {by:?}");
+        // Nothing is left in anyone's processing list.
+        let processing: Vec<String> = r.keys("drs:{calc}:processing:*").await.unwrap();
+        for list in processing {
+            let n: usize = r.llen(&list).await.unwrap();
+            assert_eq!(n, 0, "{list}");
+        }
+    })
+    .await
+    .unwrap();
+}
+
+/// A worker process whose handlers never finish; it says `started ACTION`
+/// for each.
+#[test]
+fn hanging_worker_process() {
+    let Ok(url) = std::env::var(WORKER) else {
+        return;
+    };
+    let rt = tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(2)
+        .enable_all()
+        .build()
+        .unwrap();
+    rt.block_on(async {
+        let server = Server::new();
+        for action in ["hang", "again"] {
+            server.on(action, move || {
+                let mut out = std::io::stdout().lock();
+                let _ = writeln!(out, "started {action}");
+                let _ = out.flush();
+                std::future::pending::<HandlerResult<()>>()
+            });
+        }
+        let listener = RedisListener::bind_with(&url, "fragile", Arc::new(Json), config())
+            .await
+            .unwrap();
+        server.listen(listener, Json).unwrap();
+        let mut out = std::io::stdout().lock();
+        let _ = writeln!(out, "ready");
+        let _ = out.flush();
+        drop(out);
+        std::future::pending::<()>().await;
+    });
+}
+
+async fn wait_for(
+    lines: &mut tokio::io::Lines<BufReader<tokio::process::ChildStdout>>,
+    what: &str,
+) {
+    while let Some(line) = lines.next_line().await.unwrap() {
+        if line.contains(what) {
+            return;
+        }
+    }
+    panic!("the worker ended before {what}");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn what_a_killed_worker_held_is_answered_worker_lost_or_run_again() {
+    let Some(redis_server) = RedisServer::start_or_skip("what_a_killed_worker_held") else {
+        return;
+    };
+    tokio::time::timeout(LIMIT, async {
+        let url = redis_server.url(0);
+        let mut victim = tokio::process::Command::new(std::env::current_exe().unwrap())
+            .args([
+                "--exact",
+                "hanging_worker_process",
+                "--nocapture",
+                "--test-threads=1",
+            ])
+            .env(WORKER, &url)
+            .stdout(std::process::Stdio::piped())
+            .stderr(std::process::Stdio::null())
+            .kill_on_drop(true)
+            .spawn()
+            .unwrap();
+        let mut lines = BufReader::new(victim.stdout.take().unwrap()).lines();
+        wait_for(&mut lines, "ready").await;
+        let keys = Keys::new("fragile");
+        let mut r = redis_conn(&url).await;
+        // A drs connection to the victim, with a call in flight.
+        let conn = Client::new()
+            .config(ConnConfig::default().call_timeout(Duration::from_secs(60)))
+            .connect(
+                RedisDialer::new(url.clone(), "fragile").config(config()),
+                Json,
+            )
+            .await
+            .unwrap();
+        let call = tokio::spawn(async move { conn.call::<Value>("hang", ()).await });
+        wait_for(&mut lines, "started hang").await;
+        // And plain requests it took: one not idempotent, one idempotent.
+        let lost = push(&mut r, &keys, json!({"action": "hang", "key": "h"})).await;
+        wait_for(&mut lines, "started hang").await;
+        let again = push(&mut r, &keys, json!({"action": "again", "key": "a"})).await;
+        wait_for(&mut lines, "started again").await;
+        victim.start_kill().unwrap(); // SIGKILL
+        victim.wait().await.unwrap();
+        // A worker that is alive reaps them.
+        let _survivor = worker_server(&url, "fragile", "survivor").await;
+        let answer = take(&mut r, &lost).await;
+        assert_eq!(answer["action"], "drs.error", "{answer}");
+        assert_eq!(answer["key"], "h");
+        assert_eq!(answer["body"]["message"], "worker lost");
+        let answer = take(&mut r, &again).await;
+        assert_eq!(answer["action"], "drs.response", "{answer}");
+        assert_eq!(answer["key"], "a");
+        assert_eq!(answer["body"], "survivor");
+        // The connection's call failed as closed, not by its timeout.
+        let err = call.await.unwrap().unwrap_err();
+        assert!(matches!(err, Error::Closed), "{err:?}");
+    })
+    .await
+    .unwrap();
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn dialing_a_service_without_workers_times_out_and_takes_its_connect_back() {
+    let Some(redis_server) = RedisServer::start_or_skip("dialing_a_service_without_workers") else {
+        return;
+    };
+    tokio::time::timeout(LIMIT, async {
+        let url = redis_server.url(0);
+        let dialer = RedisDialer::new(url.clone(), "nobody")
+            .config(RedisConfig::default().connect_timeout(Duration::from_millis(300)));
+        let err = Client::new().connect(dialer, Json).await.unwrap_err();
+        let Error::Io(e) = &err else {
+            panic!("{err:?}")
+        };
+        assert_eq!(e.kind(), std::io::ErrorKind::TimedOut);
+        assert!(err.to_string().contains("drs:{nobody}:queue"), "{err}");
+        let mut r = redis_conn(&url).await;
+        let queued: usize = r.llen(Keys::new("nobody").queue()).await.unwrap();
+        assert_eq!(queued, 0, "the connect was taken back");
+    })
+    .await
+    .unwrap();
+}
