@@ -233,6 +233,89 @@ pub(crate) async fn calls(
                 let conn = drs_transport_tcp::connect(addr, drs_protocol_json::Json).await?;
                 tokio::spawn(async move { drs_client(conn, inflight, payload, window).await })
             }
+            "drs-nats" => {
+                let (url, service) = addr.split_once('|').ok_or("URL|service")?;
+                let nats = async_nats::connect(url).await?;
+                let dialer = drs_transport_nats::NatsDialer::new(nats, service);
+                let conn = drs_core::Client::new()
+                    .connect(dialer, drs_protocol_json::Json)
+                    .await?;
+                tokio::spawn(async move { drs_client(conn, inflight, payload, window).await })
+            }
+            "drs-redis" => {
+                let (url, service) = addr.split_once('|').ok_or("URL|service")?;
+                let dialer = drs_transport_redis::RedisDialer::new(url, service);
+                let conn = drs_core::Client::new()
+                    .connect(dialer, drs_protocol_json::Json)
+                    .await?;
+                tokio::spawn(async move { drs_client(conn, inflight, payload, window).await })
+            }
+            "nats-raw" => {
+                let (url, subject) = addr.split_once('|').ok_or("URL|subject")?;
+                let nats = async_nats::connect(url).await?;
+                let (subject, payload) = (subject.to_string(), bytes::Bytes::from(payload));
+                tokio::spawn(client_loop(inflight, window, move || {
+                    let (nats, subject, payload) = (nats.clone(), subject.clone(), payload.clone());
+                    async move {
+                        let back = nats.request(subject, payload).await?;
+                        debug_assert!(!back.payload.is_empty());
+                        Ok::<_, async_nats::RequestError>(())
+                    }
+                }))
+            }
+            "redis-raw" => {
+                use drs_transport_redis::redis;
+                let (url, queue) = addr.split_once('|').ok_or("URL|queue")?;
+                let client = redis::Client::open(url)?;
+                let blocking = redis::AsyncConnectionConfig::new().set_response_timeout(None);
+                // Each request in flight waits on a reply list and a
+                // connection of its own.
+                let mut slots = Vec::new();
+                for i in 0..inflight {
+                    let conn = client
+                        .get_multiplexed_async_connection_with_config(&blocking)
+                        .await?;
+                    let reply = format!("bench:reply:{}:{i}:{}", std::process::id(), ts());
+                    let mut entry = format!("{reply}\n").into_bytes();
+                    entry.extend(payload.as_bytes());
+                    slots.push((conn, reply, entry));
+                }
+                let queue = queue.to_string();
+                tokio::spawn(async move {
+                    let mut hists = Vec::new();
+                    let runs: Vec<_> = slots
+                        .into_iter()
+                        .map(|slot| {
+                            let queue = queue.clone();
+                            let slot = std::sync::Arc::new(tokio::sync::Mutex::new(slot));
+                            client_loop(1, window, move || {
+                                let (queue, slot) = (queue.clone(), slot.clone());
+                                async move {
+                                    let mut slot = slot.lock().await;
+                                    let (conn, reply, entry) = &mut *slot;
+                                    let entry = entry.clone();
+                                    let reply = reply.clone();
+                                    redis::cmd("RPUSH")
+                                        .arg(&queue)
+                                        .arg(entry)
+                                        .query_async::<()>(conn)
+                                        .await?;
+                                    let _: (String, Vec<u8>) = redis::cmd("BLPOP")
+                                        .arg(&reply)
+                                        .arg(0)
+                                        .query_async(conn)
+                                        .await?;
+                                    Ok::<_, redis::RedisError>(())
+                                }
+                            })
+                        })
+                        .collect();
+                    for h in futures::future::join_all(runs).await {
+                        hists.extend(h?);
+                    }
+                    Ok(hists)
+                })
+            }
             "tarpc" => {
                 let s = tokio::net::TcpStream::connect(addr).await?;
                 s.set_nodelay(true)?;

@@ -22,7 +22,10 @@
 //! the same echo floors inside rustls; broadcast; pub/sub fan-out to 1, 100
 //! and 1,000 subscribers against the same fan-out floor; confirmed
 //! publishes stored for a retroactive subscriber, in memory and in the
-//! redb store; fire; idle memory.
+//! redb store; calls through NATS (drs over NATS against a raw async-nats
+//! request/reply echo) and through Redis (drs over Redis lists against a
+//! raw list-queue echo), on servers started on free ports, skipped where
+//! not installed; fire; idle memory.
 
 // A command-line tool: its output is the point.
 #![allow(clippy::print_stdout)]
@@ -289,6 +292,16 @@ const IPC_SYSTEMS: &[(&str, &str, &str)] = &[
     ("drs json", "drs-ipc-json", "lines-ipc"),
 ];
 
+/// Through brokers: the raw request/reply of each against drs over it.
+const NATS_SYSTEMS: &[(&str, &str, &str)] = &[
+    ("nats raw", "nats-echo", "nats-raw"),
+    ("drs json over nats", "drs-nats-json", "drs-nats"),
+];
+const REDIS_SYSTEMS: &[(&str, &str, &str)] = &[
+    ("redis raw", "redis-echo", "redis-raw"),
+    ("drs json over redis", "drs-redis-json", "drs-redis"),
+];
+
 fn orchestrate(args: &[String]) -> Res<()> {
     let o = parse_opts(args)?;
     let cores = std::thread::available_parallelism().map_or(1, |n| n.get());
@@ -298,7 +311,7 @@ fn orchestrate(args: &[String]) -> Res<()> {
         pin: o.pin && cores >= 2 && has_taskset,
     };
     let (warm, dur) = (o.warmup.to_string(), o.duration.to_string());
-    let wanted = |name: &str| o.only.as_deref().map_or(true, |f| name.contains(f));
+    let wanted = |name: &str| o.only.as_deref().is_none_or(|f| name.contains(f));
     let mut rows = Vec::new();
 
     let shapes: &[(usize, usize)] = &[(1, 1), (1, 64), (32, 8)];
@@ -337,6 +350,52 @@ fn orchestrate(args: &[String]) -> Res<()> {
             }
         }
     }
+
+    // Through a broker: drs over NATS against a raw async-nats
+    // request/reply echo on the same nats-server, drs over Redis against a
+    // raw Redis list-queue echo on the same redis-server. The broker runs
+    // unpinned beside the two pinned processes.
+    let nats = drs_testkit::NatsServer::binary().map(|_| drs_testkit::NatsServer::start(false));
+    let redis = drs_testkit::RedisServer::binary().map(|_| drs_testkit::RedisServer::start());
+    if let Some(n) = &nats {
+        std::env::set_var(servers::NATS_URL, n.url());
+    }
+    if let Some(r) = &redis {
+        std::env::set_var(servers::REDIS_URL, r.url(0));
+    }
+    for (group, systems, up) in [
+        ("NATS", NATS_SYSTEMS, nats.is_some()),
+        ("Redis", REDIS_SYSTEMS, redis.is_some()),
+    ] {
+        if !up {
+            eprintln!("{group}: skipped, its server is not installed");
+            continue;
+        }
+        for &(c, k) in shapes {
+            let scenario = format!("{c}×{k}, 64 B");
+            if !wanted(&format!("{group} {scenario}")) {
+                continue;
+            }
+            for &(label, system, client) in systems {
+                let (server, addr) = h.server(system)?;
+                let (cs, ks) = (c.to_string(), k.to_string());
+                let result = h.load(&[client, &addr, &warm, &dur, &cs, &ks, "64"]);
+                stop(server);
+                let result = result.map_err(|e| format!("{group} {scenario} {label}: {e}"))?;
+                eprintln!(
+                    "{group:9} {scenario:14} {label:22} {:>12.0} calls/s",
+                    result["rate"].as_f64().unwrap_or(0.0)
+                );
+                rows.push(Row {
+                    group,
+                    scenario: scenario.clone(),
+                    system: label,
+                    result,
+                });
+            }
+        }
+    }
+    drop((nats, redis));
 
     for &(streams, window) in STREAM_SHAPES {
         let scenario = format!(
@@ -593,6 +652,8 @@ fn render(rows: &[Row]) -> String {
         "TLS" | "WSS" => None,
         "TCP" => Some("tarpc json"),
         "WebSocket" => Some("jsonrpsee"),
+        "NATS" => Some("nats raw"),
+        "Redis" => Some("redis raw"),
         _ => None,
     };
     for r in rows {

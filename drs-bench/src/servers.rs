@@ -39,6 +39,10 @@ pub(crate) const SYSTEMS: &[&str] = &[
     "drs-wss-json",
     "tarpc-tcp",
     "jsonrpsee-ws",
+    "nats-echo",
+    "drs-nats-json",
+    "redis-echo",
+    "drs-redis-json",
 ];
 
 fn ready(addr: &str) {
@@ -124,7 +128,11 @@ pub(crate) async fn serve(system: &str) -> Result<(), Box<dyn std::error::Error 
         | "drs-ws-json"
         | "drs-ws-msgpack"
         | "drs-tls-json"
-        | "drs-wss-json" => drs_server(system).await,
+        | "drs-wss-json"
+        | "drs-nats-json"
+        | "drs-redis-json" => drs_server(system).await,
+        "nats-echo" => nats_echo().await,
+        "redis-echo" => redis_echo().await,
         "tarpc-tcp" => tarpc_server().await,
         "jsonrpsee-ws" => jsonrpsee_server().await,
         other => Err(format!("unknown system {other}; one of {SYSTEMS:?}").into()),
@@ -377,6 +385,21 @@ async fn drs_server(system: &str) -> Result<(), Box<dyn std::error::Error + Send
                 .tls(server_tls()?),
             json,
         )?,
+        "drs-nats-json" => {
+            let url = broker_url(NATS_URL)?;
+            let nats = async_nats::connect(&url).await?;
+            server.listen(
+                drs_transport_nats::NatsListener::bind(&nats, "bench").await?,
+                json,
+            )?;
+            format!("{url}|bench")
+        }
+        "drs-redis-json" => {
+            let url = broker_url(REDIS_URL)?;
+            let listener = drs_transport_redis::RedisListener::bind(&url, "bench", json).await?;
+            server.listen(listener, json)?;
+            format!("{url}|bench")
+        }
         _ => unreachable!("checked by the caller"),
     };
     if broker.is_some() {
@@ -451,4 +474,63 @@ async fn jsonrpsee_server() -> Result<(), Box<dyn std::error::Error + Send + Syn
     ready(&addr.to_string());
     handle.stopped().await;
     Ok(())
+}
+
+/// The environment variables the orchestrator sets to its brokers' URLs.
+pub(crate) const NATS_URL: &str = "DRS_BENCH_NATS";
+pub(crate) const REDIS_URL: &str = "DRS_BENCH_REDIS";
+
+fn broker_url(var: &str) -> Result<String, Box<dyn std::error::Error + Send + Sync>> {
+    std::env::var(var).map_err(|_| format!("{var} is not set (the orchestrator sets it)").into())
+}
+
+/// The NATS floor: a plain request/reply echo on `bench.echo`.
+async fn nats_echo() -> Result<(), Box<dyn std::error::Error + Send + Sync>> {
+    use futures::StreamExt;
+    let url = broker_url(NATS_URL)?;
+    let nats = async_nats::connect(&url).await?;
+    let mut sub = nats
+        .queue_subscribe("bench.echo", "bench.echo".to_string())
+        .await?;
+    nats.flush().await?;
+    ready(&format!("{url}|bench.echo"));
+    while let Some(msg) = sub.next().await {
+        if let Some(reply) = msg.reply {
+            nats.publish(reply, msg.payload).await?;
+        }
+    }
+    Ok(())
+}
+
+/// The Redis floor: a list-queue echo. Requests are `<reply list>\n<payload>`
+/// on `bench:queue`; each payload is pushed to its reply list.
+async fn redis_echo() -> Result<(), Box<dyn std::error::Error + Send + Sync>> {
+    use drs_transport_redis::redis;
+    let url = broker_url(REDIS_URL)?;
+    let client = redis::Client::open(url.as_str())?;
+    let blocking = redis::AsyncConnectionConfig::new().set_response_timeout(None);
+    let mut popper = client
+        .get_multiplexed_async_connection_with_config(&blocking)
+        .await?;
+    let pusher = client.get_multiplexed_async_connection().await?;
+    ready(&format!("{url}|bench:queue"));
+    loop {
+        let (_, entry): (String, Vec<u8>) = redis::cmd("BLPOP")
+            .arg("bench:queue")
+            .arg(0)
+            .query_async(&mut popper)
+            .await?;
+        let Some(nl) = entry.iter().position(|b| *b == b'\n') else {
+            continue;
+        };
+        let mut pusher = pusher.clone();
+        // The reply is written while the next request is popped.
+        tokio::spawn(async move {
+            let _: redis::RedisResult<()> = redis::cmd("RPUSH")
+                .arg(&entry[..nl])
+                .arg(&entry[nl + 1..])
+                .query_async(&mut pusher)
+                .await;
+        });
+    }
 }

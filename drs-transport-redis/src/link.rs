@@ -26,10 +26,13 @@ pub(crate) const ACK: u8 = b'A';
 /// The peer closed.
 pub(crate) const CLOSE: u8 = b'C';
 
-/// Sends a frame or a control message to the peer.
+/// Sends frames or a control message to the peer, in order, in one go.
 pub(crate) trait Out: Send + Sync + 'static {
-    fn send(&self, kind: u8, payload: Bytes) -> BoxFuture<'static, io::Result<()>>;
+    fn send(&self, kind: u8, payloads: Vec<Bytes>) -> BoxFuture<'static, io::Result<()>>;
 }
+
+/// Frames a connection holds before it waits for those on their way.
+const BATCH: usize = 256;
 
 type Frames = mpsc::UnboundedReceiver<io::Result<Bytes>>;
 
@@ -146,6 +149,9 @@ pub struct LinkIo {
     kind: Kind,
     max_frame_len: usize,
     sending: Option<BoxFuture<'static, io::Result<()>>>,
+    /// Frames written and not yet sent: they go together on the next
+    /// flush (one round trip for a burst).
+    batch: Vec<Bytes>,
     ended: bool,
 }
 
@@ -185,6 +191,7 @@ impl LinkIo {
             },
             max_frame_len,
             sending: None,
+            batch: Vec::new(),
             ended: false,
         }
     }
@@ -205,6 +212,7 @@ impl LinkIo {
             },
             max_frame_len,
             sending: None,
+            batch: Vec::new(),
             ended: false,
         }
     }
@@ -216,6 +224,21 @@ impl LinkIo {
             r?;
         }
         Poll::Ready(Ok(()))
+    }
+
+    /// Sends what is batched (after what is on its way) until all is out.
+    fn poll_drain(&mut self, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
+        loop {
+            futures::ready!(self.poll_sending(cx))?;
+            if self.batch.is_empty() {
+                return Poll::Ready(Ok(()));
+            }
+            if let Kind::Link { out, .. } = &self.kind {
+                self.sending = Some(out.send(DATA, std::mem::take(&mut self.batch)));
+            } else {
+                self.batch.clear();
+            }
+        }
     }
 }
 
@@ -232,7 +255,7 @@ fn ack(
         return;
     }
     let n = std::mem::take(unacked);
-    let mut f = out.send(ACK, Bytes::from(n.to_string()));
+    let mut f = out.send(ACK, vec![Bytes::from(n.to_string())]);
     if f.poll_unpin(cx).is_pending() {
         *acking = Some(f);
     }
@@ -315,7 +338,15 @@ impl Sink<Bytes> for LinkIo {
 
     fn poll_ready(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
         let this = self.get_mut();
-        futures::ready!(this.poll_sending(cx))?;
+        if this.batch.len() >= BATCH {
+            futures::ready!(this.poll_drain(cx))?;
+        } else if this.sending.is_some() {
+            // Progress for what is on its way; waiting on it only when
+            // the batch is full.
+            if let Poll::Ready(r) = this.poll_sending(cx) {
+                r?;
+            }
+        }
         if let Kind::Link { link, .. } = &this.kind {
             let s = &link.0;
             if s.credit.load(Ordering::Acquire) <= 0 {
@@ -332,10 +363,11 @@ impl Sink<Bytes> for LinkIo {
         let this = self.get_mut();
         match &mut this.kind {
             Kind::Link { link, out, .. } => {
+                let _ = out;
                 link.0
                     .credit
                     .fetch_sub(frame.len() as i64, Ordering::AcqRel);
-                this.sending = Some(out.send(DATA, frame));
+                this.batch.push(frame);
             }
             Kind::OneShot {
                 answered,
@@ -360,19 +392,19 @@ impl Sink<Bytes> for LinkIo {
     }
 
     fn poll_flush(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
-        self.get_mut().poll_sending(cx)
+        self.get_mut().poll_drain(cx)
     }
 
     fn poll_close(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
         let this = self.get_mut();
-        futures::ready!(this.poll_sending(cx))?;
+        futures::ready!(this.poll_drain(cx))?;
         if let Kind::Link {
             out, close_sent, ..
         } = &mut this.kind
         {
             if !*close_sent {
                 *close_sent = true;
-                this.sending = Some(out.send(CLOSE, Bytes::new()));
+                this.sending = Some(out.send(CLOSE, vec![Bytes::new()]));
                 futures::ready!(this.poll_sending(cx))?;
             }
         }
@@ -393,7 +425,7 @@ impl Drop for LinkIo {
                 if !*close_sent {
                     *close_sent = true;
                     if let Some(rt) = &rt {
-                        rt.spawn(out.send(CLOSE, Bytes::new()));
+                        rt.spawn(out.send(CLOSE, vec![Bytes::new()]));
                     }
                 }
                 if let Some(f) = on_drop.take() {

@@ -264,32 +264,22 @@ struct RedisOut {
     redis: ConnectionManager,
     list: String,
     id: u64,
-    /// Lists written to expire after this (client lists: a dead client's
-    /// list goes by itself).
-    ttl: Option<Duration>,
 }
 
 impl Out for RedisOut {
     fn send(
         &self,
         kind: u8,
-        payload: Bytes,
+        payloads: Vec<Bytes>,
     ) -> futures::future::BoxFuture<'static, io::Result<()>> {
         let mut redis = self.redis.clone();
-        let list = self.list.clone();
-        let entry = envelope(kind, &self.id.to_string(), &payload);
-        let ttl = self.ttl;
-        Box::pin(async move {
-            let mut pipe = redis::pipe();
-            pipe.cmd("RPUSH").arg(&list).arg(entry).ignore();
-            if let Some(ttl) = ttl {
-                pipe.cmd("PEXPIRE")
-                    .arg(&list)
-                    .arg(ttl.as_millis() as u64)
-                    .ignore();
-            }
-            pipe.query_async::<()>(&mut redis).await.map_err(io_err)
-        })
+        let head = self.id.to_string();
+        let mut push = redis::cmd("RPUSH");
+        push.arg(&self.list);
+        for payload in &payloads {
+            push.arg(envelope(kind, &head, payload));
+        }
+        Box::pin(async move { push.query_async::<()>(&mut redis).await.map_err(io_err) })
     }
 }
 
@@ -537,7 +527,6 @@ async fn take_queue(shared: Arc<Shared>, mut popper: ConnectionManager) {
                     redis: redis.clone(),
                     list: client_list.clone(),
                     id: 0,
-                    ttl: Some(shared.config.reply_ttl),
                 };
                 shared
                     .conns
@@ -583,39 +572,50 @@ async fn take_queue(shared: Arc<Shared>, mut popper: ConnectionManager) {
     }
 }
 
+/// Takes up to 256 entries of `list` in one round trip, waiting up to a
+/// second for the first (`BLMPOP`, Redis 7).
+async fn pop_batch(popper: &mut ConnectionManager, list: &str) -> redis::RedisResult<Vec<Vec<u8>>> {
+    let popped: Option<(String, Vec<Vec<u8>>)> = redis::cmd("BLMPOP")
+        .arg(1)
+        .arg(1)
+        .arg(list)
+        .arg("LEFT")
+        .arg("COUNT")
+        .arg(256)
+        .query_async(popper)
+        .await?;
+    Ok(popped.map(|(_, entries)| entries).unwrap_or_default())
+}
+
 /// Routes what comes to the worker's inbox to its connections.
 async fn take_inbox(shared: Arc<Shared>, mut popper: ConnectionManager) {
     let inbox = shared.keys.inbox(&shared.worker);
     loop {
-        let popped: redis::RedisResult<Option<(String, Vec<u8>)>> = redis::cmd("BLPOP")
-            .arg(&inbox)
-            .arg(1)
-            .query_async(&mut popper)
-            .await;
-        let entry = match popped {
-            Ok(Some((_, entry))) => entry,
-            Ok(None) => continue,
+        let entries = match pop_batch(&mut popper, &inbox).await {
+            Ok(entries) => entries,
             Err(e) => {
                 tracing::warn!(error = %e, "redis worker: BLPOP failed; trying again");
                 tokio::time::sleep(Duration::from_millis(200)).await;
                 continue;
             }
         };
-        let Some((kind, head, payload)) = open(&entry) else {
-            continue;
-        };
-        let Ok(id) = head.parse::<u64>() else {
-            continue;
-        };
-        let link = shared
-            .conns
-            .lock()
-            .unwrap()
-            .get(&id)
-            .map(|(l, _)| l.clone());
-        if let Some(link) = link {
-            if let Route::End = link.route(kind, Bytes::copy_from_slice(payload)) {
-                shared.conns.lock().unwrap().remove(&id);
+        for entry in entries {
+            let Some((kind, head, payload)) = open(&entry) else {
+                continue;
+            };
+            let Ok(id) = head.parse::<u64>() else {
+                continue;
+            };
+            let link = shared
+                .conns
+                .lock()
+                .unwrap()
+                .get(&id)
+                .map(|(l, _)| l.clone());
+            if let Some(link) = link {
+                if let Route::End = link.route(kind, Bytes::copy_from_slice(payload)) {
+                    shared.conns.lock().unwrap().remove(&id);
+                }
             }
         }
     }
@@ -652,6 +652,7 @@ async fn keep_alive(shared: Arc<Shared>) {
                             format!("the client {client} is gone (no heartbeat)"),
                         ));
                         shared.conns.lock().unwrap().remove(id);
+                        let _: redis::RedisResult<()> = redis.del(shared.keys.client(client)).await;
                     }
                 }
             }
@@ -848,7 +849,6 @@ impl Dialer for RedisDialer {
             redis: redis.clone(),
             list: inbox.clone(),
             id,
-            ttl: None,
         };
         let (stop_tx, stop) = tokio::sync::oneshot::channel::<()>();
         tokio::spawn(client_pump(
@@ -894,6 +894,8 @@ async fn client_pump(
         let alive = alive.clone();
         let link = link.clone();
         let dead_after = config.dead_after().as_millis() as u64;
+        let reply_ttl = config.reply_ttl.as_millis() as u64;
+        let list = list.clone();
         async move {
             let mut tick = tokio::time::interval(config.heartbeat);
             loop {
@@ -905,6 +907,9 @@ async fn client_pump(
                     .arg("PX")
                     .arg(dead_after)
                     .ignore();
+                // Our list goes by itself if we die (and the worker drops
+                // it when it sees us gone).
+                pipe.cmd("PEXPIRE").arg(&list).arg(reply_ttl).ignore();
                 pipe.cmd("EXISTS").arg(&worker_key);
                 match pipe.query_async::<(bool,)>(&mut redis).await {
                     Ok((true,)) => {}
@@ -922,20 +927,16 @@ async fn client_pump(
     };
     let reads = async {
         loop {
-            let popped: redis::RedisResult<Option<(String, Vec<u8>)>> = redis::cmd("BLPOP")
-                .arg(&list)
-                .arg(1)
-                .query_async(&mut popper)
-                .await;
-            match popped {
-                Ok(Some((_, entry))) => {
-                    if let Some((kind, _, payload)) = open(&entry) {
-                        if let Route::End = link.route(kind, Bytes::copy_from_slice(payload)) {
-                            return;
+            match pop_batch(&mut popper, &list).await {
+                Ok(entries) => {
+                    for entry in entries {
+                        if let Some((kind, _, payload)) = open(&entry) {
+                            if let Route::End = link.route(kind, Bytes::copy_from_slice(payload)) {
+                                return;
+                            }
                         }
                     }
                 }
-                Ok(None) => {}
                 Err(e) => {
                     tracing::debug!(error = %e, "redis client: BLPOP failed");
                     tokio::time::sleep(Duration::from_millis(100)).await;

@@ -671,9 +671,11 @@ impl Conn {
         self.shared.closed.cancelled().await;
     }
 
-    /// Whether the connection is closed.
+    /// Whether the connection is closed (or ending: its pending calls have
+    /// failed, so whoever learns of the end from one of them sees it
+    /// closed too).
     pub fn is_closed(&self) -> bool {
-        self.shared.closed.is_cancelled()
+        self.shared.closed.is_cancelled() || self.shared.pending.is_closed()
     }
 
     /// How many calls on this connection are waiting for a reply.
