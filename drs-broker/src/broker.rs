@@ -1320,6 +1320,13 @@ impl Broker {
             .map(|(conn, cs)| (conn.clone(), cs.relaying.clone()))
     }
 
+    /// Whether the jails let `conn` publish to `topic` (`publish`), or
+    /// subscribe to the pattern `topic` (for bridges that take over a
+    /// command, e.g. to carry it through NATS).
+    pub fn allows(&self, conn: &Conn, topic: &str, publish: bool) -> bool {
+        self.inner.config.allows(conn, topic, publish)
+    }
+
     /// Whether some connection exposes `action`.
     pub fn is_exposed(&self, action: &str) -> bool {
         lock(&self.inner.state)

@@ -84,6 +84,7 @@
 //! # Ok(()) }
 //! ```
 
+pub mod broker;
 mod link;
 
 use std::{
@@ -104,6 +105,7 @@ use futures::StreamExt;
 use tokio::{sync::mpsc, task::JoinHandle};
 
 pub use async_nats;
+pub use broker::{NatsBroker, NatsBrokerConfig};
 pub use link::NatsIo;
 use link::{Control, LinkState};
 

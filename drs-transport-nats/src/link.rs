@@ -506,6 +506,9 @@ impl Sink<Bytes> for NatsIo {
                 this.sending = Some(Box::pin(async move {
                     nats.publish_with_headers(peer, control_headers("close"), Bytes::new())
                         .await
+                        .map_err(|e| io::Error::new(io::ErrorKind::BrokenPipe, e))?;
+                    nats.flush()
+                        .await
                         .map_err(|e| io::Error::new(io::ErrorKind::BrokenPipe, e))
                 }));
                 futures::ready!(this.poll_sending(cx))?;
@@ -531,6 +534,9 @@ impl Drop for NatsIo {
                     rt.spawn(async move {
                         let h = control_headers("close");
                         let _ = nats.publish_with_headers(peer, h, Bytes::new()).await;
+                        // Written before this last handle on the NATS
+                        // connection may go.
+                        let _ = nats.flush().await;
                     });
                 }
             }

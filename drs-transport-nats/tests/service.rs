@@ -219,3 +219,37 @@ async fn the_window_holds_a_peer_that_does_not_read() {
     .await
     .unwrap();
 }
+
+/// A client that closes tells the worker at once (not by a heartbeat).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_closed_client_is_gone_from_the_worker_at_once() {
+    let Some(nats_server) = NatsServer::start_or_skip("a_closed_client_is_gone") else {
+        return;
+    };
+    tokio::time::timeout(LIMIT, async {
+        let nats = async_nats::connect(nats_server.url()).await.unwrap();
+        let server = demo_server();
+        let slow = drs_transport_nats::NatsConfig::default().heartbeat(Duration::from_secs(3600));
+        server
+            .listen(
+                NatsListener::bind_with(&nats, "bye", slow.clone())
+                    .await
+                    .unwrap(),
+                Json,
+            )
+            .unwrap();
+        let conn = Client::new()
+            .connect(NatsDialer::new(nats.clone(), "bye").config(slow), Json)
+            .await
+            .unwrap();
+        let _: i64 = conn.call("add", (1, 1)).await.unwrap();
+        assert_eq!(server.connection_count(), 1);
+        conn.close();
+        conn.closed().await;
+        while server.connection_count() != 0 {
+            tokio::task::yield_now().await;
+        }
+    })
+    .await
+    .unwrap();
+}

@@ -38,7 +38,7 @@ use drs_protocol_msgpack::MsgPack;
 use drs_rembus::Rembus;
 use drs_tls::{ServerTls, TlsListener};
 use drs_transport_ipc::IpcListener;
-use drs_transport_nats::{async_nats, NatsListener};
+use drs_transport_nats::{async_nats, NatsBroker, NatsBrokerConfig, NatsListener};
 use drs_transport_redis::{RedisConfig, RedisListener};
 use drs_transport_tcp::{Keepalive, TcpListener};
 use drs_transport_ws::{WsConfig, WsListener};
@@ -67,7 +67,9 @@ limits (durations in seconds, fractions allowed; 0 turns an optional one off):
 brokers (each counts as a listener):
   --nats URL                  serve as a NATS service: subject and queue group drs.SERVICE
                               (any number of demo_servers share it), printed as
-                              `listening nats drs.SERVICE`
+                              `listening nats drs.SERVICE`; pub/sub goes through NATS
+                              subjects drs.SERVICE.topic.>, retroactive topics of named
+                              components through JetStream (stream DRS_SERVICE) if enabled
   --redis redis://HOST:PORT/DB  serve as a Redis service: workers share the list
                               drs:{SERVICE}:queue; `listening redis drs:{SERVICE}:queue`
   --idempotent ACTIONS        actions a dead --redis worker's successor may run again
@@ -355,8 +357,9 @@ async fn main() -> ExitCode {
     }
 
     let keepalive = settings.keepalive;
-    // Cerbas workers run while these live.
+    // Cerbas workers and NATS bridges run while these live.
     let mut cerbas = Vec::new();
+    let mut nats_brokers = Vec::new();
     for (bind, protocol, token) in settings.binds {
         let (kind, asked, bound) = match bind {
             Bind::Tcp(addr, None) => {
@@ -403,7 +406,42 @@ async fn main() -> ExitCode {
                     .name(format!("drs demo_server {}", settings.name));
                 let bound = match options.connect(url.as_str()).await {
                     Ok(nats) => match NatsListener::bind(&nats, &settings.service).await {
-                        Ok(l) => server.listen_arc(l, protocol),
+                        Ok(l) => {
+                            // Pub/sub across every worker of the service,
+                            // through NATS; retroactive topics in JetStream
+                            // when the server has it.
+                            let service = &settings.service;
+                            let config = NatsBrokerConfig::default();
+                            let joined = match NatsBroker::attach(
+                                &server,
+                                &broker,
+                                &nats,
+                                service,
+                                config.clone(),
+                            )
+                            .await
+                            {
+                                Ok(b) => Ok(b),
+                                Err(e) => {
+                                    tracing::warn!(error = %e, "no JetStream on this NATS server: retroactive topics stay with each worker");
+                                    NatsBroker::attach(
+                                        &server,
+                                        &broker,
+                                        &nats,
+                                        service,
+                                        config.jetstream(false),
+                                    )
+                                    .await
+                                }
+                            };
+                            match joined {
+                                Ok(b) => {
+                                    nats_brokers.push(b);
+                                    server.listen_arc(l, protocol)
+                                }
+                                Err(e) => Err(e),
+                            }
+                        }
                         Err(e) => Err(e),
                     },
                     Err(e) => Err(std::io::Error::other(e)),
