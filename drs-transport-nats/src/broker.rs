@@ -27,6 +27,10 @@
 //! - Jails are the local broker's: a publish or subscribe it would refuse
 //!   is refused.
 //!
+//! **Broadcasts** to every client of the service, on any worker:
+//! [`NatsBroker::broadcast`] publishes on `drs.NAME.broadcast`, and each
+//! worker broadcasts what arrives there to its own connections.
+//!
 //! Without JetStream ([`NatsBrokerConfig::jetstream`] off), retroactive
 //! subscriptions are the local broker's (kept by the worker that took
 //! them).
@@ -53,6 +57,8 @@ use futures::StreamExt;
 
 /// The header naming a published body's format (`json`, `msgpack`).
 pub const FORMAT_HEADER: &str = "Drs-Format";
+/// The header naming a service-wide broadcast's action.
+pub const ACTION_HEADER: &str = "Drs-Action";
 
 /// Settings of a [`NatsBroker`].
 #[derive(Debug, Clone)]
@@ -100,6 +106,7 @@ impl NatsBrokerConfig {
 
 struct Inner {
     nats: Nats,
+    broadcast: String,
     js: Option<jetstream::Context>,
     prefix: String,
     stream: String,
@@ -167,9 +174,27 @@ impl NatsBroker {
             .subscribe(format!("{prefix}>"))
             .await
             .map_err(nats_err)?;
+        let broadcast = format!("drs.{name}.broadcast");
+        let mut broadcasts = nats.subscribe(broadcast.clone()).await.map_err(nats_err)?;
         nats.flush().await.map_err(nats_err)?;
+        let local = server.clone();
+        tokio::spawn(async move {
+            while let Some(msg) = broadcasts.next().await {
+                let action = msg
+                    .headers
+                    .as_ref()
+                    .and_then(|h| h.get(ACTION_HEADER))
+                    .map(|v| v.as_str().to_string());
+                let Some(action) = action else {
+                    continue;
+                };
+                let body = body_of(&msg.headers, msg.payload);
+                local.broadcast_body(&action, &body);
+            }
+        });
         let inner = Arc::new(Inner {
             nats: nats.clone(),
+            broadcast,
             js,
             prefix,
             stream,
@@ -222,6 +247,20 @@ impl NatsBroker {
         self.send(topic, Bytes::from(payload), "json", true)
             .await
             .map_err(Error::Io)
+    }
+
+    /// Broadcasts `action` with `body` (JSON) to every connection of every
+    /// worker of the service.
+    pub async fn broadcast(&self, action: &str, body: impl serde::Serialize) -> Result<(), Error> {
+        let payload = serde_json::to_vec(&body).map_err(|e| Error::Io(io::Error::other(e)))?;
+        let mut headers = HeaderMap::new();
+        headers.insert(FORMAT_HEADER, "json");
+        headers.insert(ACTION_HEADER, action);
+        self.inner
+            .nats
+            .publish_with_headers(self.inner.broadcast.clone(), headers, Bytes::from(payload))
+            .await
+            .map_err(|e| Error::Io(nats_err(e)))
     }
 
     async fn send(

@@ -192,3 +192,54 @@ async fn a_named_component_gets_what_it_missed_across_a_nats_restart_once_in_ord
     .await
     .unwrap();
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_broadcast_reaches_the_clients_of_every_worker() {
+    let Some(nats_server) = NatsServer::start_or_skip("a_broadcast_reaches_the_clients") else {
+        return;
+    };
+    tokio::time::timeout(LIMIT, async {
+        let url = nats_server.url();
+        let nats = async_nats::connect(&url).await.unwrap();
+        let mut bridges = Vec::new();
+        let mut servers = Vec::new();
+        for service in ["bc-a", "bc-b"] {
+            let server = Server::new();
+            let broker = Broker::attach(&server, BrokerConfig::default()).unwrap();
+            let config = NatsBrokerConfig::default().jetstream(false);
+            bridges.push(
+                NatsBroker::attach(&server, &broker, &nats, "bc", config)
+                    .await
+                    .unwrap(),
+            );
+            server
+                .listen(NatsListener::bind(&nats, service).await.unwrap(), Json)
+                .unwrap();
+            servers.push(server);
+        }
+        let (tx, mut rx) = mpsc::unbounded_channel();
+        let mut conns = Vec::new();
+        for service in ["bc-a", "bc-b"] {
+            let tx = tx.clone();
+            let client = Client::new().on("alert", move |body: Value| {
+                let _ = tx.send(body);
+                async { HandlerResult::Ok(()) }
+            });
+            let nats = async_nats::connect(&url).await.unwrap();
+            let conn = client
+                .connect(NatsDialer::new(nats, service), Json)
+                .await
+                .unwrap();
+            let _: u64 = conn.call("drs.ping", ()).await.unwrap();
+            conns.push(conn);
+        }
+        bridges[0]
+            .broadcast("alert", json!({"level": 3}))
+            .await
+            .unwrap();
+        assert_eq!(rx.recv().await.unwrap(), json!({"level": 3}));
+        assert_eq!(rx.recv().await.unwrap(), json!({"level": 3}));
+    })
+    .await
+    .unwrap();
+}

@@ -6,7 +6,8 @@
 //!   (`BLMOVE` into a per-worker processing list; a reaper answers "worker
 //!   lost" for what a dead worker held, or runs it again if its action is
 //!   idempotent), drs connections with flow control and heartbeats, and
-//!   plain requests from any Redis client.
+//!   plain requests from any Redis client; [`RedisBroadcast`] for
+//!   broadcasts to the clients of every worker.
 //! - [`cerbas`]: a worker that serves unmodified Cerbas clients with drs
 //!   handlers (Cerbas's request keys, queue, response channels in JSON and
 //!   MessagePack, timeouts, cache, cron, halt).
@@ -18,6 +19,7 @@
 //! reconnection policy, its own runtime hooks) would duplicate what drs's
 //! sessions already do.
 
+mod broadcast;
 pub mod cerbas;
 mod cron;
 mod link;
@@ -26,6 +28,7 @@ pub mod queue;
 
 use std::io;
 
+pub use broadcast::RedisBroadcast;
 pub use link::LinkIo;
 pub use queue::{connect, Keys, RedisConfig, RedisDialer, RedisIo, RedisListener};
 pub use redis;

@@ -188,6 +188,11 @@ impl Keys {
         format!("{}alive:{client}", self.prefix)
     }
 
+    /// The channel of service-wide broadcasts.
+    pub fn broadcast(&self) -> String {
+        format!("{}broadcast", self.prefix)
+    }
+
     /// A fresh reply list for plain requests.
     pub fn reply_list(&self) -> String {
         format!("{}reply:{}", self.prefix, unique())

@@ -248,3 +248,45 @@ async fn dialing_a_service_without_workers_times_out_and_takes_its_connect_back(
     .await
     .unwrap();
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_broadcast_reaches_the_clients_of_every_worker() {
+    let Some(redis_server) = RedisServer::start_or_skip("a_broadcast_reaches_the_clients") else {
+        return;
+    };
+    tokio::time::timeout(LIMIT, async {
+        let url = redis_server.url(0);
+        let mut workers = Vec::new();
+        for name in ["a", "b"] {
+            let server = worker_server(&url, &format!("bc-{name}"), "w").await;
+            let broadcast = drs_transport_redis::RedisBroadcast::attach(&server, &url, "bc")
+                .await
+                .unwrap();
+            workers.push((server, broadcast));
+        }
+        let (tx, mut rx) = tokio::sync::mpsc::unbounded_channel();
+        let mut conns = Vec::new();
+        for name in ["a", "b"] {
+            let tx = tx.clone();
+            let client = Client::new().on("alert", move |body: Value| {
+                let _ = tx.send(body);
+                async { HandlerResult::Ok(()) }
+            });
+            let conn = client
+                .connect(RedisDialer::new(url.clone(), &format!("bc-{name}")), Json)
+                .await
+                .unwrap();
+            let _: u64 = conn.call("drs.ping", ()).await.unwrap();
+            conns.push(conn);
+        }
+        workers[1]
+            .1
+            .broadcast("alert", json!([1, 2]))
+            .await
+            .unwrap();
+        assert_eq!(rx.recv().await.unwrap(), json!([1, 2]));
+        assert_eq!(rx.recv().await.unwrap(), json!([1, 2]));
+    })
+    .await
+    .unwrap();
+}
