@@ -142,11 +142,25 @@ def test_hello_is_cached_for_twenty_seconds(r):
 
 
 def test_no_reply_is_lost_to_the_subscribe_race(r):
-    # Push many at once, subscribe to each only afterwards, one by one:
-    # the worker has answered most before anyone listens.
+    # Push many at once and subscribe only afterwards: the worker has
+    # answered most before anyone listens, and publishes again until
+    # someone does.
     pushed = [push(r, "echo", {"message": i})[0] for i in range(100)]
-    for i, k in enumerate(pushed):
-        assert json.loads(take(r, k)) == {"data": i, "status": "ok"}
+    p = r.pubsub()
+    channels = {"CERBAS-RESPONSE-%d-%010d" % (DB, k): i for i, k in enumerate(pushed)}
+    p.subscribe(*channels)
+    got = {}
+    deadline = time.monotonic() + WAIT
+    while len(got) < len(channels):
+        assert time.monotonic() < deadline, "missing: %d" % (len(channels) - len(got))
+        m = p.get_message(timeout=0.5)
+        if m and m["type"] == "message":
+            channel = m["channel"].decode()
+            assert channel not in got, "answered twice"
+            got[channel] = json.loads(m["data"])
+    p.close()
+    for channel, i in channels.items():
+        assert got[channel] == {"data": i, "status": "ok"}
 
 
 def test_a_request_without_response_is_still_run(r):

@@ -221,14 +221,16 @@ impl<T: Transport> Driver<T> {
         let end = poll_fn(|cx| self.poll_run(cx))
             .instrument(span.clone())
             .await;
+        // Closed (with its reason) before its pending calls fail: whoever
+        // learns of the end from a failed call sees the connection closed.
+        *lock(&self.shared.close_reason) = Some(end.clone());
+        self.shared.closed.cancel();
         self.shared.pending.close();
         self.stop_handlers();
         self.release_waiting();
         // Handlers registered on this connection may hold handles to it
         // (a cycle through the router): let them go.
         self.shared.router.clear();
-        *lock(&self.shared.close_reason) = Some(end.clone());
-        self.shared.closed.cancel();
         let _enter = span.enter();
         tracing::debug!(reason = %end, "connection closed");
         end

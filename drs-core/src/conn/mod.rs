@@ -671,11 +671,11 @@ impl Conn {
         self.shared.closed.cancelled().await;
     }
 
-    /// Whether the connection is closed (or ending: its pending calls have
-    /// failed, so whoever learns of the end from one of them sees it
-    /// closed too).
+    /// Whether the connection is closed. It is by the time its pending
+    /// calls fail, so whoever learns of the end from one of them sees it
+    /// closed too, with its [`close_reason`](Self::close_reason).
     pub fn is_closed(&self) -> bool {
-        self.shared.closed.is_cancelled() || self.shared.pending.is_closed()
+        self.shared.closed.is_cancelled()
     }
 
     /// How many calls on this connection are waiting for a reply.

@@ -255,10 +255,6 @@ impl Pending {
         lock(&self.state).map.len()
     }
 
-    /// Whether [`close`](Self::close) ran: the connection is ending.
-    pub(crate) fn is_closed(&self) -> bool {
-        lock(&self.state).closed
-    }
 }
 
 /// Removes a call's entry when its future is dropped or times out, and
