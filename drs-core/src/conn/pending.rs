@@ -254,7 +254,6 @@ impl Pending {
     pub(crate) fn len(&self) -> usize {
         lock(&self.state).map.len()
     }
-
 }
 
 /// Removes a call's entry when its future is dropped or times out, and
