@@ -302,6 +302,37 @@ const REDIS_SYSTEMS: &[(&str, &str, &str)] = &[
     ("drs json over redis", "drs-redis-json", "drs-redis"),
 ];
 
+/// Runs a call scenario (`shape`: warm-up, duration, connections, in
+/// flight, payload) against each of `systems`, one server at a time.
+fn calls(
+    h: &Harness,
+    rows: &mut Vec<Row>,
+    group: &'static str,
+    scenario: &str,
+    systems: &[(&'static str, &str, &str)],
+    shape: &[String; 5],
+) -> Res<()> {
+    for &(label, system, client) in systems {
+        let (server, addr) = h.server(system)?;
+        let mut args = vec![client, addr.as_str()];
+        args.extend(shape.iter().map(String::as_str));
+        let result = h.load(&args);
+        stop(server);
+        let result = result.map_err(|e| format!("{group} {scenario} {label}: {e}"))?;
+        eprintln!(
+            "{group:9} {scenario:14} {label:22} {:>12.0} calls/s",
+            result["rate"].as_f64().unwrap_or(0.0)
+        );
+        rows.push(Row {
+            group,
+            scenario: scenario.to_string(),
+            system: label,
+            result,
+        });
+    }
+    Ok(())
+}
+
 fn orchestrate(args: &[String]) -> Res<()> {
     let o = parse_opts(args)?;
     let cores = std::thread::available_parallelism().map_or(1, |n| n.get());
@@ -330,23 +361,14 @@ fn orchestrate(args: &[String]) -> Res<()> {
                 if !wanted(&format!("{group} {scenario}")) {
                     continue;
                 }
-                for &(label, system, client) in systems {
-                    let (server, addr) = h.server(system)?;
-                    let (cs, ks, ps) = (c.to_string(), k.to_string(), payload.to_string());
-                    let result = h.load(&[client, &addr, &warm, &dur, &cs, &ks, &ps]);
-                    stop(server);
-                    let result = result.map_err(|e| format!("{group} {scenario} {label}: {e}"))?;
-                    eprintln!(
-                        "{group:9} {scenario:14} {label:22} {:>12.0} calls/s",
-                        result["rate"].as_f64().unwrap_or(0.0)
-                    );
-                    rows.push(Row {
-                        group,
-                        scenario: scenario.clone(),
-                        system: label,
-                        result,
-                    });
-                }
+                let shape = [
+                    warm.clone(),
+                    dur.clone(),
+                    c.to_string(),
+                    k.to_string(),
+                    payload.to_string(),
+                ];
+                calls(&h, &mut rows, group, &scenario, systems, &shape)?;
             }
         }
     }
@@ -376,23 +398,14 @@ fn orchestrate(args: &[String]) -> Res<()> {
             if !wanted(&format!("{group} {scenario}")) {
                 continue;
             }
-            for &(label, system, client) in systems {
-                let (server, addr) = h.server(system)?;
-                let (cs, ks) = (c.to_string(), k.to_string());
-                let result = h.load(&[client, &addr, &warm, &dur, &cs, &ks, "64"]);
-                stop(server);
-                let result = result.map_err(|e| format!("{group} {scenario} {label}: {e}"))?;
-                eprintln!(
-                    "{group:9} {scenario:14} {label:22} {:>12.0} calls/s",
-                    result["rate"].as_f64().unwrap_or(0.0)
-                );
-                rows.push(Row {
-                    group,
-                    scenario: scenario.clone(),
-                    system: label,
-                    result,
-                });
-            }
+            let shape = [
+                warm.clone(),
+                dur.clone(),
+                c.to_string(),
+                k.to_string(),
+                "64".into(),
+            ];
+            calls(&h, &mut rows, group, &scenario, systems, &shape)?;
         }
     }
     drop((nats, redis));

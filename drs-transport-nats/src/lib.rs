@@ -91,10 +91,7 @@ use std::{
     collections::HashMap,
     future::{ready, Ready},
     io,
-    sync::{
-        atomic::{AtomicU64, Ordering},
-        Arc,
-    },
+    sync::atomic::{AtomicU64, Ordering},
     time::Duration,
 };
 
@@ -106,8 +103,11 @@ use tokio::{sync::mpsc, task::JoinHandle};
 
 pub use async_nats;
 pub use broker::{NatsBroker, NatsBrokerConfig};
-pub use link::NatsIo;
-use link::{Control, LinkState};
+use drs_link::{Link, LinkIo, Route};
+use link::NatsOut;
+
+/// A drs connection over NATS, as [`drs_core::Transport`].
+pub type NatsIo = LinkIo;
 
 /// The header a drs client's connect request carries: its inbox subject.
 pub const CONNECT_HEADER: &str = "Drs-Connect";
@@ -259,8 +259,7 @@ enum Accepted {
     Link {
         id: u64,
         peer: Subject,
-        state: Arc<LinkState>,
-        rx: mpsc::UnboundedReceiver<io::Result<Bytes>>,
+        link: Link,
     },
     OneShot {
         frame: Bytes,
@@ -359,25 +358,24 @@ impl Listener for NatsListener {
         })?;
         let max_frame = spec.max_frame_len.min(max_payload(&self.nats));
         let io = match accepted {
-            Accepted::Link {
-                id,
-                peer,
-                state,
-                rx,
-            } => {
+            Accepted::Link { id, peer, link } => {
                 // The listener's address, as for other transports; the
                 // connection's own subject is a detail of this worker.
                 let info = ConnInfo::new("nats")
                     .with_peer_addr(peer.to_string())
                     .with_local_addr(self.subject.clone());
                 let gone = self.gone.clone();
-                let io = NatsIo::link(
-                    self.nats.clone(),
-                    peer,
-                    state,
-                    rx,
-                    max_frame,
+                let nats = self.nats.clone();
+                tokio::spawn(link::watch(
+                    nats.clone(),
+                    link.clone(),
+                    peer.clone(),
                     self.config.clone(),
+                ));
+                let io = LinkIo::link(
+                    link,
+                    Box::new(NatsOut { nats, peer }),
+                    max_frame,
                     Some(Box::new(move || {
                         let _ = gone.send(id);
                     })),
@@ -389,12 +387,21 @@ impl Listener for NatsListener {
                 if let Some(r) = &reply {
                     info = info.with_peer_addr(r.to_string());
                 }
-                let io = NatsIo::oneshot(
-                    self.nats.clone(),
+                let nats = self.nats.clone();
+                let io = LinkIo::oneshot(
                     frame,
-                    reply,
                     max_frame,
                     self.config.oneshot_linger,
+                    Box::new(move |frame| {
+                        Box::pin(async move {
+                            if let (Some(reply), Some(frame)) = (reply, frame) {
+                                nats.publish(reply, frame)
+                                    .await
+                                    .map_err(|e| io::Error::new(io::ErrorKind::BrokenPipe, e))?;
+                            }
+                            Ok(())
+                        })
+                    }),
                 );
                 (io, info)
             }
@@ -407,18 +414,13 @@ impl Listener for NatsListener {
     }
 }
 
-struct Entry {
-    tx: mpsc::UnboundedSender<io::Result<Bytes>>,
-    state: Arc<LinkState>,
-}
-
 /// The task behind a [`NatsListener`]: takes connects and plain requests
 /// from the queue group, and routes each connection's messages.
 struct Worker {
     nats: Nats,
     prefix: String,
     config: NatsConfig,
-    conns: HashMap<u64, Entry>,
+    conns: HashMap<u64, Link>,
     next: AtomicU64,
     accepted: mpsc::Sender<Accepted>,
 }
@@ -460,13 +462,11 @@ impl Worker {
             }
             let id = self.next.fetch_add(1, Ordering::Relaxed);
             let local = format!("{}.{id}", self.prefix);
-            let state = LinkState::new(self.config.window);
-            let (tx, rx) = mpsc::unbounded_channel();
+            let link = Link::new(self.config.window);
             let accepted = Accepted::Link {
                 id,
                 peer: Subject::from(peer),
-                state: state.clone(),
-                rx,
+                link: link.clone(),
             };
             // The answer goes out before the server can send anything on
             // the connection (the peer's inbox takes frames either way).
@@ -475,7 +475,7 @@ impl Worker {
                 let _ = self.nats.publish_with_headers(reply, h, Bytes::new()).await;
                 return;
             }
-            self.conns.insert(id, Entry { tx, state });
+            self.conns.insert(id, link);
             let mut h = HeaderMap::new();
             h.insert(CONN_HEADER, local.as_str());
             let _ = self.nats.publish_with_headers(reply, h, Bytes::new()).await;
@@ -499,7 +499,7 @@ impl Worker {
             .rsplit('.')
             .next()
             .and_then(|t| t.parse::<u64>().ok());
-        let Some(entry) = id.and_then(|id| self.conns.get(&id)) else {
+        let Some(link) = id.and_then(|id| self.conns.get(&id)) else {
             // A ping for a connection this worker no longer has.
             if let Some(reply) = msg.reply {
                 let _ = self
@@ -510,11 +510,8 @@ impl Worker {
             return;
         };
         let id = id.unwrap_or_default();
-        match link::route(&self.nats, entry.state.as_ref(), &entry.tx, msg).await {
-            Control::Keep => {}
-            Control::End => {
-                self.conns.remove(&id);
-            }
+        if let Route::End = link::route(&self.nats, link, msg).await {
+            self.conns.remove(&id);
         }
     }
 }
@@ -554,9 +551,8 @@ impl Dialer for NatsDialer {
             .subscribe(inbox.clone())
             .await
             .map_err(|e| io::Error::new(io::ErrorKind::BrokenPipe, e))?;
-        let state = LinkState::new(self.config.window);
-        let (tx, rx) = mpsc::unbounded_channel();
-        tokio::spawn(link::pump(nats.clone(), sub, tx, state.clone()));
+        let link = Link::new(self.config.window);
+        tokio::spawn(link::pump(nats.clone(), sub, link.clone()));
         let mut h = HeaderMap::new();
         h.insert(CONNECT_HEADER, inbox.as_str());
         let request = async_nats::Request::new()
@@ -592,13 +588,20 @@ impl Dialer for NatsDialer {
             .with_peer_addr(peer.to_string())
             .with_local_addr(inbox);
         let max_frame = spec.max_frame_len.min(max_payload(nats));
-        let io = NatsIo::link(
+        let peer = Subject::from(peer);
+        tokio::spawn(link::watch(
             nats.clone(),
-            Subject::from(peer),
-            state,
-            rx,
-            max_frame,
+            link.clone(),
+            peer.clone(),
             self.config.clone(),
+        ));
+        let io = LinkIo::link(
+            link,
+            Box::new(NatsOut {
+                nats: nats.clone(),
+                peer,
+            }),
+            max_frame,
             None,
         );
         Ok((io, info))

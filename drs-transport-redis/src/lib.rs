@@ -22,14 +22,12 @@
 mod broadcast;
 pub mod cerbas;
 mod cron;
-mod link;
 mod msgpack;
 pub mod queue;
 
 use std::io;
 
 pub use broadcast::RedisBroadcast;
-pub use link::LinkIo;
 pub use queue::{connect, Keys, RedisConfig, RedisDialer, RedisIo, RedisListener};
 pub use redis;
 

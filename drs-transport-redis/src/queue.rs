@@ -68,7 +68,7 @@ use drs_core::{
 use redis::{aio::ConnectionManager, AsyncCommands};
 use tokio::{sync::mpsc, task::JoinSet};
 
-use crate::link::{Link, LinkIo, Out, Route};
+use drs_link::{Kind, Link, LinkIo, Out, Route};
 
 /// Settings of a Redis service and its connections.
 #[derive(Debug, Clone)]
@@ -271,12 +271,31 @@ struct RedisOut {
     id: u64,
 }
 
+/// The envelope's first byte for each kind of message.
+fn kind_byte(kind: Kind) -> u8 {
+    match kind {
+        Kind::Data => b'D',
+        Kind::Ack => b'A',
+        Kind::Close => b'C',
+    }
+}
+
+fn kind_of(byte: u8) -> Option<Kind> {
+    match byte {
+        b'D' => Some(Kind::Data),
+        b'A' => Some(Kind::Ack),
+        b'C' => Some(Kind::Close),
+        _ => None,
+    }
+}
+
 impl Out for RedisOut {
     fn send(
         &self,
-        kind: u8,
+        kind: Kind,
         payloads: Vec<Bytes>,
     ) -> futures::future::BoxFuture<'static, io::Result<()>> {
+        let kind = kind_byte(kind);
         let mut redis = self.redis.clone();
         let head = self.id.to_string();
         let mut push = redis::cmd("RPUSH");
@@ -605,7 +624,9 @@ async fn take_inbox(shared: Arc<Shared>, mut popper: ConnectionManager) {
             }
         };
         for entry in entries {
-            let Some((kind, head, payload)) = open(&entry) else {
+            let Some((Some(kind), head, payload)) =
+                open(&entry).map(|(k, h, p)| (kind_of(k), h, p))
+            else {
                 continue;
             };
             let Ok(id) = head.parse::<u64>() else {
@@ -935,7 +956,9 @@ async fn client_pump(
             match pop_batch(&mut popper, &list).await {
                 Ok(entries) => {
                     for entry in entries {
-                        if let Some((kind, _, payload)) = open(&entry) {
+                        if let Some((Some(kind), _, payload)) =
+                            open(&entry).map(|(k, h, p)| (kind_of(k), h, p))
+                        {
                             if let Route::End = link.route(kind, Bytes::copy_from_slice(payload)) {
                                 return;
                             }

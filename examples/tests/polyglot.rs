@@ -204,25 +204,10 @@ fn python_rembus_components() {
     }
     let server = DemoServer::start(&["--tcp", "127.0.0.1:0", "--rembus", "127.0.0.1:0"]);
     assert_eq!(server.listening[1].0, "rembus");
-    let dir = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("python");
-    let out = Command::new("python3")
-        .args([
-            "-m",
-            "pytest",
-            "-q",
-            "-p",
-            "no:cacheprovider",
-            "test_rembus.py",
-        ])
-        .env("DRS_TCP", server.addr(0))
-        .env("DRS_REMBUS", server.addr(1))
-        .current_dir(&dir)
-        .output()
-        .expect("run pytest");
-    let stdout = String::from_utf8_lossy(&out.stdout);
-    let stderr = String::from_utf8_lossy(&out.stderr);
-    assert!(out.status.success(), "pytest failed:\n{stdout}\n{stderr}");
-    assert!(stdout.contains(" passed"), "{stdout}");
+    run_pytest(
+        "test_rembus.py",
+        &[("DRS_TCP", server.addr(0)), ("DRS_REMBUS", server.addr(1))],
+    );
 }
 
 /// A Cerbas client in Python (PyPI `redis` and `u-msgpack-python`, as
@@ -239,17 +224,15 @@ fn python_cerbas_client() {
     let url = redis.url(1);
     let server = DemoServer::start(&["--cerbas", &url]);
     assert_eq!(server.listening[0], ("cerbas".to_string(), url.clone()));
+    run_pytest("test_cerbas.py", &[("CERBAS_REDIS_URL", &url)]);
+}
+
+/// Runs a pytest file of examples/python with `env`; every test passes.
+fn run_pytest(script: &str, env: &[(&str, &str)]) {
     let dir = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("python");
     let out = Command::new("python3")
-        .args([
-            "-m",
-            "pytest",
-            "-q",
-            "-p",
-            "no:cacheprovider",
-            "test_cerbas.py",
-        ])
-        .env("CERBAS_REDIS_URL", &url)
+        .args(["-m", "pytest", "-q", "-p", "no:cacheprovider", script])
+        .envs(env.iter().copied())
         .current_dir(&dir)
         .output()
         .expect("run pytest");

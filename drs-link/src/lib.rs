@@ -1,17 +1,38 @@
-//! One drs connection over Redis lists: frames and control messages to the
-//! peer's list, a window of bytes each way. Liveness is the heartbeat keys'
-//! business (see [`crate::queue`]), which end a link with [`Link::fail`].
+//! One drs connection over a message bus: what drs-transport-nats and
+//! drs-transport-redis share.
+//!
+//! A bus (NATS subjects, Redis lists) moves whole messages and pushes
+//! nothing back. A [`LinkIo`] turns one peer-to-peer conversation on it into
+//! a [`drs_core::Transport`]:
+//!
+//! - **Frames go in batches**: what the connection writes between two
+//!   flushes goes to [`Out::send`] at once (one `RPUSH` of many values, a
+//!   run of NATS publishes), at most [`BATCH`] before the writer waits.
+//! - **A window of bytes each way**, as HTTP/2 has: a side sends while less
+//!   than the window is unacknowledged; the receiver acknowledges what its
+//!   connection consumed, a quarter window at a time ([`Kind::Ack`]). A slow
+//!   reader thus holds its peer's writer up, and the server's own outbound
+//!   limits and slow-consumer policy apply as on a socket. A peer that sends
+//!   past two windows is cut off.
+//! - **One-request connections**: a plain request from another language is
+//!   a connection of one frame that ends with its one reply
+//!   ([`LinkIo::oneshot`]).
+//!
+//! What receives the bus's messages routes them to the [`Link`]
+//! ([`Link::route`]); liveness is the transport's business (NATS pings,
+//! Redis heartbeat keys), which ends a link with [`Link::fail`] and can ask
+//! [`Link::last_heard`].
 
 use std::{
     future::Future,
     io,
     pin::Pin,
     sync::{
-        atomic::{AtomicI64, AtomicUsize, Ordering},
+        atomic::{AtomicI64, AtomicU64, AtomicUsize, Ordering},
         Arc, Mutex,
     },
     task::{Context, Poll, Waker},
-    time::Duration,
+    time::{Duration, Instant},
 };
 
 use bytes::Bytes;
@@ -19,46 +40,63 @@ use drs_core::FrameTooLarge;
 use futures::{future::BoxFuture, task::AtomicWaker, FutureExt, Sink, Stream};
 use tokio::{sync::mpsc, time::Sleep};
 
-/// A data frame.
-pub(crate) const DATA: u8 = b'D';
-/// An acknowledgement of bytes consumed (decimal).
-pub(crate) const ACK: u8 = b'A';
-/// The peer closed.
-pub(crate) const CLOSE: u8 = b'C';
+/// What a message between the two sides is.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Kind {
+    /// A frame.
+    Data,
+    /// An acknowledgement of bytes consumed (the payload: a decimal count).
+    Ack,
+    /// The sender closed.
+    Close,
+}
 
-/// Sends frames or a control message to the peer, in order, in one go.
-pub(crate) trait Out: Send + Sync + 'static {
-    fn send(&self, kind: u8, payloads: Vec<Bytes>) -> BoxFuture<'static, io::Result<()>>;
+/// Sends messages of one kind to the peer, in order, in one go.
+pub trait Out: Send + Sync + 'static {
+    /// Sends `payloads`, each a message of `kind`.
+    fn send(&self, kind: Kind, payloads: Vec<Bytes>) -> BoxFuture<'static, io::Result<()>>;
+
+    /// The largest frame the bus carries, if it has a limit.
+    fn max_payload(&self) -> Option<usize> {
+        None
+    }
 }
 
 /// Frames a connection holds before it waits for those on their way.
-const BATCH: usize = 256;
+pub const BATCH: usize = 256;
 
 type Frames = mpsc::UnboundedReceiver<io::Result<Bytes>>;
 
 /// The receiving side's plumbing, shared by the connection and whoever
 /// routes messages to it.
 #[derive(Clone, Debug)]
-pub(crate) struct Link(Arc<LinkState>);
+pub struct Link(Arc<LinkState>);
 
 #[derive(Debug)]
-pub(crate) struct LinkState {
+struct LinkState {
     credit: AtomicI64,
     credit_waker: AtomicWaker,
     queued: AtomicUsize,
     window: usize,
     tx: Mutex<Option<mpsc::UnboundedSender<io::Result<Bytes>>>>,
     rx: Mutex<Option<Frames>>,
+    /// When the peer was last heard from, in ms since `epoch`.
+    heard: AtomicU64,
+    epoch: Instant,
 }
 
 /// Whether a link goes on after a message.
-pub(crate) enum Route {
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Route {
+    /// It does.
     Keep,
+    /// It has ended: forget it.
     End,
 }
 
 impl Link {
-    pub(crate) fn new(window: usize) -> Self {
+    /// A link allowing `window` unacknowledged bytes each way.
+    pub fn new(window: usize) -> Self {
         let (tx, rx) = mpsc::unbounded_channel();
         Link(Arc::new(LinkState {
             credit: AtomicI64::new(window as i64),
@@ -67,14 +105,38 @@ impl Link {
             window,
             tx: Mutex::new(Some(tx)),
             rx: Mutex::new(Some(rx)),
+            heard: AtomicU64::new(0),
+            epoch: Instant::now(),
         }))
     }
 
+    /// Notes that the peer was heard from (any message counts).
+    pub fn heard(&self) {
+        let ms = self.0.epoch.elapsed().as_millis() as u64;
+        self.0.heard.store(ms, Ordering::Relaxed);
+    }
+
+    /// When the peer was last heard from (the link's creation, if never).
+    pub fn last_heard(&self) -> Instant {
+        self.0.epoch + Duration::from_millis(self.0.heard.load(Ordering::Relaxed))
+    }
+
+    /// Whether the link has ended (its connection gone, or failed).
+    pub fn is_ended(&self) -> bool {
+        self.0
+            .tx
+            .lock()
+            .unwrap()
+            .as_ref()
+            .is_none_or(|tx| tx.is_closed())
+    }
+
     /// Handles one message from the peer.
-    pub(crate) fn route(&self, kind: u8, payload: Bytes) -> Route {
+    pub fn route(&self, kind: Kind, payload: Bytes) -> Route {
         let s = &self.0;
+        self.heard();
         match kind {
-            DATA => {
+            Kind::Data => {
                 let len = payload.len();
                 let queued = s.queued.fetch_add(len, Ordering::AcqRel) + len;
                 if queued > 2 * s.window {
@@ -97,7 +159,7 @@ impl Link {
                     Route::End
                 }
             }
-            ACK => {
+            Kind::Ack => {
                 let n = std::str::from_utf8(&payload)
                     .ok()
                     .and_then(|n| n.trim().parse::<u64>().ok())
@@ -107,25 +169,26 @@ impl Link {
                 s.credit_waker.wake();
                 Route::Keep
             }
-            CLOSE => {
+            Kind::Close => {
                 s.tx.lock().unwrap().take();
                 Route::End
             }
-            _ => Route::Keep,
         }
     }
 
     /// Ends the link with `err` (what the connection reads last).
-    pub(crate) fn fail(&self, err: io::Error) {
+    pub fn fail(&self, err: io::Error) {
         if let Some(tx) = self.0.tx.lock().unwrap().take() {
             let _ = tx.send(Err(err));
         }
     }
 }
 
-type Reply = Box<dyn FnOnce(Option<Bytes>) -> BoxFuture<'static, io::Result<()>> + Send>;
+/// Answers a one-request connection: with its reply frame, or `None` when
+/// it ended without one.
+pub type Reply = Box<dyn FnOnce(Option<Bytes>) -> BoxFuture<'static, io::Result<()>> + Send>;
 
-enum Kind {
+enum Mode {
     Link {
         rx: Frames,
         link: Link,
@@ -146,7 +209,7 @@ enum Kind {
 
 /// A drs connection over a message bus, as [`drs_core::Transport`].
 pub struct LinkIo {
-    kind: Kind,
+    kind: Mode,
     max_frame_len: usize,
     sending: Option<BoxFuture<'static, io::Result<()>>>,
     /// Frames written and not yet sent: they go together on the next
@@ -158,15 +221,17 @@ pub struct LinkIo {
 impl std::fmt::Debug for LinkIo {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         let kind = match &self.kind {
-            Kind::Link { .. } => "link",
-            Kind::OneShot { .. } => "one request",
+            Mode::Link { .. } => "link",
+            Mode::OneShot { .. } => "one request",
         };
         f.debug_struct("LinkIo").field("kind", &kind).finish()
     }
 }
 
 impl LinkIo {
-    pub(crate) fn link(
+    /// The connection of `link`, sending through `out`; `on_drop` runs
+    /// when it is dropped (to forget the link where messages are routed).
+    pub fn link(
         link: Link,
         out: Box<dyn Out>,
         max_frame_len: usize,
@@ -180,7 +245,7 @@ impl LinkIo {
             .take()
             .expect("a link is taken by one connection");
         Self {
-            kind: Kind::Link {
+            kind: Mode::Link {
                 rx,
                 link,
                 out,
@@ -196,14 +261,11 @@ impl LinkIo {
         }
     }
 
-    pub(crate) fn oneshot(
-        frame: Bytes,
-        max_frame_len: usize,
-        linger: Duration,
-        reply: Reply,
-    ) -> Self {
+    /// A connection of one frame in and at most one out, answered through
+    /// `reply`; it ends once answered, or after `linger` (a fire).
+    pub fn oneshot(frame: Bytes, max_frame_len: usize, linger: Duration, reply: Reply) -> Self {
         Self {
-            kind: Kind::OneShot {
+            kind: Mode::OneShot {
                 frame: Some(frame),
                 answered: false,
                 linger: Box::pin(tokio::time::sleep(linger)),
@@ -233,8 +295,8 @@ impl LinkIo {
             if self.batch.is_empty() {
                 return Poll::Ready(Ok(()));
             }
-            if let Kind::Link { out, .. } = &self.kind {
-                self.sending = Some(out.send(DATA, std::mem::take(&mut self.batch)));
+            if let Mode::Link { out, .. } = &self.kind {
+                self.sending = Some(out.send(Kind::Data, std::mem::take(&mut self.batch)));
             } else {
                 self.batch.clear();
             }
@@ -255,7 +317,7 @@ fn ack(
         return;
     }
     let n = std::mem::take(unacked);
-    let mut f = out.send(ACK, vec![Bytes::from(n.to_string())]);
+    let mut f = out.send(Kind::Ack, vec![Bytes::from(n.to_string())]);
     if f.poll_unpin(cx).is_pending() {
         *acking = Some(f);
     }
@@ -271,7 +333,7 @@ impl Stream for LinkIo {
         }
         let max = this.max_frame_len;
         match &mut this.kind {
-            Kind::OneShot {
+            Mode::OneShot {
                 frame,
                 answered,
                 linger,
@@ -292,7 +354,7 @@ impl Stream for LinkIo {
                 *waker = Some(cx.waker().clone());
                 Poll::Pending
             }
-            Kind::Link {
+            Mode::Link {
                 rx,
                 link,
                 out,
@@ -347,7 +409,7 @@ impl Sink<Bytes> for LinkIo {
                 r?;
             }
         }
-        if let Kind::Link { link, .. } = &this.kind {
+        if let Mode::Link { link, .. } = &this.kind {
             let s = &link.0;
             if s.credit.load(Ordering::Acquire) <= 0 {
                 s.credit_waker.register(cx.waker());
@@ -361,15 +423,26 @@ impl Sink<Bytes> for LinkIo {
 
     fn start_send(self: Pin<&mut Self>, frame: Bytes) -> io::Result<()> {
         let this = self.get_mut();
+        if let Mode::Link { out, .. } = &this.kind {
+            if let Some(limit) = out.max_payload().filter(|l| frame.len() > *l) {
+                return Err(io::Error::new(
+                    io::ErrorKind::InvalidInput,
+                    format!(
+                        "a frame of {} bytes exceeds the bus's largest message of {limit} bytes",
+                        frame.len()
+                    ),
+                ));
+            }
+        }
         match &mut this.kind {
-            Kind::Link { link, out, .. } => {
+            Mode::Link { link, out, .. } => {
                 let _ = out;
                 link.0
                     .credit
                     .fetch_sub(frame.len() as i64, Ordering::AcqRel);
                 this.batch.push(frame);
             }
-            Kind::OneShot {
+            Mode::OneShot {
                 answered,
                 waker,
                 reply,
@@ -398,13 +471,13 @@ impl Sink<Bytes> for LinkIo {
     fn poll_close(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
         let this = self.get_mut();
         futures::ready!(this.poll_drain(cx))?;
-        if let Kind::Link {
+        if let Mode::Link {
             out, close_sent, ..
         } = &mut this.kind
         {
             if !*close_sent {
                 *close_sent = true;
-                this.sending = Some(out.send(CLOSE, vec![Bytes::new()]));
+                this.sending = Some(out.send(Kind::Close, vec![Bytes::new()]));
                 futures::ready!(this.poll_sending(cx))?;
             }
         }
@@ -416,7 +489,7 @@ impl Drop for LinkIo {
     fn drop(&mut self) {
         let rt = tokio::runtime::Handle::try_current().ok();
         match &mut self.kind {
-            Kind::Link {
+            Mode::Link {
                 out,
                 close_sent,
                 on_drop,
@@ -425,14 +498,14 @@ impl Drop for LinkIo {
                 if !*close_sent {
                     *close_sent = true;
                     if let Some(rt) = &rt {
-                        rt.spawn(out.send(CLOSE, vec![Bytes::new()]));
+                        rt.spawn(out.send(Kind::Close, vec![Bytes::new()]));
                     }
                 }
                 if let Some(f) = on_drop.take() {
                     f();
                 }
             }
-            Kind::OneShot { reply, .. } => {
+            Mode::OneShot { reply, .. } => {
                 // Never answered (a fire, or the linger ran out): the
                 // entry still leaves the worker's processing list.
                 if let (Some(reply), Some(rt)) = (reply.take(), rt) {
@@ -440,5 +513,96 @@ impl Drop for LinkIo {
                 }
             }
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use futures::{SinkExt, StreamExt};
+
+    /// Delivers straight into the peer's link.
+    struct Direct(Link);
+
+    impl Out for Direct {
+        fn send(&self, kind: Kind, payloads: Vec<Bytes>) -> BoxFuture<'static, io::Result<()>> {
+            for p in payloads {
+                self.0.route(kind, p);
+            }
+            Box::pin(async { Ok(()) })
+        }
+    }
+
+    /// Two connected ends with `window` bytes each way.
+    fn pair(window: usize) -> (LinkIo, LinkIo) {
+        let (a, b) = (Link::new(window), Link::new(window));
+        let a_io = LinkIo::link(a.clone(), Box::new(Direct(b.clone())), 1 << 20, None);
+        let b_io = LinkIo::link(b, Box::new(Direct(a)), 1 << 20, None);
+        (a_io, b_io)
+    }
+
+    #[tokio::test]
+    async fn the_writer_waits_at_the_window_until_the_reader_reads() {
+        let (mut a, mut b) = pair(4096);
+        let frame = Bytes::from(vec![b'x'; 1024]);
+        // Four frames fill the window; the fifth waits.
+        for _ in 0..4 {
+            a.send(frame.clone()).await.unwrap();
+        }
+        let fifth = tokio::time::timeout(Duration::from_millis(50), a.send(frame.clone())).await;
+        assert!(fifth.is_err(), "the writer waits at the window");
+        // Reading acknowledges (a quarter window at a time): room again.
+        for _ in 0..4 {
+            assert_eq!(b.next().await.unwrap().unwrap().len(), 1024);
+        }
+        a.send(frame.clone()).await.unwrap();
+        assert_eq!(b.next().await.unwrap().unwrap().len(), 1024);
+    }
+
+    #[tokio::test]
+    async fn a_peer_that_ignores_the_window_is_cut_off() {
+        let link = Link::new(1024);
+        let mut io = LinkIo::link(
+            link.clone(),
+            Box::new(Direct(Link::new(1024))),
+            1 << 20,
+            None,
+        );
+        // Past two windows unread.
+        for _ in 0..3 {
+            link.route(Kind::Data, Bytes::from(vec![0; 1000]));
+        }
+        let mut got = Vec::new();
+        while let Some(item) = io.next().await {
+            got.push(item);
+        }
+        let err = got.pop().unwrap().unwrap_err();
+        assert!(err.to_string().contains("flow-control window"), "{err}");
+        assert!(link.is_ended());
+    }
+
+    #[tokio::test]
+    async fn a_close_ends_the_peer_and_a_oneshot_answers_once() {
+        let (mut a, mut b) = pair(4096);
+        a.close().await.unwrap();
+        assert!(b.next().await.is_none());
+        let (tx, rx) = tokio::sync::oneshot::channel();
+        let mut one = LinkIo::oneshot(
+            Bytes::from_static(b"req"),
+            1024,
+            Duration::from_secs(60),
+            Box::new(move |frame| {
+                let _ = tx.send(frame);
+                Box::pin(async { Ok(()) })
+            }),
+        );
+        assert_eq!(
+            one.next().await.unwrap().unwrap(),
+            Bytes::from_static(b"req")
+        );
+        one.send(Bytes::from_static(b"reply")).await.unwrap();
+        one.send(Bytes::from_static(b"more")).await.unwrap();
+        assert!(one.next().await.is_none(), "answered: it ends");
+        assert_eq!(rx.await.unwrap(), Some(Bytes::from_static(b"reply")));
     }
 }
