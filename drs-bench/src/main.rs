@@ -235,6 +235,10 @@ fn read_line(child: &mut Child, limit: Duration) -> Res<String> {
 fn stop(mut child: Child) {
     let _ = child.kill();
     let _ = child.wait();
+    // A durable server's store (named by its pid; killed, it cannot
+    // remove it itself).
+    let store = std::env::temp_dir().join(format!("drs-bench-store-{}", child.id()));
+    let _ = std::fs::remove_dir_all(store);
 }
 
 fn rss_kib(pid: u32) -> Res<u64> {

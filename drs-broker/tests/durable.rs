@@ -7,12 +7,10 @@ use std::{io::Write, sync::Arc, time::Duration};
 use drs_broker::{Broker, BrokerConfig, StoreError, STORE_FILE};
 use drs_core::{pubsub::Subscriptions, Client, Conn, HandlerResult, Msg, Server, IDENTIFY};
 use drs_protocol_json::Json;
+use drs_testkit::TestProcess;
 use drs_transport_tcp::{TcpDialer, TcpListener};
 use serde_json::{json, Value};
-use tokio::{
-    io::{AsyncBufReadExt, BufReader},
-    sync::mpsc,
-};
+use tokio::sync::mpsc;
 
 /// Set in the environment of the child broker process: "ADDR DIR".
 const CHILD: &str = "DRS_BROKER_DURABLE_CHILD";
@@ -50,33 +48,12 @@ fn child_broker_process() {
     });
 }
 
-async fn start_child(addr: &str, dir: &str) -> (tokio::process::Child, String) {
-    let exe = std::env::current_exe().expect("test binary");
-    let mut child = tokio::process::Command::new(exe)
-        .args([
-            "--exact",
-            "child_broker_process",
-            "--nocapture",
-            "--test-threads=1",
-        ])
-        .env(CHILD, format!("{addr} {dir}"))
-        .stdout(std::process::Stdio::piped())
-        .stderr(std::process::Stdio::null())
-        .kill_on_drop(true)
-        .spawn()
-        .expect("start the child broker");
-    let mut lines = BufReader::new(child.stdout.take().expect("stdout")).lines();
-    let ready = async {
-        while let Some(line) = lines.next_line().await.expect("read") {
-            if let Some((_, addr)) = line.split_once("ready ") {
-                return addr.trim().to_string();
-            }
-        }
-        panic!("the child broker ended before it was ready");
-    }
-    .await;
-    tokio::spawn(async move { while let Ok(Some(_)) = lines.next_line().await {} });
-    (child, ready)
+/// Starts the child on `addr`; returns it and its address.
+async fn start_child(addr: &str, dir: &str) -> (TestProcess, String) {
+    let spec = format!("{addr} {dir}");
+    let mut child = TestProcess::spawn("child_broker_process", &[(CHILD, &spec)]);
+    let addr = child.wait_for("ready ").await;
+    (child, addr)
 }
 
 async fn connect(addr: &str, client: Client) -> Conn {
@@ -140,7 +117,7 @@ async fn acknowledged_publications_and_acks_survive_sigkill() {
                 .expect("publish");
             assert_eq!(n, 1);
         }
-        child.kill().await.expect("SIGKILL");
+        child.kill().await;
         let (mut child, addr2) = start_child(&addr, &dir_s).await;
         assert_eq!(addr2, addr);
         let (sub, resumed) = subscriber(&addr, "keeper", tx.clone()).await;
@@ -166,7 +143,7 @@ async fn acknowledged_publications_and_acks_survive_sigkill() {
             .publish_confirmed("other.flush", 0)
             .await
             .expect("flush");
-        child.kill().await.expect("SIGKILL");
+        child.kill().await;
         let (_child, _) = start_child(&addr, &dir_s).await;
         let (_sub, resumed) = subscriber(&addr, "keeper", tx).await;
         assert!(resumed, "its subscription is kept");

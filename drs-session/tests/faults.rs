@@ -18,6 +18,7 @@ use common::{bounded, listen_tcp, until};
 use drs_core::{CloseReason, ConnConfig, Error, HandlerResult, Server};
 use drs_protocol_json::Json;
 use drs_session::{ReconnectPolicy, Session};
+use drs_testkit::TestProcess;
 use drs_transport_tcp::TcpDialer;
 use tokio::io::{AsyncBufReadExt, AsyncReadExt, AsyncWriteExt, BufReader};
 
@@ -67,36 +68,11 @@ fn child_server_process() {
 }
 
 /// Starts the child server on `addr`; returns it and its address.
-async fn start_child(addr: &str, log: &str) -> (tokio::process::Child, String) {
-    let exe = std::env::current_exe().expect("test binary");
-    let mut child = tokio::process::Command::new(exe)
-        .args([
-            "--exact",
-            "child_server_process",
-            "--nocapture",
-            "--test-threads=1",
-        ])
-        .env(CHILD, format!("{addr} {log}"))
-        .stdout(std::process::Stdio::piped())
-        .stderr(std::process::Stdio::null())
-        .kill_on_drop(true)
-        .spawn()
-        .expect("start the child server");
-    let mut lines = BufReader::new(child.stdout.take().expect("stdout")).lines();
-    let ready = tokio::time::timeout(Duration::from_secs(30), async {
-        while let Some(line) = lines.next_line().await.expect("read") {
-            // The test harness may have written on the same line.
-            if let Some((_, addr)) = line.split_once("ready ") {
-                return addr.trim().to_string();
-            }
-        }
-        panic!("the child server ended before it was ready");
-    })
-    .await
-    .expect("the child server started");
-    // Keep draining its output.
-    tokio::spawn(async move { while let Ok(Some(_)) = lines.next_line().await {} });
-    (child, ready)
+async fn start_child(addr: &str, log: &str) -> (TestProcess, String) {
+    let spec = format!("{addr} {log}");
+    let mut child = TestProcess::spawn("child_server_process", &[(CHILD, &spec)]);
+    let addr = child.wait_for("ready ").await;
+    (child, addr)
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -155,7 +131,7 @@ async fn a_killed_server_restarted_on_its_address_loses_no_session_and_runs_no_c
             .collect();
 
         until("traffic flows", || answered.load(Ordering::SeqCst) >= 200).await;
-        child.kill().await.expect("SIGKILL the server");
+        child.kill().await;
         let before = answered.load(Ordering::SeqCst);
         let (mut restarted, again) = start_child(&addr, &log).await;
         assert_eq!(again, addr);
@@ -171,7 +147,7 @@ async fn a_killed_server_restarted_on_its_address_loses_no_session_and_runs_no_c
             ok.extend(o);
             failed += f;
         }
-        restarted.kill().await.expect("stop the server");
+        restarted.kill().await;
 
         let text = std::fs::read_to_string(&log).expect("the execution log");
         let mut executed = HashSet::new();

@@ -285,3 +285,62 @@ impl RedisServer {
         self.process.stop();
     }
 }
+
+/// A test of this test binary, run again as a process of its own (a
+/// worker to kill, a server to restart): its standard output comes line by
+/// line through [`wait_for`](Self::wait_for); it is killed when dropped.
+#[derive(Debug)]
+pub struct TestProcess {
+    child: tokio::process::Child,
+    lines: tokio::sync::mpsc::UnboundedReceiver<String>,
+}
+
+impl TestProcess {
+    /// Runs test `test` (exactly that one) with the environment `env`.
+    pub fn spawn(test: &str, env: &[(&str, &str)]) -> Self {
+        use tokio::io::AsyncBufReadExt;
+        let exe = std::env::current_exe().expect("the test binary");
+        let mut child = tokio::process::Command::new(exe)
+            .args(["--exact", test, "--nocapture", "--test-threads=1"])
+            .envs(env.iter().copied())
+            .stdin(Stdio::piped())
+            .stdout(Stdio::piped())
+            .stderr(Stdio::null())
+            .kill_on_drop(true)
+            .spawn()
+            .expect("start the test process");
+        let stdout = child.stdout.take().expect("stdout");
+        let (tx, lines) = tokio::sync::mpsc::unbounded_channel();
+        tokio::spawn(async move {
+            let mut reader = tokio::io::BufReader::new(stdout).lines();
+            while let Ok(Some(line)) = reader.next_line().await {
+                if tx.send(line).is_err() {
+                    break;
+                }
+            }
+        });
+        Self { child, lines }
+    }
+
+    /// Waits for a line containing `text` and returns what follows it on
+    /// that line, trimmed (the test harness may write on the same line).
+    /// Panics if the process ends first.
+    pub async fn wait_for(&mut self, text: &str) -> String {
+        while let Some(line) = self.lines.recv().await {
+            if let Some((_, rest)) = line.split_once(text) {
+                return rest.trim().to_string();
+            }
+        }
+        panic!("the test process ended before it said {text:?}");
+    }
+
+    /// Its process id.
+    pub fn id(&self) -> Option<u32> {
+        self.child.id()
+    }
+
+    /// Kills it with SIGKILL and waits until it is gone.
+    pub async fn kill(&mut self) {
+        let _ = self.child.kill().await;
+    }
+}

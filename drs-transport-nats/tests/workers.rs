@@ -19,9 +19,8 @@ use std::{
 use drs_core::{ConnConfig, Error, HandlerResult, Server};
 use drs_protocol_json::Json;
 use drs_session::{Pool, ReconnectPolicy};
-use drs_testkit::NatsServer;
+use drs_testkit::{NatsServer, TestProcess};
 use drs_transport_nats::{NatsConfig, NatsDialer, NatsListener};
-use tokio::io::{AsyncBufReadExt, BufReader};
 
 const WORKER: &str = "DRS_NATS_WORKER";
 const SERVICE: &str = "pool";
@@ -89,35 +88,11 @@ fn worker_process() {
     });
 }
 
-async fn start_worker(url: &str, log: &str) -> tokio::process::Child {
-    let exe = std::env::current_exe().expect("test binary");
-    let mut child = tokio::process::Command::new(exe)
-        .args([
-            "--exact",
-            "worker_process",
-            "--nocapture",
-            "--test-threads=1",
-        ])
-        .env(WORKER, format!("{url} {log}"))
-        .stdin(std::process::Stdio::piped())
-        .stdout(std::process::Stdio::piped())
-        .stderr(std::process::Stdio::null())
-        .kill_on_drop(true)
-        .spawn()
-        .expect("start a worker");
-    let mut lines = BufReader::new(child.stdout.take().expect("stdout")).lines();
-    tokio::time::timeout(Duration::from_secs(30), async {
-        while let Some(line) = lines.next_line().await.expect("read") {
-            if line.contains("ready") {
-                return;
-            }
-        }
-        panic!("the worker ended before it was ready");
-    })
-    .await
-    .expect("the worker started");
-    tokio::spawn(async move { while let Ok(Some(_)) = lines.next_line().await {} });
-    child
+async fn start_worker(url: &str, log: &str) -> TestProcess {
+    let spec = format!("{url} {log}");
+    let mut worker = TestProcess::spawn("worker_process", &[(WORKER, &spec)]);
+    worker.wait_for("ready").await;
+    worker
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -189,8 +164,7 @@ async fn three_workers_share_calls_and_a_killed_one_loses_none_and_repeats_none(
         }
         let mut victim = workers.remove(0);
         let victim_pid = victim.id().unwrap();
-        victim.start_kill().unwrap(); // SIGKILL
-        victim.wait().await.unwrap();
+        victim.kill().await; // SIGKILL
         let mut results = Vec::new();
         for t in tasks {
             results.extend(t.await.unwrap());

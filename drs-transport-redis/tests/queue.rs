@@ -11,13 +11,12 @@ use std::{collections::HashMap, io::Write, sync::Arc, time::Duration};
 
 use drs_core::{Client, ConnConfig, Error, HandlerResult, Server};
 use drs_protocol_json::Json;
-use drs_testkit::RedisServer;
+use drs_testkit::{RedisServer, TestProcess};
 use drs_transport_redis::{
     redis::{self, AsyncCommands},
     Keys, RedisConfig, RedisDialer, RedisListener,
 };
 use serde_json::{json, Value};
-use tokio::io::{AsyncBufReadExt, BufReader};
 
 const WORKER: &str = "DRS_REDIS_WORKER";
 const LIMIT: Duration = Duration::from_secs(60);
@@ -154,18 +153,6 @@ fn hanging_worker_process() {
     });
 }
 
-async fn wait_for(
-    lines: &mut tokio::io::Lines<BufReader<tokio::process::ChildStdout>>,
-    what: &str,
-) {
-    while let Some(line) = lines.next_line().await.unwrap() {
-        if line.contains(what) {
-            return;
-        }
-    }
-    panic!("the worker ended before {what}");
-}
-
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn what_a_killed_worker_held_is_answered_worker_lost_or_run_again() {
     let Some(redis_server) = RedisServer::start_or_skip("what_a_killed_worker_held") else {
@@ -173,21 +160,8 @@ async fn what_a_killed_worker_held_is_answered_worker_lost_or_run_again() {
     };
     tokio::time::timeout(LIMIT, async {
         let url = redis_server.url(0);
-        let mut victim = tokio::process::Command::new(std::env::current_exe().unwrap())
-            .args([
-                "--exact",
-                "hanging_worker_process",
-                "--nocapture",
-                "--test-threads=1",
-            ])
-            .env(WORKER, &url)
-            .stdout(std::process::Stdio::piped())
-            .stderr(std::process::Stdio::null())
-            .kill_on_drop(true)
-            .spawn()
-            .unwrap();
-        let mut lines = BufReader::new(victim.stdout.take().unwrap()).lines();
-        wait_for(&mut lines, "ready").await;
+        let mut victim = TestProcess::spawn("hanging_worker_process", &[(WORKER, &url)]);
+        victim.wait_for("ready").await;
         let keys = Keys::new("fragile");
         let mut r = redis_conn(&url).await;
         // A drs connection to the victim, with a call in flight.
@@ -200,15 +174,14 @@ async fn what_a_killed_worker_held_is_answered_worker_lost_or_run_again() {
             .await
             .unwrap();
         let call = tokio::spawn(async move { conn.call::<Value>("hang", ()).await });
-        wait_for(&mut lines, "started hang").await;
+        victim.wait_for("started hang").await;
         // And plain requests it took: one not idempotent, one idempotent.
         let lost = push(&mut r, &keys, json!({"action": "hang", "key": "h"})).await;
-        wait_for(&mut lines, "started hang").await;
+        victim.wait_for("started hang").await;
         let again = push(&mut r, &keys, json!({"action": "again", "key": "a"})).await;
-        wait_for(&mut lines, "started again").await;
-        victim.start_kill().unwrap(); // SIGKILL
-        victim.wait().await.unwrap();
-        // A worker that is alive reaps them.
+        victim.wait_for("started again").await;
+        victim.kill().await; // SIGKILL
+                             // A worker that is alive reaps them.
         let _survivor = worker_server(&url, "fragile", "survivor").await;
         let answer = take(&mut r, &lost).await;
         assert_eq!(answer["action"], "drs.error", "{answer}");
