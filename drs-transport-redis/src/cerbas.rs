@@ -55,8 +55,9 @@
 //! **Cron.** With [`CerbasWorker::crontab`], a file of lines
 //! `<5-field cron expression> | <request JSON>` is read again when it
 //! changes; a due minute (UTC) runs each due request once, in-process, with
-//! the same checks and `delay`, and no reply. A bad line is logged with its
-//! number and skipped.
+//! the same checks and `delay`, and no reply (a 6-field expression starts
+//! with seconds: `*/10 * * * * *`). A bad line is logged with its number
+//! and skipped.
 //!
 //! **Guarantees.** A request is taken from the queue by one worker. It is
 //! answered once. A worker that dies after taking a request loses it (as

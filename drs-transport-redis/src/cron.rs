@@ -1,5 +1,6 @@
 //! Cerbas's crontab: lines `<cron expression> | <request JSON>`, read again
-//! when the file changes, each due minute (UTC) running its requests once.
+//! when the file changes, each due minute (UTC; or second, for a 6-field
+//! expression) running its requests once.
 
 use std::{path::PathBuf, str::FromStr, sync::Arc, time::Duration};
 
@@ -57,52 +58,52 @@ pub(crate) fn due(entries: &[Entry], minute: DateTime<Utc>) -> Vec<&str> {
         .collect()
 }
 
-fn minute_of(t: DateTime<Utc>) -> DateTime<Utc> {
-    t.with_second(0)
-        .and_then(|t| t.with_nanosecond(0))
-        .unwrap_or(t)
+fn second_of(t: DateTime<Utc>) -> DateTime<Utc> {
+    t.with_nanosecond(0).unwrap_or(t)
 }
 
-/// Watches `path` (once a second) and runs what is due.
+/// Reads `path` four times a second, parsing it again when its text
+/// changed, and runs what is due in each second that passed (a 5-field
+/// expression is due at second 0 of its minutes; a 6-field one starts
+/// with seconds). After a stall, at most the last minute is caught up.
 pub(crate) async fn run(path: PathBuf, inner: Arc<Inner>, _halt: crate::cerbas::Halt) {
-    let mut modified = None;
+    let mut text: Option<String> = None;
     let mut entries = Vec::new();
-    let mut last = minute_of(Utc::now());
-    let mut tick = tokio::time::interval(Duration::from_secs(1));
+    let mut last = second_of(Utc::now());
+    let mut tick = tokio::time::interval(Duration::from_millis(250));
     loop {
         tick.tick().await;
-        let stamp = tokio::fs::metadata(&path)
-            .await
-            .and_then(|m| m.modified())
-            .ok();
-        if stamp != modified {
-            modified = stamp;
-            match tokio::fs::read_to_string(&path).await {
-                Ok(text) => {
-                    let (parsed, bad) = parse(&text);
-                    for (line, why) in bad {
-                        tracing::warn!(path = %path.display(), line, %why, "crontab: line skipped");
-                    }
-                    tracing::info!(path = %path.display(), entries = parsed.len(), "crontab loaded");
-                    entries = parsed;
+        let now_text = tokio::fs::read_to_string(&path).await;
+        match now_text {
+            Ok(t) if text.as_deref() != Some(t.as_str()) => {
+                let (parsed, bad) = parse(&t);
+                for (line, why) in bad {
+                    tracing::warn!(path = %path.display(), line, %why, "crontab: line skipped");
                 }
-                Err(e) => {
-                    if stamp.is_some() {
-                        tracing::warn!(path = %path.display(), error = %e, "crontab unreadable");
-                    }
-                    entries.clear();
+                tracing::info!(path = %path.display(), entries = parsed.len(), "crontab loaded");
+                entries = parsed;
+                text = Some(t);
+            }
+            Ok(_) => {}
+            Err(e) => {
+                if text.take().is_some() {
+                    tracing::warn!(path = %path.display(), error = %e, "crontab unreadable");
                 }
+                entries.clear();
             }
         }
-        let now = minute_of(Utc::now());
-        if now > last {
-            last = now;
-            for request in due(&entries, now) {
+        let now = second_of(Utc::now());
+        let from = (last + chrono::Duration::seconds(1)).max(now - chrono::Duration::seconds(59));
+        let mut second = from;
+        while second <= now {
+            for request in due(&entries, second) {
                 let inner = inner.clone();
                 let request = request.to_string();
                 tokio::spawn(async move { run_request(&inner, &request).await });
             }
+            second += chrono::Duration::seconds(1);
         }
+        last = last.max(now);
     }
 }
 

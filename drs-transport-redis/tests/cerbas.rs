@@ -185,3 +185,59 @@ async fn two_workers_share_the_queue_and_answer_each_request_once() {
     .await
     .unwrap();
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_crontab_runs_its_requests_and_is_read_again_when_it_changes() {
+    let Some(redis_server) = RedisServer::start_or_skip("a_crontab_runs_its_requests") else {
+        return;
+    };
+    tokio::time::timeout(LIMIT, async {
+        let url = redis_server.url(1);
+        let (tx, mut rx) = tokio::sync::mpsc::unbounded_channel();
+        let server = Server::new();
+        for func in ["tick", "tock"] {
+            let tx = tx.clone();
+            server.on(func, move |args: Value| {
+                let _ = tx.send((func, args));
+                async { HandlerResult::Ok(()) }
+            });
+        }
+        let path = std::env::temp_dir().join(format!("drs-crontab-{}", std::process::id()));
+        // Every second (a 6-field expression), with a bad line beside it
+        // and a request from a source that is not allowed.
+        std::fs::write(
+            &path,
+            "* * * * * * | {\"func\": \"tick\", \"args\": {\"n\": 1}, \"source\": \"foo\"}\n\
+             not cron | {\"func\": \"tick\"}\n\
+             * * * * * * | {\"func\": \"tock\", \"source\": \"mallory\"}\n",
+        )
+        .unwrap();
+        let _worker = CerbasWorker::new(&url)
+            .func("tick", &["n"])
+            .func("tock", &[])
+            .crontab(&path)
+            .start(&server)
+            .await
+            .unwrap();
+        // Two seconds of ticks, and no tock: mallory's request is refused
+        // (it would run beside each tick).
+        for _ in 0..2 {
+            assert_eq!(rx.recv().await.unwrap(), ("tick", json!({"n": 1})));
+        }
+        // Changed: now tock, from an allowed source.
+        std::fs::write(
+            &path,
+            "* * * * * * | {\"func\": \"tock\", \"source\": \"foo\"}\n",
+        )
+        .unwrap();
+        loop {
+            let (func, _) = rx.recv().await.unwrap();
+            if func == "tock" {
+                break;
+            }
+        }
+        let _ = std::fs::remove_file(&path);
+    })
+    .await
+    .unwrap();
+}
