@@ -253,3 +253,65 @@ async fn a_closed_client_is_gone_from_the_worker_at_once() {
     .await
     .unwrap();
 }
+
+/// A connect naming a subject with wildcards (or none) is refused with a
+/// reason, and a ping for a connection the worker does not have is
+/// answered "gone".
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn bad_connects_are_refused_and_unknown_connections_are_gone() {
+    let Some(nats_server) = NatsServer::start_or_skip("bad_connects_are_refused") else {
+        return;
+    };
+    tokio::time::timeout(LIMIT, async {
+        let nats = async_nats::connect(nats_server.url()).await.unwrap();
+        let server = demo_server();
+        server
+            .listen(NatsListener::bind(&nats, "strict").await.unwrap(), Json)
+            .unwrap();
+        for bad in ["_INBOX.*", "a b", ""] {
+            let mut h = HeaderMap::new();
+            h.insert("Drs-Connect", bad);
+            let answer = nats
+                .send_request("drs.strict", async_nats::Request::new().headers(h))
+                .await
+                .unwrap();
+            let headers = answer.headers.unwrap();
+            assert_eq!(
+                headers.get(CONTROL_HEADER).map(|v| v.as_str()),
+                Some("refused invalid inbox subject"),
+                "{bad:?}"
+            );
+            assert!(headers.get("Drs-Conn").is_none());
+        }
+        // A real connect, to learn the worker's subject; then a ping for
+        // another id under it.
+        let inbox = nats.new_inbox();
+        let mut h = HeaderMap::new();
+        h.insert("Drs-Connect", inbox.as_str());
+        let answer = nats
+            .send_request("drs.strict", async_nats::Request::new().headers(h))
+            .await
+            .unwrap();
+        let conn = answer.headers.unwrap().get("Drs-Conn").unwrap().to_string();
+        let (prefix, _) = conn.rsplit_once('.').unwrap();
+        let mut h = HeaderMap::new();
+        h.insert(CONTROL_HEADER, "ping");
+        let answer = nats
+            .send_request(
+                format!("{prefix}.999999"),
+                async_nats::Request::new().headers(h),
+            )
+            .await
+            .unwrap();
+        assert_eq!(
+            answer
+                .headers
+                .unwrap()
+                .get(CONTROL_HEADER)
+                .map(|v| v.as_str()),
+            Some("gone")
+        );
+    })
+    .await
+    .unwrap();
+}

@@ -241,3 +241,28 @@ async fn a_crontab_runs_its_requests_and_is_read_again_when_it_changes() {
     .await
     .unwrap();
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_queued_number_without_its_request_is_answered_with_an_error() {
+    let Some(redis_server) = RedisServer::start_or_skip("a_queued_number_without_its_request")
+    else {
+        return;
+    };
+    tokio::time::timeout(LIMIT, async {
+        let url = redis_server.url(1);
+        let server = Server::new();
+        let _worker = CerbasWorker::new(&url).start(&server).await.unwrap();
+        let (client, mut r) = redis_conn(&url).await;
+        let mut sub = client.get_async_pubsub().await.unwrap();
+        sub.subscribe(response_channel(1, 424242)).await.unwrap();
+        let _: () = r.rpush(QUEUE, 424242).await.unwrap();
+        let mut messages = sub.on_message();
+        let m = messages.next().await.unwrap();
+        assert_eq!(
+            m.get_payload::<String>().unwrap(),
+            r#"{"data":"no request stored at CERBAS-REQUEST-0000424242","status":"error"}"#
+        );
+    })
+    .await
+    .unwrap();
+}

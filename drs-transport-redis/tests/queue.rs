@@ -91,7 +91,17 @@ async fn plain_requests_are_shared_by_the_workers_and_answered_once() {
         assert_eq!(answer["action"], "drs.response");
         assert_eq!(answer["key"], "k");
         assert_eq!(answer["body"], 5);
-        // Garbage in the queue is dropped; what follows is served.
+        // A frame that does not decode is answered with the protocol's
+        // error; garbage in the queue is dropped; what follows is served.
+        let reply = keys.reply_list();
+        let _: () = r
+            .rpush(keys.queue(), format!("R{reply}\n{{not json"))
+            .await
+            .unwrap();
+        let answer = take(&mut r, &reply).await;
+        assert_eq!(answer["action"], "drs.error", "{answer}");
+        let _: () = r.rpush(keys.queue(), "R\nno reply list").await.unwrap();
+        let _: () = r.rpush(keys.queue(), "Xunknown kind").await.unwrap();
         let _: () = r.rpush(keys.queue(), "nonsense").await.unwrap();
         let mut by = HashMap::<String, usize>::new();
         let mut replies = Vec::new();
