@@ -11,9 +11,10 @@ use std::{future::IntoFuture, process::ExitCode, time::Duration};
 
 use drs_core::{Client, Error, HandlerResult, Server};
 use drs_protocol_json::Json;
-use drs_session::{ReconnectPolicy, Session};
+use drs_session::{ReconnectPolicy, Session, SessionEvent};
 use drs_transport_tcp::{TcpDialer, TcpListener};
 use examples::{demo_actions, demo_actions_named, init_tracing};
+use futures::StreamExt;
 use serde_json::{json, Value};
 
 #[tokio::main]
@@ -136,7 +137,16 @@ async fn session_through_a_restart() -> Result<(), Box<dyn std::error::Error>> {
     let me: Value = session.call("session", ()).await?;
     println!("session                -> {me}");
 
+    let mut events = session.events();
     server.shutdown(Duration::ZERO).await;
+    // A call sent before the session has seen the end would be lost with
+    // that connection (failing as closed, never sent twice); once it has,
+    // calls wait for the next connection.
+    while let Some(event) = events.next().await {
+        if matches!(event, SessionEvent::Disconnected { .. }) {
+            break;
+        }
+    }
     println!("  (the server stopped; a call made now waits for the next connection)");
     let waiting = tokio::spawn(session.call::<Value, _>("session", ()).into_future());
     // The old port may take a moment to be free again.
