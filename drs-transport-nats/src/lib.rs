@@ -372,9 +372,14 @@ impl Listener for NatsListener {
                     peer.clone(),
                     self.config.clone(),
                 ));
+                let max_payload = max_payload(&nats);
                 let io = LinkIo::link(
                     link,
-                    Box::new(NatsOut { nats, peer }),
+                    Box::new(NatsOut {
+                        nats,
+                        peer,
+                        max_payload,
+                    }),
                     max_frame,
                     Some(Box::new(move || {
                         let _ = gone.send(id);
@@ -600,6 +605,7 @@ impl Dialer for NatsDialer {
             Box::new(NatsOut {
                 nats: nats.clone(),
                 peer,
+                max_payload: max_payload(nats),
             }),
             max_frame,
             None,

@@ -16,6 +16,8 @@ use crate::{control, control_headers, NatsConfig};
 pub(crate) struct NatsOut {
     pub(crate) nats: Nats,
     pub(crate) peer: Subject,
+    /// The server's `max_payload`, as it was at connect.
+    pub(crate) max_payload: usize,
 }
 
 fn broken(e: impl std::error::Error + Send + Sync + 'static) -> io::Error {
@@ -56,7 +58,7 @@ impl Out for NatsOut {
     }
 
     fn max_payload(&self) -> Option<usize> {
-        Some(self.nats.server_info().max_payload).filter(|n| *n > 0)
+        Some(self.max_payload)
     }
 }
 
