@@ -1,7 +1,5 @@
 //! The README's example: a server and a client in one program.
-use drs_core::{Client, HandlerResult, Server};
-use drs_protocol_json::Json;
-use drs_transport_tcp::{TcpDialer, TcpListener};
+use drs::prelude::*;
 
 #[derive(serde::Deserialize)]
 struct Add {
@@ -15,9 +13,9 @@ async fn main() -> Result<(), Box<dyn std::error::Error>> {
     server.on("add", |args: Add| async move {
         HandlerResult::Ok(args.a + args.b)
     });
-    let addr = server.listen(TcpListener::bind("127.0.0.1:0").await?, Json)?;
+    let url = drs::listen(&server, "tcp://127.0.0.1:0").await?;
 
-    let conn = Client::new().connect(TcpDialer::new(&addr), Json).await?;
+    let conn = drs::connect(&url).await?;
     let sum: f64 = conn
         .call("add", serde_json::json!({"a": 1, "b": 2}))
         .await?;
