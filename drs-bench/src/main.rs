@@ -296,6 +296,10 @@ const IPC_SYSTEMS: &[(&str, &str, &str)] = &[
     ("drs json", "drs-ipc-json", "lines-ipc"),
 ];
 
+/// (label in the table, server system, load client) for each system of a
+/// group.
+type Systems = &'static [(&'static str, &'static str, &'static str)];
+
 /// Through brokers: the raw request/reply of each against drs over it.
 const NATS_SYSTEMS: &[(&str, &str, &str)] = &[
     ("nats raw", "nats-echo", "nats-raw"),
@@ -352,13 +356,36 @@ fn orchestrate(args: &[String]) -> Res<()> {
     let shapes: &[(usize, usize)] = &[(1, 1), (1, 64), (32, 8)];
     let payloads: &[usize] = &[64, 16 * 1024];
     make_pki()?;
-    for (group, systems) in [
-        ("TCP", TCP_SYSTEMS),
-        ("WebSocket", WS_SYSTEMS),
-        ("IPC", IPC_SYSTEMS),
-        ("TLS", TLS_SYSTEMS),
-        ("WSS", WSS_SYSTEMS),
+    // Through a broker too: drs over NATS against a raw async-nats
+    // request/reply echo on the same nats-server, drs over Redis against a
+    // raw Redis list-queue echo on the same redis-server (64 B only). The
+    // broker runs unpinned beside the two pinned processes.
+    let nats = drs_testkit::NatsServer::binary().map(|_| drs_testkit::NatsServer::start(false));
+    let redis = drs_testkit::RedisServer::binary().map(|_| drs_testkit::RedisServer::start());
+    if let Some(n) = &nats {
+        std::env::set_var(servers::NATS_URL, n.url());
+    }
+    if let Some(r) = &redis {
+        std::env::set_var(servers::REDIS_URL, r.url(0));
+    }
+    let mut groups: Vec<(&'static str, Systems, &[usize])> = vec![
+        ("TCP", TCP_SYSTEMS, payloads),
+        ("WebSocket", WS_SYSTEMS, payloads),
+        ("IPC", IPC_SYSTEMS, payloads),
+        ("TLS", TLS_SYSTEMS, payloads),
+        ("WSS", WSS_SYSTEMS, payloads),
+    ];
+    for (group, systems, up) in [
+        ("NATS", NATS_SYSTEMS, nats.is_some()),
+        ("Redis", REDIS_SYSTEMS, redis.is_some()),
     ] {
+        if up {
+            groups.push((group, systems, &[64]));
+        } else {
+            eprintln!("{group}: skipped, its server is not installed");
+        }
+    }
+    for (group, systems, payloads) in groups {
         for &payload in payloads {
             for &(c, k) in shapes {
                 let scenario = format!("{c}×{k}, {}", size(payload));
@@ -374,42 +401,6 @@ fn orchestrate(args: &[String]) -> Res<()> {
                 ];
                 calls(&h, &mut rows, group, &scenario, systems, &shape)?;
             }
-        }
-    }
-
-    // Through a broker: drs over NATS against a raw async-nats
-    // request/reply echo on the same nats-server, drs over Redis against a
-    // raw Redis list-queue echo on the same redis-server. The broker runs
-    // unpinned beside the two pinned processes.
-    let nats = drs_testkit::NatsServer::binary().map(|_| drs_testkit::NatsServer::start(false));
-    let redis = drs_testkit::RedisServer::binary().map(|_| drs_testkit::RedisServer::start());
-    if let Some(n) = &nats {
-        std::env::set_var(servers::NATS_URL, n.url());
-    }
-    if let Some(r) = &redis {
-        std::env::set_var(servers::REDIS_URL, r.url(0));
-    }
-    for (group, systems, up) in [
-        ("NATS", NATS_SYSTEMS, nats.is_some()),
-        ("Redis", REDIS_SYSTEMS, redis.is_some()),
-    ] {
-        if !up {
-            eprintln!("{group}: skipped, its server is not installed");
-            continue;
-        }
-        for &(c, k) in shapes {
-            let scenario = format!("{c}×{k}, 64 B");
-            if !wanted(&format!("{group} {scenario}")) {
-                continue;
-            }
-            let shape = [
-                warm.clone(),
-                dur.clone(),
-                c.to_string(),
-                k.to_string(),
-                "64".into(),
-            ];
-            calls(&h, &mut rows, group, &scenario, systems, &shape)?;
         }
     }
     drop((nats, redis));

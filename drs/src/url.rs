@@ -176,15 +176,7 @@ pub async fn connect_with(client: Client, url: &str) -> Result<Conn, Error> {
         }
         #[cfg(feature = "nats")]
         "nats" => {
-            let (host, service) = url.host_and_path()?;
-            let nats = drs_transport_nats::async_nats::connect(format!("nats://{host}"))
-                .await
-                .map_err(|e| {
-                    Error::Io(io::Error::new(
-                        io::ErrorKind::ConnectionRefused,
-                        format!("nats://{host}: {e}"),
-                    ))
-                })?;
+            let (nats, service) = nats_service(&url).await?;
             client
                 .connect(drs_transport_nats::NatsDialer::new(nats, service), protocol)
                 .await
@@ -201,6 +193,22 @@ pub async fn connect_with(client: Client, url: &str) -> Result<Conn, Error> {
         }
         other => Err(scheme_error(other)),
     }
+}
+
+/// `nats://HOST:PORT/SERVICE` → a NATS connection to `HOST:PORT`, and
+/// `SERVICE`.
+#[cfg(feature = "nats")]
+async fn nats_service(url: &Url) -> Result<(drs_transport_nats::async_nats::Client, &str), Error> {
+    let (host, service) = url.host_and_path()?;
+    let nats = drs_transport_nats::async_nats::connect(format!("nats://{host}"))
+        .await
+        .map_err(|e| {
+            Error::Io(io::Error::new(
+                io::ErrorKind::ConnectionRefused,
+                format!("nats://{host}: {e}"),
+            ))
+        })?;
+    Ok((nats, service))
 }
 
 /// `redis://HOST:PORT/DB/SERVICE` → (`redis://HOST:PORT/DB`, `SERVICE`).
@@ -269,15 +277,8 @@ pub async fn listen(server: &Server, url: &str) -> Result<String, Error> {
         }
         #[cfg(feature = "nats")]
         "nats" => {
-            let (host, service) = parsed.host_and_path()?;
-            let nats = drs_transport_nats::async_nats::connect(format!("nats://{host}"))
-                .await
-                .map_err(|e| {
-                    Error::Io(io::Error::new(
-                        io::ErrorKind::ConnectionRefused,
-                        format!("nats://{host}: {e}"),
-                    ))
-                })?;
+            let (nats, service) = nats_service(&parsed).await?;
+            let host = parsed.host_and_path()?.0;
             let listener = drs_transport_nats::NatsListener::bind(&nats, service).await?;
             server.listen_arc(listener, protocol)?;
             Ok(format!("nats://{host}/{service}{suffix}"))
