@@ -512,3 +512,83 @@ mod tests {
         );
     }
 }
+
+/// A bearer token per listener: connections to a listener that requires a
+/// token must present it (`drs.auth {"token": …}`, or `?token=` / an
+/// `Authorization` header on WebSocket); connections to an open listener
+/// are admitted as `anonymous`. The listener is told apart by the local
+/// address its connections report ([`ConnInfo::local_addr`]), so record
+/// each listener's token under the address it bound.
+///
+/// A connection whose listener is not recorded yet is refused (fail
+/// closed). Tokens are compared in constant time.
+///
+/// ```
+/// use drs_core::{ListenerTokens, Server};
+/// let server = Server::new();
+/// let tokens = ListenerTokens::install(&server);
+/// // after binding: the address each listener reported
+/// tokens.set("127.0.0.1:12000", Some("s3cret".to_string()));
+/// tokens.set("127.0.0.1:12001", None); // open
+/// ```
+#[derive(Debug, Clone, Default)]
+pub struct ListenerTokens {
+    tokens: Arc<std::sync::RwLock<HashMap<String, Option<String>>>>,
+}
+
+impl ListenerTokens {
+    /// Makes `server` check connections against the tokens to be
+    /// [`set`](ListenerTokens::set): an admission hook authenticates the
+    /// connections of open listeners as `anonymous`, and an authenticator
+    /// ([`Server::authenticate`](crate::Server::authenticate)) checks the
+    /// others, naming a holder of the right token `token holder`.
+    pub fn install(server: &crate::Server) -> Self {
+        let tokens = Self::default();
+        let open = tokens.clone();
+        server.on_connect(move |conn| {
+            let required = open.required(conn.info().local_addr.as_deref());
+            async move {
+                if let Some(None) = required {
+                    conn.authenticate_as(Identity::new("anonymous"));
+                }
+                Ok::<_, std::convert::Infallible>(())
+            }
+        });
+        let check = tokens.clone();
+        server.authenticate(move |creds: Credentials| {
+            let expected = check.required(creds.info.local_addr.as_deref());
+            async move {
+                match (expected, creds.token) {
+                    (Some(Some(expected)), Some(given)) if same(&expected, &given) => {
+                        Ok(Identity::new("token holder"))
+                    }
+                    (Some(Some(_)), Some(_)) => Err("bad token".to_string()),
+                    (Some(Some(_)), None) => Err("no token".to_string()),
+                    (Some(None), _) => Ok(Identity::new("anonymous")),
+                    (None, _) => Err("the listener is not ready".to_string()),
+                }
+            }
+        });
+        tokens
+    }
+
+    /// Records the token the listener bound at `local_addr` requires
+    /// (`None`: it is open).
+    pub fn set(&self, local_addr: impl Into<String>, token: Option<String>) {
+        let mut tokens = self.tokens.write().unwrap_or_else(|e| e.into_inner());
+        tokens.insert(local_addr.into(), token);
+    }
+
+    /// The token the listener at `local` requires: `Some(None)` for an
+    /// open one, `None` for one not recorded.
+    fn required(&self, local: Option<&str>) -> Option<Option<String>> {
+        let tokens = self.tokens.read().unwrap_or_else(|e| e.into_inner());
+        local.and_then(|addr| tokens.get(addr).cloned())
+    }
+}
+
+/// Whether two tokens are equal, in a time that depends on their lengths
+/// only.
+fn same(a: &str, b: &str) -> bool {
+    a.len() == b.len() && a.bytes().zip(b.bytes()).fold(0u8, |d, (x, y)| d | (x ^ y)) == 0
+}

@@ -113,8 +113,8 @@ mod transcode;
 mod transport;
 
 pub use auth::{
-    CredentialSource, Credentials, Identity, Jail, DEFAULT_FAILURE_WINDOW, DEFAULT_MAX_FAILURES,
-    NOT_ALLOWED, UNAUTHENTICATED,
+    CredentialSource, Credentials, Identity, Jail, ListenerTokens, DEFAULT_FAILURE_WINDOW,
+    DEFAULT_MAX_FAILURES, NOT_ALLOWED, UNAUTHENTICATED,
 };
 pub use budget::{BudgetExceeded, MemoryBudget, ReadMeter, DEFAULT_MEMORY_BUDGET};
 pub use client::{connect, Client};

@@ -4,7 +4,7 @@
 //!
 //! ```text
 //! {"key":"1","action":"add","body":{"a":1,"b":2}}
-//! {"key":"1","action":"drs.response","body":3.0}
+//! {"key":"1","action":"drs.response","body":3}
 //! ```
 //!
 //! - Fields are written in the order `key`, `action`, `body`, `version`,

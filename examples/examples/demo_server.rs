@@ -23,16 +23,10 @@
 //! Every limit of the server can be set from the command line, so each can
 //! be tried from a shell (`demo_server --help` lists them with defaults).
 
-use std::{
-    collections::HashMap,
-    path::PathBuf,
-    process::ExitCode,
-    sync::{Arc, RwLock},
-    time::Duration,
-};
+use std::{path::PathBuf, process::ExitCode, sync::Arc, time::Duration};
 
 use drs_broker::{Broker, BrokerConfig};
-use drs_core::{Credentials, Identity, Jail, Protocol, Server, ServerConfig};
+use drs_core::{Jail, ListenerTokens, Protocol, Server, ServerConfig};
 use drs_protocol_json::Json;
 use drs_protocol_msgpack::MsgPack;
 use drs_rembus::Rembus;
@@ -325,36 +319,11 @@ async fn main() -> ExitCode {
         server.jail(jail);
     }
     // The token each listener requires, by its address (known once bound).
-    let tokens: Arc<RwLock<HashMap<String, Option<String>>>> = Arc::default();
-    if settings.binds.iter().any(|(_, _, token)| token.is_some()) {
-        // Listeners without a token admit everyone, as "anonymous".
-        let open = tokens.clone();
-        server.on_connect(move |conn| {
-            let required = listener_token(&open, conn.info().local_addr.as_deref());
-            async move {
-                if let Some(None) = required {
-                    conn.authenticate_as(Identity::new("anonymous"));
-                }
-                Ok::<_, std::convert::Infallible>(())
-            }
-        });
-        let required = tokens.clone();
-        server.authenticate(move |creds: Credentials| {
-            let expected = listener_token(&required, creds.info.local_addr.as_deref());
-            async move {
-                match (expected, creds.token) {
-                    (Some(Some(expected)), Some(given)) if expected == given => {
-                        Ok(Identity::new("token holder"))
-                    }
-                    (Some(Some(_)), Some(_)) => Err("bad token".to_string()),
-                    (Some(Some(_)), None) => Err("no token".to_string()),
-                    (Some(None), _) => Ok(Identity::new("anonymous")),
-                    // Accepted before its listener was recorded: fail closed.
-                    (None, _) => Err("the listener is not ready".to_string()),
-                }
-            }
-        });
-    }
+    let tokens = settings
+        .binds
+        .iter()
+        .any(|(_, _, token)| token.is_some())
+        .then(|| ListenerTokens::install(&server));
 
     let keepalive = settings.keepalive;
     // Cerbas workers and NATS bridges run while these live.
@@ -473,7 +442,9 @@ async fn main() -> ExitCode {
         };
         match bound {
             Ok(addr) => {
-                tokens.write().unwrap().insert(addr.clone(), token);
+                if let Some(tokens) = &tokens {
+                    tokens.set(addr.clone(), token);
+                }
                 announce(&format!("listening {kind} {addr}"))
             }
             Err(e) => {
@@ -522,16 +493,6 @@ fn server_tls(
         .build()
         .map(Some)
         .map_err(|e| format!("--tls-cert/--tls-key: {e}"))
-}
-
-/// The token the listener at `local` requires: `Some(None)` for an open
-/// one, `None` for one not recorded yet (treated as closed).
-fn listener_token(
-    tokens: &RwLock<HashMap<String, Option<String>>>,
-    local: Option<&str>,
-) -> Option<Option<String>> {
-    let tokens = tokens.read().unwrap();
-    local.and_then(|addr| tokens.get(addr).cloned())
 }
 
 /// Prints a line on stdout and flushes it (tests read it through a pipe).

@@ -1,0 +1,712 @@
+//! The `drs` binary against `drs serve`, both run as processes: every
+//! subcommand, every exit code, bodies from arguments, files and stdin, a
+//! config file with two listeners and a token, and the `--help` texts
+//! (snapshots in `tests/help/`; `DRS_UPDATE_HELP=1` rewrites them).
+
+use std::{
+    io::{BufRead, BufReader, Read, Write},
+    path::PathBuf,
+    process::{Child, Command, Output, Stdio},
+    time::{Duration, Instant},
+};
+
+const DRS: &str = env!("CARGO_BIN_EXE_drs");
+/// No process of a test may run longer.
+const LIMIT: Duration = Duration::from_secs(60);
+
+/// `drs serve …` running until dropped, with the URLs it printed.
+struct Served {
+    child: Child,
+    urls: Vec<String>,
+}
+
+impl Served {
+    /// Starts `drs ARGS` and waits for `listeners` `listening URL` lines.
+    fn start(args: &[&str], listeners: usize) -> Self {
+        let mut child = Command::new(DRS)
+            .args(args)
+            .env("RUST_LOG", "warn")
+            .stdin(Stdio::null())
+            .stdout(Stdio::piped())
+            .stderr(Stdio::inherit())
+            .spawn()
+            .expect("drs serve starts");
+        let (tx, rx) = std::sync::mpsc::channel();
+        let stdout = child.stdout.take().expect("stdout");
+        std::thread::spawn(move || {
+            for line in BufReader::new(stdout).lines().map_while(Result::ok) {
+                if tx.send(line).is_err() {
+                    break;
+                }
+            }
+        });
+        let mut urls = Vec::new();
+        while urls.len() < listeners {
+            let line = rx
+                .recv_timeout(LIMIT)
+                .expect("drs serve prints its listeners");
+            if let Some(url) = line.strip_prefix("listening ") {
+                urls.push(url.to_string());
+            }
+        }
+        Self { child, urls }
+    }
+
+    fn demo() -> Self {
+        Self::start(&["serve", "--demo", "--listen", "tcp://127.0.0.1:0"], 1)
+    }
+
+    fn url(&self) -> &str {
+        &self.urls[0]
+    }
+}
+
+impl Drop for Served {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+/// Runs `drs ARGS` with `stdin` (none: an empty stdin) to its end, within
+/// [`LIMIT`].
+fn drs(args: &[&str], stdin: Option<&str>) -> Output {
+    let mut child = spawn(args, stdin);
+    wait(&mut child)
+}
+
+fn spawn(args: &[&str], stdin: Option<&str>) -> Child {
+    let mut child = Command::new(DRS)
+        .args(args)
+        .env("COLUMNS", "100")
+        .env_remove("DRS_TOKEN")
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .expect("drs runs");
+    let mut input = child.stdin.take().expect("stdin");
+    if let Some(text) = stdin {
+        input.write_all(text.as_bytes()).expect("stdin written");
+    }
+    drop(input);
+    child
+}
+
+fn wait(child: &mut Child) -> Output {
+    let deadline = Instant::now() + LIMIT;
+    // Read both pipes while waiting, so a full pipe cannot stall the child.
+    let mut out = child.stdout.take().expect("stdout");
+    let mut err = child.stderr.take().expect("stderr");
+    let reader = std::thread::spawn(move || {
+        let mut text = Vec::new();
+        let _ = out.read_to_end(&mut text);
+        text
+    });
+    let err_reader = std::thread::spawn(move || {
+        let mut text = Vec::new();
+        let _ = err.read_to_end(&mut text);
+        text
+    });
+    let status = loop {
+        if let Some(status) = child.try_wait().expect("wait") {
+            break status;
+        }
+        if Instant::now() > deadline {
+            let _ = child.kill();
+            panic!("drs ran past {LIMIT:?}");
+        }
+        std::thread::sleep(Duration::from_millis(5));
+    };
+    Output {
+        status,
+        stdout: reader.join().expect("stdout read"),
+        stderr: err_reader.join().expect("stderr read"),
+    }
+}
+
+fn code(o: &Output) -> i32 {
+    o.status.code().expect("an exit code")
+}
+
+fn stdout(o: &Output) -> String {
+    String::from_utf8_lossy(&o.stdout).into_owned()
+}
+
+fn stderr(o: &Output) -> String {
+    String::from_utf8_lossy(&o.stderr).into_owned()
+}
+
+fn tmp(name: &str, text: &str) -> PathBuf {
+    let dir = std::env::temp_dir().join(format!("drs-cli-test-{}", std::process::id()));
+    std::fs::create_dir_all(&dir).expect("temp dir");
+    let path = dir.join(name);
+    std::fs::write(&path, text).expect("temp file");
+    path
+}
+
+#[test]
+fn call_prints_only_the_body_and_exits_by_outcome() {
+    let s = Served::demo();
+    let o = drs(&["call", s.url(), "add", r#"{"a": 1, "b": 2}"#], None);
+    assert_eq!(
+        (code(&o), stdout(&o).as_str()),
+        (0, "3\n"),
+        "{}",
+        stderr(&o)
+    );
+
+    let o = drs(
+        &["call", s.url(), "echo", r#"{"x": [1, 2]}"#, "--raw"],
+        None,
+    );
+    assert_eq!((code(&o), stdout(&o).as_str()), (0, "{\"x\":[1,2]}\n"));
+
+    let o = drs(&["call", s.url(), "fail", r#"{"message": "nope"}"#], None);
+    assert_eq!((code(&o), stdout(&o).as_str()), (1, ""));
+    assert!(stderr(&o).contains("drs.error: nope"), "{}", stderr(&o));
+
+    let o = drs(&["call", s.url(), "nothing.here"], None);
+    assert_eq!(code(&o), 1);
+    assert!(stderr(&o).contains("No handlers for nothing.here"));
+
+    let o = drs(&["call", s.url(), "kaboom"], None);
+    assert_eq!(code(&o), 2);
+    assert!(stderr(&o).contains("drs.exception: handler panicked: kaboom"));
+
+    let o = drs(
+        &[
+            "call",
+            s.url(),
+            "sleep",
+            r#"{"ms": 5000}"#,
+            "--timeout",
+            "0.2",
+        ],
+        None,
+    );
+    assert_eq!(code(&o), 3, "{}", stderr(&o));
+    assert!(
+        stderr(&o).contains("timed out after 200ms"),
+        "{}",
+        stderr(&o)
+    );
+}
+
+#[test]
+fn connection_failures_exit_4_and_usage_errors_64() {
+    // A port nobody listens on: bound, then released.
+    let port = std::net::TcpListener::bind("127.0.0.1:0")
+        .and_then(|l| l.local_addr())
+        .expect("a port")
+        .port();
+    let url = format!("tcp://127.0.0.1:{port}");
+    let o = drs(&["call", &url, "echo", "1"], None);
+    assert_eq!(code(&o), 4, "{}", stderr(&o));
+    assert!(stderr(&o).contains("cannot connect to"), "{}", stderr(&o));
+
+    let s = Served::demo();
+    for (args, says) in [
+        (vec!["call", s.url(), "echo", "not json"], "not JSON"),
+        (
+            vec!["call", s.url(), "echo", "@/nonexistent/x.json"],
+            "/nonexistent/x.json",
+        ),
+        (vec!["call", "127.0.0.1:1", "echo", "1"], "not a drs URL"),
+        (
+            vec!["call", "tcp://h:1?protocol=xml", "echo"],
+            "unknown protocol",
+        ),
+        (vec!["call", s.url()], "ACTION"),
+        (
+            vec!["call", s.url(), "echo", "--timeout", "soon"],
+            "not a number of seconds",
+        ),
+        (vec!["frobnicate"], "frobnicate"),
+        (vec!["publish", s.url(), "bad..topic", "1"], "topic"),
+    ] {
+        let o = drs(&args, None);
+        assert_eq!(code(&o), 64, "{args:?}: {}", stderr(&o));
+        assert!(stderr(&o).contains(says), "{args:?}: {}", stderr(&o));
+    }
+}
+
+#[test]
+fn bodies_come_from_arguments_files_and_stdin() {
+    let s = Served::demo();
+    let file = tmp("body.json", r#"{"from": "file"}"#);
+    let at = format!("@{}", file.display());
+    let o = drs(&["call", s.url(), "echo", &at, "--raw"], None);
+    assert_eq!(stdout(&o), "{\"from\":\"file\"}\n", "{}", stderr(&o));
+
+    let o = drs(
+        &["call", s.url(), "echo", "-", "--raw"],
+        Some("[1, 2, 3]\n"),
+    );
+    assert_eq!(stdout(&o), "[1,2,3]\n", "{}", stderr(&o));
+
+    // No BODY, stdin not a terminal: stdin is the body.
+    let o = drs(&["call", s.url(), "echo", "--raw"], Some("\"piped\""));
+    assert_eq!(stdout(&o), "\"piped\"\n", "{}", stderr(&o));
+
+    // An empty stdin is no body.
+    let o = drs(&["call", s.url(), "echo", "--raw"], None);
+    assert_eq!(stdout(&o), "null\n", "{}", stderr(&o));
+
+    let o = drs(&["call", s.url(), "echo", "-"], Some("{oops"));
+    assert_eq!(code(&o), 64);
+    assert!(stderr(&o).contains("stdin is not JSON"), "{}", stderr(&o));
+}
+
+#[test]
+fn msgpack_and_websocket_urls_work_the_same() {
+    let s = Served::start(
+        &[
+            "serve",
+            "--demo",
+            "--listen",
+            "ws://127.0.0.1:0",
+            "--listen",
+            "tcp://127.0.0.1:0?protocol=msgpack",
+        ],
+        2,
+    );
+    let ws = format!("{}/socket", s.urls[0]);
+    let o = drs(&["call", &ws, "add", r#"{"a": 1.5, "b": 2}"#], None);
+    assert_eq!(stdout(&o), "3.5\n", "{}", stderr(&o));
+    assert!(s.urls[1].ends_with("?protocol=msgpack"), "{:?}", s.urls);
+    let o = drs(
+        &[
+            "call",
+            &s.urls[1],
+            "echo",
+            r#"{"k": [true, null, "v"]}"#,
+            "--raw",
+        ],
+        None,
+    );
+    assert_eq!(stdout(&o), "{\"k\":[true,null,\"v\"]}\n", "{}", stderr(&o));
+}
+
+#[test]
+fn stream_prints_items_as_they_come_then_the_final_value() {
+    let s = Served::demo();
+    let o = drs(
+        &["stream", s.url(), "count", r#"{"n": 3}"#, "--window", "1"],
+        None,
+    );
+    assert_eq!(
+        (code(&o), stdout(&o).as_str()),
+        (0, "0\n1\n2\n3\n"),
+        "{}",
+        stderr(&o)
+    );
+
+    let o = drs(&["stream", s.url(), "count", r#"{"n": 2000000}"#], None);
+    assert_eq!(code(&o), 1);
+    assert!(stderr(&o).contains("n is at most"), "{}", stderr(&o));
+}
+
+#[test]
+fn ctrl_c_cancels_a_stream() {
+    let s = Served::demo();
+    let mut child = spawn(
+        &["stream", s.url(), "count", r#"{"n": 100000, "ms": 20}"#],
+        None,
+    );
+    // Wait for the first item, then interrupt.
+    let mut out = BufReader::new(child.stdout.take().expect("stdout"));
+    let mut first = String::new();
+    out.read_line(&mut first).expect("an item");
+    assert_eq!(first, "0\n");
+    let pid = child.id().to_string();
+    let killed = Command::new("kill").args(["-INT", &pid]).status();
+    assert!(killed.expect("kill runs").success());
+    let deadline = Instant::now() + LIMIT;
+    let status = loop {
+        if let Some(status) = child.try_wait().expect("wait") {
+            break status;
+        }
+        assert!(Instant::now() < deadline, "drs stream ignored SIGINT");
+        std::thread::sleep(Duration::from_millis(5));
+    };
+    assert_eq!(status.code(), Some(130));
+    let mut rest = String::new();
+    out.read_to_string(&mut rest).expect("the rest");
+    assert!(rest.lines().count() < 1000, "the stream ran on");
+    // The server is fine and free: the cancelled handler holds nothing.
+    let o = drs(&["call", s.url(), "echo", "1"], None);
+    assert_eq!(stdout(&o), "1\n");
+}
+
+/// Waits for `drs listen` to have subscribed: its subscriptions are
+/// confirmed before it prints, so a publication reaching one more
+/// subscriber than before proves it.
+fn publish_until_heard(url: &str, topic: &str, body: &str) {
+    let deadline = Instant::now() + LIMIT;
+    loop {
+        let o = drs(&["publish", url, topic, body], None);
+        assert_eq!(code(&o), 0, "{}", stderr(&o));
+        if stdout(&o).trim() != "0" {
+            return;
+        }
+        assert!(Instant::now() < deadline, "drs listen never subscribed");
+        std::thread::sleep(Duration::from_millis(20));
+    }
+}
+
+#[test]
+fn listen_prints_topic_deliveries_and_broadcasts_as_json_lines() {
+    let s = Served::demo();
+    let mut listener = spawn(
+        &["listen", s.url(), "--topic", "sensors.*", "--count", "2"],
+        None,
+    );
+    publish_until_heard(s.url(), "sensors.t1", "21.5");
+    // A broadcast reaches every client, the listener among them.
+    let o = drs(&["call", s.url(), "shout", r#""hello""#], None);
+    assert_eq!(code(&o), 0, "{}", stderr(&o));
+    let o = wait(&mut listener);
+    assert_eq!(code(&o), 0, "{}", stderr(&o));
+    let lines: Vec<serde_json::Value> = stdout(&o)
+        .lines()
+        .map(|l| serde_json::from_str(l).expect("a JSON line"))
+        .collect();
+    assert_eq!(
+        lines,
+        [
+            serde_json::json!({"action": "sensors.t1", "body": 21.5}),
+            serde_json::json!({"action": "shout", "body": "hello"}),
+        ]
+    );
+}
+
+#[test]
+fn a_named_retroactive_listener_gets_what_was_published_while_away() {
+    let s = Served::demo();
+    let args = [
+        "listen",
+        s.url(),
+        "--name",
+        "auditor",
+        "--topic",
+        "orders.>",
+        "--retroactive",
+        "--count",
+        "1",
+    ];
+    let mut first = spawn(&args, None);
+    publish_until_heard(s.url(), "orders.new", "1");
+    assert_eq!(code(&wait(&mut first)), 0);
+    // Away: these are kept for the name.
+    for n in 2..=3 {
+        let o = drs(&["publish", s.url(), "orders.new", &n.to_string()], None);
+        assert_eq!(stdout(&o), "1\n", "stored for the name: {}", stderr(&o));
+    }
+    let deadline = Instant::now() + LIMIT;
+    let o = loop {
+        // The server may not have released the name yet.
+        let mut back = args.to_vec();
+        back[8] = "2";
+        let o = drs(&back, None);
+        if !stderr(&o).contains("name taken") {
+            break o;
+        }
+        assert!(Instant::now() < deadline);
+        std::thread::sleep(Duration::from_millis(20));
+    };
+    assert_eq!(code(&o), 0, "{}", stderr(&o));
+    let bodies: Vec<serde_json::Value> = stdout(&o)
+        .lines()
+        .map(|l| serde_json::from_str::<serde_json::Value>(l).expect("JSON")["body"].clone())
+        .collect();
+    assert_eq!(bodies, [2, 3]);
+}
+
+#[test]
+fn fire_publish_no_confirm_and_ping() {
+    let s = Served::demo();
+    let mut listener = spawn(&["listen", s.url(), "--topic", "t", "--count", "2"], None);
+    publish_until_heard(s.url(), "t", "0");
+    let o = drs(&["publish", s.url(), "t", "1", "--no-confirm"], None);
+    assert_eq!((code(&o), stdout(&o).as_str()), (0, ""), "{}", stderr(&o));
+    let o = wait(&mut listener);
+    assert!(
+        stdout(&o).ends_with("{\"action\":\"t\",\"body\":1}\n"),
+        "{}",
+        stdout(&o)
+    );
+
+    let mut listener = spawn(
+        &["listen", s.url(), "--topic", "ready", "--count", "2"],
+        None,
+    );
+    publish_until_heard(s.url(), "ready", "0");
+    let o = drs(&["fire", s.url(), "shout", r#"{"fired": true}"#], None);
+    assert_eq!((code(&o), stdout(&o).as_str()), (0, ""), "{}", stderr(&o));
+    let o = wait(&mut listener);
+    assert!(
+        stdout(&o).ends_with("{\"action\":\"shout\",\"body\":{\"fired\":true}}\n"),
+        "{}",
+        stdout(&o)
+    );
+
+    let o = drs(
+        &["ping", s.url(), "--count", "2", "--interval", "0.01"],
+        None,
+    );
+    assert_eq!(code(&o), 0, "{}", stderr(&o));
+    let pings: Vec<serde_json::Value> = stdout(&o)
+        .lines()
+        .map(|l| serde_json::from_str(l).expect("JSON"))
+        .collect();
+    assert_eq!(pings.len(), 2);
+    assert_eq!(pings[1]["seq"], 2);
+    assert!(pings[0]["rtt_ms"].as_f64().is_some() && pings[0]["server_time_ms"].as_u64().is_some());
+}
+
+#[test]
+fn serve_reads_a_config_with_two_listeners_a_token_and_a_jail() {
+    let config = tmp(
+        "two.toml",
+        r#"
+name = "configured"
+demo = true
+jail = ["echo", "add", "session", "fail"]
+
+[limits]
+max_connections = 100
+handler_timeout = 10
+
+[broker]
+publish = ["news.*"]
+
+[[listener]]
+url = "tcp://127.0.0.1:0"
+
+[[listener]]
+url = "ws://127.0.0.1:0"
+token = "s3cret"
+"#,
+    );
+    let s = Served::start(&["serve", config.to_str().expect("utf-8 path")], 2);
+    let (open, guarded) = (s.urls[0].clone(), format!("{}/socket", s.urls[1]));
+    let o = drs(&["call", &open, "session", "--raw"], None);
+    let session: serde_json::Value = serde_json::from_str(&stdout(&o)).expect("JSON");
+    assert_eq!(session["server"], "configured", "{}", stderr(&o));
+
+    let o = drs(&["call", &guarded, "echo", "1"], None);
+    assert_eq!(code(&o), 1);
+    assert!(stderr(&o).contains("unauthenticated"), "{}", stderr(&o));
+    let o = drs(&["call", &guarded, "echo", "1", "--token", "wrong"], None);
+    assert_eq!(code(&o), 1);
+    assert!(
+        stderr(&o).contains("authentication failed"),
+        "{}",
+        stderr(&o)
+    );
+    let o = drs(&["call", &guarded, "echo", "1", "--token", "s3cret"], None);
+    assert_eq!(
+        (code(&o), stdout(&o).as_str()),
+        (0, "1\n"),
+        "{}",
+        stderr(&o)
+    );
+    let o = Command::new(DRS)
+        .args(["call", &guarded, "echo", "2"])
+        .env("DRS_TOKEN", "s3cret")
+        .stdin(Stdio::null())
+        .output()
+        .expect("drs runs");
+    assert_eq!(String::from_utf8_lossy(&o.stdout), "2\n");
+
+    let o = drs(&["call", &open, "sleep", r#"{"ms": 1}"#], None);
+    assert_eq!(code(&o), 1);
+    assert!(
+        stderr(&o).contains("action not allowed: sleep"),
+        "{}",
+        stderr(&o)
+    );
+    let o = drs(&["publish", &open, "other.topic", "1"], None);
+    assert_eq!(code(&o), 1, "the publish jail: {}", stderr(&o));
+}
+
+#[test]
+fn serve_refuses_bad_configs_with_usage_errors() {
+    for (name, text, says) in [
+        (
+            "typo.toml",
+            "nmae = \"x\"\n[[listener]]\nurl = \"tcp://127.0.0.1:0\"\n",
+            "unknown field `nmae`",
+        ),
+        ("empty.toml", "name = \"x\"\n", "no [[listener]]"),
+        (
+            "tls.toml",
+            "[[listener]]\nurl = \"tls://127.0.0.1:0\"\n",
+            "needs tls",
+        ),
+        (
+            "scheme.toml",
+            "[[listener]]\nurl = \"udp://127.0.0.1:0\"\n",
+            "unknown scheme",
+        ),
+        (
+            "jail.toml",
+            "jail = [\"\"]\n[[listener]]\nurl = \"tcp://127.0.0.1:0\"\n",
+            "jail",
+        ),
+        (
+            "token.toml",
+            "[[listener]]\nurl = \"tcp://127.0.0.1:0\"\ntoken = \"\"\n",
+            "token is empty",
+        ),
+        (
+            "time.toml",
+            "[limits]\nidle_timeout = -1\n[[listener]]\nurl = \"tcp://127.0.0.1:0\"\n",
+            "idle_timeout",
+        ),
+    ] {
+        let path = tmp(name, text);
+        let o = drs(&["serve", path.to_str().expect("utf-8")], None);
+        assert_eq!(code(&o), 64, "{name}: {}", stderr(&o));
+        assert!(stderr(&o).contains(says), "{name}: {}", stderr(&o));
+    }
+    let o = drs(&["serve"], None);
+    assert_eq!(code(&o), 64);
+    assert!(stderr(&o).contains("nothing to serve"));
+}
+
+#[test]
+fn the_example_config_serves() {
+    // On free ports instead of 12000 and 12001.
+    let example = include_str!("../drs.example.toml");
+    assert!(example.contains(":12000\"") && example.contains(":12001\""));
+    let config = tmp(
+        "example.toml",
+        &example
+            .replace(":12000\"", ":0\"")
+            .replace(":12001\"", ":0\""),
+    );
+    let s = Served::start(&["serve", config.to_str().expect("utf-8")], 2);
+    let o = drs(&["call", s.url(), "add", r#"{"a": 2, "b": 2}"#], None);
+    assert_eq!(stdout(&o), "4\n", "{}", stderr(&o));
+    let ws = format!("{}/socket", s.urls[1]);
+    let o = drs(&["call", &ws, "echo", "1", "--token", "change-me"], None);
+    assert_eq!(stdout(&o), "1\n", "{}", stderr(&o));
+    let o = drs(&["call", s.url(), "kaboom"], None);
+    assert!(stderr(&o).contains("action not allowed"), "{}", stderr(&o));
+}
+
+#[test]
+fn bench_measures_and_reports() {
+    let s = Served::demo();
+    let o = drs(
+        &[
+            "bench",
+            s.url(),
+            "--calls",
+            "300",
+            "--connections",
+            "2",
+            "--concurrency",
+            "4",
+            "--raw",
+        ],
+        None,
+    );
+    assert_eq!(code(&o), 0, "{}", stderr(&o));
+    let r: serde_json::Value = serde_json::from_str(stdout(&o).trim()).expect("one JSON line");
+    assert_eq!(
+        (r["calls"].as_u64(), r["errors"].as_u64()),
+        (Some(300), Some(0)),
+        "{r}"
+    );
+    assert!(r["p50_ms"].as_f64().unwrap() <= r["p99_ms"].as_f64().unwrap());
+    assert!(r["calls_per_sec"].as_f64().unwrap() > 0.0);
+
+    let o = drs(
+        &[
+            "bench",
+            s.url(),
+            "add",
+            "--calls",
+            "10",
+            "--connections",
+            "1",
+        ],
+        Some("{\"a\": 1, \"b\": 1}"),
+    );
+    assert_eq!(code(&o), 0, "{}", stderr(&o));
+    assert!(stdout(&o).contains("calls/s"), "{}", stdout(&o));
+
+    let o = drs(
+        &[
+            "bench",
+            s.url(),
+            "fail",
+            r#"{"message": "x"}"#,
+            "--calls",
+            "10",
+        ],
+        None,
+    );
+    assert_eq!(code(&o), 1);
+    assert!(
+        stderr(&o).contains("the first call failed"),
+        "{}",
+        stderr(&o)
+    );
+}
+
+#[test]
+fn completions_are_scripts_for_each_shell() {
+    for (shell, says) in [
+        ("bash", "_drs()"),
+        ("zsh", "#compdef drs"),
+        ("fish", "complete -c drs"),
+    ] {
+        let o = drs(&["completions", shell], None);
+        assert_eq!(code(&o), 0);
+        assert!(stdout(&o).contains(says), "{shell}");
+        assert!(stdout(&o).contains("listen"), "{shell}");
+    }
+}
+
+#[test]
+fn help_texts_match_their_snapshots() {
+    let dir = PathBuf::from(concat!(env!("CARGO_MANIFEST_DIR"), "/tests/help"));
+    let update = std::env::var_os("DRS_UPDATE_HELP").is_some();
+    let mut stale = Vec::new();
+    for sub in [
+        "",
+        "call",
+        "fire",
+        "stream",
+        "listen",
+        "publish",
+        "ping",
+        "serve",
+        "bench",
+        "completions",
+    ] {
+        let args: Vec<&str> = [sub, "--help"]
+            .into_iter()
+            .filter(|a| !a.is_empty())
+            .collect();
+        let o = drs(&args, None);
+        assert_eq!(code(&o), 0, "{args:?}");
+        let text = stdout(&o);
+        assert!(text.contains("Examples:"), "{args:?} shows examples");
+        let file = dir.join(format!("{}.txt", if sub.is_empty() { "drs" } else { sub }));
+        if update {
+            std::fs::create_dir_all(&dir).expect("help dir");
+            std::fs::write(&file, &text).expect("snapshot written");
+        } else if std::fs::read_to_string(&file).ok().as_deref() != Some(text.as_str()) {
+            stale.push(file.display().to_string());
+        }
+    }
+    assert!(
+        stale.is_empty(),
+        "help changed: {stale:?} (DRS_UPDATE_HELP=1 cargo test -p drs-cli --test cli help rewrites them; review the diff)"
+    );
+}
