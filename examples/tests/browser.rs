@@ -24,11 +24,10 @@ fn chromium() -> Option<&'static str> {
                 .is_ok_and(|o| o.status.success())
         });
     if found.is_none() {
-        assert!(
-            std::env::var_os("CI").is_none(),
-            "CI must have chromium (see .ci/run)"
+        drs_testkit::skip(
+            "the_example_page_works_in_a_real_browser",
+            "chromium (apt-get install chromium)",
         );
-        eprintln!("skipping: no chromium on this machine (apt-get install chromium)");
     }
     found
 }

@@ -9,26 +9,7 @@ mod common;
 
 use std::process::Command;
 
-use common::DemoServer;
-
-fn python_has(modules: &[&str]) -> bool {
-    let probe = format!("import {}", modules.join(", "));
-    let ok = Command::new("python3")
-        .args(["-c", &probe])
-        .status()
-        .map(|s| s.success())
-        .unwrap_or(false);
-    if !ok {
-        assert!(
-            std::env::var_os("CI").is_none(),
-            "CI must have python3 with {modules:?} (see .ci/run)"
-        );
-        eprintln!(
-            "skipping: python3 with {modules:?} is not installed (pip install websockets msgpack)"
-        );
-    }
-    ok
-}
+use common::{python_has, DemoServer};
 
 fn run_python(script: &str, args: &[&str]) {
     let dir = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("python");

@@ -127,3 +127,32 @@ impl Drop for DemoServer {
         }
     }
 }
+
+/// Whether `python3` can import `modules`; if not, the test says so where
+/// `cargo test` shows it (`SKIPPED …`) and is skipped, except under `CI`,
+/// where it fails (CI installs them: `.ci/run`).
+pub fn python_has(modules: &[&str]) -> bool {
+    let probe = format!("import {}", modules.join(", "));
+    let ok = Command::new("python3")
+        .args(["-c", &probe])
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .status()
+        .map(|s| s.success())
+        .unwrap_or(false);
+    if !ok {
+        let test = std::thread::current()
+            .name()
+            .unwrap_or("a test")
+            .to_string();
+        drs_testkit::skip(
+            &test,
+            &format!(
+                "python3 with {} (pip install {})",
+                modules.join(", "),
+                modules.join(" ")
+            ),
+        );
+    }
+    ok
+}

@@ -1,0 +1,136 @@
+//! The client packages' own suites, against the real `demo_server`:
+//! `clients/python` (pytest) and `clients/js` (Node's test runner). Each
+//! suite starts and restarts demo_servers itself (`DRS_DEMO_SERVER` names
+//! the binary); the TLS tests get a CA and a certificate for `localhost`
+//! made here (`DRS_TLS_CA`, `DRS_TLS_CERT`, `DRS_TLS_KEY`; no key is
+//! committed).
+//!
+//! CI installs Python's and Node's packages (`.ci/run`); where they are
+//! missing and `CI` is not set, these tests say so (`SKIPPED …`) and pass
+//! without running.
+
+mod common;
+
+use std::{
+    path::{Path, PathBuf},
+    process::{Command, Stdio},
+};
+
+use common::{example_path, python_has};
+
+/// A CA and a server certificate for `localhost` in a directory of their
+/// own: (dir, ca, cert, key).
+fn tls_files(tag: &str) -> (PathBuf, String, String, String) {
+    use drs_tls::test_pki::{TestCa, Usage};
+    let ca = TestCa::new("drs client test CA");
+    let (cert, key) = ca.issue("localhost", &["localhost"], Usage::Server, false);
+    let dir = std::env::temp_dir().join(format!("drs-clients-{tag}-{}", std::process::id()));
+    std::fs::create_dir_all(&dir).expect("temp dir");
+    let file = |name: &str, text: String| {
+        let path = dir.join(name);
+        std::fs::write(&path, text).expect("PEM written");
+        path.to_string_lossy().into_owned()
+    };
+    let (ca, cert, key) = (
+        file("ca.pem", ca.pem()),
+        file("server.pem", cert),
+        file("server.key", key),
+    );
+    (dir, ca, cert, key)
+}
+
+fn clients_dir(which: &str) -> PathBuf {
+    Path::new(env!("CARGO_MANIFEST_DIR"))
+        .join("..")
+        .join("clients")
+        .join(which)
+}
+
+/// Runs `program args` in `dir` with the demo server and the TLS files in
+/// its environment, and fails with its output unless it succeeds.
+fn run_suite(tag: &str, program: &str, args: &[&str], dir: &Path, env: &[(&str, &str)]) -> String {
+    let demo = example_path("demo_server");
+    let (tls_dir, ca, cert, key) = tls_files(tag);
+    let out = Command::new(program)
+        .args(args)
+        .current_dir(dir)
+        .env("DRS_DEMO_SERVER", &demo)
+        .env("DRS_TLS_CA", &ca)
+        .env("DRS_TLS_CERT", &cert)
+        .env("DRS_TLS_KEY", &key)
+        .envs(env.iter().copied())
+        .stdin(Stdio::null())
+        .output()
+        .unwrap_or_else(|e| panic!("cannot run {program}: {e}"));
+    let _ = std::fs::remove_dir_all(&tls_dir);
+    let stdout = String::from_utf8_lossy(&out.stdout).into_owned();
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        out.status.success(),
+        "{program} {args:?} failed:\n{stdout}\n{stderr}"
+    );
+    stdout
+}
+
+#[test]
+fn python_client_package() {
+    if !python_has(&["websockets", "msgpack", "pytest"]) {
+        return;
+    }
+    let dir = clients_dir("python");
+    let stdout = run_suite(
+        "py",
+        "python3",
+        &["-m", "pytest", "-q", "-p", "no:cacheprovider", "tests"],
+        &dir,
+        &[("PYTHONPATH", dir.to_str().expect("a UTF-8 path"))],
+    );
+    assert!(stdout.contains(" passed"), "{stdout}");
+    assert!(
+        !stdout.contains("skipped"),
+        "nothing may skip here: {stdout}"
+    );
+}
+
+/// Whether Node can run the JS client's tests: `node` on the PATH and the
+/// package's dependencies installed (`npm install` in clients/js).
+fn node_ready(dir: &Path) -> bool {
+    let ok = Command::new("node")
+        .args([
+            "-e",
+            "import('ws').then(() => process.exit(0), () => process.exit(1))",
+        ])
+        .current_dir(dir)
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .status()
+        .map(|s| s.success())
+        .unwrap_or(false);
+    if !ok {
+        drs_testkit::skip(
+            "js_client_package",
+            "node with clients/js's dependencies (cd clients/js && npm install)",
+        );
+    }
+    ok
+}
+
+#[test]
+fn js_client_package() {
+    let dir = clients_dir("js");
+    if !node_ready(&dir) {
+        return;
+    }
+    let stdout = run_suite(
+        "js",
+        "node",
+        &["--test", "--test-reporter=spec", "test/"],
+        &dir,
+        &[],
+    );
+    assert!(stdout.contains("pass"), "{stdout}");
+    assert!(
+        !stdout.contains("# skipped") || stdout.contains("# skipped 0"),
+        "nothing may skip here: {stdout}"
+    );
+}
