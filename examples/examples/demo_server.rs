@@ -91,9 +91,6 @@ security:
   --jail PATTERNS             allowlist of actions for every connection (comma-separated;
                               `billing.*` is a prefix); others get \"action not allowed\"";
 
-/// The page served to browsers on the WebSocket listener's `/`.
-const PAGE: &str = include_str!("../browser/index.html");
-
 enum Bind {
     /// TCP, over TLS when settings are given.
     Tcp(String, Option<ServerTls>),
@@ -350,7 +347,7 @@ async fn main() -> ExitCode {
                 let kind = if tls.is_some() { "wss" } else { "ws" };
                 let bound = match WsListener::bind_with(&addr, ws).await {
                     Ok(l) => {
-                        let l = l.page("/", "text/html; charset=utf-8", PAGE);
+                        let l = examples::with_browser_page(l);
                         let l = match tls {
                             Some(tls) => l.tls(tls),
                             None => l,

@@ -11,6 +11,25 @@ pub use drs_demo::{
     MAX_COUNT,
 };
 
+/// The example browser page (`examples/browser/index.html`).
+pub const BROWSER_PAGE: &str = include_str!("../browser/index.html");
+
+/// The JavaScript client package (`clients/js/drs-client.js`), which the
+/// page imports.
+pub const CLIENT_JS: &str = include_str!("../../clients/js/drs-client.js");
+
+/// `listener`, serving the example page at `/` and the JavaScript client
+/// at `/drs-client.js` to plain HTTP `GET`s.
+pub fn with_browser_page(listener: drs_transport_ws::WsListener) -> drs_transport_ws::WsListener {
+    listener
+        .page("/", "text/html; charset=utf-8", BROWSER_PAGE)
+        .page(
+            "/drs-client.js",
+            "text/javascript; charset=utf-8",
+            CLIENT_JS,
+        )
+}
+
 /// Logs to stderr, filtered by `RUST_LOG` (default: `default`).
 pub fn init_tracing(default: &str) {
     let filter = tracing_subscriber::EnvFilter::try_from_default_env()

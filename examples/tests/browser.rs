@@ -1,6 +1,8 @@
 //! A real browser (headless Chromium) loads the example page from a drs
-//! WebSocket listener and talks to the server with `new WebSocket(url)`:
-//! calls, an exception, the server calling the page back, a broadcast.
+//! WebSocket listener and talks to the server through the JavaScript
+//! client package (`clients/js`, served at `/drs-client.js`): calls, an
+//! exception, the server calling the page back, a broadcast, a stream with
+//! credit, a cancel through an AbortSignal, publish and subscribe.
 //!
 //! CI installs Chromium (`.ci/run`); where it is missing and `CI` is not
 //! set, this test says so and passes without running.
@@ -11,8 +13,6 @@ use drs_core::{HandlerResult, Server};
 use drs_protocol_json::Json;
 use drs_transport_ws::WsListener;
 use serde_json::Value;
-
-const PAGE: &str = include_str!("../browser/index.html");
 
 fn chromium() -> Option<&'static str> {
     let found = ["chromium", "chromium-browser", "google-chrome"]
@@ -37,6 +37,9 @@ async fn the_example_page_works_in_a_real_browser() {
     let Some(browser) = chromium() else { return };
     let server = Server::new();
     examples::demo_actions(&server);
+    // Pub/sub, as demo_server has it.
+    let _broker = drs_broker::Broker::attach(&server, drs_broker::BrokerConfig::default())
+        .expect("an in-memory broker");
     let (tx, mut reports) = tokio::sync::mpsc::channel::<Value>(1);
     server.on("selftest.report", move |report: Value| {
         let tx = tx.clone();
@@ -45,11 +48,13 @@ async fn the_example_page_works_in_a_real_browser() {
             HandlerResult::Ok(())
         }
     });
-    let listener =
-        WsListener::bind("127.0.0.1:0")
-            .await
-            .unwrap()
-            .page("/", "text/html; charset=utf-8", PAGE);
+    let progress = std::sync::Arc::new(std::sync::Mutex::new(Vec::<Value>::new()));
+    let seen = progress.clone();
+    server.on("selftest.progress", move |step: Value| {
+        seen.lock().unwrap().push(step);
+        async { HandlerResult::Ok(()) }
+    });
+    let listener = examples::with_browser_page(WsListener::bind("127.0.0.1:0").await.unwrap());
     let addr = server.listen(listener, Json).unwrap();
 
     let profile = std::env::temp_dir().join(format!("drs-chromium-{}", std::process::id()));
@@ -74,13 +79,18 @@ async fn the_example_page_works_in_a_real_browser() {
 
     let report = tokio::time::timeout(Duration::from_secs(60), reports.recv())
         .await
-        .expect("the page reported within 60 s")
+        .unwrap_or_else(|_| {
+            panic!(
+                "the page did not report within 60 s; its checks so far: {:?}",
+                progress.lock().unwrap()
+            )
+        })
         .expect("report");
     let _ = child.kill().await;
     let _ = std::fs::remove_dir_all(&profile);
 
     let results = report["results"].as_array().expect("results");
-    assert_eq!(results.len(), 5, "{report:#}");
+    assert_eq!(results.len(), 8, "{report:#}");
     for r in results {
         assert_eq!(r["ok"], true, "{}: {}", r["name"], r["error"]);
     }

@@ -316,7 +316,9 @@ class Client:
         try:
             while True:
                 frame = await link.transport.recv()
-                if frame is None:
+                if frame is None or link.closed.is_set():
+                    # Closed on our side: a delivery served now could not
+                    # be acknowledged, and comes again.
                     break
                 try:
                     command = link.codec.decode(frame)
@@ -547,6 +549,7 @@ class Client:
         self._closing = True
         link = self._link
         if link is not None:
+            link.closed.set()
             await link.transport.close()
             if link.reader is not None:
                 try:
