@@ -242,6 +242,11 @@ impl Body {
 
 /// What a call's reply body can be read as: any `T: DeserializeOwned`, or
 /// the [`Body`] itself (to pass it on untouched).
+///
+/// A type that holds no data (`()`, a unit struct) accepts any reply: a
+/// call made for its side effect, `conn.call::<()>("log", entry).await?`,
+/// succeeds whatever the handler answered, as long as it answered
+/// `drs.response`.
 pub trait FromBody: Sized {
     /// Reads the value out of the body.
     fn from_body(body: Body) -> Result<Self, DecodeError>;
@@ -249,7 +254,15 @@ pub trait FromBody: Sized {
 
 impl<T: DeserializeOwned> FromBody for T {
     fn from_body(body: Body) -> Result<Self, DecodeError> {
-        body.deserialize()
+        match body.deserialize() {
+            Ok(value) => Ok(value),
+            // Nothing to lose: the reply is ignored.
+            Err(e) if std::mem::size_of::<T>() == 0 => {
+                T::deserialize(serde::de::value::UnitDeserializer::<serde::de::value::Error>::new())
+                    .map_err(|_| e)
+            }
+            Err(e) => Err(e),
+        }
     }
 }
 

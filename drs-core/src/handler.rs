@@ -18,7 +18,7 @@ use crate::{
     conn::{encode_frame, Conn},
     ext::Extensions,
     protocol::{OutBody, Outgoing},
-    stream::{IntoReply, Produced, Producer},
+    stream::{IntoOutcome, Produced, Producer},
     sync::lock,
     Error,
 };
@@ -417,13 +417,17 @@ impl FromMsg for Body {
 
 /// An async function usable as a handler.
 ///
-/// Implemented for `Fn(A, …) -> impl Future<Output = Result<R, E>>` with zero
-/// to three arguments, each [`FromMsg`] (a typed body, [`Msg`], [`Conn`],
-/// [`Body`] or an [`ItemSink`](crate::ItemSink)); `R` is the reply, any
-/// `Serialize` value or a [`Streamed`](crate::Streamed) stream of items
-/// ([`IntoReply`]); `E: Display` is answered with `drs.error` (see
-/// [`HandlerError`] for `drs.exception`). A panic is caught and answered
-/// with `drs.exception`. Also implemented for [`Chain`].
+/// Implemented for `Fn(A, …) -> impl Future<Output = O>` with zero to
+/// three arguments, each [`FromMsg`] (a typed body, [`Msg`], [`Conn`],
+/// [`Body`] or an [`ItemSink`](crate::ItemSink)), where `O` is
+/// [`IntoOutcome`](crate::IntoOutcome): a `Result<R, E>` whose `R` is the
+/// reply, any `Serialize` value or a [`Streamed`](crate::Streamed) stream
+/// of items ([`IntoReply`](crate::IntoReply)), and whose `E: Display` is answered with
+/// `drs.error` (see [`HandlerError`] for `drs.exception`); or, for a
+/// handler that cannot fail, the reply itself (`|x: i64| async move { x *
+/// 2 }`; any `Serialize` type through [`Reply`](crate::Reply)). A panic is
+/// caught and answered with `drs.exception`. Also implemented for
+/// [`Chain`].
 pub trait Handler<Args>: Clone + Send + Sync + 'static {
     /// Runs the handler for one command.
     #[doc(hidden)]
@@ -432,12 +436,11 @@ pub trait Handler<Args>: Clone + Send + Sync + 'static {
 
 macro_rules! impl_handler {
     ($($arg:ident),*) => {
-        impl<F, Fut, R, E, $($arg,)*> Handler<($($arg,)*)> for F
+        impl<F, Fut, $($arg,)*> Handler<($($arg,)*)> for F
         where
             F: Fn($($arg),*) -> Fut + Clone + Send + Sync + 'static,
-            Fut: Future<Output = Result<R, E>> + Send + 'static,
-            R: IntoReply,
-            E: fmt::Display + Send + 'static,
+            Fut: Future + Send + 'static,
+            Fut::Output: IntoOutcome,
             $($arg: FromMsg + Send + 'static,)*
         {
             // Panics are caught by whoever polls: the connection's driver,
@@ -452,12 +455,9 @@ macro_rules! impl_handler {
                             Err(e) => return e.into_outcome(),
                         };
                     )*
-                    let outcome = match f($($arg),*).await {
-                        Ok(reply) => match reply.into_reply() {
-                            Produced::Outcome(outcome) => outcome,
-                            Produced::Stream(items) => items.run(&msg).await,
-                        },
-                        Err(e) => Outcome::from_error(e),
+                    let outcome = match f($($arg),*).await.into_produced() {
+                        Produced::Outcome(outcome) => outcome,
+                        Produced::Stream(items) => items.run(&msg).await,
                     };
                     msg.finish(outcome)
                 })

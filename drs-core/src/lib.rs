@@ -10,26 +10,34 @@
 //!
 //! # Example
 //!
+//! Most programs use the `drs` crate, which has this crate and the
+//! transports under one name and connects by URL
+//! (`drs::connect("tcp://127.0.0.1:12000")`). With this crate and the TCP
+//! transport alone:
+//!
 //! ```
-//! use drs_core::{memory, Client, HandlerResult, Server};
+//! use drs_core::{Client, Server};
 //! use drs_protocol_json::Json;
+//! use drs_transport_tcp::{TcpDialer, TcpListener};
 //!
 //! #[derive(serde::Deserialize)]
-//! struct Add { a: f64, b: f64 }
+//! struct Add { a: i64, b: i64 }
 //!
 //! # #[tokio::main(flavor = "current_thread")]
 //! # async fn main() -> Result<(), drs_core::Error> {
 //! let server = Server::new();
-//! server.on("add", |args: Add| async move { HandlerResult::Ok(args.a + args.b) });
+//! server.on("add", |args: Add| async move { args.a + args.b });
+//! let addr = server.listen(TcpListener::bind("127.0.0.1:0").await?, Json)?;
 //!
-//! let (listener, dialer) = memory::listener();
-//! server.listen(listener, Json)?;
-//!
-//! let conn = Client::new().connect(dialer, Json).await?;
-//! let sum: f64 = conn.call("add", serde_json::json!({"a": 1, "b": 2})).await?;
-//! assert_eq!(sum, 3.0);
+//! let conn = Client::new().connect(TcpDialer::new(&addr), Json).await?;
+//! let sum: i64 = conn.call("add", serde_json::json!({"a": 1, "b": 2})).await?;
+//! assert_eq!(sum, 3);
 //! # Ok(()) }
 //! ```
+//!
+//! A handler that can fail returns a `Result` (an `Err` is answered with
+//! `drs.error`); one that cannot returns its value (see [`IntoOutcome`]).
+//! [`memory`] has an in-process transport for tests.
 //!
 //! # Concepts
 //!
@@ -136,7 +144,7 @@ pub use protocol::{
     BodyFormat, DecodeError, EncodeError, FrameKind, Framing, OutBody, Outgoing, Protocol,
 };
 pub use server::{fanout, Peer, Server, ServerConfig};
-pub use stream::{IntoReply, ItemSink, Produced, Streamed};
+pub use stream::{IntoOutcome, IntoReply, ItemSink, Produced, Reply, Streamed};
 pub use text::Text;
 pub use transport::{
     ConnInfo, Dialer, FrameSpec, Listener, PeerCertificate, Transport, DEFAULT_MAX_FRAME_LEN,

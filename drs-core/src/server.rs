@@ -679,7 +679,8 @@ impl Server {
     /// on every connection. A connection whose outbound queue is full (in
     /// frames or bytes) is a slow consumer: it is disconnected
     /// ([`CloseReason::TooSlow`], logged), so that it never stalls the
-    /// broadcast nor grows memory. Connections whose protocol cannot encode
+    /// broadcast nor grows memory. That is why it is not async, unlike
+    /// [`Conn::fire`], which waits for its one peer. Connections whose protocol cannot encode
     /// the command (e.g. a frame over the maximum size) are skipped and
     /// logged; the count says how many it reached.
     pub fn broadcast(&self, action: &str, body: impl Serialize) -> Result<usize, Error> {

@@ -311,3 +311,115 @@ impl IntoReply for Streamed {
         Produced::Stream(self)
     }
 }
+
+/// What a handler's future may resolve to: a `Result<R, E>` (`R` any
+/// [`IntoReply`], `E: Display` answered with `drs.error`), or, for a
+/// handler that cannot fail, the value itself: numbers, `bool`, `char`,
+/// `String`, `&'static str`, `()`, [`Body`](crate::Body),
+/// `serde_json::Value`, `Vec`, `Option`, maps, tuples, a [`Streamed`], or
+/// any `Serialize` type wrapped in [`Reply`], as axum's `IntoResponse`
+/// has it.
+///
+/// ```
+/// # let server = drs_core::Server::new();
+/// server.on("double", |x: i64| async move { x * 2 });
+/// server.on("greet", |name: String| async move { format!("hello {name}") });
+/// #[derive(serde::Serialize)]
+/// struct Point { x: f64, y: f64 }
+/// server.on("origin", || async { drs_core::Reply(Point { x: 0.0, y: 0.0 }) });
+/// ```
+pub trait IntoOutcome: Send + 'static {
+    #[doc(hidden)]
+    fn into_produced(self) -> Produced;
+}
+
+impl<R: IntoReply, E: std::fmt::Display + Send + 'static> IntoOutcome for Result<R, E> {
+    fn into_produced(self) -> Produced {
+        match self {
+            Ok(reply) => reply.into_reply(),
+            Err(e) => Produced::Outcome(Outcome::from_error(e)),
+        }
+    }
+}
+
+/// A reply of any `Serialize` type from a handler that cannot fail:
+/// `|| async { Reply(point) }` (a `Result` needs no wrapper).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub struct Reply<T>(pub T);
+
+impl<T: Serialize + Send + 'static> IntoOutcome for Reply<T> {
+    fn into_produced(self) -> Produced {
+        Produced::Outcome(Outcome::from_value(self.0))
+    }
+}
+
+impl IntoOutcome for Streamed {
+    fn into_produced(self) -> Produced {
+        Produced::Stream(self)
+    }
+}
+
+macro_rules! infallible {
+    ($($t:ty),* $(,)?) => {$(
+        impl IntoOutcome for $t {
+            fn into_produced(self) -> Produced {
+                Produced::Outcome(Outcome::from_value(self))
+            }
+        }
+    )*};
+}
+
+infallible!(
+    (),
+    bool,
+    char,
+    i8,
+    i16,
+    i32,
+    i64,
+    i128,
+    isize,
+    u8,
+    u16,
+    u32,
+    u64,
+    u128,
+    usize,
+    f32,
+    f64,
+    String,
+    &'static str,
+    crate::Body,
+    serde_json::Value,
+);
+
+macro_rules! infallible_generic {
+    ($([$($p:ident),*] $t:ty),* $(,)?) => {$(
+        impl<$($p: Serialize + Send + 'static),*> IntoOutcome for $t {
+            fn into_produced(self) -> Produced {
+                Produced::Outcome(Outcome::from_value(self))
+            }
+        }
+    )*};
+}
+
+infallible_generic!(
+    [T] Vec<T>,
+    [T] Option<T>,
+    [T] Box<T>,
+    [K, V] std::collections::BTreeMap<K, V>,
+    [A, B] (A, B),
+    [A, B, C] (A, B, C),
+    [A, B, C, D] (A, B, C, D),
+);
+
+impl<K, V, S> IntoOutcome for std::collections::HashMap<K, V, S>
+where
+    K: Serialize + Send + 'static,
+    V: Serialize + Send + 'static,
+    S: Send + 'static,
+{
+    fn into_produced(self) -> Produced {
+        Produced::Outcome(Outcome::from_value(self))
+    }
+}

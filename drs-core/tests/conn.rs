@@ -126,7 +126,7 @@ async fn replies_of_every_kind_reach_the_caller() {
                     let expected = match &body {
                         Value::Object(m) => m["message"].as_str().unwrap().to_string(),
                         Value::String(s) => s.clone(),
-                        _ => "Body(json: 42)".to_string(),
+                        other => other.to_string(),
                     };
                     assert_eq!(err.remote().unwrap().message, expected);
                 }
@@ -418,4 +418,128 @@ async fn broadcast_skips_peers_it_cannot_encode_for() {
         );
     })
     .await
+}
+
+/// A server and a client over the in-memory transport.
+async fn served(server: &Server) -> drs_core::Conn {
+    let (listener, dialer) = memory::listener();
+    server.listen(listener, Json).unwrap();
+    Client::new().connect(dialer, Json).await.unwrap()
+}
+
+#[tokio::test]
+async fn handlers_that_cannot_fail_return_plain_values() {
+    #[derive(serde::Serialize)]
+    struct Point {
+        x: i64,
+        y: i64,
+    }
+    let server = Server::new();
+    server.on("double", |x: i64| async move { x * 2 });
+    server.on(
+        "greet",
+        |name: String| async move { format!("hello {name}") },
+    );
+    server.on("static", || async { "fixed" });
+    server.on("nothing", || async {});
+    server.on("maybe", |x: i64| async move { (x > 0).then_some(x) });
+    server.on("pair", |x: i64| async move { (x, vec![x; 2]) });
+    server.on("point", |x: i64| async move {
+        drs_core::Reply(Point { x, y: -x })
+    });
+    server.on("json", || async { json!({"k": [1, 2]}) });
+    server.on("echo", |body: Body| async move { body });
+    server.on("fallible", |x: i64| async move {
+        if x < 0 {
+            Err(HandlerError::new("negative"))
+        } else {
+            Ok(x)
+        }
+    });
+    let conn = within(served(&server)).await;
+    let call = |action: &'static str, body: Value| {
+        let conn = conn.clone();
+        async move { within(conn.call::<Value>(action, body).into_future()).await }
+    };
+    assert_eq!(call("double", json!(21)).await.unwrap(), json!(42));
+    assert_eq!(
+        call("greet", json!("ada")).await.unwrap(),
+        json!("hello ada")
+    );
+    assert_eq!(call("static", Value::Null).await.unwrap(), json!("fixed"));
+    assert_eq!(call("nothing", Value::Null).await.unwrap(), Value::Null);
+    assert_eq!(call("maybe", json!(-1)).await.unwrap(), Value::Null);
+    assert_eq!(call("maybe", json!(3)).await.unwrap(), json!(3));
+    assert_eq!(call("pair", json!(2)).await.unwrap(), json!([2, [2, 2]]));
+    assert_eq!(
+        call("point", json!(5)).await.unwrap(),
+        json!({"x": 5, "y": -5})
+    );
+    assert_eq!(
+        call("json", Value::Null).await.unwrap(),
+        json!({"k": [1, 2]})
+    );
+    assert_eq!(call("echo", json!([true])).await.unwrap(), json!([true]));
+    assert_eq!(call("fallible", json!(1)).await.unwrap(), json!(1));
+    let e = call("fallible", json!(-1)).await.unwrap_err();
+    assert_eq!(e.remote().unwrap().message, "negative");
+    // A body that does not fit is still a drs.error naming the action.
+    let e = call("double", json!("x")).await.unwrap_err();
+    assert!(e.is_remote() && e.to_string().contains("double"), "{e}");
+}
+
+#[tokio::test]
+async fn a_call_for_its_side_effect_accepts_any_reply() {
+    #[derive(Debug, serde::Deserialize, PartialEq)]
+    struct Ack;
+    let server = Server::new();
+    server.on("double", |x: i64| async move { x * 2 });
+    server.on("fail", || async { Err::<(), _>(HandlerError::new("no")) });
+    let conn = within(served(&server)).await;
+    within(conn.call::<()>("double", 21).into_future())
+        .await
+        .unwrap();
+    assert_eq!(
+        within(conn.call::<Ack>("double", 21).into_future())
+            .await
+            .unwrap(),
+        Ack
+    );
+    // Errors are still errors, and data-holding types still checked.
+    assert!(within(conn.call::<()>("fail", ()).into_future())
+        .await
+        .unwrap_err()
+        .is_remote());
+    let e = within(conn.call::<String>("double", 21).into_future())
+        .await
+        .unwrap_err();
+    assert!(matches!(e, Error::Decode(_)), "{e}");
+}
+
+#[tokio::test]
+async fn an_error_reply_without_a_body_says_so() {
+    let (conn, mut raw) = client_over_memory(Client::new());
+    let call = tokio::spawn(conn.call::<Value>("x", ()).into_future());
+    let sent = within(next(&mut raw)).await;
+    let key = sent.key.clone().unwrap();
+    let mut reply = BytesMut::new();
+    Json.encode(
+        &Outgoing::new("drs.error")
+            .key(Some(&key))
+            .body(OutBody::Absent),
+        &mut reply,
+    )
+    .unwrap();
+    raw.send(reply.freeze()).await.unwrap();
+    let e = within(call).await.unwrap().unwrap_err();
+    assert_eq!(e.remote().unwrap().message, "(no message)");
+    assert_eq!(e.to_string(), "remote error: (no message)");
+    // A body that is neither {"message"} nor a string is shown as JSON.
+    let call = tokio::spawn(conn.call::<Value>("y", ()).into_future());
+    let key = within(next(&mut raw)).await.key.unwrap();
+    raw.send(frame(Some(&key), "drs.exception", json!({"code": 7})))
+        .await
+        .unwrap();
+    let e = within(call).await.unwrap().unwrap_err();
+    assert_eq!(e.remote().unwrap().message, r#"{"code":7}"#);
 }

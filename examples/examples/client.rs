@@ -19,8 +19,11 @@ use serde_json::{json, Value};
 
 #[tokio::main]
 async fn main() -> ExitCode {
-    init_tracing("warn");
-    // The in-process server's `kaboom` panics on purpose: keep that to one line.
+    // The tour prints what a client sees. The in-process server logs
+    // `kaboom`'s panic (on purpose) as an error that would land in the
+    // middle of it: its connections' log is off here (RUST_LOG=info shows
+    // it), and any other panic keeps to one line.
+    init_tracing("warn,drs_core::conn::driver=off");
     std::panic::set_hook(Box::new(|info| {
         eprintln!("  (server log) handler panicked: {info}")
     }));

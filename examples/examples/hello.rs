@@ -10,9 +10,7 @@ struct Add {
 #[tokio::main]
 async fn main() -> Result<(), Box<dyn std::error::Error>> {
     let server = Server::new();
-    server.on("add", |args: Add| async move {
-        HandlerResult::Ok(args.a + args.b)
-    });
+    server.on("add", |args: Add| async move { args.a + args.b });
     let url = drs::listen(&server, "tcp://127.0.0.1:0").await?;
 
     let conn = drs::connect(&url).await?;

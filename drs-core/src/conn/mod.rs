@@ -498,6 +498,13 @@ impl Conn {
 
     /// Sends a one-way command. The body is encoded before this returns; the
     /// future waits for room in the outbound queue (backpressure).
+    ///
+    /// Why `fire` is async when [`Server::broadcast`](crate::Server::broadcast)
+    /// is not: a fire is one command to one peer, and waits for that peer
+    /// as a write to a socket would; a broadcast goes to every peer and
+    /// waits for none, so a peer with no room is dropped as a slow consumer
+    /// instead of stalling the others. [`Server::fire_named`](crate::Server::fire_named)
+    /// waits like `fire`.
     pub fn fire(
         &self,
         action: &str,

@@ -51,11 +51,23 @@ impl Reply {
     }
 }
 
-/// Reads `{"message": …}`, or a bare string, or shows whatever else came.
+/// What a `drs.error` or `drs.exception` without a body (or with a null
+/// one) says.
+pub(crate) const NO_MESSAGE: &str = "(no message)";
+
+/// Reads `{"message": …}`, or a bare string, or shows whatever else came
+/// as JSON; no body at all is [`NO_MESSAGE`].
 pub(crate) fn remote_error(body: &Body) -> RemoteError {
+    if body.is_absent() {
+        return RemoteError::new(NO_MESSAGE);
+    }
     body.deserialize::<RemoteError>()
         .or_else(|_| body.deserialize::<String>().map(RemoteError::new))
-        .unwrap_or_else(|_| RemoteError::new(format!("{body:?}")))
+        .unwrap_or_else(|_| match body.deserialize::<serde_json::Value>() {
+            Ok(serde_json::Value::Null) => RemoteError::new(NO_MESSAGE),
+            Ok(other) => RemoteError::new(other.to_string()),
+            Err(_) => RemoteError::new(format!("{body:?}")),
+        })
 }
 
 /// Call keys are sequence numbers, so hashing them is a multiply.
