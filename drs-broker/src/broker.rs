@@ -1304,7 +1304,7 @@ impl Broker {
             }
             // A connection that has closed and whose end the server has
             // not processed yet serves nothing.
-            let Some((_, cs)) = state.conns.get(&id).filter(|(c, _)| !c.is_closed()) else {
+            let Some((_, cs)) = state.conns.get(&id).filter(|(c, _)| !c.is_ending()) else {
                 continue;
             };
             let load = cs.relaying.load(Ordering::Relaxed);

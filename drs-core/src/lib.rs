@@ -113,6 +113,7 @@ mod protocol;
 pub mod pubsub;
 mod router;
 mod server;
+pub mod stats;
 mod stream;
 mod sync;
 mod text;
@@ -144,6 +145,7 @@ pub use protocol::{
     BodyFormat, DecodeError, EncodeError, FrameKind, Framing, OutBody, Outgoing, Protocol,
 };
 pub use server::{fanout, Peer, Server, ServerConfig};
+pub use stats::Stats;
 pub use stream::{IntoOutcome, IntoReply, ItemSink, Produced, Reply, Streamed};
 pub use text::Text;
 pub use transport::{

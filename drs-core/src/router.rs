@@ -243,6 +243,16 @@ impl Router {
 }
 
 impl Snapshot {
+    /// Whether `action` has a handler here (not the fallback).
+    pub(crate) fn has_route(&self, action: &str) -> bool {
+        self.cache.contains_key(action)
+            || self
+                .local
+                .as_ref()
+                .is_some_and(|l| l.composed.contains_key(action))
+            || self.shared.composed.contains_key(action)
+    }
+
     /// The handler deadline of `action`, if it has its own.
     pub(crate) fn timeout(&self, action: &str) -> Option<Duration> {
         let own = self.local.as_ref().and_then(|t| t.timeouts.get(action));

@@ -65,6 +65,9 @@ pub struct ServerConfig {
     /// waiting to be served. Past it the connections holding the most are
     /// disconnected ([`CloseReason::BudgetExceeded`]). Default 256 MiB.
     pub memory_budget: usize,
+    /// Keep [`Stats`](crate::Stats) (per-action counts and latencies,
+    /// connections, bytes) and serve `drs.stats`. Default on.
+    pub stats: bool,
 }
 
 impl Default for ServerConfig {
@@ -79,6 +82,7 @@ impl From<ConnConfig> for ServerConfig {
             conn,
             max_connections: 10_000,
             memory_budget: DEFAULT_MEMORY_BUDGET,
+            stats: true,
         }
     }
 }
@@ -99,6 +103,12 @@ impl ServerConfig {
     /// Sets the server-wide memory budget in bytes.
     pub fn memory_budget(mut self, bytes: usize) -> Self {
         self.memory_budget = bytes;
+        self
+    }
+
+    /// Keeps statistics and serves `drs.stats` (the default), or not.
+    pub fn stats(mut self, on: bool) -> Self {
+        self.stats = on;
         self
     }
 }
@@ -127,6 +137,7 @@ struct Inner {
     /// Closes every connection now.
     force: CancellationToken,
     tasks: TaskTracker,
+    stats: Option<crate::Stats>,
 }
 
 /// A drs server: one routing table, any number of listeners (each with its
@@ -197,8 +208,18 @@ impl Server {
                 drain: CancellationToken::new(),
                 force: CancellationToken::new(),
                 tasks: TaskTracker::new(),
+                stats: config.stats.then(crate::Stats::new),
             }),
         };
+        if server.inner.stats.is_some() {
+            let weak = Arc::downgrade(&server.inner);
+            server.inner.router.on(crate::stats::STATS, move || {
+                let snapshot = weak
+                    .upgrade()
+                    .map(|inner| Server { inner }.stats_snapshot());
+                async move { snapshot.ok_or_else(|| HandlerError::new("the server is gone")) }
+            });
+        }
         let weak = Arc::downgrade(&server.inner);
         server
             .inner
@@ -217,6 +238,20 @@ impl Server {
                 async move { claimed.map(|resumed| Identified { resumed }) }
             });
         server
+    }
+
+    /// The server's statistics (`None` when [`ServerConfig::stats`] is off).
+    pub fn stats(&self) -> Option<&crate::Stats> {
+        self.inner.stats.as_ref()
+    }
+
+    /// What `drs.stats` answers: [`Stats::snapshot`](crate::Stats::snapshot)
+    /// of the live connections (`null` with statistics off).
+    pub fn stats_snapshot(&self) -> serde_json::Value {
+        match &self.inner.stats {
+            Some(stats) => stats.snapshot(&self.connections()),
+            None => serde_json::Value::Null,
+        }
     }
 
     /// The settings every connection gets.
@@ -572,6 +607,9 @@ impl Server {
             meter,
         );
         driver.set_drain(inner.drain.clone());
+        if let Some(stats) = &inner.stats {
+            driver.set_stats(stats.clone());
+        }
         let hooks = read(&inner.on_connect).clone();
         let admitted = Arc::new(std::sync::atomic::AtomicBool::new(false));
         let gate = {
@@ -587,6 +625,9 @@ impl Server {
                 }
                 write(&server.inner.conns).insert(conn.id(), conn.clone());
                 admitted.store(true, std::sync::atomic::Ordering::Release);
+                if let Some(stats) = &server.inner.stats {
+                    stats.admitted();
+                }
                 tracing::debug!(
                     id = conn.id(),
                     peer = conn.peer_addr(),
@@ -599,7 +640,11 @@ impl Server {
         driver.run().await;
         write(&inner.conns).remove(&conn.id());
         inner.release_name(&conn);
-        if admitted.load(std::sync::atomic::Ordering::Acquire) {
+        let admitted = admitted.load(std::sync::atomic::Ordering::Acquire);
+        if let Some(stats) = &inner.stats {
+            stats.retire(&conn, admitted);
+        }
+        if admitted {
             for hook in read(&inner.on_disconnect).clone() {
                 if std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| hook(&conn))).is_err() {
                     tracing::error!("an on_disconnect hook panicked");

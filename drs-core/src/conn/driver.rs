@@ -30,6 +30,7 @@ use std::{
     future::{poll_fn, Future},
     panic::AssertUnwindSafe,
     pin::Pin,
+    sync::atomic::Ordering,
     sync::Arc,
     task::{Context, Poll},
     time::Duration,
@@ -147,6 +148,10 @@ pub(crate) struct Driver<T> {
     frames_seen: bool,
     stall_since: Option<Instant>,
     timer: Option<Pin<Box<Sleep>>>,
+    /// The server's statistics, and this connection's handles to the
+    /// counters of the actions it served.
+    stats: Option<crate::stats::Stats>,
+    stat_cache: HashMap<Box<str>, Arc<crate::stats::ActionStats>>,
 }
 
 impl<T: Transport> Driver<T> {
@@ -192,7 +197,28 @@ impl<T: Transport> Driver<T> {
             frames_seen: false,
             stall_since: None,
             timer: None,
+            stats: None,
+            stat_cache: HashMap::new(),
         }
+    }
+
+    /// Counts the commands this connection serves in `stats`.
+    pub(crate) fn set_stats(&mut self, stats: crate::stats::Stats) {
+        self.stats = Some(stats);
+    }
+
+    /// Starts counting one command of `action`, if statistics are kept.
+    fn probe(&mut self, action: &str) -> Option<crate::stats::Probe> {
+        let stats = self.stats.as_ref()?;
+        if let Some(counters) = self.stat_cache.get(action) {
+            return Some(crate::stats::Probe::start(counters.clone()));
+        }
+        let routed = self.routes.has_route(action);
+        let counters = stats.action(action, routed);
+        if routed && self.stat_cache.len() < crate::stats::MAX_ACTIONS {
+            self.stat_cache.insert(action.into(), counters.clone());
+        }
+        Some(crate::stats::Probe::start(counters))
     }
 
     /// Holds commands until `gate` resolves, for at most the admission
@@ -482,6 +508,9 @@ impl<T: Transport> Driver<T> {
                         return Err(CloseReason::from_io(e));
                     }
                     self.outq_bytes -= len;
+                    let io = &self.shared.io;
+                    io.bytes_out.fetch_add(len as u64, Ordering::Relaxed);
+                    io.frames_out.fetch_add(1, Ordering::Relaxed);
                     self.dirty = true;
                     self.stall_since = None;
                     progress = true;
@@ -693,6 +722,9 @@ impl<T: Transport> Driver<T> {
 
     fn on_frame(&mut self, frame: Bytes, cx: &mut Context<'_>) {
         let size = frame.len();
+        let io = &self.shared.io;
+        io.bytes_in.fetch_add(size as u64, Ordering::Relaxed);
+        io.frames_in.fetch_add(1, Ordering::Relaxed);
         let cmd = match self.shared.protocol.decode(frame) {
             Ok(cmd) => cmd,
             Err(e) => return self.on_bad_frame(e),
@@ -865,6 +897,7 @@ impl<T: Transport> Driver<T> {
             self.routes = self.shared.router.snapshot();
         }
         let msg = Msg::new(self.shared.clone(), cmd);
+        let probe = self.probe(msg.action());
         // Only when someone listens: building a span costs even when it is
         // discarded (e.g. with tracing's `log` feature on).
         let span = if tracing::span_enabled!(tracing::Level::DEBUG) {
@@ -882,6 +915,9 @@ impl<T: Transport> Driver<T> {
         match first {
             Ok(Poll::Ready(outcome)) => {
                 log_outcome(&msg, &outcome);
+                if let Some(probe) = probe {
+                    probe.finish(&outcome);
+                }
                 if let Some(key) = msg.key() {
                     self.push_reply(key, &outcome);
                 }
@@ -911,6 +947,9 @@ impl<T: Transport> Driver<T> {
                         },
                     };
                     log_outcome(&msg, &outcome);
+                    if let Some(probe) = probe {
+                        probe.finish(&outcome);
+                    }
                     let frame = msg.key().map(|key| {
                         let mut buf = BytesMut::with_capacity(128);
                         encode_reply(&shared, key, &outcome, &mut buf);
@@ -926,6 +965,9 @@ impl<T: Transport> Driver<T> {
             Err(panic) => {
                 let outcome = Outcome::from_panic(panic);
                 log_outcome(&msg, &outcome);
+                if let Some(probe) = probe {
+                    probe.finish(&outcome);
+                }
                 if let Some(key) = msg.key() {
                     self.push_reply(key, &outcome);
                 }

@@ -335,6 +335,8 @@ pub(crate) struct Shared {
     pub(crate) close_reason: Mutex<Option<CloseReason>>,
     /// Who the peer is, once authenticated.
     pub(crate) identity: std::sync::OnceLock<Arc<crate::Identity>>,
+    /// Bytes and frames moved, counted by the driver.
+    pub(crate) io: crate::stats::IoCounters,
 }
 
 impl Shared {
@@ -410,6 +412,7 @@ impl Conn {
             outbound: Outbound::new(config.max_outbound),
             close_reason: Mutex::new(None),
             identity: std::sync::OnceLock::new(),
+            io: Default::default(),
             id: NEXT_CONN_ID.fetch_add(1, Ordering::Relaxed),
             weak_tx: tx.downgrade(),
             info,
@@ -662,6 +665,11 @@ impl Conn {
         lock(&self.shared.close_reason).clone()
     }
 
+    /// Bytes and frames this connection moved.
+    pub(crate) fn io(&self) -> &crate::stats::IoCounters {
+        &self.shared.io
+    }
+
     /// Bytes waiting to be written to the peer.
     pub fn outbound_bytes(&self) -> usize {
         self.shared.outbound.bytes()
@@ -683,6 +691,15 @@ impl Conn {
     /// closed too, with its [`close_reason`](Self::close_reason).
     pub fn is_closed(&self) -> bool {
         self.shared.closed.is_cancelled()
+    }
+
+    /// Whether the connection is ending or ended: a call made now fails
+    /// with [`Error::Closed`]. True from the moment its pending calls
+    /// fail (the peer closed, or a close began), which can be before
+    /// [`is_closed`](Self::is_closed) (the last frames may still be
+    /// written); routers pick among connections with it.
+    pub fn is_ending(&self) -> bool {
+        self.is_closed() || self.shared.pending.is_closed()
     }
 
     /// How many calls on this connection are waiting for a reply.

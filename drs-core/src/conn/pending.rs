@@ -249,6 +249,11 @@ impl Pending {
 
     /// Fails every pending call (their receivers see the sender dropped) and
     /// refuses new ones.
+    /// Whether [`close`](Self::close) was called: no call can be made.
+    pub(crate) fn is_closed(&self) -> bool {
+        lock(&self.state).closed
+    }
+
     pub(crate) fn close(&self) {
         let map = {
             let mut state = lock(&self.state);

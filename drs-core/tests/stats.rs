@@ -1,0 +1,191 @@
+//! Statistics after a scripted load are exact: every command counted once,
+//! by outcome, with its latency; connections and bytes; `drs.stats` over
+//! the wire.
+
+use std::{future::IntoFuture, time::Duration};
+
+use drs_core::{
+    memory, stats::OTHER, Body, Client, HandlerError, HandlerResult, Server, ServerConfig,
+};
+use drs_protocol_json::Json;
+use serde_json::{json, Value};
+
+const LIMIT: Duration = Duration::from_secs(20);
+
+async fn within<F: std::future::Future>(f: F) -> F::Output {
+    tokio::time::timeout(LIMIT, f)
+        .await
+        .expect("test timed out")
+}
+
+fn demo() -> Server {
+    let server = Server::new();
+    server.on("double", |x: i64| async move { x * 2 });
+    server.on("fail", || async { Err::<(), _>(HandlerError::new("no")) });
+    server.on("boom", |_: Body| async move {
+        if true {
+            std::panic::resume_unwind(Box::new("boom"));
+        }
+    });
+    server.on("sleep", |ms: u64| async move {
+        tokio::time::sleep(Duration::from_millis(ms)).await;
+        HandlerResult::Ok(ms)
+    });
+    server
+}
+
+#[tokio::test]
+async fn counts_after_a_scripted_load_are_exact() {
+    let server = demo();
+    let (listener, dialer) = memory::listener();
+    server.listen(listener, Json).unwrap();
+    let conn = within(Client::new().connect(dialer, Json)).await.unwrap();
+
+    for i in 0..40 {
+        within(conn.call::<i64>("double", i).into_future())
+            .await
+            .unwrap();
+    }
+    for _ in 0..3 {
+        assert!(within(conn.call::<()>("fail", ()).into_future())
+            .await
+            .unwrap_err()
+            .is_remote());
+    }
+    for _ in 0..2 {
+        assert!(within(conn.call::<()>("boom", ()).into_future())
+            .await
+            .unwrap_err()
+            .is_exception());
+    }
+    for _ in 0..5 {
+        assert!(within(conn.call::<()>("nobody", ()).into_future())
+            .await
+            .unwrap_err()
+            .is_remote());
+        assert!(within(
+            conn.call::<()>(&format!("made.up.{}", rand_ish()), ())
+                .into_future()
+        )
+        .await
+        .unwrap_err()
+        .is_remote());
+    }
+    // A fire is counted too (when it ends).
+    conn.fire("double", 1).await.unwrap();
+    // Two calls cancelled (their futures dropped: drs.cancel), one running.
+    let running = tokio::spawn(conn.call::<u64>("sleep", 60_000).into_future());
+    for _ in 0..2 {
+        let call = conn.call::<u64>("sleep", 60_000).into_future();
+        let _ = tokio::time::timeout(Duration::from_millis(50), call).await;
+    }
+    let stats = server.stats().expect("on by default").clone();
+    // Wait for the fire and the cancels to be counted.
+    within(async {
+        while stats.of("double").unwrap().calls() < 41
+            || stats.of("sleep").map_or(0, |s| {
+                s.cancelled.load(std::sync::atomic::Ordering::Relaxed)
+            }) < 2
+        {
+            tokio::time::sleep(Duration::from_millis(5)).await;
+        }
+    })
+    .await;
+
+    let snapshot: Value = within(conn.call::<Value>("drs.stats", ()).into_future())
+        .await
+        .unwrap();
+    let a = &snapshot["actions"];
+    assert_eq!(a["double"]["calls"], 41, "{snapshot:#}");
+    assert_eq!(a["double"]["ok"], 41);
+    assert_eq!(a["double"]["errors"], 0);
+    assert_eq!(a["fail"]["errors"], 3);
+    assert_eq!(a["fail"]["calls"], 3);
+    assert_eq!(a["boom"]["exceptions"], 2);
+    assert_eq!(a["sleep"]["cancelled"], 2);
+    assert_eq!(a["sleep"]["in_flight"], 1);
+    assert_eq!(
+        a["sleep"]["calls"], 2,
+        "a running call is not counted until it ends"
+    );
+    // Unknown actions share one entry: a peer cannot grow the table.
+    assert_eq!(a[OTHER]["errors"], 10);
+    assert!(a.get("nobody").is_none());
+    // The drs.stats call being answered is in flight, not yet counted.
+    assert_eq!(a["drs.stats"]["in_flight"], 1);
+    // Latencies: the histogram holds every ended call.
+    let double = stats.of("double").unwrap();
+    assert_eq!(double.latency.count(), 41);
+    assert!(a["double"]["p50_ms"].as_f64().unwrap() <= a["double"]["max_ms"].as_f64().unwrap());
+    assert!(
+        a["sleep"]["p50_ms"].as_f64().unwrap() >= 50.0,
+        "cancelled calls ran ≥ 50 ms"
+    );
+
+    let c = &snapshot["connections"];
+    assert_eq!(
+        (c["live"].as_u64(), c["accepted"].as_u64()),
+        (Some(1), Some(1))
+    );
+    assert_eq!(c["by_transport"]["memory"], 1);
+    assert_eq!(c["by_protocol"]["json"], 1);
+    let io = &snapshot["io"];
+    // Frames in: 40 + 3 + 2 + 10 calls, 1 fire, 3 sleeps, 2 cancels, 1 drs.stats.
+    assert_eq!(io["frames_in"], 40 + 3 + 2 + 10 + 1 + 3 + 2 + 1);
+    assert!(io["bytes_in"].as_u64().unwrap() > 0 && io["frames_out"].as_u64().unwrap() >= 57);
+
+    conn.close();
+    within(conn.closed()).await;
+    assert!(within(running).await.unwrap().unwrap_err().is_closed());
+    within(async {
+        while server.connection_count() > 0 || stats.disconnects().is_empty() {
+            tokio::time::sleep(Duration::from_millis(5)).await;
+        }
+    })
+    .await;
+    assert_eq!(
+        stats.disconnects().values().sum::<u64>(),
+        1,
+        "{:?}",
+        stats.disconnects()
+    );
+    // The call still running when the connection closed was stopped.
+    let sleep = stats.of("sleep").unwrap();
+    assert_eq!(
+        (
+            sleep.cancelled.load(std::sync::atomic::Ordering::Relaxed),
+            sleep.calls()
+        ),
+        (3, 3)
+    );
+    // The ended connection's bytes stay in the totals.
+    assert_eq!(stats.io([]).frames_in, 62);
+}
+
+fn rand_ish() -> u64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .unwrap()
+        .subsec_nanos() as u64
+}
+
+#[tokio::test]
+async fn stats_can_be_turned_off() {
+    let server = Server::with_config(ServerConfig::default().stats(false));
+    server.on("double", |x: i64| async move { x * 2 });
+    assert!(server.stats().is_none());
+    let (listener, dialer) = memory::listener();
+    server.listen(listener, Json).unwrap();
+    let conn = within(Client::new().connect(dialer, Json)).await.unwrap();
+    assert_eq!(
+        within(conn.call::<i64>("double", 2).into_future())
+            .await
+            .unwrap(),
+        4
+    );
+    let e = within(conn.call::<Value>("drs.stats", ()).into_future())
+        .await
+        .unwrap_err();
+    assert!(e.to_string().contains("No handlers for drs.stats"), "{e}");
+    assert_eq!(server.stats_snapshot(), json!(null));
+}
