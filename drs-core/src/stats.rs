@@ -84,7 +84,11 @@ impl Histogram {
     pub fn record(&self, us: u64) {
         self.buckets[bucket(us)].fetch_add(1, Relaxed);
         self.sum_us.fetch_add(us, Relaxed);
-        self.max_us.fetch_max(us, Relaxed);
+        // A load first: a new maximum is rare, and fetch_max is a
+        // compare-and-swap loop.
+        if us > self.max_us.load(Relaxed) {
+            self.max_us.fetch_max(us, Relaxed);
+        }
     }
 
     /// How many latencies were recorded.
@@ -192,7 +196,8 @@ impl ActionStats {
     }
 }
 
-/// Bytes and frames a connection moved, counted by its driver.
+/// Bytes and frames a connection moved: counted by its driver in plain
+/// integers and published here once per batch of frames.
 #[derive(Debug, Default)]
 pub(crate) struct IoCounters {
     pub(crate) bytes_in: AtomicU64,
@@ -202,6 +207,14 @@ pub(crate) struct IoCounters {
 }
 
 impl IoCounters {
+    /// Publishes the driver's running totals.
+    pub(crate) fn publish(&self, io: &Io) {
+        self.bytes_in.store(io.bytes_in, Relaxed);
+        self.bytes_out.store(io.bytes_out, Relaxed);
+        self.frames_in.store(io.frames_in, Relaxed);
+        self.frames_out.store(io.frames_out, Relaxed);
+    }
+
     fn add_to(&self, totals: &IoCounters) {
         totals
             .bytes_in
@@ -426,8 +439,9 @@ fn read<T>(lock: &RwLock<T>) -> std::sync::RwLockReadGuard<'_, T> {
     lock.read().unwrap_or_else(|e| e.into_inner())
 }
 
-/// One command being served: ends with [`Probe::finish`], or counts as
-/// cancelled when dropped unfinished (its task was aborted).
+/// One command being served: started at dispatch; finished with its
+/// outcome, or counted as cancelled when dropped unfinished (its task was
+/// aborted). A command answered at its first poll is never in flight.
 pub(crate) struct Probe {
     action: Arc<ActionStats>,
     start: Instant,
@@ -435,27 +449,35 @@ pub(crate) struct Probe {
 }
 
 impl Probe {
-    pub(crate) fn start(action: Arc<ActionStats>) -> Self {
+    /// Counts a command answered without waiting.
+    pub(crate) fn record_at_once(action: &ActionStats, start: Instant, outcome: &Outcome) {
+        action.latency.record(start.elapsed().as_micros() as u64);
+        counter(action, outcome).fetch_add(1, Relaxed);
+    }
+
+    /// A command whose handler goes on in a task: in flight until it ends.
+    pub(crate) fn in_flight(action: Arc<ActionStats>, start: Instant) -> Self {
         action.in_flight.fetch_add(1, Relaxed);
         Self {
             action,
-            start: Instant::now(),
+            start,
             done: false,
         }
     }
 
     pub(crate) fn finish(mut self, outcome: &Outcome) {
         self.done = true;
-        let a = &self.action;
-        let counter = match outcome {
-            Outcome::Value(_) | Outcome::Body(_) => &a.ok,
-            Outcome::Error(m) if m == crate::command::CANCELLED => &a.cancelled,
-            Outcome::Error(_) => &a.errors,
-            Outcome::Exception(_) => &a.exceptions,
-        };
-        a.latency.record(self.start.elapsed().as_micros() as u64);
-        counter.fetch_add(1, Relaxed);
-        a.in_flight.fetch_sub(1, Relaxed);
+        Self::record_at_once(&self.action, self.start, outcome);
+        self.action.in_flight.fetch_sub(1, Relaxed);
+    }
+}
+
+fn counter<'a>(a: &'a ActionStats, outcome: &Outcome) -> &'a AtomicU64 {
+    match outcome {
+        Outcome::Value(_) | Outcome::Body(_) => &a.ok,
+        Outcome::Error(m) if m == crate::command::CANCELLED => &a.cancelled,
+        Outcome::Error(_) => &a.errors,
+        Outcome::Exception(_) => &a.exceptions,
     }
 }
 

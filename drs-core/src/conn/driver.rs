@@ -30,7 +30,6 @@ use std::{
     future::{poll_fn, Future},
     panic::AssertUnwindSafe,
     pin::Pin,
-    sync::atomic::Ordering,
     sync::Arc,
     task::{Context, Poll},
     time::Duration,
@@ -151,7 +150,14 @@ pub(crate) struct Driver<T> {
     /// The server's statistics, and this connection's handles to the
     /// counters of the actions it served.
     stats: Option<crate::stats::Stats>,
-    stat_cache: HashMap<Box<str>, Arc<crate::stats::ActionStats>>,
+    stat_cache: HashMap<
+        Box<str>,
+        Arc<crate::stats::ActionStats>,
+        std::hash::BuildHasherDefault<crate::router::NameHasher>,
+    >,
+    /// Bytes and frames so far, published to `shared.io` per batch.
+    io_totals: crate::stats::Io,
+    io_published: bool,
 }
 
 impl<T: Transport> Driver<T> {
@@ -198,7 +204,9 @@ impl<T: Transport> Driver<T> {
             stall_since: None,
             timer: None,
             stats: None,
-            stat_cache: HashMap::new(),
+            stat_cache: HashMap::default(),
+            io_totals: Default::default(),
+            io_published: true,
         }
     }
 
@@ -207,18 +215,18 @@ impl<T: Transport> Driver<T> {
         self.stats = Some(stats);
     }
 
-    /// Starts counting one command of `action`, if statistics are kept.
-    fn probe(&mut self, action: &str) -> Option<crate::stats::Probe> {
+    /// The counters of `action`, if statistics are kept.
+    fn counters(&mut self, action: &str) -> Option<Arc<crate::stats::ActionStats>> {
         let stats = self.stats.as_ref()?;
         if let Some(counters) = self.stat_cache.get(action) {
-            return Some(crate::stats::Probe::start(counters.clone()));
+            return Some(counters.clone());
         }
         let routed = self.routes.has_route(action);
         let counters = stats.action(action, routed);
         if routed && self.stat_cache.len() < crate::stats::MAX_ACTIONS {
             self.stat_cache.insert(action.into(), counters.clone());
         }
-        Some(crate::stats::Probe::start(counters))
+        Some(counters)
     }
 
     /// Holds commands until `gate` resolves, for at most the admission
@@ -250,6 +258,7 @@ impl<T: Transport> Driver<T> {
         // Closed (with its reason) before its pending calls fail: whoever
         // learns of the end from a failed call sees the connection closed.
         *lock(&self.shared.close_reason) = Some(end.clone());
+        self.shared.io.publish(&self.io_totals);
         self.shared.closed.cancel();
         self.shared.pending.close();
         self.stop_handlers();
@@ -508,9 +517,9 @@ impl<T: Transport> Driver<T> {
                         return Err(CloseReason::from_io(e));
                     }
                     self.outq_bytes -= len;
-                    let io = &self.shared.io;
-                    io.bytes_out.fetch_add(len as u64, Ordering::Relaxed);
-                    io.frames_out.fetch_add(1, Ordering::Relaxed);
+                    self.io_totals.bytes_out += len as u64;
+                    self.io_totals.frames_out += 1;
+                    self.io_published = false;
                     self.dirty = true;
                     self.stall_since = None;
                     progress = true;
@@ -574,6 +583,10 @@ impl<T: Transport> Driver<T> {
     /// Nothing more to do right now: flush, release idle buffers, finish an
     /// ending connection, and watch the deadlines.
     fn settle(&mut self, cx: &mut Context<'_>) -> Poll<CloseReason> {
+        if !self.io_published {
+            self.io_published = true;
+            self.shared.io.publish(&self.io_totals);
+        }
         if self.outq_bytes != self.published {
             self.published = self.outq_bytes;
             self.shared.outbound.publish(self.published);
@@ -722,9 +735,9 @@ impl<T: Transport> Driver<T> {
 
     fn on_frame(&mut self, frame: Bytes, cx: &mut Context<'_>) {
         let size = frame.len();
-        let io = &self.shared.io;
-        io.bytes_in.fetch_add(size as u64, Ordering::Relaxed);
-        io.frames_in.fetch_add(1, Ordering::Relaxed);
+        self.io_totals.bytes_in += size as u64;
+        self.io_totals.frames_in += 1;
+        self.io_published = false;
         let cmd = match self.shared.protocol.decode(frame) {
             Ok(cmd) => cmd,
             Err(e) => return self.on_bad_frame(e),
@@ -897,7 +910,8 @@ impl<T: Transport> Driver<T> {
             self.routes = self.shared.router.snapshot();
         }
         let msg = Msg::new(self.shared.clone(), cmd);
-        let probe = self.probe(msg.action());
+        let counters = self.counters(msg.action());
+        let started = counters.as_ref().map(|_| std::time::Instant::now());
         // Only when someone listens: building a span costs even when it is
         // discarded (e.g. with tracing's `log` feature on).
         let span = if tracing::span_enabled!(tracing::Level::DEBUG) {
@@ -915,14 +929,17 @@ impl<T: Transport> Driver<T> {
         match first {
             Ok(Poll::Ready(outcome)) => {
                 log_outcome(&msg, &outcome);
-                if let Some(probe) = probe {
-                    probe.finish(&outcome);
+                if let (Some(counters), Some(start)) = (&counters, started) {
+                    crate::stats::Probe::record_at_once(counters, start, &outcome);
                 }
                 if let Some(key) = msg.key() {
                     self.push_reply(key, &outcome);
                 }
             }
             Ok(Poll::Pending) => {
+                let probe = counters
+                    .zip(started)
+                    .map(|(c, start)| crate::stats::Probe::in_flight(c, start));
                 let fut = fut.expect("the handler was polled");
                 let limit = self
                     .routes
@@ -965,8 +982,8 @@ impl<T: Transport> Driver<T> {
             Err(panic) => {
                 let outcome = Outcome::from_panic(panic);
                 log_outcome(&msg, &outcome);
-                if let Some(probe) = probe {
-                    probe.finish(&outcome);
+                if let (Some(counters), Some(start)) = (&counters, started) {
+                    crate::stats::Probe::record_at_once(counters, start, &outcome);
                 }
                 if let Some(key) = msg.key() {
                     self.push_reply(key, &outcome);
