@@ -427,6 +427,10 @@ pub struct BrokerStats {
     pub stored_bytes: usize,
     /// Actions with exposers.
     pub exposed_actions: usize,
+    /// Connections and names with at least one subscription.
+    pub subscribers: usize,
+    /// Topics with publications kept.
+    pub stored_topics: usize,
 }
 
 fn now_ns() -> u64 {
@@ -464,6 +468,25 @@ impl Broker {
         }
         broker.install(server);
         broker.start_sweeper();
+        if let Some(stats) = server.stats() {
+            // What `drs.stats` and the metrics endpoint show of the broker.
+            let weak = Arc::downgrade(&broker.inner);
+            stats.source("broker", move || match weak.upgrade() {
+                Some(inner) => {
+                    let s = Broker { inner }.stats();
+                    serde_json::json!({
+                        "subscriptions": s.subscriptions,
+                        "subscribers": s.subscribers,
+                        "names": s.names,
+                        "stored_topics": s.stored_topics,
+                        "stored_messages": s.stored_messages,
+                        "stored_bytes": s.stored_bytes,
+                        "exposed_actions": s.exposed_actions,
+                    })
+                }
+                None => serde_json::Value::Null,
+            });
+        }
         Ok(broker)
     }
 
@@ -497,6 +520,17 @@ impl Broker {
             stored_messages: state.log.len(),
             stored_bytes: state.stored_bytes,
             exposed_actions: state.exposers.len(),
+            subscribers: state
+                .conns
+                .values()
+                .filter(|(_, cs)| !cs.patterns.is_empty())
+                .count()
+                + state
+                    .components
+                    .values()
+                    .filter(|c| !c.patterns.is_empty())
+                    .count(),
+            stored_topics: state.topics.len(),
         }
     }
 

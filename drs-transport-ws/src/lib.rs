@@ -435,11 +435,28 @@ impl<S: AsyncRead + AsyncWrite + Unpin> Sink<Bytes> for WsTransport<S> {
     }
 }
 
+/// What a page's body is made of.
+#[derive(Clone)]
+enum PageBody {
+    Fixed(Bytes),
+    /// Made for each request (e.g. metrics).
+    Made(Arc<dyn Fn() -> Bytes + Send + Sync>),
+}
+
+impl std::fmt::Debug for PageBody {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            PageBody::Fixed(b) => write!(f, "Fixed({} bytes)", b.len()),
+            PageBody::Made(_) => f.write_str("Made(..)"),
+        }
+    }
+}
+
 /// A page served to plain HTTP requests for one path.
 #[derive(Debug, Clone)]
 struct Page {
     content_type: &'static str,
-    body: Bytes,
+    body: PageBody,
 }
 
 /// Accepts WebSocket connections for a [`drs_core::Server`].
@@ -481,7 +498,26 @@ impl WsListener {
             path.to_string(),
             Page {
                 content_type,
-                body: body.into(),
+                body: PageBody::Fixed(body.into()),
+            },
+        );
+        self
+    }
+
+    /// Serves what `make` returns, made for each plain HTTP `GET` of
+    /// `path` (a metrics endpoint, a status page). `make` runs on the
+    /// connection's task: keep it quick.
+    pub fn page_fn(
+        mut self,
+        path: &str,
+        content_type: &'static str,
+        make: impl Fn() -> Bytes + Send + Sync + 'static,
+    ) -> Self {
+        Arc::make_mut(&mut self.pages).insert(
+            path.to_string(),
+            Page {
+                content_type,
+                body: PageBody::Made(Arc::new(make)),
             },
         );
         self
@@ -560,13 +596,17 @@ async fn server_handshake(
         let path = target.split('?').next().unwrap_or("/");
         let response = match pages.get(path) {
             Some(page) => {
+                let body = match &page.body {
+                    PageBody::Fixed(body) => body.clone(),
+                    PageBody::Made(make) => make(),
+                };
                 let mut r = format!(
-                    "HTTP/1.1 200 OK\r\nContent-Type: {}\r\nContent-Length: {}\r\nConnection: close\r\n\r\n",
+                    "HTTP/1.1 200 OK\r\nContent-Type: {}\r\nContent-Length: {}\r\nCache-Control: no-store\r\nConnection: close\r\n\r\n",
                     page.content_type,
-                    page.body.len()
+                    body.len()
                 )
                 .into_bytes();
-                r.extend_from_slice(&page.body);
+                r.extend_from_slice(&body);
                 r
             }
             None => {

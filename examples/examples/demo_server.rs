@@ -81,6 +81,18 @@ pub/sub (on every listener: drs.subscribe, drs.publish, drs.expose; DESIGN 1b):
   --store DIR                 keep retroactive topics and names' state here (redb)
                               (default: TMPDIR/drs-demo/NAME, printed as `store PATH`)
 
+operations:
+  --stats ADDR                serve statistics over HTTP on ADDR: Prometheus at /metrics, a live
+                              dashboard at /; printed as `listening stats ADDR` (drs.stats is
+                              served on every listener too)
+  --crontab FILE              run the drs commands of a crontab (`<cron expression> | <command
+                              JSON>`, e.g. `*/5 * * * * | {\"action\": \"echo\", \"body\": 1}`;
+                              UTC; 6 fields start with seconds); reloaded on change, a bad line
+                              logged with its number and skipped
+  --watch DIR                 call `file_changed` {\"path\", \"kind\"} when a file under DIR is
+                              created, changed or removed (debounced 200 ms): logged and
+                              broadcast to every client
+
 security:
   --tls-cert FILE --tls-key FILE  the --tcp and --ws listeners after them speak TLS
                               (PEM chain and key): `listening tls ADDR`, `listening wss ADDR`
@@ -119,6 +131,12 @@ struct Settings {
     name: String,
     /// The broker's durable store.
     store: Option<PathBuf>,
+    /// Where to serve /metrics and the dashboard.
+    stats: Option<String>,
+    /// A crontab of drs commands.
+    crontab: Option<PathBuf>,
+    /// A directory whose changes fire `file_changed`.
+    watch: Option<PathBuf>,
     /// The service name on NATS.
     service: String,
     /// The crontab of Cerbas mode.
@@ -158,6 +176,9 @@ fn parse(args: impl Iterator<Item = String>) -> Result<Settings, String> {
     let (mut tls_cert, mut tls_key, mut tls_ca) = (None::<String>, None::<String>, None::<String>);
     let mut jail = None;
     let mut store = None;
+    let mut stats = None;
+    let mut crontab = None;
+    let mut watch = None;
     let mut service = "demo".to_string();
     let mut cerbas_crontab = None;
     let mut idempotent = Vec::new();
@@ -184,6 +205,9 @@ fn parse(args: impl Iterator<Item = String>) -> Result<Settings, String> {
             }
             "--name" => name = Some(value()?),
             "--store" => store = Some(PathBuf::from(value()?)),
+            "--stats" => stats = Some(value()?),
+            "--crontab" => crontab = Some(PathBuf::from(value()?)),
+            "--watch" => watch = Some(PathBuf::from(value()?)),
             "--token" => {
                 let t = value()?;
                 if t.is_empty() {
@@ -240,6 +264,9 @@ fn parse(args: impl Iterator<Item = String>) -> Result<Settings, String> {
         name: name.unwrap_or_else(default_server_name),
         jail,
         store,
+        stats,
+        crontab,
+        watch,
         service,
         cerbas_crontab,
         idempotent,
@@ -321,6 +348,59 @@ async fn main() -> ExitCode {
         .iter()
         .any(|(_, _, token)| token.is_some())
         .then(|| ListenerTokens::install(&server));
+
+    // Statistics: /metrics for Prometheus and the live dashboard at /.
+    let _endpoint = match &settings.stats {
+        Some(addr) => match drs_metrics::serve(&server, addr).await {
+            Ok(endpoint) => {
+                announce(&format!("listening stats {}", endpoint.addr()));
+                Some(endpoint)
+            }
+            Err(e) => {
+                eprintln!("cannot serve statistics on {addr}: {e}");
+                return ExitCode::FAILURE;
+            }
+        },
+        None => None,
+    };
+
+    // Tasks: a crontab of drs commands, a watched directory. They run
+    // through an in-process connection, which any token lets through.
+    let _tasks = if settings.crontab.is_some() || settings.watch.is_some() {
+        let tasks = match drs_tasks::Tasks::attach(&server).await {
+            Ok(tasks) => tasks,
+            Err(e) => {
+                eprintln!("cannot start tasks: {e}");
+                return ExitCode::FAILURE;
+            }
+        };
+        if let Some(tokens) = &tokens {
+            tokens.set(tasks.local_addr(), None);
+        }
+        if let Some(path) = &settings.crontab {
+            tasks.crontab(path, drs_tasks::chrono_tz::UTC);
+            tracing::info!(path = %path.display(), "crontab");
+        }
+        if let Some(dir) = &settings.watch {
+            // What changed is logged and broadcast to every client.
+            let broadcaster = server.clone();
+            server.on("file_changed", move |body: drs_core::Body| {
+                let server = broadcaster.clone();
+                async move {
+                    tracing::info!(?body, "file changed");
+                    drs_core::HandlerResult::Ok(server.broadcast_body("file_changed", &body))
+                }
+            });
+            if let Err(e) = tasks.watch(dir, "file_changed", Duration::from_millis(200)) {
+                eprintln!("--watch: {e}");
+                return ExitCode::FAILURE;
+            }
+            tracing::info!(dir = %dir.display(), "watching");
+        }
+        Some(tasks)
+    } else {
+        None
+    };
 
     let keepalive = settings.keepalive;
     // Cerbas workers and NATS bridges run while these live.

@@ -7,34 +7,20 @@
 //! CI installs Chromium (`.ci/run`); where it is missing and `CI` is not
 //! set, this test says so and passes without running.
 
-use std::{process::Command, time::Duration};
+mod common;
+
+use std::time::Duration;
 
 use drs_core::{HandlerResult, Server};
 use drs_protocol_json::Json;
 use drs_transport_ws::WsListener;
 use serde_json::Value;
 
-fn chromium() -> Option<&'static str> {
-    let found = ["chromium", "chromium-browser", "google-chrome"]
-        .into_iter()
-        .find(|bin| {
-            Command::new(bin)
-                .arg("--version")
-                .output()
-                .is_ok_and(|o| o.status.success())
-        });
-    if found.is_none() {
-        drs_testkit::skip(
-            "the_example_page_works_in_a_real_browser",
-            "chromium (apt-get install chromium)",
-        );
-    }
-    found
-}
-
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn the_example_page_works_in_a_real_browser() {
-    let Some(browser) = chromium() else { return };
+    let Some(browser) = common::chromium("the_example_page_works_in_a_real_browser") else {
+        return;
+    };
     let server = Server::new();
     examples::demo_actions(&server);
     // Pub/sub, as demo_server has it.

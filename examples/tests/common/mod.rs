@@ -51,6 +51,7 @@ impl DemoServer {
             .filter(|a| {
                 [
                     "--tcp", "--ws", "--ipc", "--rembus", "--nats", "--redis", "--cerbas",
+                    "--stats",
                 ]
                 .contains(a)
             })
@@ -155,4 +156,24 @@ pub fn python_has(modules: &[&str]) -> bool {
         );
     }
     ok
+}
+
+/// The Chromium on this machine; if none, the test says so where `cargo
+/// test` shows it (`SKIPPED …`) and is skipped, except under `CI`, where
+/// it fails (CI installs it: `.ci/run`).
+pub fn chromium(test: &str) -> Option<&'static str> {
+    let found = ["chromium", "chromium-browser", "google-chrome"]
+        .into_iter()
+        .find(|bin| {
+            Command::new(bin)
+                .arg("--version")
+                .stdout(Stdio::null())
+                .stderr(Stdio::null())
+                .status()
+                .is_ok_and(|s| s.success())
+        });
+    if found.is_none() {
+        drs_testkit::skip(test, "chromium (apt-get install chromium)");
+    }
+    found
 }

@@ -1,0 +1,304 @@
+//! An HTTP endpoint for a drs [`Server`]'s statistics ([`drs_core::Stats`]),
+//! on an address of its own:
+//!
+//! - `GET /metrics`: the Prometheus text format (OpenMetrics 1.0), for a
+//!   scrape;
+//! - `GET /`: a live dashboard (one HTML page, no build step, no CDN):
+//!   connections, calls/s per action, latency percentiles and errors,
+//!   plotted as they change;
+//! - a WebSocket on any other path (`/socket`): the dashboard's live feed,
+//!   a drs connection that serves `drs.stats` and nothing else.
+//!
+//! ```no_run
+//! # async fn f(server: drs_core::Server) -> std::io::Result<()> {
+//! let endpoint = drs_metrics::serve(&server, "127.0.0.1:9100").await?;
+//! println!("metrics at http://{}/metrics, dashboard at http://{}/", endpoint.addr(), endpoint.addr());
+//! # Ok(()) }
+//! ```
+//!
+//! Metrics (every command is counted once, when it ends):
+//!
+//! | name | type | labels |
+//! |---|---|---|
+//! | `drs_calls_total` | counter | `action`, `outcome` (`ok`, `error`, `exception`, `cancelled`) |
+//! | `drs_calls_in_flight` | gauge | `action` |
+//! | `drs_call_duration_seconds` | histogram | `action` |
+//! | `drs_connections` | gauge | `transport`, `protocol` |
+//! | `drs_connections_accepted_total` | counter | |
+//! | `drs_disconnects_total` | counter | `reason` |
+//! | `drs_bytes_total`, `drs_frames_total` | counter | `direction` (`in`, `out`) |
+//! | `drs_uptime_seconds` | gauge | |
+//! | `drs_<section>_<name>` | gauge | numbers a plug-in adds ([`Stats::source`](drs_core::Stats::source)), e.g. `drs_broker_subscriptions` |
+//!
+//! Why `prometheus-client`: it is the Prometheus project's own Rust
+//! client, writes OpenMetrics text, and takes a custom collector that reads
+//! our counters at scrape time, so nothing is added to the per-command
+//! path and no global registry is involved (the `metrics` crate's
+//! exporter records through a process-wide recorder, which fits one server
+//! per process less well than a registry per endpoint).
+
+use std::{fmt, io};
+
+use bytes::Bytes;
+use drs_core::{HandlerResult, Jail, Server, ServerConfig};
+use drs_protocol_json::Json;
+use drs_transport_ws::WsListener;
+use prometheus_client::{
+    collector::Collector,
+    encoding::{DescriptorEncoder, EncodeMetric, NoLabelSet},
+    metrics::{counter::ConstCounter, gauge::ConstGauge, MetricType},
+    registry::Registry,
+};
+
+/// The dashboard page.
+pub const DASHBOARD: &str = include_str!("dashboard.html");
+
+/// The content type of `/metrics`.
+pub const CONTENT_TYPE: &str = "application/openmetrics-text; version=1.0.0; charset=utf-8";
+
+/// The largest finite bucket bound of `drs_call_duration_seconds`, in
+/// microseconds (2^26: 67 s).
+const MAX_BUCKET_US: u64 = 1 << 26;
+
+/// Connections the endpoint serves at once (dashboards, scrapers).
+pub const MAX_CONNECTIONS: usize = 64;
+
+/// A running endpoint; see the [crate docs](crate).
+#[derive(Debug)]
+pub struct Endpoint {
+    addr: String,
+    feed: Server,
+}
+
+impl Endpoint {
+    /// Where it listens (`HOST:PORT`).
+    pub fn addr(&self) -> &str {
+        &self.addr
+    }
+
+    /// Stops serving: closes the feed's connections within `grace`.
+    pub async fn shutdown(&self, grace: std::time::Duration) {
+        self.feed.shutdown(grace).await;
+    }
+}
+
+/// Serves `server`'s statistics on `addr` (port 0 picks a free port).
+/// Fails if `server` keeps none ([`ServerConfig::stats`] off) or the
+/// address cannot be bound.
+pub async fn serve(server: &Server, addr: &str) -> io::Result<Endpoint> {
+    if server.stats().is_none() {
+        return Err(io::Error::new(
+            io::ErrorKind::InvalidInput,
+            "the server keeps no statistics (ServerConfig::stats is off)",
+        ));
+    }
+    // The feed: a server of its own that answers drs.stats with the
+    // watched server's numbers, and nothing else.
+    let feed = Server::with_config(
+        ServerConfig::default()
+            .stats(false)
+            .max_connections(MAX_CONNECTIONS),
+    );
+    let watched = server.clone();
+    feed.on(drs_core::stats::STATS, move || {
+        let snapshot = watched.stats_snapshot();
+        async move { HandlerResult::Ok(snapshot) }
+    });
+    feed.jail(Jail::new([drs_core::stats::STATS]).map_err(io::Error::other)?);
+    let scraped = server.clone();
+    let listener = WsListener::bind(addr)
+        .await?
+        .page("/", "text/html; charset=utf-8", DASHBOARD)
+        .page_fn("/metrics", CONTENT_TYPE, move || {
+            Bytes::from(prometheus_text(&scraped))
+        });
+    let addr = feed.listen(listener, Json)?;
+    Ok(Endpoint { addr, feed })
+}
+
+/// `server`'s statistics in the Prometheus text format (empty when it
+/// keeps none).
+pub fn prometheus_text(server: &Server) -> String {
+    let mut registry = Registry::default();
+    registry.register_collector(Box::new(Collect {
+        server: server.clone(),
+    }));
+    let mut out = String::new();
+    if prometheus_client::encoding::text::encode(&mut out, &registry).is_err() {
+        out.clear();
+    }
+    out
+}
+
+/// Reads a server's [`Stats`](drs_core::Stats) at scrape time.
+struct Collect {
+    server: Server,
+}
+
+impl fmt::Debug for Collect {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("Collect").finish_non_exhaustive()
+    }
+}
+
+type Labels<'a> = Vec<(&'static str, &'a str)>;
+
+impl Collector for Collect {
+    fn encode(&self, mut enc: DescriptorEncoder<'_>) -> Result<(), fmt::Error> {
+        let Some(stats) = self.server.stats() else {
+            return Ok(());
+        };
+        let actions = stats.actions();
+        let load = |a: &std::sync::atomic::AtomicU64| a.load(std::sync::atomic::Ordering::Relaxed);
+
+        let mut m = enc.encode_descriptor(
+            "drs_calls",
+            "Commands served, by action and outcome; each counted once, when it ends",
+            None,
+            MetricType::Counter,
+        )?;
+        for (action, a) in &actions {
+            for (outcome, n) in [
+                ("ok", load(&a.ok)),
+                ("error", load(&a.errors)),
+                ("exception", load(&a.exceptions)),
+                ("cancelled", load(&a.cancelled)),
+            ] {
+                let labels: Labels = vec![("action", action), ("outcome", outcome)];
+                ConstCounter::new(n).encode(m.encode_family(&labels)?)?;
+            }
+        }
+
+        let mut m = enc.encode_descriptor(
+            "drs_calls_in_flight",
+            "Commands being served now, by action",
+            None,
+            MetricType::Gauge,
+        )?;
+        for (action, a) in &actions {
+            let labels: Labels = vec![("action", action)];
+            let n = a
+                .in_flight
+                .load(std::sync::atomic::Ordering::Relaxed)
+                .max(0);
+            ConstGauge::new(n).encode(m.encode_family(&labels)?)?;
+        }
+
+        let mut m = enc.encode_descriptor(
+            "drs_call_duration_seconds",
+            "How long commands took, from dispatch to outcome, by action",
+            None,
+            MetricType::Histogram,
+        )?;
+        for (action, a) in &actions {
+            let labels: Labels = vec![("action", action)];
+            // Bounds every two octaves from 4 µs to 67 s, then +Inf.
+            let mut buckets = Vec::with_capacity(16);
+            let mut below = 0;
+            for (le_us, count) in a.latency.cumulative(2) {
+                if le_us <= MAX_BUCKET_US {
+                    buckets.push((le_us as f64 / 1e6, count - below));
+                    below = count;
+                }
+            }
+            buckets.push((f64::MAX, a.latency.count() - below));
+            m.encode_family(&labels)?.encode_histogram::<NoLabelSet>(
+                a.latency.sum_us() as f64 / 1e6,
+                a.latency.count(),
+                &buckets,
+                None,
+            )?;
+        }
+
+        let live = self.server.connections();
+        let mut by: std::collections::BTreeMap<(&str, &str), i64> = Default::default();
+        for conn in &live {
+            *by.entry((conn.info().transport, conn.protocol().name()))
+                .or_default() += 1;
+        }
+        let mut m = enc.encode_descriptor(
+            "drs_connections",
+            "Live connections, by transport and protocol",
+            None,
+            MetricType::Gauge,
+        )?;
+        for ((transport, protocol), n) in by {
+            let labels: Labels = vec![("transport", transport), ("protocol", protocol)];
+            ConstGauge::new(n).encode(m.encode_family(&labels)?)?;
+        }
+        let m = enc.encode_descriptor(
+            "drs_connections_accepted",
+            "Connections admitted since the start",
+            None,
+            MetricType::Counter,
+        )?;
+        ConstCounter::new(stats.accepted()).encode(m)?;
+        let mut m = enc.encode_descriptor(
+            "drs_disconnects",
+            "Connections ended, by close reason",
+            None,
+            MetricType::Counter,
+        )?;
+        for (reason, n) in stats.disconnects() {
+            let labels: Labels = vec![("reason", &reason)];
+            ConstCounter::new(n).encode(m.encode_family(&labels)?)?;
+        }
+        let io = stats.io(&live);
+        for (name, help, pair) in [
+            (
+                "drs_bytes",
+                "Bytes of frames, by direction",
+                (io.bytes_in, io.bytes_out),
+            ),
+            (
+                "drs_frames",
+                "Frames, by direction",
+                (io.frames_in, io.frames_out),
+            ),
+        ] {
+            let mut m = enc.encode_descriptor(name, help, None, MetricType::Counter)?;
+            for (direction, n) in [("in", pair.0), ("out", pair.1)] {
+                let labels: Labels = vec![("direction", direction)];
+                ConstCounter::new(n).encode(m.encode_family(&labels)?)?;
+            }
+        }
+        let m = enc.encode_descriptor(
+            "drs_uptime_seconds",
+            "Seconds since the statistics began",
+            None,
+            MetricType::Gauge,
+        )?;
+        ConstGauge::new(stats.uptime().as_secs_f64()).encode(m)?;
+
+        // The sections plug-ins add: each number a gauge.
+        let snapshot = stats.snapshot(&[]);
+        if let Some(all) = snapshot.as_object() {
+            for (section, value) in all {
+                if matches!(
+                    section.as_str(),
+                    "actions" | "connections" | "io" | "uptime_s"
+                ) {
+                    continue;
+                }
+                let Some(fields) = value.as_object() else {
+                    continue;
+                };
+                for (field, v) in fields {
+                    let Some(n) = v.as_f64() else { continue };
+                    let name = format!("drs_{}_{}", metric_name(section), metric_name(field));
+                    let help = format!("{section}.{field}");
+                    let m = enc.encode_descriptor(&name, &help, None, MetricType::Gauge)?;
+                    ConstGauge::new(n).encode(m)?;
+                }
+            }
+        }
+        Ok(())
+    }
+}
+
+/// `text` with every character outside `[a-zA-Z0-9_]` replaced by `_`.
+fn metric_name(text: &str) -> String {
+    text.chars()
+        .map(|c| if c.is_ascii_alphanumeric() { c } else { '_' })
+        .collect()
+}
