@@ -54,6 +54,8 @@ export interface ConnectOptions {
 export interface CallOptions {
   /** Milliseconds (default: the client's). */
   timeout?: number;
+  /** Milliseconds the server holds the call before running it. */
+  delay?: number;
   /** Aborting it sends drs.cancel and rejects with Cancelled. */
   signal?: AbortSignal;
 }
@@ -94,7 +96,7 @@ export class Client {
   /** How many times the client has connected. */
   readonly connections: number;
   call<T = any>(action: string, body?: unknown, options?: CallOptions): Promise<T>;
-  fire(action: string, body?: unknown, options?: { timeout?: number }): Promise<void>;
+  fire(action: string, body?: unknown, options?: { timeout?: number; delay?: number }): Promise<void>;
   stream<T = any>(action: string, body?: unknown, options?: StreamOptions): Stream<T>;
   ping(options?: CallOptions): Promise<number>;
   on(action: string, handler: Handler): this;

@@ -354,6 +354,13 @@ function remote(action, body) {
 
 const sleep = (ms) => new Promise((r) => setTimeout(r, ms));
 
+/** A delay in whole milliseconds (0 for none). */
+function delayMs(delay) {
+  if (delay === undefined || delay === null) return 0;
+  if (!(delay >= 0)) throw new RangeError("delay must be at least 0");
+  return Math.ceil(delay);
+}
+
 // ---- the client -----------------------------------------------------------------
 
 /** One connection: its transport, pending calls and streams. */
@@ -638,7 +645,7 @@ export class Client {
     try { link.send({ key, ...reply }); } catch {}
   }
 
-  _callOn(link, action, body, timeout, signal) {
+  _callOn(link, action, body, timeout, signal, delay) {
     const key = this._nextKey();
     return new Promise((resolve, reject) => {
       let timer;
@@ -657,25 +664,30 @@ export class Client {
       signal?.addEventListener("abort", abort, { once: true });
       const command = { key, action };
       if (body !== undefined && body !== null) command.body = body;
+      if (delay) command.delay = delay;
       try { link.send(command); } catch (e) { done(); reject(e); }
     });
   }
 
   /** Calls `action` and resolves with the reply's body; rejects with
    * RemoteError, RemoteException, Timeout, Closed, or Cancelled (when
-   * `signal` aborts: drs.cancel stops the handler). */
-  async call(action, body = null, { timeout, signal } = {}) {
+   * `signal` aborts: drs.cancel stops the handler). With `delay` (ms) the
+   * server holds the call and runs it that much later (the timeout then
+   * counts from when it runs); aborting before takes it back. */
+  async call(action, body = null, { timeout, signal, delay } = {}) {
     const limit = timeout ?? this.timeout;
+    const ms = delayMs(delay);
     const start = Date.now();
     const link = await this._linkWithin(limit);
-    return this._callOn(link, action, body, Math.max(limit - (Date.now() - start), 0), signal);
+    return this._callOn(link, action, body, Math.max(limit - (Date.now() - start), 0) + ms, signal, ms);
   }
 
-  /** Sends `action` without a reply. */
-  async fire(action, body = null, { timeout } = {}) {
+  /** Sends `action` without a reply; with `delay` (ms) the server runs it that much later. */
+  async fire(action, body = null, { timeout, delay } = {}) {
     const link = await this._linkWithin(timeout ?? this.timeout);
     const command = { action };
     if (body !== undefined && body !== null) command.body = body;
+    if (delayMs(delay)) command.delay = delayMs(delay);
     link.send(command);
   }
 

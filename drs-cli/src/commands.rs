@@ -112,18 +112,35 @@ async fn finish(conn: drs::Conn) {
     let _ = tokio::time::timeout(Duration::from_secs(5), conn.closed()).await;
 }
 
-pub(crate) async fn call(args: &Conn, action: &str, body: Option<String>) -> Result<(), Failure> {
+pub(crate) async fn call(
+    args: &Conn,
+    action: &str,
+    body: Option<String>,
+    delay: Option<Duration>,
+) -> Result<(), Failure> {
     let body = body::read(body.as_deref())?;
     let conn = connect(args, Client::new()).await?;
-    let reply = conn.call::<Body>(action, &body).await;
+    let reply = match delay {
+        // The server holds it; --timeout counts from when it runs.
+        Some(delay) => conn.call_after::<Body>(delay, action, &body).await,
+        None => conn.call::<Body>(action, &body).await,
+    };
     finish(conn).await;
     print(&json(&reply?), args.raw)
 }
 
-pub(crate) async fn fire(args: &Conn, action: &str, body: Option<String>) -> Result<(), Failure> {
+pub(crate) async fn fire(
+    args: &Conn,
+    action: &str,
+    body: Option<String>,
+    delay: Option<Duration>,
+) -> Result<(), Failure> {
     let body = body::read(body.as_deref())?;
     let conn = connect(args, Client::new()).await?;
-    let sent = conn.fire(action, &body).await;
+    let sent = match delay {
+        Some(delay) => conn.fire_after(delay, action, &body).await,
+        None => conn.fire(action, &body).await,
+    };
     finish(conn).await;
     Ok(sent?)
 }

@@ -74,6 +74,7 @@ Examples:
   drs call tcp://127.0.0.1:12000 echo @request.json
   jq .order order.json | drs call tcp://127.0.0.1:12000 orders.place
   drs call tcp://127.0.0.1:12000 sleep '{\"ms\": 2000}' --timeout 0.5   # exit 3
+  drs call tcp://127.0.0.1:12000 report.send @report.json --delay 60   # runs in a minute
 
 Prints only the reply's body on stdout (pretty on a terminal, one line
 with --raw or into a pipe). drs.error exits 1, drs.exception 2, a
@@ -85,6 +86,9 @@ timeout 3, a connection failure 4; their message goes to stderr.")]
         action: String,
         /// The body: JSON, @FILE, or - for stdin
         body: Option<String>,
+        /// Have the server run it this many seconds from now (its reply comes then)
+        #[arg(long, value_name = "SECONDS", value_parser = seconds)]
+        delay: Option<Duration>,
     },
     /// Send ACTION without waiting for a reply (a fire)
     #[command(after_help = "\
@@ -101,6 +105,9 @@ ran (use call for that).")]
         action: String,
         /// The body: JSON, @FILE, or - for stdin
         body: Option<String>,
+        /// Have the server run it this many seconds from now
+        #[arg(long, value_name = "SECONDS", value_parser = seconds)]
+        delay: Option<Duration>,
     },
     /// Call ACTION for a streamed reply: one JSON value per line as items arrive
     #[command(after_help = "\
@@ -264,8 +271,18 @@ fn main() -> ExitCode {
 
 async fn run(command: Command) -> Result<(), Failure> {
     match command {
-        Command::Call { conn, action, body } => commands::call(&conn, &action, body).await,
-        Command::Fire { conn, action, body } => commands::fire(&conn, &action, body).await,
+        Command::Call {
+            conn,
+            action,
+            body,
+            delay,
+        } => commands::call(&conn, &action, body, delay).await,
+        Command::Fire {
+            conn,
+            action,
+            body,
+            delay,
+        } => commands::fire(&conn, &action, body, delay).await,
         Command::Stream {
             conn,
             action,

@@ -170,6 +170,19 @@ fn call_prints_only_the_body_and_exits_by_outcome() {
     assert_eq!(code(&o), 1);
     assert!(stderr(&o).contains("No handlers for nothing.here"));
 
+    let started = Instant::now();
+    let o = drs(&["call", s.url(), "echo", "7", "--delay", "0.3"], None);
+    assert_eq!(
+        (code(&o), stdout(&o).as_str()),
+        (0, "7\n"),
+        "{}",
+        stderr(&o)
+    );
+    assert!(
+        started.elapsed() >= Duration::from_millis(300),
+        "held by the server"
+    );
+
     let o = drs(&["call", s.url(), "kaboom"], None);
     assert_eq!(code(&o), 2);
     assert!(stderr(&o).contains("drs.exception: handler panicked: kaboom"));

@@ -49,6 +49,10 @@ pub const CANCELLED: &str = "cancelled";
 /// to 2³²−1.
 pub const INVALID_STREAM: &str = "invalid type: `stream` must be an integer from 1 to 4294967295";
 
+/// What a command with a malformed `delay` field is refused with.
+pub const INVALID_DELAY: &str =
+    "invalid type: `delay` must be a number of milliseconds from 0 to 4294967295";
+
 /// Whether `action` is one of the three reply actions.
 pub fn is_reply_action(action: &str) -> bool {
     matches!(action, RESPONSE | ERROR | EXCEPTION)
@@ -88,6 +92,9 @@ pub struct Command {
     /// On a call: the caller takes a streamed reply, and can take this many
     /// items now (at least 1).
     pub stream: Option<u32>,
+    /// Run this many milliseconds after it arrives: the receiver holds the
+    /// command until then (a `drs.cancel` of its key takes it back).
+    pub delay: Option<u32>,
 }
 
 impl Command {
@@ -99,6 +106,7 @@ impl Command {
             body: Body::absent(),
             version: None,
             stream: None,
+            delay: None,
         }
     }
 
@@ -110,6 +118,7 @@ impl Command {
             body,
             version,
             stream: None,
+            delay: None,
         }
     }
 
@@ -137,6 +146,12 @@ impl Command {
         self
     }
 
+    /// Sets the delay in milliseconds.
+    pub fn with_delay(mut self, delay: Option<u32>) -> Self {
+        self.delay = delay;
+        self
+    }
+
     /// Whether this command is a reply (`drs.response`, `drs.error`, `drs.exception`).
     pub fn is_reply(&self) -> bool {
         is_reply_action(&self.action)
@@ -149,7 +164,8 @@ impl Serialize for Command {
             + usize::from(self.key.is_some())
             + usize::from(!self.body.is_absent())
             + usize::from(self.version.is_some())
-            + usize::from(self.stream.is_some());
+            + usize::from(self.stream.is_some())
+            + usize::from(self.delay.is_some());
         let mut map = s.serialize_map(Some(len))?;
         if let Some(key) = &self.key {
             map.serialize_entry("key", key.as_str())?;
@@ -163,6 +179,9 @@ impl Serialize for Command {
         }
         if let Some(n) = self.stream {
             map.serialize_entry("stream", &n)?;
+        }
+        if let Some(ms) = self.delay {
+            map.serialize_entry("delay", &ms)?;
         }
         map.end()
     }

@@ -131,8 +131,8 @@ pub use close::CloseReason;
 pub use codec::{BadFrame, FrameCodec, FrameTooLarge, FramedIo};
 pub use command::{
     is_control_action, is_reply_action, Body, Command, FromBody, AUTH, CANCEL, CANCELLED, ERROR,
-    EXCEPTION, IDENTIFY, INVALID_STREAM, MAX_NAME_LEN, MORE, NAME_TAKEN, NEXT, PING, RESPONSE,
-    SHUTTING_DOWN,
+    EXCEPTION, IDENTIFY, INVALID_DELAY, INVALID_STREAM, MAX_NAME_LEN, MORE, NAME_TAKEN, NEXT, PING,
+    RESPONSE, SHUTTING_DOWN,
 };
 pub use conn::{Call, CallStream, Conn, ConnConfig, SentCall};
 pub use error::{Error, RemoteError};

@@ -56,6 +56,8 @@ pub struct Outgoing<'a> {
     pub version: Option<i64>,
     /// On a call: opts in to a streamed reply with this much initial credit.
     pub stream: Option<u32>,
+    /// Asks the receiver to run the command this many milliseconds later.
+    pub delay: Option<u32>,
 }
 
 impl<'a> Outgoing<'a> {
@@ -67,7 +69,14 @@ impl<'a> Outgoing<'a> {
             body: OutBody::Absent,
             version: None,
             stream: None,
+            delay: None,
         }
+    }
+
+    /// Sets the delay in milliseconds (the receiver holds the command).
+    pub fn delay(mut self, delay: Option<u32>) -> Self {
+        self.delay = delay;
+        self
     }
 
     /// Sets the key.

@@ -8,10 +8,11 @@
 //! ```
 //!
 //! - Fields are written in the order `key`, `action`, `body`, `version`,
-//!   `stream` (a call's opt-in to a streamed reply, DESIGN §1b);
-//!   absent ones are omitted. Unknown fields are ignored on input.
+//!   `delay` (run this many milliseconds later), `stream` (a call's opt-in
+//!   to a streamed reply, DESIGN §1b); absent ones are omitted. Unknown
+//!   fields are ignored on input.
 //! - `action` is required; `key` must be a string; `version` an integer;
-//!   `stream` an integer from 1 to 2³²−1.
+//!   `stream` an integer from 1 to 2³²−1; `delay` one from 0 to 2³²−1.
 //! - A body is kept as the exact JSON text it arrived as (no value tree is
 //!   built) and is copied verbatim when sent on through JSON.
 //! - A frame that is not a valid command is an error naming the problem and
@@ -41,7 +42,7 @@ use std::{borrow::Cow, io::Write};
 use bytes::{BufMut, Bytes, BytesMut};
 use drs_core::{
     Body, BodyFormat, Command, DecodeError, EncodeError, Framing, OutBody, Outgoing, Protocol,
-    Text, INVALID_STREAM,
+    Text, INVALID_DELAY, INVALID_STREAM,
 };
 
 /// How deeply arrays and objects may nest in a value of a command (the
@@ -124,6 +125,9 @@ fn encode(cmd: &Outgoing<'_>, dst: &mut BytesMut) -> Result<(), EncodeError> {
     if let Some(version) = cmd.version {
         // Writing to a BytesMut cannot fail.
         let _ = write!(dst.writer(), ",\"version\":{version}");
+    }
+    if let Some(delay) = cmd.delay {
+        let _ = write!(dst.writer(), ",\"delay\":{delay}");
     }
     if let Some(stream) = cmd.stream {
         let _ = write!(dst.writer(), ",\"stream\":{stream}");
@@ -280,7 +284,7 @@ pub mod decode {
         t
     };
 
-    const FIELDS: [&str; 5] = ["key", "action", "body", "version", "stream"];
+    const FIELDS: [&str; 6] = ["key", "action", "body", "version", "stream", "delay"];
 
     struct Parser<'a> {
         f: &'a [u8],
@@ -564,7 +568,7 @@ pub mod decode {
         let mut key: Option<Text> = None;
         let mut action: Option<Text> = None;
         let mut body = Body::absent();
-        let mut numbers: [Option<i64>; 2] = [None, None];
+        let mut numbers: [Option<i64>; 3] = [None, None, None];
         let mut problem: Option<String> = None;
         let result = fields(
             &frame,
@@ -574,11 +578,16 @@ pub mod decode {
             &mut numbers,
             &mut problem,
         );
-        let [version, stream] = numbers;
+        let [version, stream, delay] = numbers;
         if problem.is_none() && result.is_ok() {
             if let Some(n) = stream {
                 if !(1..=i64::from(u32::MAX)).contains(&n) {
                     problem = Some(INVALID_STREAM.to_owned());
+                }
+            }
+            if let Some(n) = delay {
+                if !(0..=i64::from(u32::MAX)).contains(&n) {
+                    problem = Some(INVALID_DELAY.to_owned());
                 }
             }
         }
@@ -588,6 +597,10 @@ pub mod decode {
             (Ok(()), None) => match action {
                 Some(action) => {
                     let cmd = Command::from_parts(key, action, body, version);
+                    let cmd = match delay {
+                        None => cmd,
+                        Some(ms) => cmd.with_delay(Some(ms as u32)),
+                    };
                     return Ok(match stream {
                         None => cmd,
                         Some(n) => cmd.with_stream(Some(n as u32)),
@@ -613,7 +626,7 @@ pub mod decode {
         key: &mut Option<Text>,
         action: &mut Option<Text>,
         body: &mut Body,
-        numbers: &mut [Option<i64>; 2],
+        numbers: &mut [Option<i64>; 3],
         problem: &mut Option<String>,
     ) -> R<()> {
         let mut p = Parser { f: frame, pos: 0 };
@@ -631,7 +644,7 @@ pub mod decode {
         if p.peek() == Some(b'}') {
             p.pos += 1;
         } else {
-            let mut seen = [false; 5];
+            let mut seen = [false; 6];
             loop {
                 p.ws();
                 let name = p.string()?;
@@ -648,6 +661,7 @@ pub mod decode {
                     b"body" => Some(2),
                     b"version" => Some(3),
                     b"stream" => Some(4),
+                    b"delay" => Some(5),
                     _ => None,
                 };
                 let mut note = |message: String| {
@@ -676,7 +690,7 @@ pub mod decode {
                                 p.value().map_err(|f| in_field(f, &name))?;
                                 *body = Body::from_raw(frame.slice(start..p.pos), &CHECKED);
                             }
-                            (3 | 4, Some(b'-' | b'0'..=b'9')) => {
+                            (3..=5, Some(b'-' | b'0'..=b'9')) => {
                                 let integer = p.number()?;
                                 match std::str::from_utf8(&frame[start..p.pos])
                                     .ok()
@@ -687,6 +701,7 @@ pub mod decode {
                                     None if slot == 3 => note(
                                         "invalid type: `version` must be a 64-bit integer".into(),
                                     ),
+                                    None if slot == 5 => note(INVALID_DELAY.into()),
                                     None => note(INVALID_STREAM.into()),
                                 }
                             }
@@ -695,6 +710,7 @@ pub mod decode {
                                 note(match slot {
                                     3 => format!("invalid type: `{field}` must be an integer"),
                                     4 => INVALID_STREAM.into(),
+                                    5 => INVALID_DELAY.into(),
                                     _ => format!("invalid type: `{field}` must be a string"),
                                 });
                             }

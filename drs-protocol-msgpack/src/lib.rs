@@ -4,7 +4,8 @@
 //! then the map) and one binary message per command on WebSocket.
 //!
 //! - Fields are written in the order `key`, `action`, `body`, `version`,
-//!   `stream` (a call's opt-in to a streamed reply, DESIGN §1b);
+//!   `stream` (a call's opt-in to a streamed reply, DESIGN §1b), `delay`
+//!   (run this many milliseconds later);
 //!   absent ones are omitted; unknown ones are ignored on input; `nil` reads
 //!   as absent.
 //! - Rust structs in bodies are written as maps with their field names (not
@@ -28,7 +29,7 @@
 use bytes::{BufMut, Bytes, BytesMut};
 use drs_core::{
     Body, BodyFormat, Command, DecodeError, EncodeError, Framing, OutBody, Outgoing, Protocol,
-    Text, INVALID_STREAM,
+    Text, INVALID_DELAY, INVALID_STREAM,
 };
 use serde::Serialize;
 
@@ -60,7 +61,8 @@ impl Protocol for MsgPack {
             + u32::from(cmd.key.is_some())
             + u32::from(!matches!(cmd.body, OutBody::Absent))
             + u32::from(cmd.version.is_some())
-            + u32::from(cmd.stream.is_some());
+            + u32::from(cmd.stream.is_some())
+            + u32::from(cmd.delay.is_some());
         let mut w = dst.writer();
         rmp::encode::write_map_len(&mut w, fields).map_err(enc)?;
         if let Some(key) = cmd.key {
@@ -93,6 +95,10 @@ impl Protocol for MsgPack {
         if let Some(stream) = cmd.stream {
             put_str(dst, "stream");
             rmp::encode::write_uint(&mut dst.writer(), u64::from(stream)).map_err(enc)?;
+        }
+        if let Some(delay) = cmd.delay {
+            put_str(dst, "delay");
+            rmp::encode::write_uint(&mut dst.writer(), u64::from(delay)).map_err(enc)?;
         }
         Ok(())
     }
@@ -190,10 +196,11 @@ fn decode_command(frame: &Bytes) -> Result<Command, DecodeError> {
     let mut body: Option<Body> = None;
     let mut version: Option<i64> = None;
     let mut stream: Option<u32> = None;
+    let mut delay: Option<u32> = None;
     // A field of the wrong type is reported once the whole map has been
     // read, so that the key, wherever it stands, can go with the error.
     let mut problem: Option<String> = None;
-    let mut seen = [false; 5];
+    let mut seen = [false; 6];
     for _ in 0..fields {
         let name = match r.str_or_skip() {
             Ok(Some(name)) => name,
@@ -210,6 +217,7 @@ fn decode_command(frame: &Bytes) -> Result<Command, DecodeError> {
             "body" => 2,
             "version" => 3,
             "stream" => 4,
+            "delay" => 5,
             _ => {
                 r.skip_value().map_err(|e| tagged(e, name, &key, &action))?;
                 continue;
@@ -245,6 +253,12 @@ fn decode_command(frame: &Bytes) -> Result<Command, DecodeError> {
                     problem.get_or_insert_with(|| INVALID_STREAM.into());
                 }
             },
+            5 => match Reader::new(value).int().and_then(|n| u32::try_from(n).ok()) {
+                Some(ms) => delay = Some(ms),
+                None => {
+                    problem.get_or_insert_with(|| INVALID_DELAY.into());
+                }
+            },
             _ => match Reader::new(value).int() {
                 Some(v) => version = Some(v),
                 None => {
@@ -270,7 +284,8 @@ fn decode_command(frame: &Bytes) -> Result<Command, DecodeError> {
         .with_key(key)
         .with_body(body.unwrap_or_default())
         .with_version(version)
-        .with_stream(stream))
+        .with_stream(stream)
+        .with_delay(delay))
 }
 
 /// How deeply arrays and maps may nest in a body (serde_json's limit too).

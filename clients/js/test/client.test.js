@@ -277,6 +277,29 @@ describe("against demo_server", { skip }, () => {
     await assert.rejects(c.call("echo", 3), Closed);
   });
 
+  test("a delayed call runs later; an aborted one never", async () => {
+    const c = await connect(`tcp://${all.addr("tcp")}`);
+    try {
+      const start = Date.now();
+      assert.equal(await c.call("echo", "later", { delay: 300 }), "later");
+      assert.ok(Date.now() - start >= 290);
+      const heard = [];
+      c.on("shout", (body) => { heard.push(body); });
+      const abort = new AbortController();
+      const never = c.call("shout", "never", { delay: 400, signal: abort.signal });
+      abort.abort();
+      await assert.rejects(never, Cancelled);
+      await c.fire("shout", "soon", { delay: 100 });
+      // Held until after the aborted one's time: had that run, its
+      // broadcast would have come first.
+      assert.equal(await c.call("echo", "after", { delay: 500 }), "after");
+      assert.deepEqual(heard, ["soon"]);
+      await assert.rejects(c.call("echo", 1, { delay: -1 }), RangeError);
+    } finally {
+      c.close();
+    }
+  });
+
   test("identify and expose", async () => {
     const url = `ws://${all.addr("ws")}/socket`;
     const c = await connect(url), other = await connect(url);

@@ -442,13 +442,15 @@ class Client:
 
     # -- calling -----------------------------------------------------------
 
-    async def _call_on(self, link, action, body, timeout):
+    async def _call_on(self, link, action, body, timeout, delay_ms=None):
         key = self._next_key()
         fut = asyncio.get_running_loop().create_future()
         link.pending[key] = fut
         command = {"key": key, "action": action}
         if body is not None:
             command["body"] = body
+        if delay_ms:
+            command["delay"] = delay_ms
         try:
             await link.send(command)
             return await asyncio.wait_for(asyncio.shield(fut), timeout)
@@ -466,21 +468,28 @@ class Client:
             if not fut.done():
                 fut.cancel()
 
-    async def call(self, action, body=None, *, timeout=None):
+    async def call(self, action, body=None, *, timeout=None, delay=None):
         """Calls `action` and returns the reply's body. Raises RemoteError
         (drs.error), RemoteException (drs.exception), Timeout or Closed.
-        Cancelling the awaiting task sends drs.cancel."""
+        Cancelling the awaiting task sends drs.cancel. With `delay`
+        (seconds), the server holds the call and runs it that much later;
+        the timeout then counts from when it runs."""
         timeout = self.timeout if timeout is None else timeout
+        delay_ms = _delay_ms(delay)
         deadline = time.monotonic() + timeout
         link = await self._link_within(timeout)
-        return await self._call_on(link, action, body, max(deadline - time.monotonic(), 0.0))
+        remaining = max(deadline - time.monotonic(), 0.0) + delay_ms / 1000.0
+        return await self._call_on(link, action, body, remaining, delay_ms)
 
-    async def fire(self, action, body=None, *, timeout=None):
-        """Sends `action` without a reply (a fire)."""
+    async def fire(self, action, body=None, *, timeout=None, delay=None):
+        """Sends `action` without a reply (a fire); with `delay` (seconds)
+        the server runs it that much later."""
         link = await self._link_within(self.timeout if timeout is None else timeout)
         command = {"action": action}
         if body is not None:
             command["body"] = body
+        if _delay_ms(delay):
+            command["delay"] = _delay_ms(delay)
         await link.send(command)
 
     def stream(self, action, body=None, *, window=64, timeout=None):
@@ -574,6 +583,15 @@ class Client:
 
     async def __aexit__(self, *exc):
         await self.close()
+
+
+def _delay_ms(delay):
+    """`delay` seconds as whole milliseconds (0 for none)."""
+    if delay is None:
+        return 0
+    if delay < 0:
+        raise ValueError("delay must be at least 0")
+    return int(-(-delay * 1000 // 1))
 
 
 async def connect(url, **options):

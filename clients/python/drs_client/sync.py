@@ -96,11 +96,11 @@ class Client:
     def connections(self):
         return self._client.connections
 
-    def call(self, action, body=None, *, timeout=None):
-        return self._loop.run(self._client.call(action, body, timeout=timeout))
+    def call(self, action, body=None, *, timeout=None, delay=None):
+        return self._loop.run(self._client.call(action, body, timeout=timeout, delay=delay))
 
-    def fire(self, action, body=None, *, timeout=None):
-        self._loop.run(self._client.fire(action, body, timeout=timeout))
+    def fire(self, action, body=None, *, timeout=None, delay=None):
+        self._loop.run(self._client.fire(action, body, timeout=timeout, delay=delay))
 
     def stream(self, action, body=None, *, window=64, timeout=None):
         return Stream(self._loop, self._client.stream(action, body, window=window, timeout=timeout))

@@ -341,3 +341,35 @@ def test_async_api_mirrors_the_sync_one(demo):
             assert await other.call("py.triple", 5) == 15
 
     asyncio.run(asyncio.wait_for(main(), 30))
+
+
+def test_a_delayed_call_runs_later_and_a_cancelled_one_never(demo):
+    d = demo("--tcp", "127.0.0.1:0")
+    url = "tcp://" + d.addr("tcp")
+    with drs.connect(url) as c:
+        start = time.monotonic()
+        assert c.call("echo", "later", delay=0.3) == "later"
+        assert time.monotonic() - start >= 0.3
+        with pytest.raises(ValueError):
+            c.call("echo", 1, delay=-1)
+
+    async def main():
+        async with await aio.connect(url) as c:
+            heard = []
+
+            async def on_shout(body):
+                heard.append(body)
+
+            c.on("shout", on_shout)
+            # Held by the server for 0.5 s, and taken back before.
+            never = asyncio.ensure_future(c.call("shout", "never", delay=0.5))
+            await asyncio.sleep(0.1)
+            never.cancel()
+            await c.fire("shout", "soon", delay=0.2)
+            # Held until after the cancelled one's time: had that run, its
+            # broadcast would have come first.
+            assert await c.call("echo", "after", delay=0.6) == "after"
+            await asyncio.sleep(0)
+            assert heard == ["soon"], heard
+
+    asyncio.run(asyncio.wait_for(main(), 30))

@@ -158,6 +158,13 @@ pub(crate) struct Driver<T> {
     /// Bytes and frames so far, published to `shared.io` per batch.
     io_totals: crate::stats::Io,
     io_published: bool,
+    /// Commands with a `delay`, held until due: by due time (and arrival,
+    /// to keep their order), with their frame sizes; and the keys of the
+    /// held calls, for `drs.cancel`.
+    held: std::collections::BTreeMap<(Instant, u64), (Command, usize)>,
+    held_keys: HashMap<Text, (Instant, u64)>,
+    held_seq: u64,
+    held_timer: Option<Pin<Box<Sleep>>>,
 }
 
 impl<T: Transport> Driver<T> {
@@ -207,7 +214,109 @@ impl<T: Transport> Driver<T> {
             stat_cache: HashMap::default(),
             io_totals: Default::default(),
             io_published: true,
+            held: Default::default(),
+            held_keys: HashMap::new(),
+            held_seq: 0,
+            held_timer: None,
         }
+    }
+
+    /// Holds a command with a `delay` until it is due, within the
+    /// connection's bounds; a call past them is answered at once.
+    fn hold(&mut self, cmd: Command, size: usize, delay_ms: u32) {
+        let config = &self.shared.config;
+        let delay = Duration::from_millis(u64::from(delay_ms));
+        let duplicate = cmd
+            .key
+            .as_ref()
+            .filter(|k| self.held_keys.contains_key(*k) || self.in_flight.contains_key(*k));
+        let refusal = if delay > config.max_delay {
+            Some(format!("delay exceeds {} ms", config.max_delay.as_millis()))
+        } else if let Some(key) = duplicate {
+            Some(format!("duplicate key in flight: {key}"))
+        } else if self.held.len() >= config.max_delayed {
+            Some(format!(
+                "too many delayed commands (at most {})",
+                config.max_delayed
+            ))
+        } else {
+            None
+        };
+        if let Some(mut message) = refusal {
+            truncate(&mut message, MAX_NOTICE);
+            if let Some(key) = &cmd.key {
+                self.push_reply(key, &Outcome::Error(message));
+            } else {
+                tracing::debug!(action = %cmd.action, "delayed fire dropped: {message}");
+            }
+            return;
+        }
+        self.held_seq += 1;
+        let slot = (Instant::now() + delay, self.held_seq);
+        if let Some(key) = &cmd.key {
+            self.held_keys.insert(key.clone(), slot);
+        }
+        self.meter.add_waiting(size);
+        self.held.insert(slot, (cmd, size));
+        self.arm_held_timer();
+    }
+
+    /// Points the held-command timer at the earliest due one.
+    fn arm_held_timer(&mut self) {
+        match self.held.keys().next() {
+            Some((at, _)) => match &mut self.held_timer {
+                Some(timer) => timer.as_mut().reset(*at),
+                None => self.held_timer = Some(Box::pin(tokio::time::sleep_until(*at))),
+            },
+            None => self.held_timer = None,
+        }
+    }
+
+    /// Serves the held commands that are due, in order.
+    fn release_held(&mut self, cx: &mut Context<'_>) -> bool {
+        let Some(timer) = &mut self.held_timer else {
+            return false;
+        };
+        if timer.as_mut().poll(cx).is_pending() {
+            return false;
+        }
+        let now = Instant::now();
+        let mut released = false;
+        while let Some(entry) = self.held.first_entry() {
+            if entry.key().0 > now {
+                break;
+            }
+            let (cmd, size) = entry.remove();
+            released = true;
+            self.meter.sub_waiting(size);
+            if let Some(key) = &cmd.key {
+                self.held_keys.remove(key);
+            }
+            if !self.accept_commands {
+                self.refuse_draining(&cmd);
+            } else if self.waiting.is_empty() && self.can_dispatch() {
+                self.dispatch(cmd, cx);
+            } else {
+                self.meter.add_waiting(size);
+                self.waiting_bytes += size;
+                self.waiting.push_back((cmd, size));
+            }
+        }
+        self.arm_held_timer();
+        released
+    }
+
+    /// Drops every held command (the connection is ending), or refuses
+    /// them (a shutdown).
+    fn drop_held(&mut self, refuse: bool) {
+        for (_, (cmd, size)) in std::mem::take(&mut self.held) {
+            self.meter.sub_waiting(size);
+            if refuse {
+                self.refuse_draining(&cmd);
+            }
+        }
+        self.held_keys.clear();
+        self.held_timer = None;
     }
 
     /// Counts the commands this connection serves in `stats`.
@@ -312,6 +421,7 @@ impl<T: Transport> Driver<T> {
     }
 
     fn release_waiting(&mut self) {
+        self.drop_held(false);
         if self.waiting_bytes > 0 {
             self.meter.sub_waiting(self.waiting_bytes);
         }
@@ -353,6 +463,7 @@ impl<T: Transport> Driver<T> {
                     self.begin_end(CloseReason::Shutdown, true);
                 } else {
                     // Commands not yet started are refused, like new ones.
+                    self.drop_held(true);
                     while let Some((cmd, n)) = self.waiting.pop_front() {
                         self.meter.sub_waiting(n);
                         self.waiting_bytes -= n;
@@ -404,6 +515,7 @@ impl<T: Transport> Driver<T> {
         self.poll_control(cx);
         loop {
             let mut progress = self.pull_outbound(cx);
+            progress |= self.release_held(cx);
             progress |= self.pump_waiting(cx);
             match self.write(cx) {
                 Ok(p) => progress |= p,
@@ -713,6 +825,7 @@ impl<T: Transport> Driver<T> {
     fn is_idle(&self) -> bool {
         self.tasks.is_empty()
             && self.waiting.is_empty()
+            && self.held.is_empty()
             && self.outq.is_empty()
             && !self.dirty
             && self.shared.pending.len() == 0
@@ -752,6 +865,8 @@ impl<T: Transport> Driver<T> {
         }
         if !self.accept_commands {
             self.refuse_draining(&cmd);
+        } else if let Some(ms) = cmd.delay.filter(|ms| *ms > 0) {
+            self.hold(cmd, size, ms);
         } else if self.waiting.is_empty() && self.can_dispatch() {
             self.dispatch(cmd, cx);
         } else {
@@ -871,6 +986,11 @@ impl<T: Transport> Driver<T> {
             call.abort.abort();
             call.msg.cancel();
             self.cancelled += 1;
+        } else if let Some(slot) = self.held_keys.remove(key) {
+            if let Some((_, size)) = self.held.remove(&slot) {
+                self.meter.sub_waiting(size);
+            }
+            self.arm_held_timer();
         } else if let Some(at) = self
             .waiting
             .iter()

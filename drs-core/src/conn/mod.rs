@@ -108,6 +108,13 @@ pub struct ConnConfig {
     /// others fail with [`Error::NotAllowed`] and are not sent. Default:
     /// none (all allowed).
     pub outbound_jail: Option<crate::Jail>,
+    /// Commands with a `delay` the peer may have held here at once; past
+    /// it a delayed call is answered `drs.error` "too many delayed
+    /// commands". Default 1024.
+    pub max_delayed: usize,
+    /// The longest `delay` accepted; longer is answered `drs.error`
+    /// "delay exceeds N ms". Default 1 hour.
+    pub max_delay: Duration,
 }
 
 impl Default for ConnConfig {
@@ -128,6 +135,8 @@ impl Default for ConnConfig {
             handler_timeout: None,
             stream_window: 64,
             outbound_jail: None,
+            max_delayed: 1024,
+            max_delay: Duration::from_secs(3600),
         }
     }
 }
@@ -214,6 +223,18 @@ impl ConnConfig {
     /// Sets the actions this side may call or fire on the peer.
     pub fn outbound_jail(mut self, jail: Option<crate::Jail>) -> Self {
         self.outbound_jail = jail;
+        self
+    }
+
+    /// Sets how many delayed commands a peer may have held at once.
+    pub fn max_delayed(mut self, commands: usize) -> Self {
+        self.max_delayed = commands;
+        self
+    }
+
+    /// Sets the longest `delay` a command may ask for.
+    pub fn max_delay(mut self, delay: Duration) -> Self {
+        self.max_delay = delay;
         self
     }
 
@@ -545,6 +566,58 @@ impl Conn {
             timeout: self.shared.config.call_timeout,
             _reply: PhantomData,
         }
+    }
+
+    /// Calls `action` to run `delay` from now on the peer, which holds the
+    /// command until then (the `delay` field, DESIGN §1b as extended in
+    /// the README); the reply comes after it ran. The call's timeout
+    /// counts from when it runs: `delay` plus the connection's call
+    /// timeout, unless [`Call::timeout`] says otherwise. Dropping the call
+    /// before it ran takes it back (`drs.cancel`). A peer holds at most
+    /// [`ConnConfig::max_delayed`] such commands, each at most
+    /// [`ConnConfig::max_delay`] ahead.
+    pub fn call_after<R>(&self, delay: Duration, action: &str, body: impl Serialize) -> Call<R> {
+        let key = self.shared.next_key.fetch_add(1, Ordering::Relaxed);
+        let mut digits = KeyText::default();
+        let ms = delay_ms(delay);
+        let frame = self.check_outbound(action).and_then(|()| {
+            encode_frame(
+                &*self.shared.protocol,
+                self.shared.config.max_frame_len,
+                &Outgoing::new(action)
+                    .key(Some(digits.format(key)))
+                    .body(OutBody::Value(&body))
+                    .delay(Some(ms)),
+            )
+        });
+        Call {
+            conn: self.clone(),
+            prepared: frame.map(|f| (key, f)),
+            timeout: delay + self.shared.config.call_timeout,
+            _reply: PhantomData,
+        }
+    }
+
+    /// Fires `action` to run `delay` from now on the peer (see
+    /// [`call_after`](Conn::call_after)); a delayed fire cannot be taken
+    /// back.
+    pub fn fire_after(
+        &self,
+        delay: Duration,
+        action: &str,
+        body: impl Serialize,
+    ) -> impl Future<Output = Result<(), Error>> + Send + 'static {
+        let frame = self.check_outbound(action).and_then(|()| {
+            encode_frame(
+                &*self.shared.protocol,
+                self.shared.config.max_frame_len,
+                &Outgoing::new(action)
+                    .body(OutBody::Value(&body))
+                    .delay(Some(delay_ms(delay))),
+            )
+        });
+        let conn = self.clone();
+        async move { conn.shared.send(&conn.tx, frame?).await }
     }
 
     /// Whether the outbound jail lets us send `action`.
@@ -935,6 +1008,12 @@ impl<R: FromBody + Send + 'static> IntoFuture for SentCall<R> {
                 .unwrap_or(Err(Error::Timeout(timeout)))
         })
     }
+}
+
+/// `delay` in whole milliseconds (rounded up), at most `u32::MAX`.
+fn delay_ms(delay: Duration) -> u32 {
+    let ms = delay.as_nanos().div_ceil(1_000_000);
+    u32::try_from(ms).unwrap_or(u32::MAX)
 }
 
 #[cfg(test)]
