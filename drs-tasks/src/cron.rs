@@ -144,8 +144,10 @@ pub(crate) async fn run_crontab(
                     inner.clone(),
                     task.clone(),
                     generation.clone(),
-                    line,
+                    line.cron,
                     tz,
+                    line.action,
+                    line.body,
                 ));
             }
             text = Some(now);
@@ -157,28 +159,30 @@ pub(crate) async fn run_crontab(
     }
 }
 
-async fn schedule(
+/// Runs `action` with `body` at each of `cron`'s times in `tz` until
+/// `stop`; each run in a task of its own, so a slow one delays no other.
+pub(crate) async fn schedule(
     inner: Arc<Inner>,
     task: Task,
     stop: tokio_util::sync::CancellationToken,
-    line: CrontabLine,
+    cron: Cron,
     tz: chrono_tz::Tz,
+    action: String,
+    body: Value,
 ) {
     loop {
-        let Some(wait) = until_next(&line.cron, tz) else {
+        let Some(wait) = until_next(&cron, tz) else {
+            tracing::warn!(task = %task.name, "the expression has no next time: task ended");
             return;
         };
         tokio::select! {
             () = tokio::time::sleep(wait) => {}
             () = stop.cancelled() => return,
         }
-        let (inner, task, action, body) = (
-            inner.clone(),
-            task.clone(),
-            line.action.clone(),
-            line.body.clone(),
-        );
+        let (inner, task, action, body) =
+            (inner.clone(), task.clone(), action.clone(), body.clone());
         tokio::spawn(async move { run(&inner, &task, &action, &body).await });
+        // Past the second just fired before looking again.
         tokio::time::sleep(Duration::from_millis(5)).await;
     }
 }

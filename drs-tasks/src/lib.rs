@@ -300,25 +300,15 @@ impl Tasks {
     ) -> Result<Task, TaskError> {
         let schedule = cron::parse(expr)?;
         let task = self.task(format!("cron {expr} ({tz}) {action}"));
-        let body = to_value(body);
-        let (inner, t, action) = (self.inner.clone(), task.clone(), action.to_string());
-        tokio::spawn(async move {
-            loop {
-                let Some(wait) = cron::until_next(&schedule, tz) else {
-                    tracing::warn!(task = %t.name, "the expression has no next time: task ended");
-                    return;
-                };
-                tokio::select! {
-                    () = tokio::time::sleep(wait) => {}
-                    () = t.stop.cancelled() => return,
-                }
-                let (inner, t, action, body) =
-                    (inner.clone(), t.clone(), action.clone(), body.clone());
-                tokio::spawn(async move { run(&inner, &t, &action, &body).await });
-                // Past the second just fired before looking again.
-                tokio::time::sleep(Duration::from_millis(5)).await;
-            }
-        });
+        tokio::spawn(cron::schedule(
+            self.inner.clone(),
+            task.clone(),
+            task.stop.clone(),
+            schedule,
+            tz,
+            action.to_string(),
+            to_value(body),
+        ));
         Ok(task)
     }
 

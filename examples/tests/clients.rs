@@ -95,24 +95,17 @@ fn python_client_package() {
 /// Whether Node can run the JS client's tests: `node` on the PATH and the
 /// package's dependencies installed (`npm install` in clients/js).
 fn node_ready(dir: &Path) -> bool {
-    let ok = Command::new("node")
+    let mut probe = Command::new("node");
+    probe
         .args([
             "-e",
             "import('ws').then(() => process.exit(0), () => process.exit(1))",
         ])
-        .current_dir(dir)
-        .stdout(Stdio::null())
-        .stderr(Stdio::null())
-        .status()
-        .map(|s| s.success())
-        .unwrap_or(false);
-    if !ok {
-        drs_testkit::skip(
-            "js_client_package",
-            "node with clients/js's dependencies (cd clients/js && npm install)",
-        );
-    }
-    ok
+        .current_dir(dir);
+    common::ready(
+        probe,
+        "node with clients/js's dependencies (cd clients/js && npm install)",
+    )
 }
 
 #[test]

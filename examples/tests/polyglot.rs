@@ -141,11 +141,19 @@ fn every_transport_at_once() {
     let kinds: Vec<&str> = server.listening.iter().map(|(k, _)| k.as_str()).collect();
     assert_eq!(kinds, ["tcp", "ws", "ipc"]);
     assert!(server.addr(1).starts_with("127.0.0.1:"));
-    // The WebSocket port serves the browser page to plain HTTP.
+    // The WebSocket port serves the browser page to plain HTTP, and the
+    // JavaScript client it imports.
     let page = http_get(server.addr(1), "/");
     assert!(
-        page.starts_with("HTTP/1.1 200 OK") && page.contains("new WebSocket"),
+        page.starts_with("HTTP/1.1 200 OK") && page.contains("from \"/drs-client.js\""),
         "{page}"
+    );
+    let client = http_get(server.addr(1), "/drs-client.js");
+    assert!(
+        client.starts_with("HTTP/1.1 200 OK")
+            && client.contains("Content-Type: text/javascript")
+            && client.contains("export async function connect"),
+        "{client}"
     );
 }
 

@@ -292,15 +292,7 @@ impl<T: Transport> Driver<T> {
             if let Some(key) = &cmd.key {
                 self.held_keys.remove(key);
             }
-            if !self.accept_commands {
-                self.refuse_draining(&cmd);
-            } else if self.waiting.is_empty() && self.can_dispatch() {
-                self.dispatch(cmd, cx);
-            } else {
-                self.meter.add_waiting(size);
-                self.waiting_bytes += size;
-                self.waiting.push_back((cmd, size));
-            }
+            self.admit(cmd, size, cx);
         }
         self.arm_held_timer();
         released
@@ -863,10 +855,17 @@ impl<T: Transport> Driver<T> {
                 Control::Cancel => self.on_cancel(cmd),
             };
         }
+        match cmd.delay.filter(|ms| *ms > 0) {
+            Some(ms) if self.accept_commands => self.hold(cmd, size, ms),
+            _ => self.admit(cmd, size, cx),
+        }
+    }
+
+    /// A command to serve now: refused while draining, served if there is
+    /// room, else queued behind the others.
+    fn admit(&mut self, cmd: Command, size: usize, cx: &mut Context<'_>) {
         if !self.accept_commands {
             self.refuse_draining(&cmd);
-        } else if let Some(ms) = cmd.delay.filter(|ms| *ms > 0) {
-            self.hold(cmd, size, ms);
         } else if self.waiting.is_empty() && self.can_dispatch() {
             self.dispatch(cmd, cx);
         } else {

@@ -577,19 +577,8 @@ impl Conn {
     /// [`ConnConfig::max_delayed`] such commands, each at most
     /// [`ConnConfig::max_delay`] ahead.
     pub fn call_after<R>(&self, delay: Duration, action: &str, body: impl Serialize) -> Call<R> {
-        let key = self.shared.next_key.fetch_add(1, Ordering::Relaxed);
-        let mut digits = KeyText::default();
         let ms = delay_ms(delay);
-        let frame = self.check_outbound(action).and_then(|()| {
-            encode_frame(
-                &*self.shared.protocol,
-                self.shared.config.max_frame_len,
-                &Outgoing::new(action)
-                    .key(Some(digits.format(key)))
-                    .body(OutBody::Value(&body))
-                    .delay(Some(ms)),
-            )
-        });
+        let (key, frame) = self.keyed_frame(action, &body, |out| out.delay(Some(ms)));
         Call {
             conn: self.clone(),
             prepared: frame.map(|f| (key, f)),
@@ -618,6 +607,29 @@ impl Conn {
         });
         let conn = self.clone();
         async move { conn.shared.send(&conn.tx, frame?).await }
+    }
+
+    /// A new call key, and the frame of a call of `action` with it, as
+    /// `extra` completes it (a stream opt-in, a delay).
+    fn keyed_frame(
+        &self,
+        action: &str,
+        body: &impl Serialize,
+        extra: impl for<'a> FnOnce(Outgoing<'a>) -> Outgoing<'a>,
+    ) -> (u64, Result<Bytes, Error>) {
+        let key = self.shared.next_key.fetch_add(1, Ordering::Relaxed);
+        let mut digits = KeyText::default();
+        let frame = self.check_outbound(action).and_then(|()| {
+            let out = Outgoing::new(action)
+                .key(Some(digits.format(key)))
+                .body(OutBody::Value(body));
+            encode_frame(
+                &*self.shared.protocol,
+                self.shared.config.max_frame_len,
+                &extra(out),
+            )
+        });
+        (key, frame)
     }
 
     /// Whether the outbound jail lets us send `action`.
@@ -660,19 +672,8 @@ impl Conn {
     /// # Ok(()) }
     /// ```
     pub fn call_stream<T>(&self, action: &str, body: impl Serialize) -> CallStream<T> {
-        let key = self.shared.next_key.fetch_add(1, Ordering::Relaxed);
-        let mut digits = KeyText::default();
         let window = self.shared.config.stream_window;
-        let frame = self.check_outbound(action).and_then(|()| {
-            encode_frame(
-                &*self.shared.protocol,
-                self.shared.config.max_frame_len,
-                &Outgoing::new(action)
-                    .key(Some(digits.format(key)))
-                    .body(OutBody::Value(&body))
-                    .stream(Some(window)),
-            )
-        });
+        let (key, frame) = self.keyed_frame(action, &body, |out| out.stream(Some(window)));
         CallStream::new(self.clone(), key, frame, window)
     }
 

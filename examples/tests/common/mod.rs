@@ -133,9 +133,23 @@ impl Drop for DemoServer {
 /// `cargo test` shows it (`SKIPPED …`) and is skipped, except under `CI`,
 /// where it fails (CI installs them: `.ci/run`).
 pub fn python_has(modules: &[&str]) -> bool {
-    let probe = format!("import {}", modules.join(", "));
-    let ok = Command::new("python3")
-        .args(["-c", &probe])
+    let mut probe = Command::new("python3");
+    probe.args(["-c", &format!("import {}", modules.join(", "))]);
+    ready(
+        probe,
+        &format!(
+            "python3 with {} (pip install {})",
+            modules.join(", "),
+            modules.join(" ")
+        ),
+    )
+}
+
+/// Whether `probe` runs and succeeds (quietly); if not, the running test
+/// reports `what` missing through [`drs_testkit::skip`] (visible in
+/// `cargo test`'s output; a failure under `CI`).
+pub fn ready(mut probe: Command, what: &str) -> bool {
+    let ok = probe
         .stdout(Stdio::null())
         .stderr(Stdio::null())
         .status()
@@ -146,14 +160,7 @@ pub fn python_has(modules: &[&str]) -> bool {
             .name()
             .unwrap_or("a test")
             .to_string();
-        drs_testkit::skip(
-            &test,
-            &format!(
-                "python3 with {} (pip install {})",
-                modules.join(", "),
-                modules.join(" ")
-            ),
-        );
+        drs_testkit::skip(&test, what);
     }
     ok
 }
