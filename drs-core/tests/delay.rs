@@ -224,3 +224,50 @@ fn the_delay_field_round_trips_in_both_protocols() {
         .unwrap();
     assert_eq!(cmd.delay, None);
 }
+
+#[tokio::test(start_paused = true)]
+async fn a_peer_that_vanishes_leaves_nothing_held() {
+    let (server, runs) = stamping(ServerConfig::default(), Instant::now());
+    let mut raw = raw_peer(&server);
+    for key in ["a", "b", "c"] {
+        let big = "x".repeat(10_000);
+        send(&mut raw, json!({"key": key, "action": "stamp", "body": big, "delay": 60000})).await;
+    }
+    // Held: their frames count against the server's memory budget.
+    within(async {
+        while server.memory_budget().used() < 30_000 {
+            tokio::time::sleep(Duration::from_millis(1)).await;
+        }
+    })
+    .await;
+    drop(raw);
+    within(async {
+        while server.connection_count() > 0 || server.memory_budget().used() > 0 {
+            tokio::time::sleep(Duration::from_millis(1)).await;
+        }
+    })
+    .await;
+    // Past their time: none ran.
+    tokio::time::sleep(Duration::from_secs(120)).await;
+    assert!(runs.lock().unwrap().is_empty());
+}
+
+#[test]
+fn a_bad_delay_in_msgpack_is_refused() {
+    // {"action": "x", "delay": "soon"} and {"action": "x", "delay": -1}
+    for delay in [rmp_str("soon"), vec![0xff]] {
+        let mut frame = vec![0x82];
+        frame.extend(rmp_str("action"));
+        frame.extend(rmp_str("x"));
+        frame.extend(rmp_str("delay"));
+        frame.extend(delay);
+        let e = MsgPack.decode(Bytes::from(frame)).unwrap_err().to_string();
+        assert!(e.contains("delay"), "{e}");
+    }
+}
+
+fn rmp_str(s: &str) -> Vec<u8> {
+    let mut v = vec![0xa0 | s.len() as u8];
+    v.extend_from_slice(s.as_bytes());
+    v
+}
