@@ -231,7 +231,11 @@ async fn a_peer_that_vanishes_leaves_nothing_held() {
     let mut raw = raw_peer(&server);
     for key in ["a", "b", "c"] {
         let big = "x".repeat(10_000);
-        send(&mut raw, json!({"key": key, "action": "stamp", "body": big, "delay": 60000})).await;
+        send(
+            &mut raw,
+            json!({"key": key, "action": "stamp", "body": big, "delay": 60000}),
+        )
+        .await;
     }
     // Held: their frames count against the server's memory budget.
     within(async {

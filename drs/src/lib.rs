@@ -18,6 +18,8 @@
 //! | `broker` | pub/sub and broker RPC | [`broker`] |
 //! | `session` | reconnecting sessions, pools | [`session`] |
 //! | `layers` | worker pools, caches, timeouts for handlers | [`layers`] |
+//! | `metrics` | Prometheus `/metrics` and a live dashboard | [`metrics`] |
+//! | `tasks` | timers, cron, crontab files, file watches | [`tasks`] |
 //! | `full` | all of them | |
 //!
 //! [`connect`] and [`listen`] take a URL:
@@ -63,10 +65,14 @@ pub use drs_protocol_msgpack::MsgPack;
 pub use drs_broker as broker;
 #[cfg(feature = "layers")]
 pub use drs_layers as layers;
+#[cfg(feature = "metrics")]
+pub use drs_metrics as metrics;
 #[cfg(feature = "rembus")]
 pub use drs_rembus as rembus;
 #[cfg(feature = "session")]
 pub use drs_session as session;
+#[cfg(feature = "tasks")]
+pub use drs_tasks as tasks;
 #[cfg(feature = "tls")]
 pub use drs_tls as tls;
 #[cfg(feature = "ipc")]
