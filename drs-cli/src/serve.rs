@@ -1,6 +1,7 @@
 //! `drs serve`: a server from a TOML file (listeners with their transport,
 //! protocol, TLS and token; limits; a jail; the pub/sub broker and its
-//! store), or the demo actions with `--demo`.
+//! store; `nats://` listeners join the service's other workers' brokers),
+//! or the demo actions with `--demo`.
 
 use std::{path::PathBuf, time::Duration};
 
@@ -239,6 +240,8 @@ impl BrokerSection {
 pub(crate) struct Running {
     pub(crate) server: Server,
     pub(crate) broker: Option<Broker>,
+    /// The brokers of `nats://` listeners' services, joined while these live.
+    _joined: Vec<drs::nats::NatsBroker>,
 }
 
 /// Builds the server `config` describes and binds its listeners, calling
@@ -268,6 +271,7 @@ pub(crate) async fn start(config: Config, mut bound: impl FnMut(&str)) -> Result
         .iter()
         .any(|l| l.token.is_some())
         .then(|| ListenerTokens::install(&server));
+    let mut joined = Vec::new();
     for listener in config.listeners {
         if listener.token.as_deref() == Some("") {
             return Err(Failure::usage(format!(
@@ -275,13 +279,69 @@ pub(crate) async fn start(config: Config, mut bound: impl FnMut(&str)) -> Result
                 listener.url
             )));
         }
-        let (url, local) = bind(&server, &listener).await?;
+        let (url, local) = match (listener.url.starts_with("nats://"), &broker) {
+            (true, Some(broker)) => {
+                let (url, local, nats_broker) = join_nats(&server, broker, &listener).await?;
+                joined.push(nats_broker);
+                (url, local)
+            }
+            _ => bind(&server, &listener).await?,
+        };
         if let Some(tokens) = &tokens {
             tokens.set(local, listener.token.clone());
         }
         bound(&url);
     }
-    Ok(Running { server, broker })
+    Ok(Running {
+        server,
+        broker,
+        _joined: joined,
+    })
+}
+
+/// A `nats://HOST:PORT/SERVICE` listener with the broker on: one worker
+/// of the service, whose pub/sub joins the other workers' through NATS
+/// (retroactive topics in JetStream when the NATS server has it).
+async fn join_nats(
+    server: &Server,
+    broker: &Broker,
+    listener: &ListenerSection,
+) -> Result<(String, String, drs::nats::NatsBroker), Failure> {
+    use drs::nats::{async_nats, NatsBroker, NatsBrokerConfig, NatsListener};
+    let url = drs::Url::parse(&listener.url).map_err(|e| Failure::usage(e.to_string()))?;
+    let protocol = url.protocol().map_err(|e| Failure::usage(e.to_string()))?;
+    let Some((host, service)) = url
+        .target
+        .split_once('/')
+        .filter(|(h, s)| !h.is_empty() && !s.is_empty())
+    else {
+        return Err(Failure::usage(format!(
+            "listener {}: nats://HOST:PORT/SERVICE",
+            listener.url
+        )));
+    };
+    let cannot = |e: &dyn std::fmt::Display| {
+        Failure::new(
+            exit::CONNECTION,
+            format!("cannot listen on {}: {e}", listener.url),
+        )
+    };
+    let nats = async_nats::connect(format!("nats://{host}"))
+        .await
+        .map_err(|e| cannot(&e))?;
+    let bound = NatsListener::bind(&nats, service)
+        .await
+        .map_err(|e| cannot(&e))?;
+    let joined =
+        NatsBroker::attach_or_plain(server, broker, &nats, service, NatsBrokerConfig::default())
+            .await
+            .map_err(|e| cannot(&e))?;
+    let local = server.listen_arc(bound, protocol).map_err(|e| cannot(&e))?;
+    let suffix = url
+        .param("protocol")
+        .map(|p| format!("?protocol={p}"))
+        .unwrap_or_default();
+    Ok((format!("nats://{host}/{service}{suffix}"), local, joined))
 }
 
 /// Binds one listener: its URL and the local address its connections

@@ -723,3 +723,54 @@ fn help_texts_match_their_snapshots() {
         "help changed: {stale:?} (DRS_UPDATE_HELP=1 cargo test -p drs-cli --test cli help rewrites them; review the diff)"
     );
 }
+
+#[test]
+fn serve_joins_the_workers_of_a_service_through_nats() {
+    let Some(nats) = drs_testkit::NatsServer::start_jetstream_or_skip(
+        "serve_joins_the_workers_of_a_service_through_nats",
+    ) else {
+        return;
+    };
+    let service = format!("{}/cli{}", nats.url(), std::process::id());
+    let config = tmp(
+        "nats.toml",
+        &format!(
+            "demo = true\n[[listener]]\nurl = \"tcp://127.0.0.1:0\"\n[[listener]]\nurl = \"{service}\"\n"
+        ),
+    );
+    let path = config.to_str().expect("utf-8");
+    let (one, two) = (
+        Served::start(&["serve", path], 2),
+        Served::start(&["serve", path], 2),
+    );
+    assert_eq!(one.urls[1], service);
+    // A call to the service reaches a worker.
+    let o = drs(&["call", &service, "add", r#"{"a": 2, "b": 3}"#], None);
+    assert_eq!(
+        (code(&o), stdout(&o).as_str()),
+        (0, "5\n"),
+        "{}",
+        stderr(&o)
+    );
+    // A subscriber on one worker hears a publication made on the other.
+    let mut listener = spawn(
+        &["listen", one.url(), "--topic", "news", "--count", "1"],
+        None,
+    );
+    let deadline = Instant::now() + LIMIT;
+    let status = loop {
+        let o = drs(
+            &["publish", two.url(), "news", "\"hello\"", "--no-confirm"],
+            None,
+        );
+        assert_eq!(code(&o), 0, "{}", stderr(&o));
+        if let Some(status) = listener.try_wait().expect("wait") {
+            break status;
+        }
+        assert!(Instant::now() < deadline, "the publication never crossed");
+        std::thread::sleep(Duration::from_millis(50));
+    };
+    assert!(status.success());
+    let o = wait(&mut listener);
+    assert_eq!(stdout(&o), "{\"action\":\"news\",\"body\":\"hello\"}\n");
+}

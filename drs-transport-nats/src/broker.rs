@@ -141,6 +141,27 @@ fn nats_err(e: impl std::fmt::Display) -> io::Error {
 }
 
 impl NatsBroker {
+    /// [`attach`](NatsBroker::attach), keeping retroactive topics in
+    /// JetStream when the NATS server has it, and without (logged: named
+    /// components' retroactive topics then stay with each worker) when it
+    /// has not.
+    pub async fn attach_or_plain(
+        server: &Server,
+        broker: &Broker,
+        nats: &Nats,
+        name: &str,
+        config: NatsBrokerConfig,
+    ) -> io::Result<Self> {
+        match Self::attach(server, broker, nats, name, config.clone()).await {
+            Ok(joined) => Ok(joined),
+            Err(e) if config.jetstream => {
+                tracing::warn!(error = %e, "no JetStream on this NATS server: retroactive topics stay with each worker");
+                Self::attach(server, broker, nats, name, config.jetstream(false)).await
+            }
+            Err(e) => Err(e),
+        }
+    }
+
     /// Joins `broker` (attached to `server`) to the brokers of the other
     /// workers of service `name` through `nats`.
     pub async fn attach(

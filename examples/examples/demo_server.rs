@@ -457,29 +457,14 @@ async fn main() -> ExitCode {
                             // through NATS; retroactive topics in JetStream
                             // when the server has it.
                             let service = &settings.service;
-                            let config = NatsBrokerConfig::default();
-                            let joined = match NatsBroker::attach(
+                            let joined = NatsBroker::attach_or_plain(
                                 &server,
                                 &broker,
                                 &nats,
                                 service,
-                                config.clone(),
+                                NatsBrokerConfig::default(),
                             )
-                            .await
-                            {
-                                Ok(b) => Ok(b),
-                                Err(e) => {
-                                    tracing::warn!(error = %e, "no JetStream on this NATS server: retroactive topics stay with each worker");
-                                    NatsBroker::attach(
-                                        &server,
-                                        &broker,
-                                        &nats,
-                                        service,
-                                        config.jetstream(false),
-                                    )
-                                    .await
-                                }
-                            };
+                            .await;
                             match joined {
                                 Ok(b) => {
                                     nats_brokers.push(b);
