@@ -20,7 +20,9 @@
 //! # Requests (any Redis client)
 //!
 //! `RPUSH drs:{NAME}:queue "R<reply list>\n<frame>"`, then
-//! `BLPOP <reply list>`: one worker runs the frame (one keyed drs frame,
+//! `BLPOP <reply list>`, where the reply list is a key of the service's
+//! own, `drs:{NAME}:reply:<anything unique>` (a request naming another key
+//! is dropped and logged): one worker runs the frame (one keyed drs frame,
 //! JSON or MessagePack as the listener's protocol) and pushes the reply
 //! frame, with the same key, to the reply list (which expires
 //! [`RedisConfig::reply_ttl`] after its last reply). A worker `BLMOVE`s
@@ -191,6 +193,14 @@ impl Keys {
     /// The channel of service-wide broadcasts.
     pub fn broadcast(&self) -> String {
         format!("{}broadcast", self.prefix)
+    }
+
+    /// Whether `list` may be a reply list: under `drs:{NAME}:reply:`,
+    /// with something after it.
+    pub fn is_reply_list(&self, list: &str) -> bool {
+        list.strip_prefix(self.prefix.as_str())
+            .and_then(|rest| rest.strip_prefix("reply:"))
+            .is_some_and(|id| !id.is_empty())
     }
 
     /// A fresh reply list for plain requests.
@@ -562,11 +572,18 @@ async fn take_queue(shared: Arc<Shared>, mut popper: ConnectionManager) {
                     &format!("{id} {}", shared.keys.inbox(&shared.worker)),
                     &[],
                 );
+                // The list expires unless its client keeps it (its
+                // heartbeat refreshes the expiry): a connect that nobody
+                // follows leaves nothing behind.
                 let mut pipe = redis::pipe();
                 pipe.atomic()
                     .cmd("RPUSH")
                     .arg(&client_list)
                     .arg(answer)
+                    .ignore()
+                    .cmd("PEXPIRE")
+                    .arg(&client_list)
+                    .arg(shared.config.reply_ttl.as_millis() as u64)
                     .ignore()
                     .cmd("LREM")
                     .arg(&processing)
@@ -581,7 +598,17 @@ async fn take_queue(shared: Arc<Shared>, mut popper: ConnectionManager) {
                     id,
                 });
             }
-            Some((b'R', reply, frame)) if !reply.is_empty() => {
+            Some((b'R', reply, _)) if !shared.keys.is_reply_list(reply) => {
+                // Pushing to (and setting the expiry of) a key outside the
+                // service's own would let any client write anywhere.
+                tracing::warn!(
+                    reply,
+                    "redis worker: a request whose reply list is not under {}reply:; dropped",
+                    shared.keys.prefix
+                );
+                let _: redis::RedisResult<()> = redis.lrem(&processing, 1, entry).await;
+            }
+            Some((b'R', reply, frame)) => {
                 permit.send(Accepted::OneShot {
                     frame: Bytes::copy_from_slice(frame),
                     reply: reply.to_string(),
@@ -729,6 +756,12 @@ async fn reap_one(shared: &Shared, redis: &mut ConnectionManager, dead: &str, en
     };
     match open(&entry) {
         Some((b'K', _, _)) => again().await,
+        Some((b'R', reply, _)) if !shared.keys.is_reply_list(reply) => {
+            tracing::warn!(
+                reply,
+                "redis reaper: a reply list outside the service; dropped"
+            );
+        }
         Some((b'R', reply, frame)) => {
             let command = shared.protocol.decode(Bytes::copy_from_slice(frame));
             let (key, action) = match &command {

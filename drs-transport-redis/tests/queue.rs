@@ -273,3 +273,63 @@ async fn a_broadcast_reaches_the_clients_of_every_worker() {
     .await
     .unwrap();
 }
+
+/// A request whose reply list is a key outside the service's own is
+/// dropped: the worker writes nothing to it and sets no expiry on it,
+/// whatever its type; the next good request is answered. A connect
+/// (`K<name>`) that nobody follows leaves a client list that expires.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_client_cannot_make_the_worker_write_outside_the_service() {
+    let Some(redis_server) = RedisServer::start_or_skip("a_client_cannot_make_the_worker_write")
+    else {
+        return;
+    };
+    tokio::time::timeout(LIMIT, async {
+        let url = redis_server.url(0);
+        let _worker = worker_server(&url, "guarded", "w1").await;
+        let keys = Keys::new("guarded");
+        let mut r = redis_conn(&url).await;
+        // Victims: a list and a string of someone else's.
+        let _: () = r.rpush("victim:list", "theirs").await.unwrap();
+        let _: () = r.set("victim:string", "theirs").await.unwrap();
+        for victim in ["victim:list", "victim:string", "drs:{guarded}:queue"] {
+            let mut entry = format!("R{victim}\n").into_bytes();
+            entry.extend(br#"{"key":"1","action":"who"}"#);
+            let _: () = r.rpush(keys.queue(), entry).await.unwrap();
+        }
+        // A good request after them is answered: the bad ones are gone.
+        let reply = push(&mut r, &keys, json!({"key": "2", "action": "who"})).await;
+        assert_eq!(take(&mut r, &reply).await["body"], "w1");
+        let list: Vec<String> = r.lrange("victim:list", 0, -1).await.unwrap();
+        assert_eq!(list, ["theirs"]);
+        let ttl: i64 = r.pttl("victim:list").await.unwrap();
+        assert_eq!(ttl, -1, "no expiry set on another's key");
+        let ttl: i64 = r.pttl("victim:string").await.unwrap();
+        assert_eq!(ttl, -1, "no expiry set on another's key");
+        let queued: i64 = r.llen(keys.queue()).await.unwrap();
+        assert_eq!(queued, 0);
+
+        // Connects nobody follows: their lists expire.
+        for i in 0..20 {
+            let entry = format!("Kghost{i}\n").into_bytes();
+            let _: () = r.rpush(keys.queue(), entry).await.unwrap();
+        }
+        let last = "drs:{guarded}:client:ghost19";
+        loop {
+            let exists: bool = r.exists(last).await.unwrap();
+            if exists {
+                break;
+            }
+            tokio::task::yield_now().await;
+        }
+        for i in 0..20 {
+            let ttl: i64 = r
+                .pttl(format!("drs:{{guarded}}:client:ghost{i}"))
+                .await
+                .unwrap();
+            assert!(ttl > 0, "client list ghost{i} has no expiry ({ttl})");
+        }
+    })
+    .await
+    .expect("within the limit");
+}
