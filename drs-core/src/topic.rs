@@ -5,7 +5,12 @@
 use std::{collections::HashMap, fmt};
 
 /// The longest topic or pattern accepted, in bytes.
-pub const MAX_TOPIC_LEN: usize = 1024;
+pub const MAX_TOPIC_LEN: usize = 256;
+
+/// The most segments a topic or pattern may have. With it, matching a
+/// publication visits at most this many levels of the trie, whatever the
+/// patterns subscribed.
+pub const MAX_TOPIC_DEPTH: usize = 32;
 
 /// Why a topic or pattern was refused.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -34,7 +39,10 @@ fn check(topic: &str, wildcards: bool) -> Result<(), BadTopic> {
         return bad("it is empty");
     }
     if topic.len() > MAX_TOPIC_LEN {
-        return bad("it is longer than 1024 bytes");
+        return bad("it is longer than 256 bytes");
+    }
+    if topic.split('.').nth(MAX_TOPIC_DEPTH).is_some() {
+        return bad("it has more than 32 segments");
     }
     if topic.chars().any(|c| c.is_control() || c.is_whitespace()) {
         return bad("it contains whitespace or control characters");
@@ -280,7 +288,17 @@ mod tests {
             assert!(check_pattern(bad).is_err(), "{bad:?} accepted");
         }
         let long = "a".repeat(MAX_TOPIC_LEN + 1);
-        assert!(check_topic(&long).unwrap_err().to_string().contains("1024"));
+        assert!(check_topic(&long).unwrap_err().to_string().contains("256"));
+        check_topic(&"a".repeat(MAX_TOPIC_LEN)).unwrap();
+        let deep = vec!["a"; MAX_TOPIC_DEPTH].join(".");
+        check_topic(&deep).unwrap();
+        check_pattern(&deep.replace('a', "*")).unwrap();
+        let deeper = format!("{deep}.a");
+        assert!(check_topic(&deeper)
+            .unwrap_err()
+            .to_string()
+            .contains("32 segments"));
+        assert!(check_pattern(&deeper.replace('a', "*")).is_err());
     }
 
     #[test]
