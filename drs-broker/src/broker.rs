@@ -25,7 +25,7 @@ use futures::{stream::FuturesUnordered, StreamExt};
 use serde::Serialize;
 use tokio::sync::Notify;
 
-use crate::store::{self, ComponentRecord, MessageRecord, Op, Store, StoreError};
+use crate::store::{self, MessageRecord, NameRecord, Op, PatternRecord, Store, StoreError};
 
 /// Limits of a backlog: whichever is reached first drops the oldest
 /// message.
@@ -73,6 +73,8 @@ pub struct BrokerConfig {
     pub max_subscriptions: usize,
     /// Names the broker keeps state for. Default 10,000.
     pub max_names: usize,
+    /// Names one authenticated identity may hold state for. Default 1,000.
+    pub max_names_per_identity: usize,
     /// Where the durable store lives; `None` (the default): in memory.
     pub store: Option<PathBuf>,
     /// Topics anyone may publish to; `None`: all.
@@ -82,6 +84,14 @@ pub struct BrokerConfig {
     /// Per role: the topics its holders may publish to, and the patterns
     /// they may subscribe to (`None`: no limit of the role's own).
     pub role_jails: HashMap<String, (Option<Jail>, Option<Jail>)>,
+    /// Actions anyone may expose; `None`: any the server does not handle.
+    pub expose_jail: Option<Jail>,
+    /// Per role: the actions its holders may expose. A peer with roles
+    /// that have such a jail may expose only what one of them allows.
+    pub role_expose: HashMap<String, Jail>,
+    /// Actions the server itself handles that an exposer may take over
+    /// (its calls then go to the exposer first). Default: none.
+    pub expose_overrides: Option<Jail>,
 }
 
 impl Default for BrokerConfig {
@@ -95,10 +105,14 @@ impl Default for BrokerConfig {
             ack_timeout: Duration::from_secs(30),
             max_subscriptions: 1024,
             max_names: 10_000,
+            max_names_per_identity: 1_000,
             store: None,
             publish_jail: None,
             subscribe_jail: None,
             role_jails: HashMap::new(),
+            expose_jail: None,
+            role_expose: HashMap::new(),
+            expose_overrides: None,
         }
     }
 }
@@ -144,6 +158,50 @@ impl BrokerConfig {
     pub fn max_names(mut self, max: usize) -> Self {
         self.max_names = max.max(1);
         self
+    }
+
+    /// Sets how many names one authenticated identity may hold state for.
+    pub fn max_names_per_identity(mut self, max: usize) -> Self {
+        self.max_names_per_identity = max.max(1);
+        self
+    }
+
+    /// Limits the actions anyone may expose (see [`Jail`]).
+    pub fn expose_jail(mut self, jail: Jail) -> Self {
+        self.expose_jail = Some(jail);
+        self
+    }
+
+    /// Limits the actions authenticated peers with `role` may expose: a
+    /// peer with several such roles may expose what any of them allows,
+    /// always within [`expose_jail`](BrokerConfig::expose_jail).
+    pub fn role_expose(mut self, role: impl Into<String>, jail: Jail) -> Self {
+        self.role_expose.insert(role.into(), jail);
+        self
+    }
+
+    /// Lets exposers take over these actions although the server handles
+    /// them itself (by default an action with a handler of the server's
+    /// cannot be exposed).
+    pub fn expose_overrides(mut self, jail: Jail) -> Self {
+        self.expose_overrides = Some(jail);
+        self
+    }
+
+    /// Whether `conn` may expose `action`, the jails alone considered.
+    fn may_expose(&self, conn: &Conn, action: &str) -> bool {
+        if self.expose_jail.as_ref().is_some_and(|j| !j.allows(action)) {
+            return false;
+        }
+        let Some(identity) = conn.identity() else {
+            return true;
+        };
+        let mut jails = identity
+            .roles
+            .iter()
+            .filter_map(|r| self.role_expose.get(r))
+            .peekable();
+        jails.peek().is_none() || jails.any(|j| j.allows(action))
     }
 
     /// Keeps retroactive publications and names' state in `dir`.
@@ -271,6 +329,8 @@ struct PatternInfo {
 struct Component {
     /// The live connection holding the name.
     conn: Option<Conn>,
+    /// The identity that claimed the name; only it may take it again.
+    owner: Option<Arc<str>>,
     patterns: BTreeMap<String, PatternInfo>,
     pending: BTreeMap<u64, Arc<Stored>>,
     pending_bytes: usize,
@@ -290,6 +350,7 @@ impl Component {
     fn new() -> Self {
         Self {
             conn: None,
+            owner: None,
             patterns: BTreeMap::new(),
             pending: BTreeMap::new(),
             pending_bytes: 0,
@@ -317,20 +378,6 @@ impl Component {
 
     fn has_state(&self) -> bool {
         !self.patterns.is_empty() || !self.pending.is_empty() || self.missed > 0
-    }
-
-    fn record(&self) -> ComponentRecord {
-        ComponentRecord {
-            patterns: self
-                .patterns
-                .iter()
-                .map(|(p, i)| {
-                    let window = i.window.map(|w| w.as_nanos() as u64);
-                    (p.clone(), i.retroactive, window)
-                })
-                .collect(),
-            missed: self.missed,
-        }
     }
 
     /// Whether a message it missed is within the window of one of its
@@ -386,6 +433,9 @@ struct Inner {
     exposed: AtomicUsize,
     /// The delivery tasks of named subscribers.
     tasks: tokio_util::task::TaskTracker,
+    /// Whether the server handles an action itself (exposing it is then
+    /// an override).
+    server: std::sync::OnceLock<drs_core::WeakServer>,
 }
 
 /// A pub/sub broker and RPC router on a drs [`Server`] (DESIGN §1b):
@@ -461,6 +511,7 @@ impl Broker {
                 store,
                 exposed: AtomicUsize::new(0),
                 tasks: tokio_util::task::TaskTracker::new(),
+                server: std::sync::OnceLock::new(),
             }),
         };
         if let Some(loaded) = loaded {
@@ -564,6 +615,7 @@ impl Broker {
             let name: Arc<str> = name.into();
             let mut component = Component::new();
             component.missed = record.missed;
+            component.owner = record.owner.map(Arc::from);
             for (pattern, retroactive, window_ns) in record.patterns {
                 check_pattern(&pattern).map_err(|e| corrupt(e.to_string()))?;
                 let window = window_ns.map(Duration::from_nanos);
@@ -631,6 +683,7 @@ impl Broker {
     }
 
     fn install(&self, server: &Server) {
+        let _ = self.inner.server.set(server.downgrade());
         let b = self.clone();
         server.on(SUBSCRIBE, move |msg: Msg, args: SubscribeBody| {
             let r = b.subscribe_cmd(msg.conn(), &args);
@@ -670,6 +723,16 @@ impl Broker {
         server.layer(RouteLayer {
             broker: self.clone(),
         });
+        // What a name's subscription or claim changed is on disk before
+        // the peer hears it is done, as a confirmed publication is.
+        for action in [SUBSCRIBE, UNSUBSCRIBE, drs_core::IDENTIFY] {
+            server.layer_for(
+                action,
+                Durable {
+                    broker: self.clone(),
+                },
+            );
+        }
     }
 
     /// Publishes `body` on `topic` from the server itself, as a confirmed
@@ -840,7 +903,7 @@ impl Broker {
                     return Ok(());
                 }
                 component.patterns.insert(pattern.to_string(), info);
-                let record = component.record();
+                let component_patterns = component.patterns.len();
                 let owner = Owner::Name(name.clone());
                 if let Some(b) = before {
                     state.trie.remove(
@@ -852,9 +915,17 @@ impl Broker {
                     );
                 }
                 state.trie.insert(pattern, Sub { owner, retroactive });
-                inner
-                    .store
-                    .write(Op::PutComponent(name.to_string(), store::encode(&record)));
+                // One row for the subscription, and the name's own small
+                // record (written once, with the first).
+                if before.is_none() && component_patterns == 1 {
+                    state.save_component(inner, &name);
+                }
+                let window = window.map(|w| w.as_nanos() as u64);
+                inner.store.write(Op::PutPattern(
+                    name.to_string(),
+                    pattern.to_string(),
+                    store::encode(&PatternRecord(retroactive, window)),
+                ));
             }
             None => {
                 let Some((_, cs)) = state.conns.get_mut(&conn.id()) else {
@@ -900,7 +971,6 @@ impl Broker {
                 let Some(info) = component.patterns.remove(pattern) else {
                     return;
                 };
-                let record = component.record();
                 let stale: Vec<u64> = component
                     .pending
                     .values()
@@ -916,7 +986,7 @@ impl Broker {
                 );
                 inner
                     .store
-                    .write(Op::PutComponent(name.to_string(), store::encode(&record)));
+                    .write(Op::DeletePattern(name.to_string(), pattern.to_string()));
                 for seq in stale {
                     state.release(inner, &name, seq);
                 }
@@ -937,10 +1007,26 @@ impl Broker {
         }
     }
 
-    /// Routes calls of `action` from other connections to `conn`.
+    /// Routes calls of `action` from other connections to `conn`: allowed
+    /// by the expose jails ([`BrokerConfig::expose_jail`],
+    /// [`BrokerConfig::role_expose`]), and never over an action the server
+    /// handles itself unless [`BrokerConfig::expose_overrides`] allows it.
     pub fn expose(&self, conn: &Conn, action: &str) -> Result<(), HandlerError> {
         if action.is_empty() || action.starts_with("drs.") {
             return Err(HandlerError::new(format!("cannot expose {action:?}")));
+        }
+        let config = &self.inner.config;
+        let overridable = config
+            .expose_overrides
+            .as_ref()
+            .is_some_and(|j| j.allows(action));
+        if !config.may_expose(conn, action) || (!overridable && self.server_handles(action)) {
+            tracing::warn!(
+                action,
+                peer = conn.peer_addr(),
+                "drs.expose refused: not allowed"
+            );
+            return Err(HandlerError::new(format!("expose not allowed: {action}")));
         }
         let mut state = lock(&self.inner.state);
         let max = self.inner.config.max_subscriptions;
@@ -960,6 +1046,16 @@ impl Broker {
             list.push(conn.id());
         }
         Ok(())
+    }
+
+    /// Whether the broker's server handles `action` itself.
+    fn server_handles(&self, action: &str) -> bool {
+        let server = self
+            .inner
+            .server
+            .get()
+            .and_then(drs_core::WeakServer::upgrade);
+        server.is_some_and(|s| s.handles(action))
     }
 
     /// Stops routing `action` to `conn`.
@@ -1022,33 +1118,69 @@ impl Broker {
         (exposed, subscribed)
     }
 
-    /// `conn` took `name`: it gets the name's subscriptions and backlog.
-    fn identified(&self, conn: &Conn, name: &Arc<str>) -> bool {
-        let mut state = lock(&self.inner.state);
-        // A connection naming itself again leaves its former name.
-        for (other, component) in state.components.iter_mut() {
-            if other != name && component.conn.as_ref().is_some_and(|c| c.id() == conn.id()) {
-                component.conn = None;
-                component.drop_inflight();
-                component.wake.notify_one();
+    /// `conn` took `name`: it gets the name's subscriptions and backlog,
+    /// unless another identity owns the name or its identity holds as
+    /// many names as it may.
+    fn identified(&self, conn: &Conn, name: &Arc<str>) -> Result<bool, String> {
+        let inner = &self.inner;
+        let who: Option<Arc<str>> = conn.identity().map(|i| Arc::from(i.name.as_str()));
+        let mut state = lock(&inner.state);
+        let state = &mut *state;
+        match state.components.get(name) {
+            Some(c) => {
+                if c.owner.is_some() && c.owner != who {
+                    tracing::warn!(
+                        %name,
+                        identity = who.as_deref(),
+                        peer = conn.peer_addr(),
+                        "drs.identify refused: the name belongs to another identity"
+                    );
+                    return Err(drs_core::NAME_TAKEN.to_string());
+                }
             }
+            None => {
+                if let Some(who) = &who {
+                    let max = inner.config.max_names_per_identity;
+                    let held = state
+                        .components
+                        .values()
+                        .filter(|c| c.owner.as_ref() == Some(who))
+                        .count();
+                    if held >= max {
+                        return Err(format!("too many names for one identity (at most {max})"));
+                    }
+                }
+            }
+        }
+        // A connection naming itself again leaves its former name, which
+        // is forgotten if nothing is kept for it.
+        let left: Vec<Arc<str>> = state
+            .components
+            .iter()
+            .filter(|(other, c)| {
+                *other != name && c.conn.as_ref().is_some_and(|c| c.id() == conn.id())
+            })
+            .map(|(other, _)| other.clone())
+            .collect();
+        for other in left {
+            state.leave(inner, &other);
         }
         let (held, unacknowledged) = state
             .conns
             .get(&conn.id())
             .map_or((false, false), |(_, cs)| (cs.held, cs.unacknowledged));
         let Some(component) = state.components.get_mut(name) else {
-            if state.components.len() >= self.inner.config.max_names {
-                return false;
+            if state.components.len() >= inner.config.max_names {
+                return Ok(false);
             }
             let mut component = Component::new();
             component.conn = Some(conn.clone());
+            component.owner = who;
             component.held = held;
             component.unacknowledged = unacknowledged;
             state.components.insert(name.clone(), component);
-            drop(state);
             self.start_delivery(conn.clone(), name.clone());
-            return false;
+            return Ok(false);
         };
         let resumed = component.has_state();
         // What it missed and no longer wants (older than its windows).
@@ -1064,14 +1196,18 @@ impl Broker {
         component.unacknowledged = unacknowledged;
         component.drop_inflight();
         component.reporting = false;
-        if !unwanted.is_empty() {
-            for seq in unwanted {
-                state.release(&self.inner, name, seq);
+        if component.owner.is_none() && who.is_some() {
+            // Claimed before authentication was required: bound now.
+            component.owner = who;
+            if component.has_state() {
+                state.save_component(inner, name);
             }
         }
-        drop(state);
+        for seq in unwanted {
+            state.release(inner, name, seq);
+        }
         self.start_delivery(conn.clone(), name.clone());
-        resumed
+        Ok(resumed)
     }
 
     fn disconnected(&self, conn: &Conn) {
@@ -1093,19 +1229,12 @@ impl Broker {
             }
         }
         if let Some(name) = conn.name() {
-            if let Some(component) = state.components.get_mut(&name) {
-                if component.conn.as_ref().is_some_and(|c| c.id() == conn.id()) {
-                    component.conn = None;
-                    let missed = component.missed;
-                    component.drop_inflight();
-                    component.wake.notify_one();
-                    if !component.has_state() {
-                        state.components.remove(&name);
-                        inner.store.write(Op::DeleteComponent(name.to_string()));
-                    } else if component.missed != missed {
-                        state.save_component(inner, &name);
-                    }
-                }
+            if state
+                .components
+                .get(&name)
+                .is_some_and(|c| c.conn.as_ref().is_some_and(|c| c.id() == conn.id()))
+            {
+                state.leave(inner, &name);
             }
         }
     }
@@ -1371,6 +1500,25 @@ impl Broker {
 }
 
 impl State {
+    /// The connection holding `name` is gone (or took another name): what
+    /// was on its way is forgotten, and so is the name if nothing is kept
+    /// for it.
+    fn leave(&mut self, inner: &Inner, name: &Arc<str>) {
+        let Some(component) = self.components.get_mut(name) else {
+            return;
+        };
+        component.conn = None;
+        let missed = component.missed;
+        component.drop_inflight();
+        component.wake.notify_one();
+        if !component.has_state() {
+            self.components.remove(name);
+            inner.store.write(Op::DeleteName(name.to_string()));
+        } else if component.missed != missed {
+            self.save_component(inner, name);
+        }
+    }
+
     /// Stores a publication for the retroactive subscribers `names`.
     fn store_message(&mut self, inner: &Inner, topic: &str, body: Body, names: Vec<Arc<str>>) {
         let seq = self.next_seq;
@@ -1545,12 +1693,17 @@ impl State {
         store.write(Op::DeleteMessage(seq));
     }
 
+    /// Writes a name's own record (losses, owner): a few bytes, whatever
+    /// its subscriptions.
     fn save_component(&self, inner: &Inner, name: &Arc<str>) {
         if let Some(c) = self.components.get(name) {
-            inner.store.write(Op::PutComponent(
-                name.to_string(),
-                store::encode(&c.record()),
-            ));
+            let record = NameRecord {
+                missed: c.missed,
+                owner: c.owner.as_deref().map(str::to_string),
+            };
+            inner
+                .store
+                .write(Op::PutName(name.to_string(), store::encode(&record)));
         }
     }
 
@@ -1612,6 +1765,29 @@ impl Layer for RouteLayer {
                 Err(Error::Closed) => Outcome::error("closed"),
                 Err(Error::Timeout(d)) => Outcome::error(format!("timed out after {d:?}")),
                 Err(e) => Outcome::error(e.to_string()),
+            }
+        })
+    }
+}
+
+/// Answers a named peer's subscription changes once the store has them.
+struct Durable {
+    broker: Broker,
+}
+
+impl Layer for Durable {
+    fn call(&self, msg: Msg, next: Next) -> ReplyFuture {
+        let store = &self.broker.inner.store;
+        let named = msg.conn().name().is_some() || msg.action() == drs_core::IDENTIFY;
+        if !store.is_durable() || !named || msg.key().is_none() {
+            return next.run(msg);
+        }
+        let broker = self.broker.clone();
+        Box::pin(async move {
+            let outcome = next.run(msg).await;
+            match broker.inner.store.flush().await {
+                Ok(()) => outcome,
+                Err(e) => Outcome::exception(e.to_string()),
             }
         })
     }

@@ -17,7 +17,7 @@ use std::{
 };
 
 use bytes::Bytes;
-use redb::{Database, ReadableTable, TableDefinition};
+use redb::{Database, ReadableTable, ReadableTableMetadata, TableDefinition};
 use serde::{Deserialize, Serialize};
 use tokio::sync::oneshot;
 
@@ -25,8 +25,16 @@ use tokio::sync::oneshot;
 const MESSAGES: TableDefinition<u64, &[u8]> = TableDefinition::new("messages");
 /// What each name has still to receive: (name, sequence) → ().
 const PENDING: TableDefinition<(&str, u64), ()> = TableDefinition::new("pending");
-/// Each name's subscriptions and unreported losses.
+/// Each name's subscriptions and unreported losses in one record: what
+/// earlier versions wrote; read, then moved into [`NAMES`] and
+/// [`PATTERNS`] when the store is opened.
 const COMPONENTS: TableDefinition<&str, &[u8]> = TableDefinition::new("components");
+/// Each name's small record: unreported losses and owner. Written when
+/// they change, without its patterns.
+const NAMES: TableDefinition<&str, &[u8]> = TableDefinition::new("names");
+/// Each subscription of a name, one row each: (name, pattern) →
+/// (retroactive, window). Subscribing writes one row, not the name's all.
+const PATTERNS: TableDefinition<(&str, &str), &[u8]> = TableDefinition::new("patterns");
 
 /// The file the store keeps in its directory.
 pub const STORE_FILE: &str = "broker.redb";
@@ -77,7 +85,23 @@ pub(crate) struct ComponentRecord {
     pub(crate) patterns: Vec<(String, bool, Option<u64>)>,
     /// Messages dropped from its backlog and not yet reported to it.
     pub(crate) missed: u64,
+    /// The identity that claimed the name (`None`: claimed without
+    /// authentication); only it may take the name again.
+    #[serde(default)]
+    pub(crate) owner: Option<String>,
 }
+
+/// A name's own row ([`NAMES`]).
+#[derive(Debug, Clone, Default, Serialize, Deserialize)]
+pub(crate) struct NameRecord {
+    pub(crate) missed: u64,
+    #[serde(default)]
+    pub(crate) owner: Option<String>,
+}
+
+/// A subscription's row ([`PATTERNS`]): retroactive, window in ns.
+#[derive(Debug, Clone, Copy, Serialize, Deserialize)]
+pub(crate) struct PatternRecord(pub(crate) bool, pub(crate) Option<u64>);
 
 /// Encodes `Vec<u8>` as MessagePack bin rather than an array of numbers.
 mod serde_bytes_compat {
@@ -123,8 +147,13 @@ pub(crate) enum Op {
     DeleteMessage(u64),
     Hold(String, u64),
     Release(String, u64),
-    PutComponent(String, Vec<u8>),
-    DeleteComponent(String),
+    /// A name's record (not its patterns).
+    PutName(String, Vec<u8>),
+    /// One subscription of a name.
+    PutPattern(String, String, Vec<u8>),
+    DeletePattern(String, String),
+    /// A name, its record and every pattern.
+    DeleteName(String),
     Flush(oneshot::Sender<Result<(), String>>),
 }
 
@@ -164,21 +193,39 @@ impl Store {
         };
         std::fs::create_dir_all(dir).map_err(|e| open_err(dir, e.to_string()))?;
         let file = dir.join(STORE_FILE);
-        let db = Database::create(&file).map_err(|e| match e {
-            redb::DatabaseError::Storage(redb::StorageError::Corrupted(reason)) => {
-                StoreError::Corrupt {
-                    path: file.clone(),
-                    reason,
-                }
-            }
-            other => open_err(&file, other.to_string()),
-        })?;
-        let loaded = load(&db).map_err(|reason| StoreError::Corrupt {
+        let corrupt = |reason: String| StoreError::Corrupt {
             path: file.clone(),
             reason,
-        })?;
+        };
+        // An empty file is what a crash during creation, or a truncation,
+        // leaves: refused rather than silently started empty.
+        if std::fs::metadata(&file).is_ok_and(|m| m.len() == 0) {
+            return Err(corrupt("the file is empty".into()));
+        }
+        // redb asserts on some damaged files instead of answering an
+        // error: a panic here is a damaged store, named by its path.
+        let opened = std::panic::catch_unwind(|| Database::create(&file));
+        let db = match opened {
+            Ok(Ok(db)) => db,
+            Ok(Err(redb::DatabaseError::Storage(redb::StorageError::Corrupted(reason)))) => {
+                return Err(corrupt(reason))
+            }
+            Ok(Err(other)) => return Err(open_err(&file, other.to_string())),
+            Err(panic) => {
+                let reason = panic
+                    .downcast_ref::<String>()
+                    .map(String::as_str)
+                    .or_else(|| panic.downcast_ref::<&str>().copied())
+                    .unwrap_or("the database could not be read");
+                return Err(corrupt(reason.to_string()));
+            }
+        };
+        let loaded = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| load(&db)))
+            .unwrap_or_else(|_| Err("the database could not be read".into()))
+            .map_err(corrupt)?;
         // Prove now that we can write, rather than at the first publish.
         apply(&db, Vec::new()).map_err(|reason| open_err(&file, reason))?;
+        migrate(&db, &loaded.components).map_err(|reason| open_err(&file, reason))?;
         let (tx, rx) = std_mpsc::channel();
         std::thread::Builder::new()
             .name("drs-broker-store".into())
@@ -240,13 +287,64 @@ fn load(db: &Database) -> Result<Loaded, String> {
             .push(seq);
         Ok(())
     })?;
+    let mut names: std::collections::BTreeMap<String, ComponentRecord> = Default::default();
     each_row(&txn, COMPONENTS, |name, bytes| {
         let record: ComponentRecord =
             rmp_serde::from_slice(bytes).map_err(|e| format!("subscriber {name:?}: {e}"))?;
-        loaded.components.push((name.to_string(), record));
+        names.insert(name.to_string(), record);
         Ok(())
     })?;
+    each_row(&txn, NAMES, |name, bytes| {
+        let record: NameRecord =
+            rmp_serde::from_slice(bytes).map_err(|e| format!("name {name:?}: {e}"))?;
+        let entry = names.entry(name.to_string()).or_default();
+        entry.missed = record.missed;
+        entry.owner = record.owner;
+        Ok(())
+    })?;
+    each_row(&txn, PATTERNS, |(name, pattern), bytes| {
+        let PatternRecord(retroactive, window) = rmp_serde::from_slice(bytes)
+            .map_err(|e| format!("subscription {name:?} {pattern:?}: {e}"))?;
+        names.entry(name.to_string()).or_default().patterns.push((
+            pattern.to_string(),
+            retroactive,
+            window,
+        ));
+        Ok(())
+    })?;
+    loaded.components = names.into_iter().collect();
     Ok(loaded)
+}
+
+/// Moves records of the one-row-per-name layout into [`NAMES`] and
+/// [`PATTERNS`] (once, at open).
+fn migrate(db: &Database, components: &[(String, ComponentRecord)]) -> Result<(), String> {
+    let txn = db.begin_write().map_err(|e| e.to_string())?;
+    {
+        let mut old = txn.open_table(COMPONENTS).map_err(|e| e.to_string())?;
+        if old.is_empty().map_err(|e| e.to_string())? {
+            return Ok(());
+        }
+        let mut names = txn.open_table(NAMES).map_err(|e| e.to_string())?;
+        let mut patterns = txn.open_table(PATTERNS).map_err(|e| e.to_string())?;
+        for (name, record) in components {
+            let row = encode(&NameRecord {
+                missed: record.missed,
+                owner: record.owner.clone(),
+            });
+            names
+                .insert(name.as_str(), row.as_slice())
+                .map_err(|e| e.to_string())?;
+            for (pattern, retroactive, window) in &record.patterns {
+                let row = encode(&PatternRecord(*retroactive, *window));
+                patterns
+                    .insert((name.as_str(), pattern.as_str()), row.as_slice())
+                    .map_err(|e| e.to_string())?;
+            }
+        }
+        old.retain(|_, _| false).map_err(|e| e.to_string())?;
+    }
+    txn.commit().map_err(|e| e.to_string())
 }
 
 /// Calls `f` with every row of `table` (none if it was never written).
@@ -274,17 +372,25 @@ fn apply(db: &Database, ops: Vec<Op>) -> Result<Vec<oneshot::Sender<Result<(), S
     {
         let mut messages = txn.open_table(MESSAGES).map_err(|e| e.to_string())?;
         let mut pending = txn.open_table(PENDING).map_err(|e| e.to_string())?;
-        let mut components = txn.open_table(COMPONENTS).map_err(|e| e.to_string())?;
+        let mut names = txn.open_table(NAMES).map_err(|e| e.to_string())?;
+        let mut patterns = txn.open_table(PATTERNS).map_err(|e| e.to_string())?;
         for op in ops {
             let done = match op {
                 Op::PutMessage(seq, bytes) => messages.insert(seq, bytes.as_slice()).map(drop),
                 Op::DeleteMessage(seq) => messages.remove(seq).map(drop),
                 Op::Hold(name, seq) => pending.insert((name.as_str(), seq), ()).map(drop),
                 Op::Release(name, seq) => pending.remove((name.as_str(), seq)).map(drop),
-                Op::PutComponent(name, bytes) => {
-                    components.insert(name.as_str(), bytes.as_slice()).map(drop)
+                Op::PutName(name, bytes) => names.insert(name.as_str(), bytes.as_slice()).map(drop),
+                Op::PutPattern(name, pattern, bytes) => patterns
+                    .insert((name.as_str(), pattern.as_str()), bytes.as_slice())
+                    .map(drop),
+                Op::DeletePattern(name, pattern) => {
+                    patterns.remove((name.as_str(), pattern.as_str())).map(drop)
                 }
-                Op::DeleteComponent(name) => components.remove(name.as_str()).map(drop),
+                Op::DeleteName(name) => names.remove(name.as_str()).and_then(|_| {
+                    let name = name.as_str();
+                    patterns.retain_in((name, "")..(name, "\u{10ffff}"), |_, _| false)
+                }),
                 Op::Flush(done) => {
                     flushes.push(done);
                     Ok(())
@@ -344,4 +450,99 @@ pub(crate) fn body_from(format: &str, bytes: Vec<u8>) -> Option<drs_core::Body> 
     let known = [json, msgpack];
     let f = known.into_iter().find(|f| f.name() == format)?;
     Some(drs_core::Body::from_raw(Bytes::from(bytes), f))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn dir(tag: &str) -> PathBuf {
+        let dir = std::env::temp_dir().join(format!("drs-store-{tag}-{}", std::process::id()));
+        let _ = std::fs::remove_dir_all(&dir);
+        std::fs::create_dir_all(&dir).unwrap();
+        dir
+    }
+
+    /// A store written with one record per name is read, and moved to a
+    /// row per subscription, once.
+    #[test]
+    fn one_record_per_name_is_migrated_to_rows() {
+        let dir = dir("migrate");
+        {
+            let db = Database::create(dir.join(STORE_FILE)).unwrap();
+            let txn = db.begin_write().unwrap();
+            {
+                let mut old = txn.open_table(COMPONENTS).unwrap();
+                let record = ComponentRecord {
+                    patterns: vec![("a.*".into(), true, None), ("b.>".into(), false, Some(5))],
+                    missed: 3,
+                    owner: None,
+                };
+                // The old layout: no owner field.
+                let bytes = rmp_serde::to_vec(&(record.patterns.clone(), record.missed)).unwrap();
+                old.insert("legacy", bytes.as_slice()).unwrap();
+            }
+            txn.commit().unwrap();
+        }
+        for _ in 0..2 {
+            // The previous writer thread lets the file go once it has seen
+            // its sender dropped.
+            let started = std::time::Instant::now();
+            let (store, loaded) = loop {
+                match Store::open(&dir) {
+                    Ok(opened) => break opened,
+                    Err(StoreError::Open { .. }) if started.elapsed().as_secs() < 10 => {
+                        std::thread::yield_now()
+                    }
+                    Err(e) => panic!("{e}"),
+                }
+            };
+            assert_eq!(loaded.components.len(), 1);
+            let (name, record) = &loaded.components[0];
+            assert_eq!(name, "legacy");
+            assert_eq!(record.missed, 3);
+            let mut patterns = record.patterns.clone();
+            patterns.sort();
+            assert_eq!(
+                patterns,
+                vec![("a.*".into(), true, None), ("b.>".into(), false, Some(5))]
+            );
+            drop(store);
+        }
+        let _ = std::fs::remove_dir_all(&dir);
+    }
+
+    /// Writes cost what changed: one subscription is one row; dropping a
+    /// name drops its rows.
+    #[test]
+    fn rows_per_subscription() {
+        let dir = dir("rows");
+        let db = Database::create(dir.join(STORE_FILE)).unwrap();
+        let put = |name: &str, pattern: &str| {
+            Op::PutPattern(
+                name.into(),
+                pattern.into(),
+                encode(&PatternRecord(true, None)),
+            )
+        };
+        apply(
+            &db,
+            vec![
+                Op::PutName("n".into(), encode(&NameRecord::default())),
+                put("n", "a"),
+                put("n", "b"),
+                put("m", "a"),
+            ],
+        )
+        .unwrap();
+        apply(&db, vec![Op::DeletePattern("n".into(), "a".into())]).unwrap();
+        let loaded = load(&db).unwrap();
+        let n = &loaded.components.iter().find(|(k, _)| k == "n").unwrap().1;
+        assert_eq!(n.patterns, vec![("b".to_string(), true, None)]);
+        apply(&db, vec![Op::DeleteName("n".into())]).unwrap();
+        let loaded = load(&db).unwrap();
+        let names: Vec<&str> = loaded.components.iter().map(|(k, _)| k.as_str()).collect();
+        assert_eq!(names, ["m"]);
+        let _ = std::fs::remove_dir_all(&dir);
+    }
 }

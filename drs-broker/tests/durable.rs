@@ -184,6 +184,118 @@ async fn a_damaged_store_is_a_clear_error_at_start() {
     let _ = std::fs::remove_dir_all(&dir);
 }
 
+/// A retroactive subscription (and the name it belongs to) is on disk
+/// when `drs.subscribe` is answered: killed right after, the broker comes
+/// back with it, and a publication is stored for the name. Each of the
+/// tries subscribes a new name and is killed at once.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_answered_subscription_survives_sigkill() {
+    tokio::time::timeout(LIMIT, async {
+        let dir = temp_dir("sigkill-subscribe");
+        let dir_s = dir.to_string_lossy().into_owned();
+        let (mut child, addr) = start_child("127.0.0.1:0", &dir_s).await;
+        const TRIES: usize = 5;
+        for i in 0..TRIES {
+            let conn = connect(&addr, Client::new()).await;
+            let _: Value = conn
+                .call(IDENTIFY, json!({"name": format!("quick{i}")}))
+                .await
+                .expect("identify");
+            let _: Value = conn
+                .call(
+                    "drs.subscribe",
+                    json!({"topic": format!("q{i}.*"), "retroactive": true}),
+                )
+                .await
+                .expect("subscribe");
+            child.kill().await;
+            let (next, again) = start_child(&addr, &dir_s).await;
+            assert_eq!(again, addr);
+            child = next;
+            let publisher = connect(&addr, Client::new()).await;
+            // Every name subscribed so far is still there.
+            for j in 0..=i {
+                let n = publisher
+                    .publish_confirmed(&format!("q{j}.x"), i)
+                    .await
+                    .expect("publish");
+                assert_eq!(n, 1, "try {i}: quick{j}'s subscription was lost");
+            }
+        }
+        drop(child);
+        let _ = std::fs::remove_dir_all(&dir);
+    })
+    .await
+    .expect("within the limit");
+}
+
+/// A real store cut short, cut in half, one byte short, grown by 100 kB,
+/// or emptied: each is refused as damaged, naming the file, and the
+/// process goes on (redb asserts on some of these instead of answering).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_truncated_or_grown_store_is_refused_naming_its_path() {
+    tokio::time::timeout(LIMIT, async {
+        let dir = temp_dir("truncated-source");
+        let server = Server::new();
+        let broker = Broker::attach(&server, BrokerConfig::default().store(&dir)).expect("open");
+        let addr = server
+            .listen(TcpListener::bind("127.0.0.1:0").await.unwrap(), Json)
+            .unwrap();
+        let (tx, _rx) = mpsc::unbounded_channel();
+        let (sub, _) = subscriber(&addr, "kept", tx).await;
+        sub.close();
+        sub.closed().await;
+        for i in 0..200 {
+            broker.publish("d.x", "y".repeat(200 + i)).await.unwrap();
+        }
+        server.shutdown(Duration::from_secs(1)).await;
+        broker.close().await.unwrap();
+        drop((server, broker));
+        let good = loop {
+            // The writer thread may still hold the file a moment.
+            match std::fs::read(dir.join(STORE_FILE)) {
+                Ok(bytes) if !bytes.is_empty() => break bytes,
+                _ => tokio::task::yield_now().await,
+            }
+        };
+        let len = good.len();
+        let mut grown = good.clone();
+        grown.extend(std::iter::repeat_n(0x5a, 100_000));
+        let damaged: [(&str, Vec<u8>); 5] = [
+            ("4k", good[..4096.min(len)].to_vec()),
+            ("half", good[..len / 2].to_vec()),
+            ("short", good[..len - 1].to_vec()),
+            ("grown", grown),
+            ("empty", Vec::new()),
+        ];
+        for (tag, bytes) in damaged {
+            let bad = temp_dir(&format!("truncated-{tag}"));
+            std::fs::create_dir_all(&bad).unwrap();
+            std::fs::write(bad.join(STORE_FILE), bytes).unwrap();
+            let server = Server::new();
+            match Broker::attach(&server, BrokerConfig::default().store(&bad)) {
+                Err(err @ StoreError::Corrupt { .. }) => {
+                    let text = err.to_string();
+                    assert!(text.contains(&*bad.to_string_lossy()), "{tag}: {text}");
+                }
+                // redb repairs some damage by itself; what it opens must
+                // then hold what was written or nothing of it, never a
+                // panic.
+                Ok(broker) => assert!(
+                    broker.stats().stored_messages <= 200,
+                    "{tag}: {:?}",
+                    broker.stats()
+                ),
+                Err(other) => panic!("{tag}: {other:?}"),
+            }
+            let _ = std::fs::remove_dir_all(&bad);
+        }
+        let _ = std::fs::remove_dir_all(&dir);
+    })
+    .await
+    .expect("within the limit");
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn an_unusable_store_directory_is_a_clear_error_at_start() {
     let base = temp_dir("unusable");

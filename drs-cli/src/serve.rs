@@ -31,6 +31,7 @@ The file (a commented example: drs-cli/drs.example.toml):
   store = \"/var/lib/drs\"             # retroactive topics survive restarts
   [[listener]]
   url = \"tcp://127.0.0.1:12000\"
+  public = true                      # open although another has a token
   [[listener]]
   url = \"tls://0.0.0.0:12443?protocol=msgpack\"
   token = \"s3cret\"                   # drs.auth {\"token\": …} required here
@@ -135,6 +136,10 @@ struct ListenerSection {
     url: String,
     /// The token connections must present (drs.auth, or ?token= on WebSocket).
     token: Option<String>,
+    /// Serve this listener without a token although others have one (an
+    /// explicit choice: never the default).
+    #[serde(default)]
+    public: bool,
     /// Certificates of a tls:// or wss:// listener.
     tls: Option<TlsSection>,
 }
@@ -276,6 +281,19 @@ pub(crate) async fn start(config: Config, mut bound: impl FnMut(&str)) -> Result
         if listener.token.as_deref() == Some("") {
             return Err(Failure::usage(format!(
                 "listener {}: the token is empty",
+                listener.url
+            )));
+        }
+        if tokens.is_some() && listener.token.is_none() && !listener.public {
+            return Err(Failure::usage(format!(
+                "listener {}: no token while other listeners require one; \
+                 give it a token, or `public = true` to serve it open",
+                listener.url
+            )));
+        }
+        if listener.public && listener.token.is_some() {
+            return Err(Failure::usage(format!(
+                "listener {}: `public = true` and a token contradict each other",
                 listener.url
             )));
         }
@@ -445,6 +463,7 @@ pub(crate) async fn run(args: ServeArgs) -> Result<(), Failure> {
         .extend(args.listen.into_iter().map(|url| ListenerSection {
             url,
             token: None,
+            public: false,
             tls: None,
         }));
     if config.listeners.is_empty() {
@@ -461,6 +480,7 @@ pub(crate) async fn run(args: ServeArgs) -> Result<(), Failure> {
         config.listeners.push(ListenerSection {
             url: "tcp://127.0.0.1:12000".into(),
             token: None,
+            public: false,
             tls: None,
         });
     }

@@ -496,6 +496,7 @@ publish = ["news.*"]
 
 [[listener]]
 url = "tcp://127.0.0.1:0"
+public = true
 
 [[listener]]
 url = "ws://127.0.0.1:0"
@@ -572,6 +573,16 @@ fn serve_refuses_bad_configs_with_usage_errors() {
             "token.toml",
             "[[listener]]\nurl = \"tcp://127.0.0.1:0\"\ntoken = \"\"\n",
             "token is empty",
+        ),
+        (
+            "open.toml",
+            "[[listener]]\nurl = \"tcp://127.0.0.1:0\"\n[[listener]]\nurl = \"ws://127.0.0.1:0\"\ntoken = \"t\"\n",
+            "no token while other listeners require one",
+        ),
+        (
+            "public-token.toml",
+            "[[listener]]\nurl = \"tcp://127.0.0.1:0\"\npublic = true\ntoken = \"t\"\n",
+            "contradict",
         ),
         (
             "time.toml",

@@ -356,10 +356,15 @@ pub async fn a_name_in_use_is_refused(pair: Pair) {
 }
 
 /// Exposed actions are routed to an exposer and relayed, before the
-/// server's own handler; without exposers the server's handler (or "No
+/// server's own handler where the server lets exposers take it over
+/// (`expose_overrides`); without exposers the server's handler (or "No
 /// handlers for") answers; an exposer lost mid-call gives "closed".
 pub async fn expose_routes_and_relays(pair: Pair) {
-    let (server, broker) = broker_server(ConnConfig::default(), BrokerConfig::default());
+    let overrides = drs_core::Jail::parse("add").expect("jail");
+    let (server, broker) = broker_server(
+        ConnConfig::default(),
+        BrokerConfig::default().expose_overrides(overrides),
+    );
     let ep = pair.listen(&server).await;
     let worker = ep.connect().await;
     worker

@@ -15,7 +15,7 @@ use std::{
 };
 
 use crate::{
-    command::{Body, AUTH, IDENTIFY, PING},
+    command::{Body, AUTH, PING},
     handler::{Msg, Outcome, ReplyFuture},
     layer::{Layer, Next},
     sync::lock,
@@ -218,10 +218,12 @@ impl fmt::Display for Jail {
     }
 }
 
-/// Actions a jail never refuses: what a peer needs to authenticate, name
-/// itself and check the connection.
+/// Actions a jail never refuses, and the only ones served before
+/// authentication: what a peer needs to authenticate and check the
+/// connection. Every other built-in action (`drs.identify`,
+/// `drs.subscribe`, `drs.stats`, …) passes the gate like any action.
 fn always_allowed(action: &str) -> bool {
-    matches!(action, PING | AUTH | IDENTIFY)
+    matches!(action, PING | AUTH)
 }
 
 fn not_allowed(action: &str) -> ReplyFuture {

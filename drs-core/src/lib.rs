@@ -144,7 +144,7 @@ pub use layer::{layer_fn, FnLayer, Layer, Next};
 pub use protocol::{
     BodyFormat, DecodeError, EncodeError, FrameKind, Framing, OutBody, Outgoing, Protocol,
 };
-pub use server::{fanout, Peer, Server, ServerConfig};
+pub use server::{fanout, Peer, Server, ServerConfig, WeakServer, MAX_NAMES_PER_CONN};
 pub use stats::Stats;
 pub use stream::{IntoOutcome, IntoReply, ItemSink, Produced, Reply, Streamed};
 pub use text::Text;

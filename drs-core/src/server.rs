@@ -40,7 +40,7 @@ use crate::{
 type ConnectHook =
     Arc<dyn Fn(Conn) -> Pin<Box<dyn Future<Output = Result<(), String>> + Send>> + Send + Sync>;
 type DisconnectHook = Arc<dyn Fn(&Conn) + Send + Sync>;
-type IdentifyHook = Arc<dyn Fn(&Conn, &Arc<str>) -> bool + Send + Sync>;
+type IdentifyHook = Arc<dyn Fn(&Conn, &Arc<str>) -> Result<bool, String> + Send + Sync>;
 
 /// Settings of a server: what every connection gets, and the limits of the
 /// whole server. `Default` gives the documented defaults; a [`ConnConfig`]
@@ -164,6 +164,24 @@ pub struct Server {
     inner: Arc<Inner>,
 }
 
+/// A [`Server`] handle that does not keep it alive
+/// ([`Server::downgrade`]).
+#[derive(Clone)]
+pub struct WeakServer(std::sync::Weak<Inner>);
+
+impl WeakServer {
+    /// The server, if it still exists.
+    pub fn upgrade(&self) -> Option<Server> {
+        self.0.upgrade().map(|inner| Server { inner })
+    }
+}
+
+impl fmt::Debug for WeakServer {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str("WeakServer")
+    }
+}
+
 impl Default for Server {
     fn default() -> Self {
         Self::new()
@@ -226,13 +244,7 @@ impl Server {
             .router
             .on(IDENTIFY, move |conn: Conn, args: Identify| {
                 let claimed = match weak.upgrade() {
-                    Some(inner) => inner.claim(&conn, &args.name).map(|name| {
-                        let hooks = read(&inner.on_identify).clone();
-                        // Every hook runs: each may start serving the name.
-                        hooks
-                            .iter()
-                            .fold(false, |resumed, hook| hook(&conn, &name) | resumed)
-                    }),
+                    Some(inner) => inner.identify(&conn, &args.name),
                     None => Err(HandlerError::new("the server is gone")),
                 };
                 async move { claimed.map(|resumed| Identified { resumed }) }
@@ -268,6 +280,18 @@ impl Server {
     pub fn on<H: Handler<A>, A>(&self, action: impl Into<String>, handler: H) -> &Self {
         self.inner.router.on(action, handler);
         self
+    }
+
+    /// Whether the server has a handler of its own for `action` (one
+    /// registered with [`on`](Server::on), built-in ones included).
+    pub fn handles(&self, action: &str) -> bool {
+        self.inner.router.snapshot().has_route(action)
+    }
+
+    /// A handle that does not keep the server alive (for hooks the server
+    /// itself holds).
+    pub fn downgrade(&self) -> WeakServer {
+        WeakServer(Arc::downgrade(&self.inner))
     }
 
     /// Removes the handler for `action`; true if there was one.
@@ -349,14 +373,17 @@ impl Server {
     }
 
     /// Adds a hook that runs when a peer names itself with
-    /// `drs.identify` and the name is granted, before the answer is sent.
-    /// It returns whether it holds state for that name from an earlier
-    /// connection (subscriptions, undelivered messages): the answer's
-    /// `resumed` is true if any hook says so. Hooks must not block; one
-    /// that has work to do for the name spawns it.
+    /// `drs.identify` and no live connection holds the name, before the
+    /// answer is sent. It returns whether it holds state for that name
+    /// from an earlier connection (subscriptions, undelivered messages):
+    /// the answer's `resumed` is true if any hook says so. A hook refuses
+    /// the name with `Err(reason)` (another identity owns it, a bound is
+    /// reached): the peer gets `drs.error` with the reason and keeps the
+    /// name it had. Hooks must not block; one that has work to do for the
+    /// name spawns it.
     pub fn on_identify(
         &self,
-        hook: impl Fn(&Conn, &Arc<str>) -> bool + Send + Sync + 'static,
+        hook: impl Fn(&Conn, &Arc<str>) -> Result<bool, String> + Send + Sync + 'static,
     ) -> &Self {
         write(&self.inner.on_identify).push(Arc::new(hook));
         self
@@ -431,8 +458,9 @@ impl Server {
 
     /// Confines every connection to `jail`: a command outside it gets
     /// `drs.error` "action not allowed: …" and reaches no handler (unknown
-    /// actions included). `drs.ping`, `drs.auth` and `drs.identify` are
-    /// always allowed. Replaces the previous server jail.
+    /// and built-in actions included: `drs.identify`, `drs.subscribe`,
+    /// `drs.stats`, …). Only `drs.ping` and `drs.auth` are always allowed.
+    /// Replaces the previous server jail.
     pub fn jail(&self, jail: Jail) -> &Self {
         write(&self.inner.gate.jails).server = Some(jail);
         self.install_gate();
@@ -639,7 +667,6 @@ impl Server {
         driver.set_gate(Box::pin(gate));
         driver.run().await;
         write(&inner.conns).remove(&conn.id());
-        inner.release_name(&conn);
         let admitted = admitted.load(std::sync::atomic::Ordering::Acquire);
         if let Some(stats) = &inner.stats {
             stats.retire(&conn, admitted);
@@ -651,6 +678,8 @@ impl Server {
                 }
             }
         }
+        // Last: whoever sees the name free sees the hooks' work done.
+        inner.release_name(&conn);
     }
 
     /// The live (admitted) connections.
@@ -972,30 +1001,89 @@ struct Identified {
     resumed: bool,
 }
 
+/// How many different names one connection may take with `drs.identify`
+/// over its life; past it `drs.identify` of a new name is refused.
+pub const MAX_NAMES_PER_CONN: usize = 16;
+
+/// The names a connection has taken, to bound them.
+#[derive(Clone, Default)]
+struct NamesTaken(Arc<std::sync::Mutex<Vec<Arc<str>>>>);
+
 impl Inner {
-    /// Gives `conn` the name `name` (releasing the one it had), unless
-    /// another live connection holds it.
-    fn claim(&self, conn: &Conn, name: &str) -> Result<Arc<str>, HandlerError> {
+    /// `drs.identify`: checks the name, takes it from no live connection,
+    /// asks the hooks (any may refuse it), then gives it to `conn`,
+    /// releasing the one it had.
+    fn identify(&self, conn: &Conn, name: &str) -> Result<bool, HandlerError> {
         if name.is_empty() || name.len() > MAX_NAME_LEN || name.chars().any(char::is_control) {
             return Err(HandlerError::new(format!(
                 "invalid name: it must be 1 to {MAX_NAME_LEN} bytes without control characters"
             )));
         }
-        let mut names = lock(&self.names);
-        if let Some(&holder) = names.get(name) {
-            if holder != conn.id() && read(&self.conns).contains_key(&holder) {
-                return Err(HandlerError::new(NAME_TAKEN));
-            }
+        if conn.name().as_deref() == Some(name) {
+            return self.run_identify_hooks(conn, &conn.name().unwrap_or_else(|| name.into()));
         }
-        if let Some(old) = conn.name() {
-            if names.get(&old) == Some(&conn.id()) {
-                names.remove(&old);
+        let taken = match conn.get::<NamesTaken>() {
+            Some(taken) => taken,
+            None => {
+                let taken = NamesTaken::default();
+                conn.insert(taken.clone());
+                taken
+            }
+        };
+        {
+            let taken = lock(&taken.0);
+            if taken.len() >= MAX_NAMES_PER_CONN && !taken.iter().any(|n| &**n == name) {
+                return Err(HandlerError::new(format!(
+                    "too many names for one connection (at most {MAX_NAMES_PER_CONN})"
+                )));
             }
         }
         let name: Arc<str> = name.into();
-        names.insert(name.clone(), conn.id());
-        conn.insert(PeerName(name.clone()));
-        Ok(name)
+        {
+            let mut names = lock(&self.names);
+            if let Some(&holder) = names.get(&name) {
+                if holder != conn.id() && read(&self.conns).contains_key(&holder) {
+                    return Err(HandlerError::new(NAME_TAKEN));
+                }
+            }
+            // Reserved for `conn` while the hooks decide.
+            names.insert(name.clone(), conn.id());
+        }
+        match self.run_identify_hooks(conn, &name) {
+            Ok(resumed) => {
+                let mut names = lock(&self.names);
+                if let Some(old) = conn.name() {
+                    if names.get(&old) == Some(&conn.id()) {
+                        names.remove(&old);
+                    }
+                }
+                conn.insert(PeerName(name.clone()));
+                drop(names);
+                let mut taken = lock(&taken.0);
+                if !taken.contains(&name) {
+                    taken.push(name);
+                }
+                Ok(resumed)
+            }
+            Err(refused) => {
+                let mut names = lock(&self.names);
+                if names.get(&name) == Some(&conn.id()) {
+                    names.remove(&name);
+                }
+                Err(refused)
+            }
+        }
+    }
+
+    /// Every hook runs (each may start serving the name); the first
+    /// refusal is the answer.
+    fn run_identify_hooks(&self, conn: &Conn, name: &Arc<str>) -> Result<bool, HandlerError> {
+        let hooks = read(&self.on_identify).clone();
+        let mut resumed = false;
+        for hook in hooks {
+            resumed |= hook(conn, name).map_err(HandlerError::new)?;
+        }
+        Ok(resumed)
     }
 
     /// Frees the name of a connection that has ended.

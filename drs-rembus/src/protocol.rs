@@ -25,7 +25,7 @@ use bytes::{BufMut, Bytes, BytesMut};
 use ciborium::Value;
 use drs_core::{
     Body, BodyFormat, Command, DecodeError, EncodeError, Framing, OutBody, Outgoing, Protocol,
-    Text, ERROR, EXCEPTION, IDENTIFY, NAME_TAKEN, RESPONSE,
+    Text, ERROR, EXCEPTION, IDENTIFY, NAME_TAKEN, RESPONSE, UNAUTHENTICATED,
 };
 use serde::Serialize;
 
@@ -46,6 +46,9 @@ pub mod status {
     pub const OK: u64 = 0;
     /// A generic error.
     pub const GENERIC_ERROR: u64 = 10;
+    /// The component is not identified or not authenticated: what a
+    /// server that requires a token answers one that presented none.
+    pub const IDENTIFICATION_ERROR: u64 = 20;
     /// The method raised an exception (data: its text).
     pub const METHOD_EXCEPTION: u64 = 40;
     /// No component serves the method (data: its name).
@@ -422,6 +425,11 @@ fn message_of(body: OutBody<'_>) -> Result<String, EncodeError> {
         .unwrap_or_else(|| describe(&value)))
 }
 
+/// Whether an error reply is the gate's "unauthenticated".
+fn is_unauthenticated(body: OutBody<'_>) -> bool {
+    message_of(body).is_ok_and(|m| m == UNAUTHENTICATED)
+}
+
 /// The status a drs error reply gets.
 fn error_status(message: &str) -> (u64, Value) {
     if let Some(action) = message.strip_prefix("No handlers for ") {
@@ -471,6 +479,10 @@ fn encode(cmd: &Outgoing<'_>, dst: &mut BytesMut) -> Result<(), EncodeError> {
             let (status, data) = match (tag, ok) {
                 ("q" | "w", _) => return write(dst, vec![int_value(kind::ACK), id]),
                 ("i" | "a", true) => (status::OK, Value::Null),
+                (_, false) if is_unauthenticated(cmd.body) => (
+                    status::IDENTIFICATION_ERROR,
+                    Value::Text(UNAUTHENTICATED.to_string()),
+                ),
                 ("i", false) => {
                     let message = message_of(cmd.body)?;
                     let message = if message == NAME_TAKEN {

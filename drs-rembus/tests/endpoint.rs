@@ -316,3 +316,95 @@ async fn setup_exposes_and_subscribes_again_and_retroactive_delivery_follows() {
     .await
     .unwrap();
 }
+
+/// With a token on the server, the Rembus listener requires it like any
+/// other: a component that presented none is refused with the Rembus
+/// identification error (20), its RPCs, exposes and subscriptions too,
+/// and what it publishes reaches nobody. One that gives the token on its
+/// WebSocket request (`?token=`) is served.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_rembus_component_without_the_token_is_refused() {
+    tokio::time::timeout(Duration::from_secs(60), async {
+        let server = Server::new();
+        let broker = Broker::attach(&server, BrokerConfig::default()).unwrap();
+        drs_rembus::attach(&server, &broker);
+        server.on("whoami", |msg: Msg| async move {
+            HandlerResult::Ok(msg.conn().name().map(|n| n.to_string()))
+        });
+        let tokens = drs_core::ListenerTokens::install(&server);
+        let rembus = drs_rembus::listen(&server, "127.0.0.1:0").await.unwrap();
+        let tcp = server
+            .listen(TcpListener::bind("127.0.0.1:0").await.unwrap(), Json)
+            .unwrap();
+        tokens.set(rembus.clone(), Some("T".into()));
+        tokens.set(tcp.clone(), Some("T".into()));
+
+        let holder = drs(&tcp).await;
+        let _: J = holder
+            .call("drs.auth", json!({"token": "T"}))
+            .await
+            .unwrap();
+        let (tx, mut rx) = mpsc::unbounded_channel();
+        holder
+            .subscribe("news", move |body: J| {
+                let _ = tx.send(body);
+                async { HandlerResult::Ok(()) }
+            })
+            .await
+            .unwrap();
+
+        let mut anonymous = Peer::connect(&rembus).await;
+        let refused = (20, t("unauthenticated"));
+        assert_eq!(
+            anonymous
+                .ask(0, vec![t("billing"), Value::Map(vec![])])
+                .await,
+            refused
+        );
+        assert_eq!(
+            anonymous
+                .ask(2, vec![t("whoami"), Value::Null, Value::Array(vec![])])
+                .await,
+            refused
+        );
+        assert_eq!(
+            anonymous
+                .ask(
+                    3,
+                    vec![t("whoami"), Value::Map(vec![(t("cmd"), t("expose"))])]
+                )
+                .await,
+            refused
+        );
+        anonymous
+            .send(vec![n(1), t("news"), Value::Array(vec![t("forged")])])
+            .await;
+        assert_eq!(broker.stats().exposed_actions, 0);
+        assert!(server.named("billing").is_none());
+
+        let (ws, _) = tokio_tungstenite::connect_async(format!("ws://{rembus}/?token=T"))
+            .await
+            .expect("ws");
+        let mut holder_peer = Peer { ws, next: 1 };
+        assert_eq!(
+            holder_peer
+                .ask(0, vec![t("billing"), Value::Map(vec![])])
+                .await
+                .0,
+            0
+        );
+        assert_eq!(
+            holder_peer
+                .ask(2, vec![t("whoami"), Value::Null, Value::Array(vec![])])
+                .await,
+            (0, t("billing"))
+        );
+        holder_peer
+            .send(vec![n(1), t("news"), Value::Array(vec![t("real")])])
+            .await;
+        // The forged publication, sent first, never arrived.
+        assert_eq!(rx.recv().await.unwrap(), json!("real"));
+    })
+    .await
+    .expect("within the limit");
+}

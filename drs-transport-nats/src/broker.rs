@@ -244,7 +244,7 @@ impl NatsBroker {
         server.on_identify(move |conn, name| {
             let (b, conn, name) = (b.clone(), conn.clone(), name.clone());
             tokio::spawn(async move { b.resume(&conn, &name).await });
-            false
+            Ok(false)
         });
         let b = this.clone();
         server.on_disconnect(move |conn| {

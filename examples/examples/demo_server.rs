@@ -97,9 +97,12 @@ security:
   --tls-cert FILE --tls-key FILE  the --tcp and --ws listeners after them speak TLS
                               (PEM chain and key): `listening tls ADDR`, `listening wss ADDR`
   --tls-client-ca FILE        and require a client certificate signed by this CA (mutual TLS)
-  --token TOKEN               the listeners after it require drs.auth {\"token\": TOKEN}
-                              (or ?token=TOKEN on WebSocket); the admission timeout is
-                              the deadline to authenticate; 5 failures a minute per address
+  --token TOKEN               every listener (--rembus included) requires drs.auth
+                              {\"token\": TOKEN} (or ?token=TOKEN on WebSocket); the admission
+                              timeout is the deadline to authenticate; 5 failures a minute
+                              per address; only drs.auth and drs.ping are served before
+  --public                    the next listener is served without the token (explicit:
+                              never the default)
   --jail PATTERNS             allowlist of actions for every connection (comma-separated;
                               `billing.*` is a prefix); others get \"action not allowed\"";
 
@@ -173,6 +176,9 @@ fn parse(args: impl Iterator<Item = String>) -> Result<Settings, String> {
     let mut slow_admission = Duration::ZERO;
     let mut name = None;
     let mut token: Option<String> = None;
+    // Listeners open despite the token (`--public` before them).
+    let mut public = Vec::new();
+    let mut next_public = false;
     let (mut tls_cert, mut tls_key, mut tls_ca) = (None::<String>, None::<String>, None::<String>);
     let mut jail = None;
     let mut store = None;
@@ -213,28 +219,53 @@ fn parse(args: impl Iterator<Item = String>) -> Result<Settings, String> {
                 if t.is_empty() {
                     return Err("--token: the token is empty".into());
                 }
+                if token.is_some() {
+                    return Err("--token: given twice (it applies to every listener)".into());
+                }
                 token = Some(t);
             }
             "--jail" => jail = Some(Jail::parse(&value()?).map_err(|e| format!("--jail: {e}"))?),
             "--tls-cert" => tls_cert = Some(value()?),
             "--tls-key" => tls_key = Some(value()?),
             "--tls-client-ca" => tls_ca = Some(value()?),
+            "--public" => next_public = true,
             "--tcp" => {
                 let addr = value()?;
                 let tls = server_tls(tls_cert.as_deref(), tls_key.as_deref(), tls_ca.as_deref())?;
-                binds.push((Bind::Tcp(addr, tls), protocol.clone(), token.clone()))
+                {
+                    public.push(std::mem::take(&mut next_public));
+                    binds.push((Bind::Tcp(addr, tls), protocol.clone(), None))
+                }
             }
             "--ws" => {
                 let addr = value()?;
                 let tls = server_tls(tls_cert.as_deref(), tls_key.as_deref(), tls_ca.as_deref())?;
-                binds.push((Bind::Ws(addr, tls), protocol.clone(), token.clone()))
+                {
+                    public.push(std::mem::take(&mut next_public));
+                    binds.push((Bind::Ws(addr, tls), protocol.clone(), None))
+                }
             }
-            "--ipc" => binds.push((Bind::Ipc(value()?), protocol.clone(), token.clone())),
-            "--rembus" => binds.push((Bind::Rembus(value()?), Arc::new(Rembus), None)),
-            "--nats" => binds.push((Bind::Nats(value()?), protocol.clone(), token.clone())),
-            "--cerbas" => binds.push((Bind::Cerbas(value()?), protocol.clone(), None)),
+            "--ipc" => {
+                public.push(std::mem::take(&mut next_public));
+                binds.push((Bind::Ipc(value()?), protocol.clone(), None))
+            }
+            "--rembus" => {
+                public.push(std::mem::take(&mut next_public));
+                binds.push((Bind::Rembus(value()?), Arc::new(Rembus), None))
+            }
+            "--nats" => {
+                public.push(std::mem::take(&mut next_public));
+                binds.push((Bind::Nats(value()?), protocol.clone(), None))
+            }
+            "--cerbas" => {
+                public.push(std::mem::take(&mut next_public));
+                binds.push((Bind::Cerbas(value()?), protocol.clone(), None))
+            }
             "--cerbas-crontab" => cerbas_crontab = Some(PathBuf::from(value()?)),
-            "--redis" => binds.push((Bind::Redis(value()?), protocol.clone(), token.clone())),
+            "--redis" => {
+                public.push(std::mem::take(&mut next_public));
+                binds.push((Bind::Redis(value()?), protocol.clone(), None))
+            }
             "--idempotent" => idempotent.extend(value()?.split(',').map(|a| a.trim().to_string())),
             "--service" => {
                 service = value()?;
@@ -252,9 +283,21 @@ fn parse(args: impl Iterator<Item = String>) -> Result<Settings, String> {
             other => return Err(format!("unexpected argument `{other}`")),
         }
     }
+    if next_public {
+        return Err("--public: goes before the listener it opens".into());
+    }
     if binds.is_empty() {
         let tls = server_tls(tls_cert.as_deref(), tls_key.as_deref(), tls_ca.as_deref())?;
-        binds.push((Bind::Tcp("127.0.0.1:12000".into(), tls), protocol, token));
+        public.push(false);
+        binds.push((Bind::Tcp("127.0.0.1:12000".into(), tls), protocol, None));
+    }
+    // The token is the server's: every listener that serves commands
+    // requires it, but those marked --public (Cerbas clients have no way
+    // to present one; they are served by a server of their own).
+    for ((bind, _, required), open) in binds.iter_mut().zip(public) {
+        if !open && !matches!(bind, Bind::Cerbas(_)) {
+            required.clone_from(&token);
+        }
     }
     Ok(Settings {
         binds,

@@ -76,13 +76,13 @@ def nodes():
 
 
 def test_rpc_between_rembus_components(nodes):
-    def add(x, y):
+    def plus(x, y):
         return x + y
 
     calculator = nodes("calculator")
-    calculator.expose(add)
+    calculator.expose(plus)
     caller = nodes("caller")
-    assert caller.rpc("add", 1, 2) == 3
+    assert caller.rpc("plus", 1, 2) == 3
     # The server's own handlers answer Rembus calls too.
     assert caller.rpc("echo", "hi") == "hi"
     with pytest.raises(Exception):
@@ -141,18 +141,25 @@ def test_a_name_in_use_is_refused(nodes):
     assert "login failed" in other.stderr, other.stderr[-500:]
 
 
-def test_a_drs_json_client_calls_the_rembus_add(nodes):
-    def add(x, y):
+def test_a_drs_json_client_calls_the_rembus_plus(nodes):
+    def plus(x, y):
         return x + y
 
+    def add(x, y):
+        return "taken over"
+
     calculator = nodes("calculator2")
-    calculator.expose(add)
+    calculator.expose(plus)
+    # The demo's own `add` cannot be taken over by a component.
+    with pytest.raises(Exception, match="expose not allowed: add"):
+        calculator.expose(add)
     drs = JsonLines()
     try:
-        # The demo has an `add` of its own taking {"a", "b"}: the exposer
-        # comes first and takes the positional arguments.
-        reply = drs.call("1", "add", [1, 2])
+        # The exposer takes the positional arguments.
+        reply = drs.call("1", "plus", [1, 2])
         assert reply == {"key": "1", "action": "drs.response", "body": 3}
+        reply = drs.call("2", "add", {"a": 1, "b": 2})
+        assert reply == {"key": "2", "action": "drs.response", "body": 3}
     finally:
         drs.close()
 

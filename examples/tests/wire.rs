@@ -148,12 +148,14 @@ fn session_names_the_caller_and_the_server() {
     );
 }
 
-/// `--token` guards the listeners after it, `--jail` every connection.
+/// `--token` guards every listener but those marked `--public`, `--jail`
+/// every connection.
 #[test]
 fn token_and_jail_flags() {
     let server = DemoServer::start(&[
         "--jail",
         "echo,add,session",
+        "--public",
         "--tcp",
         "127.0.0.1:0",
         "--token",
@@ -202,6 +204,65 @@ fn token_and_jail_flags() {
         "authentication deadline exceeded"
     );
     idle.expect_eof();
+}
+
+/// A peer that never authenticated cannot name itself, so it cannot
+/// resume another's name nor take its stored messages; nor can the jail
+/// be passed by a built-in action. A token applies to every listener.
+#[test]
+fn names_are_served_behind_the_token_and_the_jail() {
+    let server = DemoServer::start(&[
+        "--token",
+        "T",
+        "--tcp",
+        "127.0.0.1:0",
+        "--tcp",
+        "127.0.0.1:0",
+    ]);
+    let connect = |addr: &str| {
+        let stream = TcpStream::connect(addr).expect("connect");
+        stream.set_read_timeout(Some(READ_TIMEOUT)).unwrap();
+        Peer {
+            reader: BufReader::new(stream.try_clone().unwrap()),
+            stream,
+        }
+    };
+    let auth = r#"{"key":"a","action":"drs.auth","body":{"token":"T"}}"#;
+    // A holder names itself billing, subscribes retroactively, leaves.
+    let mut owner = connect(server.addr(0));
+    assert_eq!(owner.call(auth)["action"], "drs.response");
+    owner.call(r#"{"key":"1","action":"drs.identify","body":{"name":"billing"}}"#);
+    let sub = owner.call(
+        r#"{"key":"2","action":"drs.subscribe","body":{"topic":"pay.>","retroactive":true}}"#,
+    );
+    assert_eq!(sub["action"], "drs.response", "{sub}");
+    // A raw connection that never authenticated: only drs.ping and
+    // drs.auth are served; the second listener requires the token too.
+    for addr in [server.addr(0), server.addr(1)] {
+        let mut raw = connect(addr);
+        let refused = raw.call(r#"{"key":"1","action":"drs.identify","body":{"name":"billing"}}"#);
+        assert_eq!(
+            refused,
+            json!({"key":"1","action":"drs.error","body":{"message":"unauthenticated"}})
+        );
+        let pong = raw.call(r#"{"key":"p","action":"drs.ping"}"#);
+        assert_eq!(pong["action"], "drs.response");
+    }
+    // The name is still the owner's connection's.
+    let session = owner.call(r#"{"key":"3","action":"session"}"#);
+    assert_eq!(session["action"], "drs.response", "{session}");
+
+    let jailed = DemoServer::start(&["--jail", "echo", "--tcp", "127.0.0.1:0"]);
+    let mut peer = client(&jailed);
+    for action in ["drs.identify", "drs.subscribe", "drs.expose", "drs.stats"] {
+        let line = json!({"key": "1", "action": action, "body": {"name": "n", "topic": "t", "action": "a"}});
+        let refused = peer.call(&line.to_string());
+        assert_eq!(
+            refused["body"]["message"],
+            format!("action not allowed: {action}"),
+            "{refused}"
+        );
+    }
 }
 
 #[test]
@@ -348,6 +409,14 @@ fn bad_arguments_are_refused() {
         (&["--jail", "a,,b"][..], "--jail: an empty action pattern"),
         (&["--token", ""][..], "--token: the token is empty"),
         (
+            &["--token", "a", "--token", "b"][..],
+            "--token: given twice",
+        ),
+        (
+            &["--tcp", "127.0.0.1:0", "--public"][..],
+            "--public: goes before the listener",
+        ),
+        (
             &["--tls-cert", "c.pem", "--tcp", "127.0.0.1:0"][..],
             "--tls-cert and --tls-key go together",
         ),
@@ -411,12 +480,17 @@ fn pubsub_and_broker_rpc_in_raw_json_lines() {
         json!({"key":"p","action":"drs.response","body":1})
     );
     assert_eq!(sub.recv(), json!({"action":"sensors.t1","body":{"c":21.5}}));
-    // A raw client exposes `add`: the demo's own `add` is passed over.
+    // A raw client cannot take over the demo's own `add`...
     let mut worker = client(&server);
-    worker.call(r#"{"key":"e","action":"drs.expose","body":{"action":"add"}}"#);
-    publisher.send(r#"{"key":"a","action":"add","body":{"a":1,"b":2}}"#);
+    assert_eq!(
+        worker.call(r#"{"key":"e","action":"drs.expose","body":{"action":"add"}}"#),
+        json!({"key":"e","action":"drs.error","body":{"message":"expose not allowed: add"}})
+    );
+    // ...but serves an action of its own.
+    worker.call(r#"{"key":"e","action":"drs.expose","body":{"action":"thumbs.make"}}"#);
+    publisher.send(r#"{"key":"a","action":"thumbs.make","body":{"a":1,"b":2}}"#);
     let routed = worker.recv();
-    assert_eq!(routed["action"], "add");
+    assert_eq!(routed["action"], "thumbs.make");
     assert_eq!(routed["body"], json!({"a":1,"b":2}));
     let key = routed["key"].as_str().expect("a call").to_string();
     worker.send(&format!(

@@ -803,7 +803,7 @@ impl Conn {
     /// Confines what the peer may call on this connection to `jail`
     /// (inside any server, role or identity jail): anything else gets
     /// `drs.error` "action not allowed: …" and reaches no handler.
-    /// `drs.ping`, `drs.auth` and `drs.identify` are always allowed.
+    /// `drs.ping` and `drs.auth` are always allowed.
     pub fn jail(&self, jail: crate::Jail) -> &Self {
         self.layer(crate::auth::JailLayer(Arc::new(jail)))
     }
