@@ -209,7 +209,10 @@ impl NatsBroker {
                 let Some(action) = action else {
                     continue;
                 };
-                let body = body_of(&msg.headers, msg.payload);
+                let Some(body) = body_of(&msg.headers, msg.payload) else {
+                    tracing::warn!(%action, "nats broker: an undecodable broadcast; dropped");
+                    continue;
+                };
                 local.broadcast_body(&action, &body);
             }
         });
@@ -233,7 +236,10 @@ impl NatsBroker {
                 let Some(topic) = msg.subject.strip_prefix(inner.prefix.as_str()) else {
                     continue;
                 };
-                let body = body_of(&msg.headers, msg.payload);
+                let Some(body) = body_of(&msg.headers, msg.payload) else {
+                    tracing::warn!(%topic, "nats broker: an undecodable publication; dropped");
+                    continue;
+                };
                 if let Err(e) = inner.broker.publish(topic, &body).await {
                     tracing::warn!(%topic, error = %e, "nats broker: local delivery failed");
                 }
@@ -436,13 +442,27 @@ impl NatsBroker {
                     let _ = msg.ack().await;
                     continue;
                 };
-                let body = body_of(&msg.headers, msg.payload.clone());
+                let Some(body) = body_of(&msg.headers, msg.payload.clone()) else {
+                    // Sent again it would fail again, forever: terminated,
+                    // and the next message comes.
+                    tracing::warn!(%durable, %topic, "nats broker: an undecodable message; terminated");
+                    if let Err(e) = msg.ack_with(AckKind::Term).await {
+                        tracing::debug!(%durable, error = %e, "nats broker: term failed");
+                    }
+                    continue;
+                };
                 let answer = conn
                     .call::<Body>(topic, &body)
                     .timeout(inner.config.ack_timeout)
                     .await;
                 match answer {
-                    Ok(_) | Err(Error::Remote(_) | Error::Exception(_) | Error::Decode(_)) => {
+                    Ok(_)
+                    | Err(
+                        Error::Remote(_)
+                        | Error::Exception(_)
+                        | Error::Decode(_)
+                        | Error::Encode(_),
+                    ) => {
                         // The acknowledgement is confirmed by the server:
                         // once it returns, this message is not delivered
                         // again.
@@ -482,22 +502,29 @@ impl NatsBroker {
 }
 
 /// A body from NATS: its bytes in the format its header names (JSON when
-/// none does).
-fn body_of(headers: &Option<HeaderMap>, payload: Bytes) -> Body {
+/// none does), if they are a well-formed value of it. Anyone with access
+/// to the subjects can publish there: what does not decode, or names a
+/// format drs does not know, is `None`, never copied into a client's
+/// frames.
+fn body_of(headers: &Option<HeaderMap>, payload: Bytes) -> Option<Body> {
     if payload.is_empty() {
-        return Body::absent();
+        return Some(Body::absent());
     }
     let format = headers
         .as_ref()
         .and_then(|h| h.get(FORMAT_HEADER))
         .map(|v| v.as_str().to_string());
+    let json = drs_protocol_json::Json.body_format();
+    let msgpack = drs_protocol_msgpack::MsgPack.body_format();
     let format: &'static dyn BodyFormat = match format.as_deref() {
-        Some(f) if f == drs_protocol_msgpack::MsgPack.body_format().name() => {
-            drs_protocol_msgpack::MsgPack.body_format()
-        }
-        _ => drs_protocol_json::Json.body_format(),
+        None => json,
+        Some(f) => [json, msgpack]
+            .into_iter()
+            .find(|known| known.name() == f)?,
     };
-    Body::from_raw(payload, format)
+    let body = Body::from_raw(payload, format);
+    body.deserialize::<serde::de::IgnoredAny>().ok()?;
+    Some(body)
 }
 
 /// Takes `drs.publish`, and retroactive `drs.subscribe`/`drs.unsubscribe`

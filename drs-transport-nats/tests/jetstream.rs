@@ -243,3 +243,135 @@ async fn a_broadcast_reaches_the_clients_of_every_worker() {
     .await
     .unwrap();
 }
+
+/// What arrives from NATS is checked before it reaches a client: 40
+/// broadcasts that are not JSON, published by a raw NATS client with a
+/// `Drs-Action` header, are dropped; the client stays connected (they
+/// would have made it disconnect the worker as a bad peer) and gets the
+/// good broadcast after them.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn undecodable_broadcasts_from_nats_are_dropped() {
+    let Some(nats_server) = NatsServer::start_or_skip("undecodable_broadcasts") else {
+        return;
+    };
+    tokio::time::timeout(LIMIT, async {
+        let url = nats_server.url();
+        let nats = async_nats::connect(&url).await.unwrap();
+        let server = Server::new();
+        let broker = Broker::attach(&server, BrokerConfig::default()).unwrap();
+        let config = NatsBrokerConfig::default().jetstream(false);
+        let _bridge = NatsBroker::attach(&server, &broker, &nats, "bad", config)
+            .await
+            .unwrap();
+        server
+            .listen(NatsListener::bind(&nats, "bad-svc").await.unwrap(), Json)
+            .unwrap();
+        let (tx, mut rx) = mpsc::unbounded_channel();
+        let client = Client::new().on("alert", move |body: Value| {
+            let _ = tx.send(body);
+            async { HandlerResult::Ok(()) }
+        });
+        let conn = client
+            .connect(
+                NatsDialer::new(async_nats::connect(&url).await.unwrap(), "bad-svc"),
+                Json,
+            )
+            .await
+            .unwrap();
+        let _: u64 = conn.call("drs.ping", ()).await.unwrap();
+        let raw = async_nats::connect(&url).await.unwrap();
+        let send = |payload: &'static [u8], format: Option<&'static str>| {
+            let mut headers = async_nats::HeaderMap::new();
+            headers.insert("Drs-Action", "alert");
+            if let Some(format) = format {
+                headers.insert("Drs-Format", format);
+            }
+            raw.publish_with_headers("drs.bad.broadcast", headers, payload.into())
+        };
+        for i in 0..40 {
+            let (payload, format): (&[u8], _) = match i % 4 {
+                0 => (b"not json at all", None),
+                1 => (b"{\"open\": ", Some("json")),
+                2 => (b"\xc1\xc1", Some("msgpack")),
+                _ => (b"1", Some("cbor")),
+            };
+            send(payload, format).await.unwrap();
+        }
+        send(b"{\"level\": 3}", None).await.unwrap();
+        raw.flush().await.unwrap();
+        assert_eq!(rx.recv().await.unwrap(), json!({"level": 3}));
+        let _: u64 = conn.call("drs.ping", ()).await.unwrap();
+        assert!(!conn.is_closed());
+    })
+    .await
+    .unwrap();
+}
+
+/// A message in the JetStream stream that is not what its header says
+/// (MessagePack) would fail at every delivery and be sent again forever,
+/// blocking the named subscriber: it is terminated, and the next good
+/// message arrives.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_poison_message_in_jetstream_is_terminated() {
+    let Some(nats_server) = NatsServer::start_jetstream_or_skip("a_poison_message") else {
+        return;
+    };
+    tokio::time::timeout(LIMIT, async {
+        let url = nats_server.url();
+        let (server, _broker, _bridge) = worker(&url, "poison", "poison").await;
+        let (tx, _rx) = mpsc::unbounded_channel();
+        let first = subscriber(&url, "poison", tx).await.unwrap();
+        let _: Value = first
+            .call(IDENTIFY, json!({"name": "reader"}))
+            .await
+            .unwrap();
+        let _: Value = first
+            .call(
+                "drs.subscribe",
+                json!({"topic": "news.*", "retroactive": true}),
+            )
+            .await
+            .unwrap();
+        first.close();
+        first.closed().await;
+        while server.named("reader").is_some() {
+            tokio::task::yield_now().await;
+        }
+        // A raw publisher puts a message that is not MessagePack in the
+        // stream, under a MessagePack header; then a good one follows.
+        let js = async_nats::jetstream::new(async_nats::connect(&url).await.unwrap());
+        let mut headers = async_nats::HeaderMap::new();
+        headers.insert("Drs-Format", "msgpack");
+        js.publish_with_headers(
+            "drs.poison.topic.news.a",
+            headers,
+            b"\xc1 not msgpack"[..].into(),
+        )
+        .await
+        .unwrap()
+        .await
+        .unwrap();
+        let nats = async_nats::connect(&url).await.unwrap();
+        let publisher = Client::new()
+            .connect(NatsDialer::new(nats, "poison"), Json)
+            .await
+            .unwrap();
+        let n: u64 = publisher
+            .call("drs.publish", json!({"topic": "news.b", "body": "good"}))
+            .await
+            .unwrap();
+        assert_eq!(n, 1);
+        let (tx, mut rx) = mpsc::unbounded_channel();
+        let back = subscriber(&url, "poison", tx).await.unwrap();
+        let _: Value = back
+            .call(IDENTIFY, json!({"name": "reader"}))
+            .await
+            .unwrap();
+        assert_eq!(
+            rx.recv().await.unwrap(),
+            ("news.b".to_string(), json!("good"))
+        );
+    })
+    .await
+    .unwrap();
+}
