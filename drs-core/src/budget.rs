@@ -2,9 +2,12 @@
 //! a whole server, a [`ReadMeter`] for each connection.
 //!
 //! What counts: bytes of frames a peer has started and not finished (held
-//! by the transport's read buffer) and commands read but waiting to be
-//! served (behind an admission hook, or for an in-flight slot). Outbound
-//! bytes are bounded per connection by `ConnConfig::max_outbound` instead.
+//! by the transport's read buffer), commands read but waiting to be
+//! served (behind an admission hook, or for an in-flight slot), and what
+//! anything else keeps on a peer's behalf through a [`MemoryHold`]: the
+//! items of a reply being collected, its subscriptions, a name's backlog.
+//! Outbound bytes are bounded per connection by `ConnConfig::max_outbound`
+//! instead.
 //!
 //! Policy past the server-wide limit: the connections holding the most are
 //! disconnected (their close reason is
@@ -75,12 +78,25 @@ impl MemoryBudget {
         self.inner.used.load(Ordering::Relaxed)
     }
 
+    /// Holds `bytes` that belong to no connection (a name's state kept
+    /// while it is away): refused, and nothing held, when the budget has
+    /// no room for them. Released when the hold is dropped.
+    pub fn try_hold(&self, bytes: usize) -> Result<MemoryHold, BudgetExceeded> {
+        let mut hold = MemoryHold {
+            owner: HoldOwner::Budget(self.inner.clone()),
+            bytes: 0,
+        };
+        hold.try_grow(bytes)?;
+        Ok(hold)
+    }
+
     /// A meter for one new connection, charged against this budget.
     pub fn meter(&self) -> ReadMeter {
         let id = self.inner.next_id.fetch_add(1, Ordering::Relaxed);
         let meter = Arc::new(MeterInner {
             partial: AtomicUsize::new(0),
             waiting: AtomicUsize::new(0),
+            kept: AtomicUsize::new(0),
             evicted: CancellationToken::new(),
             budget: Some((self.inner.clone(), id)),
         });
@@ -140,13 +156,17 @@ pub struct ReadMeter {
 struct MeterInner {
     partial: AtomicUsize,
     waiting: AtomicUsize,
+    /// Held through [`MemoryHold`]s.
+    kept: AtomicUsize,
     evicted: CancellationToken,
     budget: Option<(Arc<BudgetInner>, u64)>,
 }
 
 impl MeterInner {
     fn held(&self) -> usize {
-        self.partial.load(Ordering::Relaxed) + self.waiting.load(Ordering::Relaxed)
+        self.partial.load(Ordering::Relaxed)
+            + self.waiting.load(Ordering::Relaxed)
+            + self.kept.load(Ordering::Relaxed)
     }
 
     fn adjust(&self, old: usize, new: usize) {
@@ -206,6 +226,19 @@ impl ReadMeter {
         self.inner.evicted.is_cancelled()
     }
 
+    /// Holds `bytes` more on this connection's behalf (its subscriptions,
+    /// a reply being collected): charged to the server's budget, which
+    /// disconnects the connections holding the most when it is exceeded.
+    /// Released when the hold is dropped, or as it shrinks.
+    pub fn hold(&self, bytes: usize) -> MemoryHold {
+        let mut hold = MemoryHold {
+            owner: HoldOwner::Meter(self.inner.clone()),
+            bytes: 0,
+        };
+        hold.grow(bytes);
+        hold
+    }
+
     pub(crate) fn add_waiting(&self, bytes: usize) {
         self.inner.waiting.fetch_add(bytes, Ordering::Relaxed);
         self.inner.adjust(0, bytes);
@@ -218,6 +251,102 @@ impl ReadMeter {
 
     pub(crate) fn evicted(&self) -> CancellationToken {
         self.inner.evicted.clone()
+    }
+}
+
+/// Bytes held on a peer's behalf ([`ReadMeter::hold`],
+/// [`MemoryBudget::try_hold`]), counted against the server's budget until
+/// dropped.
+pub struct MemoryHold {
+    owner: HoldOwner,
+    bytes: usize,
+}
+
+enum HoldOwner {
+    Meter(Arc<MeterInner>),
+    Budget(Arc<BudgetInner>),
+}
+
+impl MemoryHold {
+    /// A hold of nothing, on no budget (for what is not counted).
+    pub fn none() -> Self {
+        Self {
+            owner: HoldOwner::Meter(Arc::default()),
+            bytes: 0,
+        }
+    }
+
+    /// Bytes held.
+    pub fn bytes(&self) -> usize {
+        self.bytes
+    }
+
+    /// Holds `bytes` more (a connection's hold: the budget may disconnect
+    /// the largest holders; a budget hold: always taken, see
+    /// [`try_grow`](MemoryHold::try_grow)).
+    pub fn grow(&mut self, bytes: usize) {
+        if bytes == 0 {
+            return;
+        }
+        self.bytes += bytes;
+        match &self.owner {
+            HoldOwner::Meter(m) => {
+                m.kept.fetch_add(bytes, Ordering::Relaxed);
+                m.adjust(0, bytes);
+            }
+            HoldOwner::Budget(b) => b.charge(bytes),
+        }
+    }
+
+    /// Holds `bytes` more if the budget has room for them; otherwise
+    /// nothing changes.
+    pub fn try_grow(&mut self, bytes: usize) -> Result<(), BudgetExceeded> {
+        let budget = match &self.owner {
+            HoldOwner::Meter(m) => m.budget.as_ref().map(|(b, _)| b.clone()),
+            HoldOwner::Budget(b) => Some(b.clone()),
+        };
+        if let Some(budget) = budget {
+            let room = budget
+                .used
+                .fetch_update(Ordering::Relaxed, Ordering::Relaxed, |used| {
+                    (used + bytes <= budget.limit).then_some(used + bytes)
+                });
+            if room.is_err() {
+                return Err(BudgetExceeded);
+            }
+        }
+        self.bytes += bytes;
+        if let HoldOwner::Meter(m) = &self.owner {
+            m.kept.fetch_add(bytes, Ordering::Relaxed);
+        }
+        Ok(())
+    }
+
+    /// Releases `bytes` of it.
+    pub fn shrink(&mut self, bytes: usize) {
+        let bytes = bytes.min(self.bytes);
+        self.bytes -= bytes;
+        match &self.owner {
+            HoldOwner::Meter(m) => {
+                m.kept.fetch_sub(bytes, Ordering::Relaxed);
+                m.adjust(bytes, 0);
+            }
+            HoldOwner::Budget(b) => b.release(bytes),
+        }
+    }
+}
+
+impl Drop for MemoryHold {
+    fn drop(&mut self) {
+        self.shrink(self.bytes);
+    }
+}
+
+impl fmt::Debug for MemoryHold {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("MemoryHold")
+            .field("bytes", &self.bytes)
+            .finish_non_exhaustive()
     }
 }
 
@@ -265,5 +394,30 @@ mod tests {
         let free = ReadMeter::default();
         free.set_partial(1 << 40);
         assert!(!free.is_evicted());
+    }
+
+    #[test]
+    fn holds_count_and_evict_like_frames() {
+        let budget = MemoryBudget::new(100);
+        let (a, b) = (budget.meter(), budget.meter());
+        let mut kept = a.hold(40);
+        b.set_partial(30);
+        assert_eq!(budget.used(), 70);
+        kept.grow(40); // 110 > 100: a, holding 80, goes
+        assert!(a.is_evicted() && !b.is_evicted());
+        kept.shrink(50);
+        assert_eq!((kept.bytes(), budget.used()), (30, 60));
+        drop(kept);
+        assert_eq!(budget.used(), 30);
+        // A hold of no connection is refused past the limit, whole.
+        let mut away = budget.try_hold(60).expect("room");
+        assert_eq!(budget.used(), 90);
+        assert!(budget.try_hold(11).is_err());
+        assert!(away.try_grow(11).is_err());
+        assert_eq!((away.bytes(), budget.used()), (60, 90));
+        away.try_grow(10).expect("room");
+        drop(away);
+        assert_eq!(budget.used(), 30);
+        assert_eq!(MemoryHold::none().bytes(), 0);
     }
 }

@@ -125,7 +125,7 @@ pub use auth::{
     CredentialSource, Credentials, Identity, Jail, ListenerTokens, DEFAULT_FAILURE_WINDOW,
     DEFAULT_MAX_FAILURES, NOT_ALLOWED, UNAUTHENTICATED,
 };
-pub use budget::{BudgetExceeded, MemoryBudget, ReadMeter, DEFAULT_MEMORY_BUDGET};
+pub use budget::{BudgetExceeded, MemoryBudget, MemoryHold, ReadMeter, DEFAULT_MEMORY_BUDGET};
 pub use client::{connect, Client};
 pub use close::CloseReason;
 pub use codec::{BadFrame, FrameCodec, FrameTooLarge, FramedIo};

@@ -42,11 +42,61 @@ pub(crate) enum Producer {
     Stream(Semaphore),
 }
 
+/// The items of a reply collected for a caller that did not ask for a
+/// stream: their encodings back to back and where each ends (a few bytes
+/// an item beyond its encoding), held against the server's memory budget
+/// as they come. An item with no body is an empty range.
 #[derive(Default)]
 pub(crate) struct Collected {
-    items: Vec<Body>,
-    bytes: usize,
+    buf: bytes::BytesMut,
+    ends: Vec<u32>,
+    format: Option<&'static dyn crate::BodyFormat>,
     overflow: bool,
+    hold: Option<crate::MemoryHold>,
+}
+
+impl Collected {
+    /// Bytes the reply will take: items, separators, envelope.
+    fn reply_len(&self) -> usize {
+        self.buf.len() + self.ends.len() + ENVELOPE
+    }
+
+    /// The items as one array value (the hold goes with it, until the
+    /// reply is encoded).
+    fn take(&mut self) -> CollectedItems {
+        CollectedItems {
+            buf: std::mem::take(&mut self.buf).freeze(),
+            ends: std::mem::take(&mut self.ends),
+            format: self.format,
+            _hold: self.hold.take(),
+        }
+    }
+}
+
+/// Collected items, serialized as an array.
+struct CollectedItems {
+    buf: Bytes,
+    ends: Vec<u32>,
+    format: Option<&'static dyn crate::BodyFormat>,
+    _hold: Option<crate::MemoryHold>,
+}
+
+impl Serialize for CollectedItems {
+    fn serialize<S: serde::Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
+        use serde::ser::SerializeSeq;
+        let mut seq = s.serialize_seq(Some(self.ends.len()))?;
+        let mut start = 0;
+        for &end in &self.ends {
+            let end = end as usize;
+            let item = match self.format {
+                Some(format) if end > start => Body::from_raw(self.buf.slice(start..end), format),
+                _ => Body::absent(),
+            };
+            seq.serialize_element(&item)?;
+            start = end;
+        }
+        seq.end()
+    }
 }
 
 impl Producer {
@@ -84,7 +134,7 @@ impl Producer {
         if !outcome.is_ok() {
             return outcome;
         }
-        Outcome::Value(Box::new(std::mem::take(&mut collected.items)))
+        Outcome::Value(Box::new(collected.take()))
     }
 }
 
@@ -183,18 +233,33 @@ impl ItemSink {
             Producer::Discard => Ok(None),
             Producer::Collect(collected) => {
                 let body = msg.encode_body(&item)?;
-                let len = body.raw().map_or(4, |(b, _)| b.len()) + 1;
+                let raw = body.raw();
+                let len = raw.map_or(4, |(b, _)| b.len());
                 let mut c = lock(collected);
-                if c.overflow || c.bytes + len + ENVELOPE > max {
-                    c.overflow = true;
-                    c.items = Vec::new();
+                let wanted = c.reply_len() + len + 1;
+                if c.overflow || wanted > max {
+                    *c = Collected {
+                        overflow: true,
+                        ..Collected::default()
+                    };
                     return Err(Error::FrameTooLarge {
-                        len: c.bytes + len + ENVELOPE,
+                        len: wanted,
                         limit: max,
                     });
                 }
-                c.bytes += len;
-                c.items.push(body);
+                if let Some((bytes, format)) = raw {
+                    c.buf.extend_from_slice(bytes);
+                    c.format.get_or_insert(format);
+                }
+                let end = u32::try_from(c.buf.len()).map_err(|_| Error::FrameTooLarge {
+                    len: wanted,
+                    limit: max,
+                })?;
+                c.ends.push(end);
+                let size = len + std::mem::size_of::<u32>();
+                c.hold
+                    .get_or_insert_with(|| shared.meter.hold(0))
+                    .grow(size);
                 Ok(None)
             }
             Producer::Stream(_) => encode_frame(

@@ -308,3 +308,61 @@ fn help_lists_the_limits() {
     assert_eq!(bad.status.code(), Some(2));
     assert!(String::from_utf8_lossy(&bad.stderr).contains("--max-connections"));
 }
+
+/// Replies collected for callers that did not ask for a stream are held
+/// in their encoded form (a few bytes an item beyond its encoding, where
+/// a list of values had cost ~220 B an item) and on the memory budget:
+/// four calls of `count` with 200,000 items at once, each collecting up to
+/// the 1 MiB frame limit, against a 2 MiB budget: the largest holders are
+/// disconnected, told why, and a new client is served.
+#[test]
+fn collected_replies_are_on_the_budget() {
+    let server = start(&[
+        "--memory-budget",
+        &(2 * MIB).to_string(),
+        "--max-frame",
+        &MIB.to_string(),
+    ]);
+    ping(&server);
+    let callers: Vec<_> = (0..4)
+        .map(|_| {
+            let mut s = connect(&server);
+            std::thread::spawn(move || {
+                let line = r#"{"key":"1","action":"count","body":{"n":200000}}"#;
+                s.write_all(format!("{line}\n").as_bytes()).unwrap();
+                read_to_close_or(&mut s, 2)
+            })
+        })
+        .collect();
+    let mut evicted = 0;
+    for caller in callers {
+        let seen = caller.join().unwrap();
+        if seen.iter().any(|r| {
+            r["body"]["message"]
+                .as_str()
+                .is_some_and(|m| m.contains("memory budget"))
+        }) {
+            evicted += 1;
+        }
+    }
+    assert!(evicted >= 1, "no collecting connection was disconnected");
+    ping(&server);
+}
+
+/// Reads up to `n` frames, or what came until the server closed.
+fn read_to_close_or(stream: &mut TcpStream, n: usize) -> Vec<Value> {
+    let mut reader = BufReader::new(stream);
+    let mut out = Vec::new();
+    while out.len() < n {
+        let mut line = String::new();
+        match reader.read_line(&mut line) {
+            Ok(0) | Err(_) => break,
+            Ok(_) => {
+                if let Ok(v) = serde_json::from_str::<Value>(&line) {
+                    out.push(v);
+                }
+            }
+        }
+    }
+    out
+}

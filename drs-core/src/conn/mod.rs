@@ -358,6 +358,8 @@ pub(crate) struct Shared {
     pub(crate) identity: std::sync::OnceLock<Arc<crate::Identity>>,
     /// Bytes and frames moved, counted by the driver.
     pub(crate) io: crate::stats::IoCounters,
+    /// What the connection holds against the server's memory budget.
+    pub(crate) meter: crate::budget::ReadMeter,
 }
 
 impl Shared {
@@ -445,6 +447,7 @@ impl Conn {
             close,
             closed: CancellationToken::new(),
             ext: Mutex::new(Extensions::new()),
+            meter: meter.clone(),
         });
         let driver = Driver::new(io, shared.clone(), rx, meter);
         (Conn { shared, tx }, driver)
@@ -774,6 +777,16 @@ impl Conn {
     /// written); routers pick among connections with it.
     pub fn is_ending(&self) -> bool {
         self.is_closed() || self.shared.pending.is_closed()
+    }
+
+    /// Holds `bytes` on this connection's behalf against the server's
+    /// memory budget (what a plug-in keeps for it: subscriptions, a
+    /// decoded frame's values), until the hold is dropped. Past the
+    /// budget the connections holding the most are disconnected
+    /// ([`CloseReason::BudgetExceeded`]). A client connection has no
+    /// budget: its holds only count.
+    pub fn hold_memory(&self, bytes: usize) -> crate::MemoryHold {
+        self.shared.meter.hold(bytes)
     }
 
     /// How many calls on this connection are waiting for a reply.
