@@ -19,7 +19,8 @@ use drs_core::{
         UNSUBSCRIBE,
     },
     topic::{check_pattern, check_topic, matches, TopicTrie},
-    Body, Conn, Error, HandlerError, Jail, Layer, Msg, Next, OutBody, Outcome, ReplyFuture, Server,
+    Body, Conn, Error, HandlerError, Jail, Layer, MemoryHold, Msg, Next, OutBody, Outcome,
+    ReplyFuture, Server,
 };
 use futures::{stream::FuturesUnordered, StreamExt};
 use serde::Serialize;
@@ -61,7 +62,11 @@ pub struct BrokerConfig {
     /// (its age also applies to messages no name has come back for).
     pub topic_backlog: Backlog,
     /// What the broker may hold for all names and topics together:
-    /// 1,000,000 messages, 1 GiB (its age is not used).
+    /// 1,000,000 messages, 1 GiB (its age is not used). Bytes count each
+    /// message's body plus 160 bytes, and 64 bytes for every name that has
+    /// it still to receive, so fan-out to many names is bounded too. Past
+    /// it, or past the server's memory budget, on which all of it is held,
+    /// the oldest go and the names that had them get `drs.missed`.
     pub total_backlog: Backlog,
     /// Deliveries to one named retroactive subscriber awaiting their
     /// acknowledgement at once. Default 64.
@@ -70,6 +75,11 @@ pub struct BrokerConfig {
     /// sent again. Default 30 s.
     pub ack_timeout: Duration,
     /// Subscriptions one connection (or name) may hold. Default 1,024.
+    /// Each is held on the server's memory budget at its size (its text
+    /// and a trie level per segment): a connection's on its own share (past
+    /// the budget the largest holders are disconnected), a name's on the
+    /// server's (past it `drs.subscribe` is refused with
+    /// [`BUDGET_EXCEEDED`]).
     pub max_subscriptions: usize,
     /// Names the broker keeps state for. Default 10,000.
     pub max_names: usize,
@@ -275,6 +285,26 @@ impl BrokerConfig {
     }
 }
 
+/// What a stored message costs besides its body: its record, its log
+/// and topic entries.
+const MESSAGE_OVERHEAD: usize = 160;
+/// What one (name, message) pair costs: the name's pending entry.
+const PAIR_OVERHEAD: usize = 64;
+/// What a name costs besides its subscriptions.
+const NAME_OVERHEAD: usize = 256;
+/// What one trie level of a subscription costs at most (a node and its
+/// map entry).
+const LEVEL_OVERHEAD: usize = std::mem::size_of::<TopicTrie<Sub>>() + 96;
+
+/// The memory a subscription to `pattern` takes at most: its text (kept
+/// twice: by its owner and in the trie) and a trie node per segment.
+fn subscription_cost(pattern: &str) -> usize {
+    2 * pattern.len() + (pattern.matches('.').count() + 1) * LEVEL_OVERHEAD
+}
+
+/// What a subscription past the server's memory budget is answered.
+pub const BUDGET_EXCEEDED: &str = "the server's memory budget is exceeded";
+
 /// The reply to a call whose action nobody serves.
 pub fn no_handlers(action: &str) -> String {
     format!("No handlers for {action}")
@@ -344,11 +374,19 @@ struct Component {
     held: bool,
     /// Deliveries are fires, done once sent (Rembus QoS 0).
     unacknowledged: bool,
+    /// What the name and its subscriptions take, on the server's budget.
+    hold: MemoryHold,
 }
 
 impl Component {
-    fn new() -> Self {
+    fn new(inner: &Inner, name: &str) -> Self {
+        let mut hold = inner
+            .budget
+            .try_hold(0)
+            .unwrap_or_else(|_| MemoryHold::none());
+        hold.grow(NAME_OVERHEAD + name.len());
         Self {
+            hold,
             conn: None,
             owner: None,
             patterns: BTreeMap::new(),
@@ -409,6 +447,8 @@ struct ConnState {
     held: bool,
     /// Retroactive deliveries are fires, done once sent.
     unacknowledged: bool,
+    /// What its subscriptions take, on its connection's memory budget.
+    hold: Option<MemoryHold>,
 }
 
 #[derive(Default)]
@@ -423,10 +463,17 @@ struct State {
     next_seq: u64,
     /// Bytes of bodies in `log`.
     stored_bytes: usize,
+    /// (name, message) pairs: messages some name has still to receive.
+    pairs: usize,
+    /// What the stored messages take, on the server's memory budget.
+    kept: Option<MemoryHold>,
 }
 
 struct Inner {
     config: BrokerConfig,
+    /// The server's memory budget: names, subscriptions and backlogs are
+    /// held on it.
+    budget: drs_core::MemoryBudget,
     state: Mutex<State>,
     store: Store,
     /// Actions with at least one exposer (the layer's fast path).
@@ -507,6 +554,7 @@ impl Broker {
         let broker = Broker {
             inner: Arc::new(Inner {
                 config,
+                budget: server.memory_budget().clone(),
                 state: Mutex::new(State::default()),
                 store,
                 exposed: AtomicUsize::new(0),
@@ -611,13 +659,22 @@ impl Broker {
             state.log.insert(seq, LogEntry { msg, holders: 0 });
             state.next_seq = state.next_seq.max(seq + 1);
         }
+        let mut pairs = 0;
         for (name, record) in loaded.components {
             let name: Arc<str> = name.into();
-            let mut component = Component::new();
+            let mut component = Component::new(&self.inner, &name);
             component.missed = record.missed;
             component.owner = record.owner.map(Arc::from);
             for (pattern, retroactive, window_ns) in record.patterns {
-                check_pattern(&pattern).map_err(|e| corrupt(e.to_string()))?;
+                if let Err(e) = check_pattern(&pattern) {
+                    // Written before a bound that it now passes.
+                    tracing::warn!(%name, error = %e, "broker store: a subscription dropped");
+                    self.inner
+                        .store
+                        .write(Op::DeletePattern(name.to_string(), pattern));
+                    continue;
+                }
+                component.hold.grow(subscription_cost(&pattern));
                 let window = window_ns.map(Duration::from_nanos);
                 component.patterns.insert(
                     pattern.clone(),
@@ -637,6 +694,7 @@ impl Broker {
             for seq in loaded.pending.get(&*name).into_iter().flatten() {
                 if let Some(entry) = state.log.get_mut(seq) {
                     entry.holders += 1;
+                    pairs += 1;
                     component.pending_bytes += entry.msg.size;
                     component.pending.insert(*seq, entry.msg.clone());
                 }
@@ -653,6 +711,8 @@ impl Broker {
         for seq in orphans {
             state.drop_message(seq, &self.inner.store);
         }
+        state.pairs = pairs;
+        state.bound_total(&self.inner);
         tracing::info!(
             path = ?self.store_path(),
             messages = state.log.len(),
@@ -888,7 +948,7 @@ impl Broker {
                 let component = state
                     .components
                     .entry(name.clone())
-                    .or_insert_with(Component::new);
+                    .or_insert_with(|| Component::new(inner, &name));
                 let before = component.patterns.get(pattern).copied();
                 if before.is_none() && component.patterns.len() >= max {
                     return Err(HandlerError::new(format!(
@@ -901,6 +961,10 @@ impl Broker {
                 };
                 if before == Some(info) {
                     return Ok(());
+                }
+                if before.is_none() && component.hold.try_grow(subscription_cost(pattern)).is_err()
+                {
+                    return Err(HandlerError::new(BUDGET_EXCEEDED));
                 }
                 component.patterns.insert(pattern.to_string(), info);
                 let component_patterns = component.patterns.len();
@@ -937,6 +1001,9 @@ impl Broker {
                     )));
                 }
                 if cs.patterns.insert(pattern.to_string()) {
+                    cs.hold
+                        .get_or_insert_with(|| conn.hold_memory(0))
+                        .grow(subscription_cost(pattern));
                     state.trie.insert(
                         pattern,
                         Sub {
@@ -971,6 +1038,7 @@ impl Broker {
                 let Some(info) = component.patterns.remove(pattern) else {
                     return;
                 };
+                component.hold.shrink(subscription_cost(pattern));
                 let stale: Vec<u64> = component
                     .pending
                     .values()
@@ -994,6 +1062,9 @@ impl Broker {
             None => {
                 if let Some((_, cs)) = state.conns.get_mut(&conn.id()) {
                     if cs.patterns.remove(pattern) {
+                        if let Some(hold) = &mut cs.hold {
+                            hold.shrink(subscription_cost(pattern));
+                        }
                         state.trie.remove(
                             pattern,
                             &Sub {
@@ -1173,7 +1244,7 @@ impl Broker {
             if state.components.len() >= inner.config.max_names {
                 return Ok(false);
             }
-            let mut component = Component::new();
+            let mut component = Component::new(inner, name);
             component.conn = Some(conn.clone());
             component.owner = who;
             component.held = held;
@@ -1559,6 +1630,7 @@ impl State {
             },
         );
         self.stored_bytes += size;
+        self.pairs += names.len();
         let log = self.topics.entry(topic).or_default();
         log.seqs.push_back(seq);
         log.bytes += size;
@@ -1606,13 +1678,51 @@ impl State {
             };
             self.evict(inner, oldest);
         }
-        // And the bound of everything together.
+        // And the bound of everything together, fan-out included, within
+        // the server's memory budget.
+        self.bound_total(inner);
+    }
+
+    /// What the stored messages take: bodies, each message's records, and
+    /// each (name, message) pair.
+    fn kept_bytes(&self) -> usize {
+        self.stored_bytes + self.log.len() * MESSAGE_OVERHEAD + self.pairs * PAIR_OVERHEAD
+    }
+
+    /// Evicts the oldest messages (their names told they missed them)
+    /// until everything kept is within the total backlog and held on the
+    /// server's memory budget.
+    fn bound_total(&mut self, inner: &Inner) {
         let all = inner.config.total_backlog;
-        while self.log.len() > all.max_messages || self.stored_bytes > all.max_bytes {
+        loop {
+            let kept = self.kept_bytes();
+            let within = self.log.len() <= all.max_messages
+                && kept <= all.max_bytes
+                && self.hold_kept(inner, kept);
+            if within {
+                return;
+            }
             let Some(&oldest) = self.log.keys().next() else {
-                break;
+                return;
             };
             self.evict(inner, oldest);
+        }
+    }
+
+    /// Holds `kept` bytes on the budget; false if it has no room.
+    fn hold_kept(&mut self, inner: &Inner, kept: usize) -> bool {
+        let hold = self.kept.get_or_insert_with(|| {
+            inner
+                .budget
+                .try_hold(0)
+                .unwrap_or_else(|_| MemoryHold::none())
+        });
+        let held = hold.bytes();
+        if kept <= held {
+            hold.shrink(held - kept);
+            true
+        } else {
+            hold.try_grow(kept - held).is_ok()
         }
     }
 
@@ -1662,6 +1772,7 @@ impl State {
             return false;
         };
         c.pending_bytes -= m.size;
+        self.pairs = self.pairs.saturating_sub(1);
         inner.store.write(Op::Release(name.to_string(), seq));
         let gone = match self.log.get_mut(&seq) {
             Some(entry) => {
@@ -1673,6 +1784,8 @@ impl State {
         if gone {
             self.drop_message(seq, &inner.store);
         }
+        let kept = self.kept_bytes();
+        self.hold_kept(inner, kept);
         true
     }
 

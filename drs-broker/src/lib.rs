@@ -41,7 +41,7 @@
 //! acknowledged. An acknowledgement is written in a later batch: a crash
 //! just after one may deliver that message once more (at least once).
 //! Without a store everything is in memory and ends with the process.
-pub use broker::{no_handlers, Backlog, Broker, BrokerConfig, BrokerStats};
+pub use broker::{no_handlers, Backlog, Broker, BrokerConfig, BrokerStats, BUDGET_EXCEEDED};
 pub use store::{StoreError, STORE_FILE};
 
 mod broker;

@@ -1,0 +1,208 @@
+//! What one peer can make the broker hold: topics and patterns are
+//! bounded in length and depth; subscriptions, names and backlogs are held
+//! on the server's memory budget at their size; the backlog of all names
+//! together is bounded in bytes with its fan-out counted.
+
+use std::{sync::Arc, time::Duration};
+
+use drs_broker::{Backlog, Broker, BrokerConfig, BUDGET_EXCEEDED};
+use drs_core::{
+    topic::{MAX_TOPIC_DEPTH, MAX_TOPIC_LEN},
+    Client, Conn, HandlerResult, Server, ServerConfig, IDENTIFY,
+};
+use drs_protocol_json::Json;
+use drs_transport_tcp::{TcpDialer, TcpListener};
+use serde_json::{json, Value};
+
+const LIMIT: Duration = Duration::from_secs(30);
+const HOUR: Duration = Duration::from_secs(3600);
+
+async fn broker(budget: usize, config: BrokerConfig) -> (Server, Broker, String) {
+    let server = Server::with_config(ServerConfig::default().memory_budget(budget));
+    let broker = Broker::attach(&server, config).unwrap();
+    let addr = server
+        .listen(TcpListener::bind("127.0.0.1:0").await.unwrap(), Json)
+        .unwrap();
+    (server, broker, addr)
+}
+
+async fn conn(addr: &str) -> Conn {
+    Client::new()
+        .on("drs.missed", |_: Value| async { HandlerResult::Ok(()) })
+        .connect(TcpDialer::new(addr), Arc::new(Json))
+        .await
+        .unwrap()
+}
+
+fn message(result: Result<Value, drs_core::Error>) -> String {
+    match result {
+        Ok(v) => panic!("accepted: {v}"),
+        Err(e) => e
+            .remote()
+            .map(|r| r.message.clone())
+            .unwrap_or_else(|| e.to_string()),
+    }
+}
+
+/// A pattern of `n` segments, `*` in every other place.
+fn deep(n: usize, salt: usize) -> String {
+    (0..n)
+        .map(|i| {
+            if i % 2 == 1 {
+                "*".to_string()
+            } else {
+                format!("s{salt}x{i}")
+            }
+        })
+        .collect::<Vec<_>>()
+        .join(".")
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn topics_and_patterns_are_bounded_in_depth_and_length() {
+    tokio::time::timeout(LIMIT, async {
+        let (_server, broker, addr) = broker(256 << 20, BrokerConfig::default()).await;
+        let c = conn(&addr).await;
+        let too_deep = deep(MAX_TOPIC_DEPTH + 1, 0);
+        let refused = message(c.call("drs.subscribe", json!({ "topic": too_deep })).await);
+        assert!(refused.contains("more than 32 segments"), "{refused}");
+        let too_long = format!("a.{}", "b".repeat(MAX_TOPIC_LEN));
+        let refused = message(
+            c.call("drs.publish", json!({"topic": too_long, "body": 1}))
+                .await,
+        );
+        assert!(refused.contains("longer than 256 bytes"), "{refused}");
+        // At the bounds: accepted.
+        let _: Value = c
+            .call("drs.subscribe", json!({"topic": deep(MAX_TOPIC_DEPTH, 0)}))
+            .await
+            .unwrap();
+        assert_eq!(broker.stats().subscriptions, 1);
+    })
+    .await
+    .expect("within the limit");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn subscriptions_are_held_on_the_memory_budget() {
+    tokio::time::timeout(LIMIT, async {
+        let budget = 512 << 10;
+        let (server, broker, addr) = broker(budget, BrokerConfig::default()).await;
+        // A name's subscriptions: refused once the budget has no room, and
+        // released when they go.
+        let named = conn(&addr).await;
+        let _: Value = named
+            .call(IDENTIFY, json!({"name": "hoarder"}))
+            .await
+            .unwrap();
+        let mut taken = 0;
+        let refused = loop {
+            let pattern = deep(MAX_TOPIC_DEPTH, taken);
+            match named
+                .call::<Value>("drs.subscribe", json!({ "topic": pattern }))
+                .await
+            {
+                Ok(_) => taken += 1,
+                Err(e) => break e.remote().map(|r| r.message.clone()).unwrap_or_default(),
+            }
+            assert!(taken < 1024, "never refused");
+        };
+        assert_eq!(refused, BUDGET_EXCEEDED);
+        assert!(taken > 10, "only {taken} subscriptions fit");
+        let used = server.memory_budget().used();
+        assert!(used > budget * 3 / 4, "{used} of {budget} used");
+        assert_eq!(broker.stats().subscriptions, taken);
+        for i in 0..taken {
+            let _: Value = named
+                .call(
+                    "drs.unsubscribe",
+                    json!({"topic": deep(MAX_TOPIC_DEPTH, i)}),
+                )
+                .await
+                .unwrap();
+        }
+        assert!(server.memory_budget().used() < 4096);
+
+        // A connection's own subscriptions count as what it holds: past
+        // the budget it is disconnected as the largest holder.
+        let plain = conn(&addr).await;
+        let mut evicted = false;
+        for i in 0..1024 {
+            let pattern = deep(MAX_TOPIC_DEPTH, i);
+            if plain
+                .call::<Value>("drs.subscribe", json!({ "topic": pattern }))
+                .await
+                .is_err()
+            {
+                evicted = true;
+                break;
+            }
+        }
+        assert!(evicted, "never disconnected");
+        plain.closed().await;
+        while server.connection_count() > 1 {
+            tokio::task::yield_now().await;
+        }
+        assert!(server.memory_budget().used() < 4096);
+    })
+    .await
+    .expect("within the limit");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_backlog_of_all_names_counts_its_fan_out() {
+    tokio::time::timeout(LIMIT, async {
+        // Each message: 10 bytes of body, shared by 100 names.
+        let config = BrokerConfig::default()
+            .total_backlog(Backlog::new(1_000_000, 1 << 20, HOUR))
+            .max_names_per_identity(1000);
+        let (server, broker, addr) = broker(256 << 20, config).await;
+        for i in 0..100 {
+            let c = conn(&addr).await;
+            let name = format!("n{i}");
+            let _: Value = c.call(IDENTIFY, json!({ "name": name })).await.unwrap();
+            let _: Value = c
+                .call(
+                    "drs.subscribe",
+                    json!({"topic": "f.*", "retroactive": true}),
+                )
+                .await
+                .unwrap();
+            c.close();
+            c.closed().await;
+            while server.named(&name).is_some() {
+                tokio::task::yield_now().await;
+            }
+        }
+        for i in 0..1000 {
+            broker.publish("f.x", format!("{i:08}")).await.unwrap();
+        }
+        let stats = broker.stats();
+        // 1 MiB over (10 + 160 + 100 × 64) bytes a message: 159 at most;
+        // counting bodies alone would have kept all 1,000.
+        assert!(
+            stats.stored_messages <= 160 && stats.stored_messages > 100,
+            "{stats:?}"
+        );
+        assert!(server.memory_budget().used() >= stats.stored_messages * 6400);
+        // A name coming back hears what it missed.
+        let (tx, mut rx) = tokio::sync::mpsc::unbounded_channel();
+        let back = Client::new()
+            .on("drs.missed", move |body: Value| {
+                let _ = tx.send(body);
+                async { HandlerResult::Ok(()) }
+            })
+            .on("f.x", |_: Value| async { HandlerResult::Ok(()) })
+            .connect(TcpDialer::new(&addr), Arc::new(Json))
+            .await
+            .unwrap();
+        let _: Value = back.call(IDENTIFY, json!({"name": "n0"})).await.unwrap();
+        let missed = rx.recv().await.unwrap();
+        assert_eq!(
+            missed["missed"].as_u64().unwrap() as usize,
+            1000 - stats.stored_messages
+        );
+    })
+    .await
+    .expect("within the limit");
+}
