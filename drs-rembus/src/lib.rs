@@ -52,6 +52,9 @@ use drs_transport_ws::WsListener;
 use serde::Deserialize;
 
 mod protocol;
+mod scan;
+
+pub use scan::MAX_DECODED;
 
 pub use protocol::{
     status, topic_in, topic_out, Rembus, ACK, ADMIN, ALREADY_CONNECTED, DIRECT, REACTIVE, SETUP,

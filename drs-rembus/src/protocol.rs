@@ -217,6 +217,7 @@ struct Message<'a> {
 }
 
 fn decode(frame: &[u8]) -> Result<Command, DecodeError> {
+    crate::scan::decoded_size(frame, crate::scan::MAX_DECODED).map_err(|r| bad(r.0))?;
     let value: Value =
         ciborium::from_reader(frame).map_err(|e| bad(format!("invalid CBOR: {e}")))?;
     let Value::Array(mut items) = value else {

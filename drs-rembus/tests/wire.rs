@@ -373,6 +373,19 @@ fn bad_frames_are_refused_with_a_reason() {
     let mut deep = vec![0x81u8; 100_000];
     deep.push(0x00);
     assert!(Rembus.decode(Bytes::from(deep)).is_err());
+    // [1, "t", [0 × 8M]]: 8 MB whose values would take hundreds of MiB
+    // while decoded, refused before; an array its bytes cannot carry too.
+    let mut wide = vec![0x83, 0x01, 0x61, b't', 0x9a];
+    wide.extend(8_000_000u32.to_be_bytes());
+    wide.extend(std::iter::repeat_n(0u8, 8_000_000));
+    let err = Rembus.decode(Bytes::from(wide)).unwrap_err();
+    assert!(
+        err.message().contains("decodes to more than 32 MiB"),
+        "{err}"
+    );
+    let lie = Bytes::from_static(&[0x83, 0x01, 0x61, b't', 0x9b, 0, 0, 0, 1, 0, 0, 0, 0]);
+    let err = Rembus.decode(lie).unwrap_err();
+    assert!(err.message().contains("cannot carry"), "{err}");
 }
 
 #[test]
