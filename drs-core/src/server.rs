@@ -543,8 +543,14 @@ impl Server {
                             r = tokio::time::timeout(timeout, handshake) => r,
                         };
                         match (established, slot) {
+                            // Bounded by its listener, not by the server's
+                            // limit.
+                            (Ok(Ok((io, info))), slot) if info.one_request => {
+                                drop(slot);
+                                server.serve(io, info, protocol, meter, None).await
+                            }
                             (Ok(Ok((io, info))), Some(slot)) => {
-                                server.serve(io, info, protocol, meter, slot).await
+                                server.serve(io, info, protocol, meter, Some(slot)).await
                             }
                             (Ok(Ok((io, info))), None) => {
                                 server.refuse_full(io, info, &*protocol).await
@@ -581,9 +587,14 @@ impl Server {
         let slot = ConnSlot::take(&self.inner);
         self.inner.tasks.spawn(async move {
             match slot {
+                slot if info.one_request => {
+                    drop(slot);
+                    let meter = server.inner.budget.meter();
+                    server.serve(io, info, protocol, meter, None).await
+                }
                 Some(slot) => {
                     let meter = server.inner.budget.meter();
-                    server.serve(io, info, protocol, meter, slot).await
+                    server.serve(io, info, protocol, meter, Some(slot)).await
                 }
                 None => server.refuse_full(io, info, &*protocol).await,
             }
@@ -621,7 +632,7 @@ impl Server {
         info: ConnInfo,
         protocol: Arc<dyn Protocol>,
         meter: ReadMeter,
-        _slot: ConnSlot,
+        _slot: Option<ConnSlot>,
     ) {
         let inner = &self.inner;
         let router = Router::child(inner.router.clone());

@@ -106,6 +106,10 @@ pub struct ConnInfo {
     pub authorization: Option<String>,
     /// The certificate the peer presented over TLS (mutual TLS), verified.
     pub peer_certificate: Option<Arc<PeerCertificate>>,
+    /// A connection of one request (a plain request through a broker):
+    /// bounded by its listener, it does not count against the server's
+    /// connection limit, so such requests never lock out socket clients.
+    pub one_request: bool,
 }
 
 /// A verified TLS peer certificate, as connect hooks, authenticators and
@@ -153,6 +157,13 @@ impl ConnInfo {
     /// Sets the peer address.
     pub fn with_peer_addr(mut self, addr: impl Into<String>) -> Self {
         self.peer_addr = Some(addr.into());
+        self
+    }
+
+    /// Marks a connection of one request (see
+    /// [`one_request`](ConnInfo::one_request)).
+    pub fn one_request(mut self) -> Self {
+        self.one_request = true;
         self
     }
 

@@ -184,6 +184,40 @@ impl Link {
     }
 }
 
+/// The bound of a listener's one-request connections (plain requests
+/// through a broker): they have places of their own, so that however many
+/// arrive they never take the server's connection slots from socket
+/// clients.
+#[derive(Debug, Clone)]
+pub struct OneRequests(Arc<tokio::sync::Semaphore>);
+
+/// One of the places of [`OneRequests`].
+#[derive(Debug)]
+pub struct OneRequestPlace(tokio::sync::OwnedSemaphorePermit);
+
+impl OneRequests {
+    /// At most `max` at once (at least 1).
+    pub fn new(max: usize) -> Self {
+        Self(Arc::new(tokio::sync::Semaphore::new(max.max(1))))
+    }
+
+    /// A place now, if one is free.
+    pub fn try_take(&self) -> Option<OneRequestPlace> {
+        self.0.clone().try_acquire_owned().ok().map(OneRequestPlace)
+    }
+
+    /// A place, once one is free.
+    pub async fn take(&self) -> OneRequestPlace {
+        // The semaphore is never closed.
+        OneRequestPlace(self.0.clone().acquire_owned().await.expect("never closed"))
+    }
+
+    /// Places free now.
+    pub fn available(&self) -> usize {
+        self.0.available_permits()
+    }
+}
+
 /// Answers a one-request connection: with its reply frame, or `None` when
 /// it ended without one.
 pub type Reply = Box<dyn FnOnce(Option<Bytes>) -> BoxFuture<'static, io::Result<()>> + Send>;
@@ -210,6 +244,9 @@ enum Mode {
 /// A drs connection over a message bus, as [`drs_core::Transport`].
 pub struct LinkIo {
     kind: Mode,
+    /// A place among its listener's one-request connections, given back
+    /// when the connection is dropped.
+    _place: Option<tokio::sync::OwnedSemaphorePermit>,
     max_frame_len: usize,
     sending: Option<BoxFuture<'static, io::Result<()>>>,
     /// Frames written and not yet sent: they go together on the next
@@ -254,6 +291,7 @@ impl LinkIo {
                 close_sent: false,
                 on_drop,
             },
+            _place: None,
             max_frame_len,
             sending: None,
             batch: Vec::new(),
@@ -272,11 +310,19 @@ impl LinkIo {
                 waker: None,
                 reply: Some(reply),
             },
+            _place: None,
             max_frame_len,
             sending: None,
             batch: Vec::new(),
             ended: false,
         }
+    }
+
+    /// Holds `place` (one of its listener's [`OneRequests`]) for as long as
+    /// the connection lives.
+    pub fn holding(mut self, place: OneRequestPlace) -> Self {
+        self._place = Some(place.0);
+        self
     }
 
     fn poll_sending(&mut self, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
@@ -519,6 +565,28 @@ impl Drop for LinkIo {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[tokio::test]
+    async fn one_request_places_are_bounded_and_given_back() {
+        let places = OneRequests::new(2);
+        let a = places.try_take().expect("a place");
+        let _b = places.try_take().expect("a place");
+        assert!(places.try_take().is_none(), "the bound holds");
+        assert_eq!(places.available(), 0);
+        let io = LinkIo::oneshot(
+            Bytes::from_static(b"x"),
+            1024,
+            Duration::from_secs(30),
+            Box::new(|_| Box::pin(async { Ok(()) })),
+        )
+        .holding(a);
+        drop(io);
+        let _c = tokio::time::timeout(Duration::from_secs(5), places.take())
+            .await
+            .expect("given back when the connection goes");
+        assert_eq!(OneRequests::new(0).available(), 1);
+    }
+
     use futures::{SinkExt, StreamExt};
 
     /// Delivers straight into the peer's link.

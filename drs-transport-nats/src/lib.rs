@@ -63,8 +63,11 @@
 //! server; past that a connect is refused (`Drs-Control: refused busy`) and
 //! the queue group's other workers are tried by the caller's next attempt.
 //! A plain request is a connection of one frame that ends when its reply
-//! is sent, or after [`NatsConfig::oneshot_linger`] for a fire; it counts
-//! against the server's connection limit like any other.
+//! is sent, or after [`NatsConfig::oneshot_linger`] for a fire. It does
+//! not count against the server's connection limit: a worker serves at
+//! most [`NatsConfig::max_one_requests`] at once (past it a request is
+//! answered `refused busy`, a fire dropped with a log line), so plain
+//! requests never lock out socket clients.
 //!
 //! ```no_run
 //! # async fn f() -> Result<(), Box<dyn std::error::Error>> {
@@ -165,6 +168,11 @@ pub struct NatsConfig {
     /// Connections a worker holds before its server takes them. Default
     /// 1024.
     pub accept_queue: usize,
+    /// Plain requests a worker serves at once (each a connection of one
+    /// request, not counted against the server's connection limit). Past
+    /// it a request is answered `refused busy` and a fire dropped with a
+    /// log line. Default 256.
+    pub max_one_requests: usize,
 }
 
 impl Default for NatsConfig {
@@ -176,6 +184,7 @@ impl Default for NatsConfig {
             connect_timeout: Duration::from_secs(5),
             oneshot_linger: Duration::from_secs(30),
             accept_queue: 1024,
+            max_one_requests: 256,
         }
     }
 }
@@ -208,6 +217,12 @@ impl NatsConfig {
     /// Sets [`oneshot_linger`](Self::oneshot_linger).
     pub fn oneshot_linger(mut self, linger: Duration) -> Self {
         self.oneshot_linger = linger;
+        self
+    }
+
+    /// Sets [`max_one_requests`](Self::max_one_requests) (at least 1).
+    pub fn max_one_requests(mut self, n: usize) -> Self {
+        self.max_one_requests = n.max(1);
         self
     }
 
@@ -264,6 +279,7 @@ enum Accepted {
     OneShot {
         frame: Bytes,
         reply: Option<Subject>,
+        place: drs_link::OneRequestPlace,
     },
 }
 
@@ -323,6 +339,7 @@ impl NatsListener {
             conns: HashMap::new(),
             next: AtomicU64::new(1),
             accepted: accepted_tx,
+            one_requests: drs_link::OneRequests::new(config.max_one_requests),
         };
         let task = tokio::spawn(worker.run(service, links, gone_rx));
         Ok(Self {
@@ -387,8 +404,14 @@ impl Listener for NatsListener {
                 );
                 (io, info)
             }
-            Accepted::OneShot { frame, reply } => {
-                let mut info = ConnInfo::new("nats").with_local_addr(self.subject.clone());
+            Accepted::OneShot {
+                frame,
+                reply,
+                place,
+            } => {
+                let mut info = ConnInfo::new("nats")
+                    .with_local_addr(self.subject.clone())
+                    .one_request();
                 if let Some(r) = &reply {
                     info = info.with_peer_addr(r.to_string());
                 }
@@ -407,7 +430,8 @@ impl Listener for NatsListener {
                             Ok(())
                         })
                     }),
-                );
+                )
+                .holding(place);
                 (io, info)
             }
         };
@@ -428,6 +452,7 @@ struct Worker {
     conns: HashMap<u64, Link>,
     next: AtomicU64,
     accepted: mpsc::Sender<Accepted>,
+    one_requests: drs_link::OneRequests,
 }
 
 impl Worker {
@@ -485,9 +510,23 @@ impl Worker {
             h.insert(CONN_HEADER, local.as_str());
             let _ = self.nats.publish_with_headers(reply, h, Bytes::new()).await;
         } else if !msg.payload.is_empty() {
+            let Some(place) = self.one_requests.try_take() else {
+                match msg.reply {
+                    Some(reply) => {
+                        let h = control_headers("refused busy");
+                        let _ = self.nats.publish_with_headers(reply, h, Bytes::new()).await;
+                    }
+                    None => tracing::warn!(
+                        max = self.config.max_one_requests,
+                        "nats worker: too many plain requests at once; a fire dropped"
+                    ),
+                }
+                return;
+            };
             let accepted = Accepted::OneShot {
                 frame: msg.payload,
                 reply: msg.reply.clone(),
+                place,
             };
             if self.accepted.try_send(accepted).is_err() {
                 if let Some(reply) = msg.reply {

@@ -90,6 +90,11 @@ pub struct RedisConfig {
     /// Connections a worker takes before its server accepts them. Default
     /// 1024.
     pub accept_queue: usize,
+    /// Plain requests a worker serves at once (each a connection of one
+    /// request, not counted against the server's connection limit). Past
+    /// it the worker takes nothing more from the queue until one ends, so
+    /// the other workers take them. Default 256.
+    pub max_one_requests: usize,
     /// How long a reply list lives after its last reply. Default 60 s.
     pub reply_ttl: Duration,
     /// Actions that may run again when their worker died (requests
@@ -105,6 +110,7 @@ impl Default for RedisConfig {
             connect_timeout: Duration::from_secs(5),
             oneshot_linger: Duration::from_secs(30),
             accept_queue: 1024,
+            max_one_requests: 256,
             reply_ttl: Duration::from_secs(60),
             idempotent: HashSet::new(),
         }
@@ -127,6 +133,12 @@ impl RedisConfig {
     /// Sets [`connect_timeout`](Self::connect_timeout).
     pub fn connect_timeout(mut self, timeout: Duration) -> Self {
         self.connect_timeout = timeout;
+        self
+    }
+
+    /// Sets [`max_one_requests`](Self::max_one_requests) (at least 1).
+    pub fn max_one_requests(mut self, n: usize) -> Self {
+        self.max_one_requests = n.max(1);
         self
     }
 
@@ -331,6 +343,7 @@ enum Accepted {
         frame: Bytes,
         reply: String,
         entry: Vec<u8>,
+        place: drs_link::OneRequestPlace,
     },
 }
 
@@ -343,6 +356,7 @@ struct Shared {
     conns: Mutex<HashMap<u64, (Link, String)>>,
     next: AtomicU64,
     accepted: mpsc::Sender<Accepted>,
+    one_requests: drs_link::OneRequests,
 }
 
 /// Serves a drs [`Server`](drs_core::Server) as service `NAME` on Redis.
@@ -384,6 +398,7 @@ impl RedisListener {
         let worker = unique();
         let (accepted, incoming) = mpsc::channel(config.accept_queue);
         let shared = Arc::new(Shared {
+            one_requests: drs_link::OneRequests::new(config.max_one_requests),
             keys,
             worker,
             config,
@@ -448,10 +463,12 @@ impl Listener for RedisListener {
                 frame,
                 reply,
                 entry,
+                place,
             } => {
                 let info = ConnInfo::new("redis")
                     .with_peer_addr(reply.clone())
-                    .with_local_addr(queue);
+                    .with_local_addr(queue)
+                    .one_request();
                 let done = OneShotReply {
                     shared: self.shared.clone(),
                     reply,
@@ -462,7 +479,8 @@ impl Listener for RedisListener {
                     spec.max_frame_len,
                     self.shared.config.oneshot_linger,
                     Box::new(move |frame| done.send(frame)),
-                );
+                )
+                .holding(place);
                 (io, info)
             }
         };
@@ -530,7 +548,10 @@ async fn take_queue(shared: Arc<Shared>, mut popper: ConnectionManager) {
     let queue = shared.keys.queue();
     let processing = shared.keys.processing(&shared.worker);
     loop {
-        // Room for what is taken, before taking it.
+        // Room for what is taken, before taking it: a place in the
+        // accept queue, and one among the plain requests (given back at
+        // once if it is a connect).
+        let place = shared.one_requests.take().await;
         let Ok(permit) = shared.accepted.reserve().await else {
             return;
         };
@@ -613,6 +634,7 @@ async fn take_queue(shared: Arc<Shared>, mut popper: ConnectionManager) {
                     frame: Bytes::copy_from_slice(frame),
                     reply: reply.to_string(),
                     entry,
+                    place,
                 });
             }
             _ => {

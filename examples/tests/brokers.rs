@@ -148,3 +148,101 @@ fn demo_server_serves_a_redis_service() {
         .unwrap();
     });
 }
+
+/// Plain requests through NATS and Redis are connections of one request
+/// with their own bound: 40 NATS fires and 40 Redis requests of a 20 s
+/// `sleep`, against `--max-connections 4`, take none of the server's
+/// connection slots, so a TCP client is served at once (they had locked
+/// socket clients out for the 30 s a fire's connection lingers).
+#[test]
+fn plain_requests_through_brokers_never_lock_out_socket_clients() {
+    let Some(nats_server) = NatsServer::start_or_skip("plain_requests_through_brokers") else {
+        return;
+    };
+    let Some(redis_server) =
+        drs_testkit::RedisServer::start_or_skip("plain_requests_through_brokers")
+    else {
+        return;
+    };
+    let url = redis_server.url(3);
+    let server = DemoServer::start(&[
+        "--max-connections",
+        "4",
+        "--tcp",
+        "127.0.0.1:0",
+        "--nats",
+        &nats_server.url(),
+        "--redis",
+        &url,
+        "--service",
+        "lockout",
+    ]);
+    runtime().block_on(async {
+        tokio::time::timeout(Duration::from_secs(30), async {
+            let nats = async_nats::connect(nats_server.url()).await.unwrap();
+            let slow = json!({"action": "sleep", "body": {"ms": 20000}});
+            for _ in 0..40 {
+                nats.publish("drs.lockout", slow.to_string().into())
+                    .await
+                    .unwrap();
+            }
+            nats.flush().await.unwrap();
+            use drs_transport_redis::redis;
+            let mut r = redis::Client::open(url.as_str())
+                .unwrap()
+                .get_multiplexed_async_connection()
+                .await
+                .unwrap();
+            let keys = drs_transport_redis::Keys::new("lockout");
+            for i in 0..40 {
+                let entry = format!(
+                    "R{}\n{}",
+                    keys.reply_list(),
+                    json!({"action": "sleep", "body": {"ms": 20000}, "key": i.to_string()})
+                );
+                redis::cmd("RPUSH")
+                    .arg(keys.queue())
+                    .arg(entry)
+                    .query_async::<()>(&mut r)
+                    .await
+                    .unwrap();
+            }
+            // Taken by the worker: the queue empties.
+            loop {
+                let queued: i64 = redis::cmd("LLEN")
+                    .arg(keys.queue())
+                    .query_async(&mut r)
+                    .await
+                    .unwrap();
+                if queued == 0 {
+                    break;
+                }
+                tokio::task::yield_now().await;
+            }
+            // A NATS request is still served, and so are socket clients.
+            let frame = json!({"action": "add", "body": {"a": 1, "b": 2}, "key": "7"});
+            let reply = nats
+                .request("drs.lockout", frame.to_string().into())
+                .await
+                .unwrap();
+            let reply: Value = serde_json::from_slice(&reply.payload).unwrap();
+            assert_eq!(reply["body"], 3.0);
+            for _ in 0..3 {
+                let conn = drs_core::Client::new()
+                    .connect(
+                        drs_transport_tcp::TcpDialer::new(server.addr(0)),
+                        drs_protocol_json::Json,
+                    )
+                    .await
+                    .unwrap();
+                let sum: f64 = conn
+                    .call("add", json!({"a": 2, "b": 2}))
+                    .await
+                    .expect("a socket client is served");
+                assert_eq!(sum, 4.0);
+            }
+        })
+        .await
+        .unwrap();
+    });
+}
