@@ -40,6 +40,15 @@
 //!   (0, 40 for an exception or error with its text, 42 not found, 45 no
 //!   such target, 46 the exposer went away). Status 70 and 11 are never sent.
 //!
+//! - **Authentication**: a server that requires a token requires it here
+//!   too (`?token=` or an `Authorization` header on the WebSocket
+//!   request); a component without it is answered status 20
+//!   (identification error) to its Identity, RPCs and admin commands, and
+//!   what it publishes reaches nobody.
+//! - **Bounds**: a frame is walked before it is decoded; one whose values
+//!   would take more than [`MAX_DECODED`] bytes, or that declares more
+//!   elements than its bytes carry, is refused with the reason.
+//!
 //! Between Rembus and drs an argument list of one is that value, any other
 //! is an array body; an array body is the argument list. Topics use `/` in
 //! Rembus and `.` in drs (`**` is `>`).
