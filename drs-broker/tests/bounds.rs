@@ -11,8 +11,11 @@ use drs_core::{
     Client, Conn, HandlerResult, Server, ServerConfig, IDENTIFY,
 };
 use drs_protocol_json::Json;
-use drs_transport_tcp::{TcpDialer, TcpListener};
+use drs_transport_tcp::TcpDialer;
 use serde_json::{json, Value};
+
+mod common;
+use common::message;
 
 const LIMIT: Duration = Duration::from_secs(30);
 const HOUR: Duration = Duration::from_secs(3600);
@@ -20,9 +23,7 @@ const HOUR: Duration = Duration::from_secs(3600);
 async fn broker(budget: usize, config: BrokerConfig) -> (Server, Broker, String) {
     let server = Server::with_config(ServerConfig::default().memory_budget(budget));
     let broker = Broker::attach(&server, config).unwrap();
-    let addr = server
-        .listen(TcpListener::bind("127.0.0.1:0").await.unwrap(), Json)
-        .unwrap();
+    let addr = common::listen(&server).await;
     (server, broker, addr)
 }
 
@@ -32,16 +33,6 @@ async fn conn(addr: &str) -> Conn {
         .connect(TcpDialer::new(addr), Arc::new(Json))
         .await
         .unwrap()
-}
-
-fn message(result: Result<Value, drs_core::Error>) -> String {
-    match result {
-        Ok(v) => panic!("accepted: {v}"),
-        Err(e) => e
-            .remote()
-            .map(|r| r.message.clone())
-            .unwrap_or_else(|| e.to_string()),
-    }
 }
 
 /// A pattern of `n` segments, `*` in every other place.

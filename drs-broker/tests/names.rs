@@ -12,8 +12,11 @@ use drs_core::{
     NAME_TAKEN,
 };
 use drs_protocol_json::Json;
-use drs_transport_tcp::{TcpDialer, TcpListener};
+use drs_transport_tcp::TcpDialer;
 use serde_json::{json, Value};
+
+mod common;
+use common::message;
 
 const LIMIT: Duration = Duration::from_secs(30);
 
@@ -33,9 +36,7 @@ async fn server(config: BrokerConfig) -> (Server, Broker, String) {
         HandlerResult::Ok(args["a"].as_f64().unwrap_or(0.0) + args["b"].as_f64().unwrap_or(0.0))
     });
     let broker = Broker::attach(&server, config).unwrap();
-    let addr = server
-        .listen(TcpListener::bind("127.0.0.1:0").await.unwrap(), Json)
-        .unwrap();
+    let addr = common::listen(&server).await;
     (server, broker, addr)
 }
 
@@ -53,16 +54,6 @@ async fn as_(addr: &str, token: &str) -> Conn {
         .await
         .unwrap();
     conn
-}
-
-fn message(result: Result<Value, drs_core::Error>) -> String {
-    match result {
-        Ok(v) => panic!("accepted: {v}"),
-        Err(e) => e
-            .remote()
-            .map(|r| r.message.clone())
-            .unwrap_or_else(|| e.to_string()),
-    }
 }
 
 async fn identify(conn: &Conn, name: &str) -> Result<Value, drs_core::Error> {
@@ -137,9 +128,7 @@ async fn the_jail_holds_for_built_in_actions_too() {
         server.jail(Jail::parse("echo").unwrap());
         server.on("echo", |v: Value| async move { HandlerResult::Ok(v) });
         let broker = Broker::attach(&server, BrokerConfig::default()).unwrap();
-        let addr = server
-            .listen(TcpListener::bind("127.0.0.1:0").await.unwrap(), Json)
-            .unwrap();
+        let addr = common::listen(&server).await;
         let conn = raw(&addr).await;
         for (action, body) in [
             (IDENTIFY, json!({"name": "billing"})),

@@ -49,6 +49,26 @@ async fn subscriber(
     client.connect(NatsDialer::new(nats, service), Json).await
 }
 
+/// Names itself `name` on `service`, subscribes to `news.*`
+/// retroactively, and leaves; returns once the worker has let the name go.
+async fn away(server: &Server, url: &str, service: &str, name: &str) {
+    let (tx, _rx) = mpsc::unbounded_channel();
+    let first = subscriber(url, service, tx).await.unwrap();
+    let _: Value = first.call(IDENTIFY, json!({ "name": name })).await.unwrap();
+    let _: Value = first
+        .call(
+            "drs.subscribe",
+            json!({"topic": "news.*", "retroactive": true}),
+        )
+        .await
+        .unwrap();
+    first.close();
+    first.closed().await;
+    while server.named(name).is_some() {
+        tokio::task::yield_now().await;
+    }
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_publish_on_one_worker_reaches_subscribers_on_another() {
     let Some(nats_server) = NatsServer::start_jetstream_or_skip("a_publish_on_one_worker") else {
@@ -111,25 +131,7 @@ async fn a_named_component_gets_what_it_missed_across_a_nats_restart_once_in_ord
         let url = nats_server.url();
         let (server, _broker, _bridge) = worker(&url, "archive", "archive").await;
         // The component names itself, subscribes retroactively, leaves.
-        let (tx, _rx) = mpsc::unbounded_channel();
-        let first = subscriber(&url, "archive", tx).await.unwrap();
-        let _: Value = first
-            .call(IDENTIFY, json!({"name": "archiver"}))
-            .await
-            .unwrap();
-        let _: Value = first
-            .call(
-                "drs.subscribe",
-                json!({"topic": "news.*", "retroactive": true}),
-            )
-            .await
-            .unwrap();
-        first.close();
-        first.closed().await;
-        // The name is free once the worker has seen the close.
-        while server.named("archiver").is_some() {
-            tokio::task::yield_now().await;
-        }
+        away(&server, &url, "archive", "archiver").await;
         // Published while it is away; each answered once stored.
         let nats = async_nats::connect(&url).await.unwrap();
         let publisher = Client::new()
@@ -319,24 +321,7 @@ async fn a_poison_message_in_jetstream_is_terminated() {
     tokio::time::timeout(LIMIT, async {
         let url = nats_server.url();
         let (server, _broker, _bridge) = worker(&url, "poison", "poison").await;
-        let (tx, _rx) = mpsc::unbounded_channel();
-        let first = subscriber(&url, "poison", tx).await.unwrap();
-        let _: Value = first
-            .call(IDENTIFY, json!({"name": "reader"}))
-            .await
-            .unwrap();
-        let _: Value = first
-            .call(
-                "drs.subscribe",
-                json!({"topic": "news.*", "retroactive": true}),
-            )
-            .await
-            .unwrap();
-        first.close();
-        first.closed().await;
-        while server.named("reader").is_some() {
-            tokio::task::yield_now().await;
-        }
+        away(&server, &url, "poison", "reader").await;
         // A raw publisher puts a message that is not MessagePack in the
         // stream, under a MessagePack header; then a good one follows.
         let js = async_nats::jetstream::new(async_nats::connect(&url).await.unwrap());

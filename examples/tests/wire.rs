@@ -18,7 +18,11 @@ fn start() -> DemoServer {
 }
 
 fn client(server: &DemoServer) -> Peer {
-    let stream = TcpStream::connect(server.addr(0)).expect("connect");
+    connect(server.addr(0))
+}
+
+fn connect(addr: &str) -> Peer {
+    let stream = TcpStream::connect(addr).expect("connect");
     stream.set_read_timeout(Some(READ_TIMEOUT)).unwrap();
     Peer {
         reader: BufReader::new(stream.try_clone().unwrap()),
@@ -167,14 +171,6 @@ fn token_and_jail_flags() {
     ]);
     let open_addr = server.addr(0).to_string();
     let guarded_addr = server.addr(1).to_string();
-    let connect = |addr: &str| {
-        let stream = TcpStream::connect(addr).expect("connect");
-        stream.set_read_timeout(Some(READ_TIMEOUT)).unwrap();
-        Peer {
-            reader: BufReader::new(stream.try_clone().unwrap()),
-            stream,
-        }
-    };
 
     // The open listener: no token needed, but the jail holds.
     let mut open = connect(&open_addr);
@@ -219,14 +215,6 @@ fn names_are_served_behind_the_token_and_the_jail() {
         "--tcp",
         "127.0.0.1:0",
     ]);
-    let connect = |addr: &str| {
-        let stream = TcpStream::connect(addr).expect("connect");
-        stream.set_read_timeout(Some(READ_TIMEOUT)).unwrap();
-        Peer {
-            reader: BufReader::new(stream.try_clone().unwrap()),
-            stream,
-        }
-    };
     let auth = r#"{"key":"a","action":"drs.auth","body":{"token":"T"}}"#;
     // A holder names itself billing, subscribes retroactively, leaves.
     let mut owner = connect(server.addr(0));
