@@ -1,6 +1,6 @@
-// drs-client: talk to drs services from JavaScript, in browsers and Node ≥ 18.
+// drsrpc: talk to drs services from JavaScript, in browsers and Node ≥ 18.
 //
-//   import { connect } from "drs-client";
+//   import { connect } from "drsrpc";
 //   const c = await connect("ws://127.0.0.1:12001/socket");
 //   console.log(await c.call("add", { a: 1, b: 2 }));   // 3
 //
@@ -16,7 +16,7 @@
 // again; calls made in between wait for the connection within their own
 // timeout (5 s by default).
 
-/** Everything drs-client rejects with. */
+/** Everything drsrpc rejects with. */
 export class DrsError extends Error {
   constructor(message) {
     super(message);

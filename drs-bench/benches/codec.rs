@@ -1,7 +1,7 @@
 //! Encode and decode of one command per protocol, 64 B and 16 KiB bodies.
 //!
 //! ```text
-//! cargo bench -p drs-bench --bench codec
+//! cargo bench -p drsrpc-bench --bench codec
 //! ```
 
 #![allow(missing_docs)]

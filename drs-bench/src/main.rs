@@ -1,8 +1,8 @@
 //! drs side by side with tarpc, jsonrpsee and the raw-socket floor.
 //!
 //! ```text
-//! cargo run --release -p drs-bench            # every scenario, a few minutes; table + target/drs-bench.json
-//! cargo run -p drs-bench -- --smoke           # a fraction of a second per scenario (CI)
+//! cargo run --release -p drsrpc-bench            # every scenario, a few minutes; table + target/drs-bench.json
+//! cargo run -p drsrpc-bench -- --smoke           # a fraction of a second per scenario (CI)
 //! ```
 //!
 //! Options: `--duration SECS` (default 3), `--warmup SECS` (default 0.5),

@@ -731,7 +731,7 @@ fn help_texts_match_their_snapshots() {
     }
     assert!(
         stale.is_empty(),
-        "help changed: {stale:?} (DRS_UPDATE_HELP=1 cargo test -p drs-cli --test cli help rewrites them; review the diff)"
+        "help changed: {stale:?} (DRS_UPDATE_HELP=1 cargo test -p drsrpc-cli --test cli help rewrites them; review the diff)"
     );
 }
 

@@ -3,7 +3,7 @@
 //! Ignored by default; run it with
 //!
 //! ```text
-//! cargo test --release -p drs-session --test soak -- --ignored --nocapture
+//! cargo test --release -p drsrpc-session --test soak -- --ignored --nocapture
 //! ```
 //!
 //! `DRS_SOAK_SECS` (default 120) and `DRS_SOAK_SESSIONS` (default 2000)

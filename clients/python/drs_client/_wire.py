@@ -70,7 +70,7 @@ class Codec:
                 import msgpack
             except ImportError as e:  # pragma: no cover - depends on the machine
                 raise ImportError(
-                    "?protocol=msgpack needs the msgpack package: pip install drs-client[msgpack]"
+                    "?protocol=msgpack needs the msgpack package: pip install drsrpc[msgpack]"
                 ) from e
             self._msgpack = msgpack
 

@@ -135,14 +135,25 @@ impl Drop for DemoServer {
 pub fn python_has(modules: &[&str]) -> bool {
     let mut probe = Command::new("python3");
     probe.args(["-c", &format!("import {}", modules.join(", "))]);
+    let packages: Vec<&str> = modules.iter().map(|m| pip_package(m)).collect();
     ready(
         probe,
         &format!(
             "python3 with {} (pip install {})",
             modules.join(", "),
-            modules.join(" ")
+            packages.join(" ")
         ),
     )
+}
+
+/// The package on PyPI that gives Python module `module` (most have its
+/// name; these do not).
+pub fn pip_package(module: &str) -> &str {
+    match module {
+        "umsgpack" => "u-msgpack-python",
+        "drs_client" => "drsrpc",
+        other => other,
+    }
 }
 
 /// Whether `probe` runs and succeeds (quietly); if not, the running test
