@@ -140,7 +140,7 @@ class Stream:
             kind, value = await asyncio.wait_for(self._items.get(), self.timeout)
         except asyncio.TimeoutError:
             await self.cancel()
-            raise Timeout("no item within %ss" % self.timeout) from None
+            raise Timeout("no item within %s" % _seconds(self.timeout)) from None
         if kind == "item":
             self._read += 1
             # More credit once half the window is read.
@@ -261,7 +261,7 @@ class Client:
         try:
             link = await asyncio.wait_for(self._open(), self.timeout)
         except asyncio.TimeoutError:
-            raise ConnectError("cannot connect to %s within %ss" % (self.url.url, self.timeout)) from None
+            raise ConnectError("cannot connect to %s within %s" % (self.url.url, _seconds(self.timeout))) from None
         self._up(link)
         self._supervisor = asyncio.ensure_future(self._supervise())
 
@@ -307,7 +307,7 @@ class Client:
             try:
                 await asyncio.wait_for(self._connected.wait(), timeout)
             except asyncio.TimeoutError:
-                raise Timeout("no connection within %ss" % timeout) from None
+                raise Timeout("no connection within %s" % _seconds(timeout)) from None
         return self._link
 
     # -- reading -----------------------------------------------------------
@@ -455,7 +455,7 @@ class Client:
             await link.send(command)
             return await asyncio.wait_for(asyncio.shield(fut), timeout)
         except asyncio.TimeoutError:
-            raise Timeout("%s: no reply within %ss" % (action, timeout)) from None
+            raise Timeout("%s: no reply within %s" % (action, _seconds(timeout))) from None
         except asyncio.CancelledError:
             if not fut.done() and not link.closed.is_set():
                 try:
@@ -583,6 +583,12 @@ class Client:
 
     async def __aexit__(self, *exc):
         await self.close()
+
+
+def _seconds(t):
+    """`t` seconds as people write them: 0.3s, 5s, 12.25s (to the ms)."""
+    text = ("%.3f" % t).rstrip("0").rstrip(".")
+    return (text or "0") + "s"
 
 
 def _delay_ms(delay):

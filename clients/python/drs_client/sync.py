@@ -13,6 +13,7 @@ thread pool, so they may block.
 import asyncio
 import concurrent.futures
 import threading
+import weakref
 
 from . import aio
 
@@ -26,6 +27,9 @@ class _Loop:
         self.thread.start()
 
     def run(self, coro):
+        if self.loop.is_closed() or not self.thread.is_alive():
+            coro.close()
+            raise aio.Closed("the client is closed")
         future = asyncio.run_coroutine_threadsafe(coro, self.loop)
         try:
             return future.result()
@@ -83,6 +87,10 @@ class Client:
 
     def __init__(self, loop, client):
         self._loop, self._client = loop, client
+        # Closed when this handle is dropped, or at interpreter exit,
+        # whichever comes first: a client never closed leaves no task
+        # behind to be destroyed pending.
+        self._finalizer = weakref.finalize(self, _shutdown, loop, client)
 
     @property
     def url(self):
@@ -127,16 +135,29 @@ class Client:
         self._loop.run(self._client.expose(action, handler, timeout=timeout))
 
     def close(self):
-        try:
-            self._loop.run(self._client.close())
-        finally:
-            self._loop.stop()
+        """Closes the connection; later calls raise Closed."""
+        self._finalizer()
 
     def __enter__(self):
         return self
 
     def __exit__(self, *exc):
         self.close()
+
+
+def _shutdown(loop, client):
+    """Closes `client` and stops its loop (once)."""
+    if threading.current_thread() is loop.thread:
+        # From the loop's own thread (a handler dropping the last handle):
+        # close in the background.
+        loop.loop.create_task(client.close())
+        return
+    try:
+        loop.run(client.close())
+    except aio.Closed:
+        pass
+    finally:
+        loop.stop()
 
 
 def connect(url, **options):

@@ -4,6 +4,8 @@ is bounded."""
 
 import asyncio
 import os
+import subprocess
+import sys
 import socket
 import tempfile
 import threading
@@ -373,3 +375,61 @@ def test_a_delayed_call_runs_later_and_a_cancelled_one_never(demo):
             assert heard == ["soon"], heard
 
     asyncio.run(asyncio.wait_for(main(), 30))
+
+
+def test_timeouts_read_as_people_write_them(demo):
+    d = demo("--tcp", "127.0.0.1:0")
+    with drs.connect("tcp://" + d.addr("tcp")) as c:
+        with pytest.raises(drs.Timeout) as e:
+            c.call("sleep", {"ms": 2000}, timeout=0.3)
+    assert str(e.value) == "sleep: no reply within 0.3s"
+    assert aio._seconds(5) == "5s" and aio._seconds(12.25) == "12.25s"
+    assert aio._seconds(0.2999976670000706) == "0.3s" and aio._seconds(0) == "0s"
+
+
+def test_calls_after_close_raise_closed(demo):
+    d = demo("--tcp", "127.0.0.1:0")
+    c = drs.connect("tcp://" + d.addr("tcp"))
+    assert c.call("add", {"a": 1, "b": 2}) == 3
+    c.close()
+    c.close()  # twice is fine
+    for attempt in (
+        lambda: c.call("add", {"a": 1, "b": 2}),
+        lambda: c.fire("echo", 1),
+        lambda: c.ping(),
+        lambda: list(c.stream("count", {"n": 2})),
+    ):
+        with pytest.raises(drs.Closed):
+            attempt()
+
+    async def main():
+        a = await aio.connect("tcp://" + d.addr("tcp"))
+        await a.close()
+        with pytest.raises(drs.Closed):
+            await a.call("add", {"a": 1, "b": 2})
+
+    asyncio.run(main())
+
+
+def test_exits_are_quiet_with_or_without_close(demo):
+    d = demo("--tcp", "127.0.0.1:0")
+    url = "tcp://" + d.addr("tcp")
+    programs = [
+        # The README's one-liner: the client is never closed.
+        "import drs_client; print(drs_client.connect(%r).call('add', {'a': 1, 'b': 2}))" % url,
+        # Kept in a variable until the interpreter exits.
+        "import drs_client; c = drs_client.connect(%r); print(c.call('add', {'a': 1, 'b': 2}))" % url,
+        # Closed explicitly.
+        "import drs_client\nwith drs_client.connect(%r) as c: print(c.call('add', {'a': 1, 'b': 2}))" % url,
+    ]
+    for program in programs:
+        done = subprocess.run(
+            [sys.executable, "-c", program],
+            capture_output=True,
+            text=True,
+            timeout=30,
+            env={**os.environ, "PYTHONPATH": os.path.dirname(os.path.dirname(os.path.abspath(drs.__file__)))},
+        )
+        assert done.returncode == 0, done.stderr
+        assert done.stdout.strip() == "3"
+        assert done.stderr == "", program + "\n" + done.stderr
