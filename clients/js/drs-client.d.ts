@@ -32,7 +32,9 @@ export const MAX_FRAME: number;
 export type Body = null | boolean | number | string | Uint8Array | Body[] | { [key: string]: Body };
 
 /** Serves a command from the server: gets its body, returns the reply. */
-export type Handler = (body: any) => unknown | Promise<unknown>;
+export type Handler = (body: any, action: string) => unknown | Promise<unknown>;
+/** A subscription's handler: the body, and the topic it was published on. */
+export type SubscriptionHandler = (body: any, topic: string) => unknown | Promise<unknown>;
 
 export interface ConnectOptions {
   /** Sent as drs.auth {"token": …} on every connection. */
@@ -100,7 +102,7 @@ export class Client {
   stream<T = any>(action: string, body?: unknown, options?: StreamOptions): Stream<T>;
   ping(options?: CallOptions): Promise<number>;
   on(action: string, handler: Handler): this;
-  subscribe(pattern: string, handler: Handler, options?: { retroactive?: boolean; timeout?: number }): Promise<void>;
+  subscribe(pattern: string, handler: SubscriptionHandler, options?: { retroactive?: boolean; timeout?: number }): Promise<void>;
   unsubscribe(pattern: string, options?: { timeout?: number }): Promise<void>;
   publish(topic: string, body?: unknown, options?: { confirm?: false; timeout?: number }): Promise<undefined>;
   publish(topic: string, body: unknown, options: { confirm: true; timeout?: number }): Promise<number>;

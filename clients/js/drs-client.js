@@ -633,7 +633,10 @@ export class Client {
     else if (!handler) reply = { action: "drs.error", body: { message: `No handlers for ${action}` } };
     else {
       try {
-        const value = await handler(body === undefined ? null : body);
+        // The body, then the action: for a subscription, the topic the
+        // message was published on (handlers written for the body alone
+        // ignore it).
+        const value = await handler(body === undefined ? null : body, action);
         reply = { action: "drs.response", body: value === undefined ? null : value };
       } catch (e) {
         reply = e instanceof RemoteError
@@ -702,7 +705,8 @@ export class Client {
    * drs.error, anything else is drs.exception. */
   on(action, handler) { this.handlers.set(action, handler); return this; }
 
-  /** Subscribes to `pattern`; `handler` gets each published body. Kept
+  /** Subscribes to `pattern`; `handler` gets each published body and the
+   * topic it was published on (`(body, topic) => …`). Kept
    * across reconnects; retroactive (with a name): what is published while
    * away is delivered on return, acknowledged by the handler's return. */
   async subscribe(pattern, handler, { retroactive = false, timeout } = {}) {

@@ -176,6 +176,19 @@ describe("against demo_server", { skip }, () => {
     }
   });
 
+  test("a subscriber can tell which topic arrived", async () => {
+    const tcp = `tcp://${all.addr("tcp")}`;
+    const got = [];
+    const sub = await connect(tcp), pub = await connect(tcp);
+    await sub.subscribe("sensors.>", (body, topic) => { got.push([topic, body]); });
+    assert.equal(await pub.publish("sensors.t1.raw", 21.5, { confirm: true }), 1);
+    assert.equal(await pub.publish("sensors.t2", 19, { confirm: true }), 1);
+    await waitFor(() => got.length === 2, "two deliveries");
+    assert.deepEqual(got.sort(), [["sensors.t1.raw", 21.5], ["sensors.t2", 19]]);
+    sub.close();
+    pub.close();
+  });
+
   test("publish, subscribe and retroactive delivery", async () => {
     const tcp = `tcp://${all.addr("tcp")}`, ws = `ws://${all.addr("ws")}/socket`;
     const got = [];

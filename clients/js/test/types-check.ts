@@ -14,6 +14,7 @@ export async function uses(url: string): Promise<number> {
   }
   c.on("x", (body) => body).on("y", async () => 1);
   await c.subscribe("a.*", () => {}, { retroactive: true });
+  await c.subscribe("b.>", (body: unknown, topic: string) => { topic.startsWith("b."); });
   const resumed: boolean = await c.identify("me");
   try {
     await c.call("fail");

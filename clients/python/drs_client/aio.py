@@ -390,6 +390,12 @@ class Client:
                 await asyncio.sleep(0.01)
 
     def _handler_for(self, action):
+        return self._handler_and_args(action, None)[0]
+
+    def _handler_and_args(self, action, body):
+        """The handler of `action` and what it is called with: the body,
+        and for a subscription's handler that takes a second parameter,
+        the topic the message arrived on."""
         best = None
         for pattern, (handler, _) in self._subscriptions.items():
             if topic_matches(pattern, action):
@@ -397,11 +403,12 @@ class Client:
                 if best is None or literal > best[0]:
                     best = (literal, handler)
         if best is not None:
-            return best[1]
-        return self._handlers.get(action)
+            handler = best[1]
+            return handler, ((body, action) if _takes_topic(handler) else (body,))
+        return self._handlers.get(action), (body,)
 
     async def _serve(self, link, action, key, body):
-        handler = self._handler_for(action)
+        handler, args = self._handler_and_args(action, body)
         if action == "drs.ping":
             reply = {"key": key, "action": "drs.response", "body": int(time.time() * 1000)}
         elif handler is None:
@@ -409,10 +416,10 @@ class Client:
         else:
             try:
                 if inspect.iscoroutinefunction(handler):
-                    value = await handler(body)
+                    value = await handler(*args)
                 else:
                     loop = asyncio.get_running_loop()
-                    value = await loop.run_in_executor(self._worker, handler, body)
+                    value = await loop.run_in_executor(self._worker, handler, *args)
                     if inspect.isawaitable(value):
                         value = await value
                 reply = {"key": key, "action": "drs.response", "body": value}
@@ -514,7 +521,8 @@ class Client:
 
     async def subscribe(self, pattern, handler, *, retroactive=False, timeout=None):
         """Subscribes to `pattern` (`*` one segment, `>` the rest); `handler`
-        gets each published body. Retroactive (with a name): what is
+        gets each published body, and the topic it was published on if it
+        takes a second parameter: `lambda body, topic: …`. Retroactive (with a name): what is
         published while away is delivered on return, each acknowledged by
         the handler's return. Kept across reconnects."""
         self._subscriptions[pattern] = (handler, retroactive)
@@ -583,6 +591,21 @@ class Client:
 
     async def __aexit__(self, *exc):
         await self.close()
+
+
+def _takes_topic(handler):
+    """Whether a subscription handler takes the topic too: a second
+    positional parameter (not merely *args, so `print` and body-only
+    handlers get the body alone)."""
+    try:
+        params = inspect.signature(handler).parameters.values()
+    except (TypeError, ValueError):
+        return False
+    positional = [
+        p for p in params
+        if p.kind in (p.POSITIONAL_ONLY, p.POSITIONAL_OR_KEYWORD)
+    ]
+    return len(positional) >= 2
 
 
 def _seconds(t):

@@ -433,3 +433,27 @@ def test_exits_are_quiet_with_or_without_close(demo):
         assert done.returncode == 0, done.stderr
         assert done.stdout.strip() == "3"
         assert done.stderr == "", program + "\n" + done.stderr
+
+
+def test_a_subscriber_can_tell_which_topic_arrived(demo):
+    d = demo("--tcp", "127.0.0.1:0")
+    tcp = "tcp://" + d.addr("tcp")
+    with_topic, body_only = [], []
+
+    async def async_with_topic(body, topic):
+        with_topic.append(("async", topic, body))
+
+    with drs.connect(tcp) as sub, drs.connect(tcp) as pub:
+        sub.subscribe("sensors.>", lambda body, topic: with_topic.append((topic, body)))
+        sub.subscribe("alarms.*", async_with_topic)
+        sub.subscribe("logs.*", lambda body: body_only.append(body))
+        sub.subscribe("misc.*", print)  # *args: the body alone
+        assert pub.publish("sensors.t1.raw", 21.5, confirm=True) == 1
+        assert pub.publish("sensors.t2", 19, confirm=True) == 1
+        assert pub.publish("alarms.fire", "hall", confirm=True) == 1
+        assert pub.publish("logs.app", "started", confirm=True) == 1
+        wait_for(lambda: len(with_topic) == 3 and len(body_only) == 1, "four deliveries")
+    assert sorted(with_topic, key=str) == sorted(
+        [("sensors.t1.raw", 21.5), ("sensors.t2", 19), ("async", "alarms.fire", "hall")], key=str
+    )
+    assert body_only == ["started"]
