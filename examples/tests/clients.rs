@@ -127,3 +127,85 @@ fn js_client_package() {
         "nothing may skip here: {stdout}"
     );
 }
+
+/// The code blocks of a README in `lang`, as written.
+fn code_blocks(readme: &Path, lang: &str) -> Vec<String> {
+    let text = std::fs::read_to_string(readme).expect("the README");
+    let fence = format!("```{lang}\n");
+    text.split(&fence)
+        .skip(1)
+        .map(|rest| rest.split("```").next().unwrap_or_default().to_string())
+        .collect()
+}
+
+/// The demo server the READMEs name (`--tcp 127.0.0.1:12000 --ws
+/// 127.0.0.1:12001`), on free ports: (server, how to rewrite a block).
+fn readme_server() -> (common::DemoServer, impl Fn(&str) -> String) {
+    let server = common::DemoServer::start(&["--tcp", "127.0.0.1:0", "--ws", "127.0.0.1:0"]);
+    let (tcp, ws) = (server.addr(0).to_string(), server.addr(1).to_string());
+    let rewrite = move |block: &str| {
+        block
+            .replace("127.0.0.1:12000", &tcp)
+            .replace("127.0.0.1:12001", &ws)
+    };
+    (server, rewrite)
+}
+
+/// Every Python example of clients/python/README.md runs as written
+/// against the demo server the README names, and exits quietly.
+#[test]
+fn the_python_readme_examples_run() {
+    if !python_has(&["websockets"]) {
+        return;
+    }
+    let dir = clients_dir("python");
+    let blocks = code_blocks(&dir.join("README.md"), "python");
+    assert!(blocks.len() >= 2, "the README's examples");
+    let (_server, rewrite) = readme_server();
+    for block in blocks {
+        let out = Command::new("python3")
+            .args(["-c", &rewrite(&block)])
+            .env("PYTHONPATH", &dir)
+            .stdin(Stdio::null())
+            .output()
+            .expect("python3 runs");
+        let stderr = String::from_utf8_lossy(&out.stderr);
+        assert!(
+            out.status.success() && stderr.is_empty(),
+            "{block}\nfailed or was not quiet:\n{}\n{stderr}",
+            String::from_utf8_lossy(&out.stdout)
+        );
+    }
+}
+
+/// Every JavaScript example of clients/js/README.md runs as written in
+/// Node (importing the package by its name) against the demo server the
+/// README names.
+#[test]
+fn the_js_readme_examples_run() {
+    let dir = clients_dir("js");
+    if !node_ready(&dir) {
+        return;
+    }
+    let blocks = code_blocks(&dir.join("README.md"), "js");
+    assert!(!blocks.is_empty(), "the README's examples");
+    let (_server, rewrite) = readme_server();
+    for (i, block) in blocks.iter().enumerate() {
+        // Inside the package, so that `import … from "drsrpc"` finds it.
+        let file = dir.join(format!(".readme-example-{}-{i}.mjs", std::process::id()));
+        std::fs::write(&file, rewrite(block)).expect("written");
+        let out = Command::new("node")
+            .arg(&file)
+            .current_dir(&dir)
+            .stdin(Stdio::null())
+            .output()
+            .expect("node runs");
+        let _ = std::fs::remove_file(&file);
+        let stderr = String::from_utf8_lossy(&out.stderr);
+        assert!(
+            out.status.success() && stderr.is_empty(),
+            "{block}\nfailed or was not quiet:\n{}\n{stderr}",
+            String::from_utf8_lossy(&out.stdout)
+        );
+    }
+}
