@@ -28,9 +28,9 @@ Examples:
   drs serve --demo --listen tcp://127.0.0.1:12000 --listen ws://127.0.0.1:12001
   drs bench tcp://127.0.0.1:12000 --calls 100000 --concurrency 64
 
-URLs: tcp://HOST:PORT, ws://HOST:PORT/PATH, wss://…, tls://HOST:PORT (?ca=FILE),
-ipc:///PATH, nats://HOST:PORT/SERVICE, redis://HOST:PORT/DB/SERVICE;
-?protocol=msgpack for MessagePack.
+URLs: tcp://HOST:PORT (or just HOST:PORT), ws://HOST:PORT/PATH, wss://…,
+tls://HOST:PORT (?ca=FILE), ipc:///PATH, nats://HOST:PORT/SERVICE,
+redis://HOST:PORT/DB/SERVICE; ?protocol=msgpack for MessagePack.
 
 A BODY is JSON: an argument, @FILE, or - for stdin (with no BODY, stdin
 is read when it is not a terminal).
@@ -40,7 +40,7 @@ Exit codes: 0 response, 1 drs.error, 2 drs.exception, 3 timeout,
 
 /// Talk to drs services from a shell, run one, measure one.
 #[derive(Debug, Parser)]
-#[command(name = "drs", version, after_help = EXAMPLES, disable_help_subcommand = true)]
+#[command(name = "drs", version, after_help = EXAMPLES)]
 struct Cli {
     #[command(subcommand)]
     command: Command,
@@ -49,7 +49,7 @@ struct Cli {
 /// What every subcommand that talks to a server takes.
 #[derive(Debug, Clone, Args)]
 struct Conn {
-    /// The server: tcp://HOST:PORT, ws://HOST:PORT/PATH, ipc:///PATH, … (?protocol=msgpack)
+    /// The server: HOST:PORT or tcp://HOST:PORT, ws://HOST:PORT/PATH, ipc:///PATH, … (?protocol=msgpack)
     url: String,
     /// Seconds to wait for the connection and for each reply (fractions allowed)
     #[arg(long, short = 't', value_name = "SECONDS", default_value = "5", value_parser = seconds)]

@@ -155,6 +155,15 @@ fn call_prints_only_the_body_and_exits_by_outcome() {
         "{}",
         stderr(&o)
     );
+    // A bare HOST:PORT is tcp://HOST:PORT.
+    let bare = s.url().trim_start_matches("tcp://");
+    let o = drs(&["call", bare, "add", r#"{"a": 2, "b": 2}"#], None);
+    assert_eq!(
+        (code(&o), stdout(&o).as_str()),
+        (0, "4\n"),
+        "{}",
+        stderr(&o)
+    );
 
     let o = drs(
         &["call", s.url(), "echo", r#"{"x": [1, 2]}"#, "--raw"],
@@ -225,7 +234,7 @@ fn connection_failures_exit_4_and_usage_errors_64() {
             vec!["call", s.url(), "echo", "@/nonexistent/x.json"],
             "/nonexistent/x.json",
         ),
-        (vec!["call", "127.0.0.1:1", "echo", "1"], "not a drs URL"),
+        (vec!["call", "localhost", "echo", "1"], "not a drs URL"),
         (
             vec!["call", "tcp://h:1?protocol=xml", "echo"],
             "unknown protocol",
@@ -733,6 +742,20 @@ fn help_texts_match_their_snapshots() {
         stale.is_empty(),
         "help changed: {stale:?} (DRS_UPDATE_HELP=1 cargo test -p drsrpc-cli --test cli help rewrites them; review the diff)"
     );
+    // `drs help [COMMAND]` says the same as `--help`.
+    for sub in ["", "call", "serve"] {
+        let help: Vec<&str> = ["help", sub]
+            .into_iter()
+            .filter(|a| !a.is_empty())
+            .collect();
+        let flag: Vec<&str> = [sub, "--help"]
+            .into_iter()
+            .filter(|a| !a.is_empty())
+            .collect();
+        let (a, b) = (drs(&help, None), drs(&flag, None));
+        assert_eq!(code(&a), 0, "{help:?}: {}", stderr(&a));
+        assert_eq!(stdout(&a), stdout(&b), "{help:?}");
+    }
 }
 
 #[test]
@@ -784,4 +807,25 @@ fn serve_joins_the_workers_of_a_service_through_nats() {
     assert!(status.success());
     let o = wait(&mut listener);
     assert_eq!(stdout(&o), "{\"action\":\"news\",\"body\":\"hello\"}\n");
+}
+
+/// Release binaries carry line tables, not full debug info (the `drs`
+/// binary was 114 MB with it): profiles and backtraces still name files
+/// and lines.
+#[test]
+fn release_builds_keep_line_tables_only() {
+    let workspace = std::fs::read_to_string(concat!(env!("CARGO_MANIFEST_DIR"), "/../Cargo.toml"))
+        .expect("the workspace manifest");
+    let release = workspace
+        .split("[profile.release]")
+        .nth(1)
+        .expect("a release profile");
+    let debug = release
+        .lines()
+        .find(|l| l.trim_start().starts_with("debug"))
+        .expect("a debug setting");
+    assert_eq!(
+        debug.split('=').nth(1).map(str::trim),
+        Some("\"line-tables-only\"")
+    );
 }

@@ -27,14 +27,33 @@ fn needs(what: &str, feature: &str) -> Error {
     ))
 }
 
+/// Whether `text` (up to any `?`) is `HOST:PORT`: a host without `/`,
+/// and a port of digits.
+fn is_host_port(text: &str) -> bool {
+    let address = text.split('?').next().unwrap_or(text);
+    match address.rsplit_once(':') {
+        Some((host, port)) => {
+            !host.is_empty()
+                && !host.contains('/')
+                && !port.is_empty()
+                && port.bytes().all(|b| b.is_ascii_digit())
+        }
+        None => false,
+    }
+}
+
 impl Url {
-    /// Parses `url`.
+    /// Parses `url`; a bare `HOST:PORT` means `tcp://HOST:PORT`.
     pub fn parse(url: &str) -> Result<Self, Error> {
-        let (scheme, rest) = url.split_once("://").ok_or_else(|| {
-            invalid(format!(
-                "`{url}` is not a drs URL: SCHEME://… with a scheme among tcp, ws, wss, tls, ipc, nats, redis"
-            ))
-        })?;
+        let (scheme, rest) = match url.split_once("://") {
+            Some(parts) => parts,
+            None if is_host_port(url) => ("tcp", url),
+            None => {
+                return Err(invalid(format!(
+                    "`{url}` is not a drs URL: SCHEME://… with a scheme among tcp, ws, wss, tls, ipc, nats, redis, or HOST:PORT for tcp"
+                )))
+            }
+        };
         let (target, query) = rest.split_once('?').unwrap_or((rest, ""));
         if target.is_empty() {
             return Err(invalid(format!("`{url}` names no address")));
@@ -312,6 +331,15 @@ mod tests {
         assert_eq!(url.param("protocol"), Some("msgpack"));
         assert_eq!(url.param("token"), Some("a"));
         assert_eq!(url.rest_of_query(), "?token=a");
+        // A bare HOST:PORT is TCP.
+        for (bare, target) in [
+            ("127.0.0.1:12000", "127.0.0.1:12000"),
+            ("localhost:9?protocol=msgpack", "localhost:9"),
+            ("[::1]:80", "[::1]:80"),
+        ] {
+            let url = Url::parse(bare).unwrap();
+            assert_eq!((url.scheme.as_str(), url.target.as_str()), ("tcp", target));
+        }
         let url = Url::parse("ipc:///tmp/x.sock").unwrap();
         assert_eq!(
             (url.scheme.as_str(), url.target.as_str()),
@@ -327,11 +355,9 @@ mod tests {
                 .unwrap_err()
                 .to_string()
         };
-        assert!(
-            msg("127.0.0.1:12000").contains("not a drs URL"),
-            "{}",
-            msg("127.0.0.1:12000")
-        );
+        assert!(msg("localhost").contains("not a drs URL"));
+        assert!(msg("host:port").contains("not a drs URL"));
+        assert!(msg("/tmp/x:1").contains("not a drs URL"));
         assert!(msg("tcp://").contains("names no address"));
         assert!(msg("tcp://h:1?protocol=xml").contains("unknown protocol `xml`"));
     }

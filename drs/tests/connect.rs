@@ -67,11 +67,27 @@ async fn nats_and_redis_services_by_url() {
     .unwrap();
 }
 
+/// A bare HOST:PORT is TCP, to connect and to listen.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_bare_host_and_port_is_tcp() {
+    tokio::time::timeout(LIMIT, async {
+        let server = server();
+        let at = drs::listen(&server, "127.0.0.1:0").await.unwrap();
+        assert!(at.starts_with("tcp://"), "{at}");
+        let bare = at.trim_start_matches("tcp://");
+        let conn = drs::connect(bare).await.unwrap();
+        let sum: i64 = conn.call("add", (40, 2)).await.unwrap();
+        assert_eq!((sum, conn.info().transport), (42, "tcp"));
+    })
+    .await
+    .unwrap();
+}
+
 #[tokio::test]
 async fn bad_urls_are_clear_errors() {
     let server = server();
     let cases = [
-        ("127.0.0.1:12000", "not a drs URL"),
+        ("localhost", "not a drs URL"),
         ("gopher://x:1", "unknown scheme `gopher`"),
         ("tcp://127.0.0.1:1?protocol=xml", "unknown protocol `xml`"),
         (
