@@ -165,11 +165,25 @@ pub(crate) async fn publish(
     }
 }
 
+/// Where `drs stream` puts the handler's final value.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
+pub(crate) enum Final {
+    /// A last line, like an item.
+    Line,
+    /// A last line `{"final": VALUE}`.
+    Json,
+    /// A line on stderr.
+    Stderr,
+    /// Not printed.
+    None,
+}
+
 pub(crate) async fn stream(
     args: &Conn,
     action: &str,
     body: Option<String>,
     window: u32,
+    final_value: Final,
 ) -> Result<(), Failure> {
     let body = body::read(body.as_deref())?;
     let conn = connect(args, Client::new()).await?;
@@ -199,7 +213,13 @@ pub(crate) async fn stream(
         }
     }
     if let Some(last) = items.final_body().filter(|b| !b.is_absent()) {
-        line(&serde_json::to_string(&json(last)).unwrap_or_default())?;
+        let value = json(last);
+        match final_value {
+            Final::Line => line(&serde_json::to_string(&value).unwrap_or_default())?,
+            Final::Json => line(&serde_json::json!({ "final": value }).to_string())?,
+            Final::Stderr => eprintln!("{value}"),
+            Final::None => {}
+        }
     }
     finish(conn).await;
     Ok(())

@@ -116,7 +116,9 @@ Examples:
   drs stream tcp://127.0.0.1:12000 logs.tail '{\"service\": \"api\"}' --window 1
 
 Prints each item on a line of its own as it arrives, then the handler's
-final value on a last line if it returned one. --timeout bounds the wait
+final value if it returned one: on a terminal as a last line; into a pipe
+as a line {\"final\": VALUE}, so that it is not read as one more item
+(--final chooses: line, json, stderr or none). --timeout bounds the wait
 for each item. Ctrl-C cancels the call (drs.cancel stops the handler) and
 exits 130.")]
     Stream {
@@ -129,6 +131,9 @@ exits 130.")]
         /// Items the server may send ahead of the ones printed (credit)
         #[arg(long, default_value = "64", value_parser = clap::value_parser!(u32).range(1..))]
         window: u32,
+        /// Where the final value goes [default: line on a terminal, json into a pipe]
+        #[arg(long = "final", value_enum, value_name = "WHERE")]
+        final_value: Option<commands::Final>,
     },
     /// Print what the server sends: broadcasts and topic deliveries, one JSON command per line
     #[command(after_help = "\
@@ -288,7 +293,16 @@ async fn run(command: Command) -> Result<(), Failure> {
             action,
             body,
             window,
-        } => commands::stream(&conn, &action, body, window).await,
+            final_value,
+        } => {
+            use std::io::IsTerminal;
+            let final_value = final_value.unwrap_or(if std::io::stdout().is_terminal() {
+                commands::Final::Line
+            } else {
+                commands::Final::Json
+            });
+            commands::stream(&conn, &action, body, window, final_value).await
+        }
         Command::Listen {
             conn,
             topic,

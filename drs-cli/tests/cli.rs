@@ -317,12 +317,28 @@ fn stream_prints_items_as_they_come_then_the_final_value() {
         &["stream", s.url(), "count", r#"{"n": 3}"#, "--window", "1"],
         None,
     );
+    // Into a pipe, the final value is marked apart from the items.
     assert_eq!(
         (code(&o), stdout(&o).as_str()),
-        (0, "0\n1\n2\n3\n"),
+        (0, "0\n1\n2\n{\"final\":3}\n"),
         "{}",
         stderr(&o)
     );
+    for (choice, out, err) in [
+        ("line", "0\n1\n2\n3\n", ""),
+        ("stderr", "0\n1\n2\n", "3\n"),
+        ("none", "0\n1\n2\n", ""),
+    ] {
+        let o = drs(
+            &["stream", s.url(), "count", r#"{"n": 3}"#, "--final", choice],
+            None,
+        );
+        assert_eq!(
+            (code(&o), stdout(&o).as_str(), stderr(&o).as_str()),
+            (0, out, err),
+            "--final {choice}"
+        );
+    }
 
     let o = drs(&["stream", s.url(), "count", r#"{"n": 2000000}"#], None);
     assert_eq!(code(&o), 1);
