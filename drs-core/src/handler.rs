@@ -177,11 +177,17 @@ impl Msg {
             .get_or_init(|| Conn::from_shared(&self.inner.shared))
     }
 
-    /// Deserializes the body into `T`; the error names the action and the problem.
+    /// Deserializes the body into `T`; the error names the action and says
+    /// what it wanted in JSON's words (`add needs a body: an object`,
+    /// `add's body misses field `b``), never a Rust type name.
     pub fn body_as<T: DeserializeOwned>(&self) -> Result<T, HandlerError> {
-        self.body()
-            .deserialize()
-            .map_err(|e| HandlerError::new(format!("invalid body for {}: {e}", self.action())))
+        self.body().deserialize().map_err(|e| {
+            HandlerError::new(crate::explain::body_error(
+                self.action(),
+                self.body().is_absent(),
+                &e.to_string(),
+            ))
+        })
     }
 
     /// Stores a value for the handlers that follow in the chain (and hooks).

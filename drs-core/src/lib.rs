@@ -105,6 +105,7 @@ mod codec;
 mod command;
 mod conn;
 mod error;
+mod explain;
 mod ext;
 mod handler;
 mod layer;

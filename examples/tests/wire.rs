@@ -606,3 +606,33 @@ fn an_unusable_store_stops_the_demo_with_its_path() {
     assert!(stderr.contains(&*file.to_string_lossy()), "{stderr}");
     let _ = std::fs::remove_file(&file);
 }
+
+/// A missing or mistyped body is told what the action wanted in JSON's
+/// words, never a Rust type name.
+#[test]
+fn a_bad_body_is_told_what_was_wanted() {
+    let server = start();
+    let mut c = client(&server);
+    for (line, said) in [
+        (
+            r#"{"key":"1","action":"add"}"#,
+            "add needs a body: an object",
+        ),
+        (
+            r#"{"key":"2","action":"add","body":"x"}"#,
+            r#"add's body has the string "x" where an object was wanted (line 1, column 3)"#,
+        ),
+        (
+            r#"{"key":"3","action":"add","body":{"a":1}}"#,
+            "add's body misses field `b`",
+        ),
+        (
+            r#"{"key":"4","action":"add","body":{"a":"one","b":2}}"#,
+            r#"add's body has the string "one" where a number was wanted (line 1, column 10)"#,
+        ),
+    ] {
+        let reply = c.call(line);
+        assert_eq!(reply["action"], "drs.error", "{reply}");
+        assert_eq!(reply["body"]["message"], said, "{line}");
+    }
+}
