@@ -618,6 +618,44 @@ pub mod decode {
             .with_action(action.map(String::from)))
     }
 
+    /// What a frame that does not start a command object is told: another
+    /// JSON value, or what it seems to be instead (an HTTP request,
+    /// MessagePack, text), naming what this port speaks.
+    fn not_a_command(rest: &[u8]) -> Fail {
+        const SPEAKS: &str = "this port speaks drs JSON, one command object per line";
+        let json_value = match rest.first() {
+            Some(b'[' | b'"' | b'-' | b'0'..=b'9') => true,
+            Some(b't') => rest.starts_with(b"true"),
+            Some(b'f') => rest.starts_with(b"false"),
+            Some(b'n') => rest.starts_with(b"null"),
+            _ => false,
+        };
+        if json_value {
+            return fail("expected a command object, found another JSON value");
+        }
+        let http = [
+            &b"GET "[..],
+            b"POST ",
+            b"PUT ",
+            b"HEAD ",
+            b"DELETE ",
+            b"OPTIONS ",
+            b"PATCH ",
+        ]
+        .iter()
+        .any(|m| rest.starts_with(m))
+            && rest.windows(6).any(|w| w == b" HTTP/");
+        if http {
+            return fail(format!(
+            "an HTTP request, not a command: {SPEAKS} (HTTP and WebSocket clients go to a ws:// port)"
+        ));
+        }
+        if matches!(rest.first(), Some(0x00 | 0x80..=0x8f | 0xde | 0xdf)) {
+            return fail(format!("binary data, as MessagePack sends it: {SPEAKS}"));
+        }
+        fail(format!("not JSON: {SPEAKS}"))
+    }
+
     /// Reads the fields into the caller's slots, which keep what was read
     /// when reading fails (the error carries key and action). Slots, not a
     /// returned struct: moving one costs about 10% of a 64 B decode.
@@ -632,12 +670,7 @@ pub mod decode {
         let mut p = Parser { f: frame, pos: 0 };
         p.ws();
         if p.peek() != Some(b'{') {
-            return Err(match p.peek() {
-                Some(b'[' | b'"' | b'-' | b'0'..=b'9' | b't' | b'f' | b'n') => {
-                    fail("expected a command object, found another JSON value")
-                }
-                _ => p.expected("a command object"),
-            });
+            return Err(not_a_command(&frame[p.pos..]));
         }
         p.pos += 1;
         p.ws();

@@ -144,10 +144,29 @@ fn raw_body_with_newlines_stays_on_one_line() {
     );
 }
 
+/// What is not a command says what it seems to be and what the port
+/// speaks (the README's transcript shows the first).
+#[test]
+fn what_is_not_json_is_named() {
+    use drs_core::Protocol;
+    let speaks = "this port speaks drs JSON, one command object per line";
+    for (input, said) in [
+        (&b"this is not json"[..], format!("not JSON: {speaks}")),
+        (b"GET / HTTP/1.1\r", format!("an HTTP request, not a command: {speaks} (HTTP and WebSocket clients go to a ws:// port)")),
+        (b"\x00\x00\x00\x1a\x82\xa6action", format!("binary data, as MessagePack sends it: {speaks}")),
+        (b"\x82\xa3key", format!("binary data, as MessagePack sends it: {speaks}")),
+        (b"true", "expected a command object, found another JSON value".to_string()),
+        (b"tru", format!("not JSON: {speaks}")),
+    ] {
+        let err = Json.decode(bytes::Bytes::copy_from_slice(input)).unwrap_err();
+        assert_eq!(err.message(), said, "{input:?}");
+    }
+}
+
 #[test]
 fn garbage_is_a_clear_error() {
     for (input, key, fragment) in [
-        ("not json", None, "expected"),
+        ("not json", None, "not JSON"),
         ("{\"action\":", None, "end of the frame"),
         ("[1,2]", None, "a command object"),
         (r#"["k1","echo",{"x":1}]"#, None, "a command object"),

@@ -636,3 +636,37 @@ fn a_bad_body_is_told_what_was_wanted() {
         assert_eq!(reply["body"]["message"], said, "{line}");
     }
 }
+
+/// The README's transcripts of a session by hand (`nc 127.0.0.1 12000`)
+/// are what demo_server says, byte for byte: each `> ` line is sent, every
+/// other line is the next line received.
+#[test]
+fn the_readme_transcripts_are_what_the_server_says() {
+    let readme = std::fs::read_to_string(concat!(env!("CARGO_MANIFEST_DIR"), "/../README.md"))
+        .expect("the README");
+    let section = readme
+        .split("## The wire protocol by hand")
+        .nth(1)
+        .and_then(|s| s.split("\n## ").next())
+        .expect("the section");
+    let blocks: Vec<&str> = section
+        .split("```text\n")
+        .skip(1)
+        .map(|b| b.split("```").next().unwrap_or_default())
+        .collect();
+    assert!(blocks.len() >= 2, "two transcripts");
+    let server = start();
+    for block in blocks {
+        let mut c = client(&server);
+        for line in block.lines().filter(|l| !l.trim().is_empty()) {
+            match line.strip_prefix("> ") {
+                Some(sent) => c.send(sent),
+                None => {
+                    let mut got = String::new();
+                    c.reader.read_line(&mut got).expect("a line");
+                    assert_eq!(got.trim_end_matches('\n'), line, "after the lines before");
+                }
+            }
+        }
+    }
+}
