@@ -559,6 +559,10 @@ impl Listener for WsListener {
 /// The most a request head may take.
 const MAX_HEAD: usize = 16 * 1024;
 
+/// What a raw (non-HTTP) client of a WebSocket port is told, as a drs
+/// JSON line, before the connection is closed.
+const NOT_HTTP: &str = "{\"action\":\"drs.error\",\"body\":{\"message\":\"this port speaks WebSocket (ws://HOST:PORT/PATH), not raw drs frames\"}}\n";
+
 async fn server_handshake(
     mut stream: ServerStream,
     info: ConnInfo,
@@ -581,6 +585,16 @@ async fn server_handshake(
             return Err(io::Error::new(
                 io::ErrorKind::UnexpectedEof,
                 "closed during the handshake",
+            ));
+        }
+        // Not an HTTP request (a method is upper-case letters): a raw
+        // drs client on the wrong port. Told at once, in a JSON line it
+        // can read, instead of waiting out the handshake timeout.
+        if !head[0].is_ascii_uppercase() {
+            answer_and_close(stream, NOT_HTTP.as_bytes()).await?;
+            return Err(io::Error::new(
+                io::ErrorKind::InvalidData,
+                "not an HTTP request: a raw client on a WebSocket port",
             ));
         }
     }

@@ -284,6 +284,25 @@ async fn plain_http_gets_a_page_or_426() {
             other.starts_with("HTTP/1.1 426 Upgrade Required"),
             "{other}"
         );
+        // A raw drs client on the WebSocket port is told at once, in a
+        // JSON line, and the connection closed (it had waited out the
+        // handshake timeout, then its own).
+        let raw = http_get(&addr, "{\"key\":\"1\",\"action\":\"echo\",\"body\":1}\n").await;
+        assert_eq!(
+            raw,
+            "{\"action\":\"drs.error\",\"body\":{\"message\":\"this port speaks WebSocket (ws://HOST:PORT/PATH), not raw drs frames\"}}\n"
+        );
+        let raw = drs_core::Client::new()
+            .connect(drs_transport_tcp::TcpDialer::new(&addr), Json)
+            .await
+            .unwrap();
+        // Failed as closed, not by its timeout.
+        let err = raw
+            .call::<u32>("echo", 5)
+            .timeout(std::time::Duration::from_secs(60))
+            .await
+            .unwrap_err();
+        assert!(err.is_closed(), "{err}");
         let huge = format!("GET / HTTP/1.1\r\nX: {}\r\n\r\n", "a".repeat(20_000));
         let refused = http_get(&addr, &huge).await;
         assert!(refused.starts_with("HTTP/1.1 431"), "{refused}");
