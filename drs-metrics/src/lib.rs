@@ -28,7 +28,15 @@
 //! | `drs_disconnects_total` | counter | `reason` |
 //! | `drs_bytes_total`, `drs_frames_total` | counter | `direction` (`in`, `out`) |
 //! | `drs_uptime_seconds` | gauge | |
-//! | `drs_<section>_<name>` | gauge | numbers a plug-in adds ([`Stats::source`](drs_core::Stats::source)), e.g. `drs_broker_subscriptions` |
+//! | `drs_<section>_<name>` | gauge | numbers a plug-in adds ([`Stats::source`](drs_core::Stats::source)), e.g. `drs_broker_subscriptions` (integers print as integers; the broker's say what they count) |
+//! | `drs_build_info` | gauge (1) | `version` |
+//! | `drs_start_time_seconds` | gauge | |
+//! | `process_resident_memory_bytes`, `process_open_fds`, `process_start_time_seconds` | gauge | (Linux, from `/proc/self`) |
+//! | `process_cpu_seconds_total` | counter | (Linux) |
+//!
+//! `prometheus-client` has no process collector, so the process figures
+//! are read from `/proc` at scrape time, as the Prometheus clients of other
+//! languages do.
 //!
 //! Why `prometheus-client`: it is the Prometheus project's own Rust
 //! client, writes OpenMetrics text, and takes a custom collector that reads
@@ -284,15 +292,137 @@ impl Collector for Collect {
                     continue;
                 };
                 for (field, v) in fields {
-                    let Some(n) = v.as_f64() else { continue };
                     let name = format!("drs_{}_{}", metric_name(section), metric_name(field));
-                    let help = format!("{section}.{field}");
-                    let m = enc.encode_descriptor(&name, &help, None, MetricType::Gauge)?;
-                    ConstGauge::new(n).encode(m)?;
+                    let help = section_help(section, field)
+                        .map_or_else(|| format!("{section}.{field}"), str::to_string);
+                    // Counts print as integers, other numbers as they are.
+                    if let Some(n) = v.as_i64() {
+                        let m = enc.encode_descriptor(&name, &help, None, MetricType::Gauge)?;
+                        ConstGauge::new(n).encode(m)?;
+                    } else if let Some(n) = v.as_f64() {
+                        let m = enc.encode_descriptor(&name, &help, None, MetricType::Gauge)?;
+                        ConstGauge::new(n).encode(m)?;
+                    }
                 }
             }
         }
+
+        let mut m = enc.encode_descriptor(
+            "drs_build_info",
+            "The drs version serving these statistics (always 1)",
+            None,
+            MetricType::Gauge,
+        )?;
+        let labels: Labels = vec![("version", env!("CARGO_PKG_VERSION"))];
+        ConstGauge::new(1).encode(m.encode_family(&labels)?)?;
+        let started = std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .map_or(0.0, |now| {
+                (now.saturating_sub(stats.uptime())).as_secs_f64()
+            });
+        let m = enc.encode_descriptor(
+            "drs_start_time_seconds",
+            "When the statistics began, in seconds since the Unix epoch",
+            None,
+            MetricType::Gauge,
+        )?;
+        ConstGauge::new(started).encode(m)?;
+        process_metrics(&mut enc)?;
         Ok(())
+    }
+}
+
+/// What the numbers plug-ins add mean (the broker's), by section and field.
+fn section_help(section: &str, field: &str) -> Option<&'static str> {
+    Some(match (section, field) {
+        ("broker", "subscriptions") => "Subscriptions held, of connections and of names",
+        ("broker", "subscribers") => "Connections and names with at least one subscription",
+        ("broker", "names") => "Names (drs.identify) the broker keeps state for",
+        ("broker", "stored_topics") => "Topics with publications kept for retroactive subscribers",
+        ("broker", "stored_messages") => "Publications kept for named retroactive subscribers",
+        ("broker", "stored_bytes") => "Bytes of the bodies of the publications kept",
+        ("broker", "exposed_actions") => "Actions some connection exposes (drs.expose)",
+        _ => return None,
+    })
+}
+
+/// The process's own figures, read from /proc/self (Linux; elsewhere
+/// none): resident memory, open file descriptors, CPU time, start time.
+fn process_metrics(enc: &mut DescriptorEncoder<'_>) -> Result<(), fmt::Error> {
+    let Some(process) = Process::read() else {
+        return Ok(());
+    };
+    let m = enc.encode_descriptor(
+        "process_resident_memory_bytes",
+        "Resident memory size in bytes",
+        None,
+        MetricType::Gauge,
+    )?;
+    ConstGauge::new(process.resident_bytes).encode(m)?;
+    let m = enc.encode_descriptor(
+        "process_open_fds",
+        "Number of open file descriptors",
+        None,
+        MetricType::Gauge,
+    )?;
+    ConstGauge::new(process.open_fds).encode(m)?;
+    let m = enc.encode_descriptor(
+        "process_cpu_seconds",
+        "Total user and system CPU time spent in seconds",
+        None,
+        MetricType::Counter,
+    )?;
+    ConstCounter::new(process.cpu_seconds).encode(m)?;
+    if let Some(start) = process.start_time {
+        let m = enc.encode_descriptor(
+            "process_start_time_seconds",
+            "Start time of the process since the Unix epoch in seconds",
+            None,
+            MetricType::Gauge,
+        )?;
+        ConstGauge::new(start).encode(m)?;
+    }
+    Ok(())
+}
+
+/// Figures of this process, from /proc.
+struct Process {
+    resident_bytes: i64,
+    open_fds: i64,
+    cpu_seconds: f64,
+    start_time: Option<f64>,
+}
+
+impl Process {
+    /// Clock ticks per second of /proc's times (USER_HZ, 100 on Linux).
+    const TICKS: f64 = 100.0;
+    /// The page size of /proc/self/statm (4 KiB on the platforms drs runs on).
+    const PAGE: i64 = 4096;
+
+    fn read() -> Option<Process> {
+        let statm = std::fs::read_to_string("/proc/self/statm").ok()?;
+        let resident_pages: i64 = statm.split_whitespace().nth(1)?.parse().ok()?;
+        let open_fds = std::fs::read_dir("/proc/self/fd").ok()?.count() as i64;
+        // Fields after the command name, which may hold spaces: its ")"
+        // ends it. utime and stime are the 14th and 15th fields, the start
+        // time (ticks after boot) the 22nd.
+        let stat = std::fs::read_to_string("/proc/self/stat").ok()?;
+        let after = stat.rsplit_once(')')?.1;
+        let fields: Vec<&str> = after.split_whitespace().collect();
+        let ticks = |i: usize| fields.get(i - 3).and_then(|f| f.parse::<f64>().ok());
+        let cpu_seconds = (ticks(14)? + ticks(15)?) / Self::TICKS;
+        let boot = std::fs::read_to_string("/proc/stat").ok().and_then(|s| {
+            s.lines()
+                .find_map(|l| l.strip_prefix("btime "))
+                .and_then(|b| b.trim().parse::<f64>().ok())
+        });
+        let start_time = boot.zip(ticks(22)).map(|(b, t)| b + t / Self::TICKS);
+        Some(Process {
+            resident_bytes: resident_pages * Self::PAGE,
+            open_fds,
+            cpu_seconds,
+            start_time,
+        })
     }
 }
 

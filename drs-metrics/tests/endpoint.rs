@@ -258,6 +258,32 @@ async fn metrics_parse_and_hold_the_exact_counts() {
     );
     assert!(value(&samples, "drs_frames_total", &[("direction", "in")]).unwrap() >= 30.0);
     assert_eq!(value(&samples, "drs_broker_subscriptions", &[]), Some(1.0));
+    // Broker figures say what they count, and counts print as integers.
+    assert!(
+        text.contains(
+            "# HELP drs_broker_subscriptions Subscriptions held, of connections and of names\n"
+        ),
+        "{text}"
+    );
+    assert!(text.contains("\ndrs_broker_subscriptions 1\n"), "{text}");
+    // The build, the start, and the process's own figures.
+    assert_eq!(
+        value(
+            &samples,
+            "drs_build_info",
+            &[("version", env!("CARGO_PKG_VERSION"))]
+        ),
+        Some(1.0)
+    );
+    assert!(value(&samples, "drs_start_time_seconds", &[]).unwrap() > 1.6e9);
+    assert!(value(&samples, "process_resident_memory_bytes", &[]).unwrap() > 1e6);
+    assert!(value(&samples, "process_open_fds", &[]).unwrap() >= 3.0);
+    assert!(value(&samples, "process_cpu_seconds_total", &[]).unwrap() >= 0.0);
+    assert!(value(&samples, "process_start_time_seconds", &[]).unwrap() > 1.6e9);
+    assert_eq!(
+        types.get("process_cpu_seconds").map(String::as_str),
+        Some("counter")
+    );
 
     // The feed: drs.stats over a drs WebSocket connection, nothing else.
     let feed = within(Client::new().connect(
