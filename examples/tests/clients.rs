@@ -209,3 +209,78 @@ fn the_js_readme_examples_run() {
         );
     }
 }
+
+/// The JavaScript package installs into a project of one's own both ways
+/// its README gives, with Node as CI has it (no global WebSocket before
+/// Node 22: `ws` must come along): from the folder with
+/// `--install-links` (a plain folder install is a symlink whose
+/// dependencies stay behind) and from `npm pack`'s tarball. Offline: `ws`
+/// comes from npm's cache, filled by `npm ci` in clients/js.
+#[test]
+fn the_js_package_installs_from_its_folder_and_from_a_tarball() {
+    let dir = clients_dir("js");
+    if !node_ready(&dir) {
+        return;
+    }
+    let package = dir.canonicalize().expect("clients/js");
+    let server = common::DemoServer::start(&["--ws", "127.0.0.1:0"]);
+    let npm = |cwd: &Path, args: &[&str]| {
+        let out = Command::new("npm")
+            .args(args)
+            .args(["--offline", "--no-audit", "--no-fund", "--loglevel=error"])
+            .current_dir(cwd)
+            .stdin(Stdio::null())
+            .output()
+            .expect("npm runs");
+        assert!(
+            out.status.success(),
+            "npm {args:?}: {}\n{}",
+            String::from_utf8_lossy(&out.stdout),
+            String::from_utf8_lossy(&out.stderr)
+        );
+        String::from_utf8_lossy(&out.stdout).trim().to_string()
+    };
+    for way in ["folder", "tarball"] {
+        let project =
+            std::env::temp_dir().join(format!("drs-js-install-{way}-{}", std::process::id()));
+        let _ = std::fs::remove_dir_all(&project);
+        std::fs::create_dir_all(&project).expect("project dir");
+        std::fs::write(
+            project.join("package.json"),
+            r#"{"name": "consumer", "private": true, "type": "module"}"#,
+        )
+        .expect("package.json");
+        let target = match way {
+            "folder" => package.to_string_lossy().into_owned(),
+            _ => {
+                let tarball = npm(
+                    &project,
+                    &["pack", &package.to_string_lossy(), "--pack-destination", "."],
+                );
+                format!("./{}", tarball.lines().last().unwrap_or_default())
+            }
+        };
+        npm(&project, &["install", "--install-links", &target]);
+        let program = format!(
+            "import {{ connect }} from \"drsrpc\";\n\
+             const c = await connect(\"ws://{}/socket\");\n\
+             console.log(await c.call(\"add\", {{ a: 1, b: 2 }}));\n\
+             c.close();\n",
+            server.addr(0)
+        );
+        std::fs::write(project.join("use.mjs"), program).expect("program");
+        let out = Command::new("node")
+            .arg("use.mjs")
+            .current_dir(&project)
+            .stdin(Stdio::null())
+            .output()
+            .expect("node runs");
+        assert!(
+            out.status.success() && String::from_utf8_lossy(&out.stdout).trim() == "3",
+            "installed from the {way}: {}\n{}",
+            String::from_utf8_lossy(&out.stdout),
+            String::from_utf8_lossy(&out.stderr)
+        );
+        let _ = std::fs::remove_dir_all(&project);
+    }
+}
