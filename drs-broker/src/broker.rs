@@ -485,7 +485,7 @@ struct Inner {
     server: std::sync::OnceLock<drs_core::WeakServer>,
 }
 
-/// A pub/sub broker and RPC router on a drs [`Server`] (DESIGN §1b):
+/// A pub/sub broker and RPC router on a drs [`Server`] (docs/PROTOCOL.md §2):
 /// `drs.subscribe`, `drs.unsubscribe`, `drs.publish`, `drs.expose`,
 /// `drs.unexpose`, and for names given with `drs.identify`, subscriptions
 /// and retroactive backlogs kept across connections.

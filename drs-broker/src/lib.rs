@@ -1,4 +1,4 @@
-//! A pub/sub broker and RPC router for drs servers (DESIGN §1b).
+//! A pub/sub broker and RPC router for drs servers (docs/PROTOCOL.md §2).
 //!
 //! [`Broker::attach`] makes a [`Server`](drs_core::Server) serve:
 //!

@@ -1,4 +1,4 @@
-//! The behaviour suite of DESIGN §2, written once against the transport and
+//! The behaviour suite of docs/PROTOCOL.md §3, written once against the transport and
 //! protocol traits and run for every transport × protocol pair.
 //!
 //! A pair is a [`Pair`]; [`conformance_suite!`] expands to one `#[tokio::test]`

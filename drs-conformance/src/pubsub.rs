@@ -1,4 +1,4 @@
-//! Pub/sub and broker RPC (DESIGN §1b `identity`, `pub/sub`, `broker
+//! Pub/sub and broker RPC (docs/PROTOCOL.md §2 `identity`, `pub/sub`, `broker
 //! RPC`), served by drs-broker, for every pair.
 
 use std::sync::Mutex;

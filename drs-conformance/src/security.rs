@@ -1,4 +1,4 @@
-//! Authentication and jails (DESIGN §1b `auth`, `not allowed`), for every
+//! Authentication and jails (docs/PROTOCOL.md §2 `auth`, `not allowed`), for every
 //! pair: each refusal reaches the peer as a clear error and no handler.
 
 use drs_core::{Credentials, Error, Identity, Jail, NOT_ALLOWED, UNAUTHENTICATED};

@@ -1,4 +1,4 @@
-//! Streamed replies and cancellation (DESIGN §1b), for every pair.
+//! Streamed replies and cancellation (docs/PROTOCOL.md §2), for every pair.
 
 use std::{future::IntoFuture, task::Poll};
 

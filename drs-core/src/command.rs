@@ -18,11 +18,11 @@ pub const ERROR: &str = "drs.error";
 pub const EXCEPTION: &str = "drs.exception";
 /// The built-in action answering with the current time in ms since the epoch.
 pub const PING: &str = "drs.ping";
-/// Authenticates the connection (DESIGN §1b): body `{"token": …}` (or
+/// Authenticates the connection (docs/PROTOCOL.md §2): body `{"token": …}` (or
 /// whatever the server's authenticator reads), answered with the
 /// identity's `{"name": …, "roles": […]}` or `drs.error`.
 pub const AUTH: &str = "drs.auth";
-/// Names the connection's peer (DESIGN §1b): body `{"name": …}`, answered
+/// Names the connection's peer (docs/PROTOCOL.md §2): body `{"name": …}`, answered
 /// with `{"resumed": bool}`, or `drs.error` [`NAME_TAKEN`].
 pub const IDENTIFY: &str = "drs.identify";
 /// The message of the `drs.error` answering a `drs.identify` whose name
@@ -74,7 +74,7 @@ pub fn is_control_action(action: &str) -> bool {
 ///   (see [`Body`]).
 /// - `version` is carried through, unused by the core.
 /// - `stream` is the caller's opt-in to a streamed reply: the number of
-///   items it can take now (DESIGN §1b).
+///   items it can take now (docs/PROTOCOL.md §2).
 ///
 /// Serializing a `Command` with serde gives the DRS v1 shape with absent
 /// fields omitted.

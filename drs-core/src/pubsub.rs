@@ -1,4 +1,4 @@
-//! The client side of pub/sub and broker RPC (DESIGN §1b): the wire
+//! The client side of pub/sub and broker RPC (docs/PROTOCOL.md §2): the wire
 //! bodies, and [`Subscriptions`], which hands each delivery to the handler
 //! of the pattern it matched.
 //!

@@ -1,7 +1,7 @@
 //! Streamed replies on the serving side: a handler writes items into an
 //! [`ItemSink`], or returns a [`Streamed`] stream of them.
 //!
-//! On the wire (DESIGN §1b) a caller opts in with `"stream": N`, the N items
+//! On the wire (docs/PROTOCOL.md §2) a caller opts in with `"stream": N`, the N items
 //! it can take now; each item goes out as `{"key":K,"action":"drs.next",
 //! "body":item}` and the caller grants more with `drs.more`. The handler's
 //! return value ends the stream as `drs.response` (an error as `drs.error`

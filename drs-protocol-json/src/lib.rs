@@ -9,7 +9,7 @@
 //!
 //! - Fields are written in the order `key`, `action`, `body`, `version`,
 //!   `delay` (run this many milliseconds later), `stream` (a call's opt-in
-//!   to a streamed reply, DESIGN §1b); absent ones are omitted. Unknown
+//!   to a streamed reply, docs/PROTOCOL.md §2); absent ones are omitted. Unknown
 //!   fields are ignored on input.
 //! - `action` is required; `key` must be a string; `version` an integer;
 //!   `stream` an integer from 1 to 2³²−1; `delay` one from 0 to 2³²−1.

@@ -4,7 +4,7 @@
 //! then the map) and one binary message per command on WebSocket.
 //!
 //! - Fields are written in the order `key`, `action`, `body`, `version`,
-//!   `stream` (a call's opt-in to a streamed reply, DESIGN §1b), `delay`
+//!   `stream` (a call's opt-in to a streamed reply, docs/PROTOCOL.md §2), `delay`
 //!   (run this many milliseconds later);
 //!   absent ones are omitted; unknown ones are ignored on input; `nil` reads
 //!   as absent.

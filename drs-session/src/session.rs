@@ -236,7 +236,7 @@ impl<D: Dialer> SessionBuilder<D> {
         self
     }
 
-    /// Serves `action` for a broker (`drs.expose`, DESIGN §1b): registers
+    /// Serves `action` for a broker (`drs.expose`, docs/PROTOCOL.md §2): registers
     /// `handler` and exposes the action on every connection, so that the
     /// broker routes other connections' calls of it here.
     pub fn expose<H: Handler<A>, A>(mut self, action: impl Into<String>, handler: H) -> Self {

@@ -75,7 +75,7 @@ brokers (each counts as a listener):
   --cerbas-crontab FILE       run the Cerbas requests of a crontab file
                               (`<cron expression> | <request JSON>`, UTC, reloaded on change)
 
-pub/sub (on every listener: drs.subscribe, drs.publish, drs.expose; DESIGN 1b):
+pub/sub (on every listener: drs.subscribe, drs.publish, drs.expose; docs/PROTOCOL.md §2):
   --rembus ADDR               serve Rembus components (CBOR over WebSocket) on ADDR,
                               printed as `listening rembus ADDR`
   --store DIR                 keep retroactive topics and names' state here (redb)

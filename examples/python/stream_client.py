@@ -1,6 +1,6 @@
 """A streamed call with credit, a cancel, and the demo's pool and cache,
 over a raw TCP socket with nothing but the standard library: what a
-program in any language does to use drs streams (DESIGN §1b).
+program in any language does to use drs streams (docs/PROTOCOL.md §2).
 
 usage: python3 stream_client.py 127.0.0.1:12000
 """

@@ -572,7 +572,7 @@ impl Conn {
     }
 
     /// Calls `action` to run `delay` from now on the peer, which holds the
-    /// command until then (the `delay` field, DESIGN §1b as extended in
+    /// command until then (the `delay` field, docs/PROTOCOL.md §2, as extended in
     /// the README); the reply comes after it ran. The call's timeout
     /// counts from when it runs: `delay` plus the connection's call
     /// timeout, unless [`Call::timeout`] says otherwise. Dropping the call
@@ -651,8 +651,8 @@ impl Conn {
         )
     }
 
-    /// Calls `action` and receives its reply as a stream of items (DESIGN
-    /// §1b): the call opts in with the connection's
+    /// Calls `action` and receives its reply as a stream of items (docs/PROTOCOL.md
+    /// §2): the call opts in with the connection's
     /// [`stream_window`](ConnConfig::stream_window) of credit, and grants
     /// more as the items are read, so a stream that is not read holds at
     /// most its window and never blocks other calls on the connection.
