@@ -255,7 +255,12 @@ fn the_js_package_installs_from_its_folder_and_from_a_tarball() {
             _ => {
                 let tarball = npm(
                     &project,
-                    &["pack", &package.to_string_lossy(), "--pack-destination", "."],
+                    &[
+                        "pack",
+                        &package.to_string_lossy(),
+                        "--pack-destination",
+                        ".",
+                    ],
                 );
                 format!("./{}", tarball.lines().last().unwrap_or_default())
             }
