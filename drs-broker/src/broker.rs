@@ -302,6 +302,24 @@ fn subscription_cost(pattern: &str) -> usize {
     2 * pattern.len() + (pattern.matches('.').count() + 1) * LEVEL_OVERHEAD
 }
 
+/// Subscriptions past which matching a publication (and waiting for the
+/// broker's lock to do it) leaves the runtime's threads
+/// (`block_in_place`), so that a peer's many patterns never stall
+/// unrelated work.
+const HEAVY: usize = 4096;
+
+/// Runs `f` off the runtime's worker threads when `heavy` and the runtime
+/// can (a multi-threaded one); here otherwise.
+fn off_runtime<R>(heavy: bool, f: impl FnOnce() -> R) -> R {
+    let multi = tokio::runtime::Handle::try_current()
+        .is_ok_and(|h| h.runtime_flavor() == tokio::runtime::RuntimeFlavor::MultiThread);
+    if heavy && multi {
+        tokio::task::block_in_place(f)
+    } else {
+        f()
+    }
+}
+
 /// What a subscription past the server's memory budget is answered.
 pub const BUDGET_EXCEEDED: &str = "the server's memory budget is exceeded";
 
@@ -478,6 +496,9 @@ struct Inner {
     store: Store,
     /// Actions with at least one exposer (the layer's fast path).
     exposed: AtomicUsize,
+    /// More than [`HEAVY`] subscriptions: a publication's matching, and
+    /// its wait for the lock, run off the runtime's threads.
+    heavy: std::sync::atomic::AtomicBool,
     /// The delivery tasks of named subscribers.
     tasks: tokio_util::task::TaskTracker,
     /// Whether the server handles an action itself (exposing it is then
@@ -558,6 +579,7 @@ impl Broker {
                 state: Mutex::new(State::default()),
                 store,
                 exposed: AtomicUsize::new(0),
+                heavy: std::sync::atomic::AtomicBool::new(false),
                 tasks: tokio_util::task::TaskTracker::new(),
                 server: std::sync::OnceLock::new(),
             }),
@@ -719,6 +741,7 @@ impl Broker {
             names = state.components.len(),
             "broker store loaded"
         );
+        state.note_size(&self.inner);
         Ok(())
     }
 
@@ -817,6 +840,26 @@ impl Broker {
     /// publication only if it subscribed, like everyone.
     fn publish_body(&self, topic: &str, body: Body) -> u64 {
         let inner = &self.inner;
+        let heavy = inner.heavy.load(Ordering::Relaxed);
+        let Some((mut live, stored_for)) =
+            off_runtime(heavy, || self.match_publication(topic, &body))
+        else {
+            return 0;
+        };
+        // Once per connection: one subscribed before naming itself may
+        // also hold its name's subscriptions.
+        if live.len() > 1 {
+            live.sort_unstable_by_key(Conn::id);
+            live.dedup_by_key(|c| c.id());
+        }
+        let reached = fanout(live.iter(), topic, OutBody::Raw(&body)) as u64;
+        reached + stored_for
+    }
+
+    /// Who gets a publication now (live), and for how many names it is
+    /// stored; `None` when nobody subscribes.
+    fn match_publication(&self, topic: &str, body: &Body) -> Option<(Vec<Conn>, u64)> {
+        let inner = &self.inner;
         let mut live: Vec<Conn> = Vec::new();
         let mut stored_for = 0u64;
         {
@@ -827,7 +870,7 @@ impl Broker {
                 *retro |= sub.retroactive;
             });
             if owners.is_empty() {
-                return 0;
+                return None;
             }
             let mut retro_names: Vec<Arc<str>> = Vec::new();
             for (owner, retroactive) in owners {
@@ -859,14 +902,7 @@ impl Broker {
                 state.store_message(inner, topic, body.clone(), retro_names);
             }
         }
-        // Once per connection: one subscribed before naming itself may
-        // also hold its name's subscriptions.
-        if live.len() > 1 {
-            live.sort_unstable_by_key(Conn::id);
-            live.dedup_by_key(|c| c.id());
-        }
-        let reached = fanout(live.iter(), topic, OutBody::Raw(&body)) as u64;
-        reached + stored_for
+        Some((live, stored_for))
     }
 
     async fn publish_cmd(&self, msg: &Msg) -> Result<u64, HandlerError> {
@@ -1014,6 +1050,7 @@ impl Broker {
                 }
             }
         }
+        state.note_size(inner);
         Ok(())
     }
 
@@ -1076,6 +1113,7 @@ impl Broker {
                 }
             }
         }
+        state.note_size(inner);
     }
 
     /// Routes calls of `action` from other connections to `conn`: allowed
@@ -1308,6 +1346,7 @@ impl Broker {
                 state.leave(inner, &name);
             }
         }
+        state.note_size(inner);
     }
 
     fn start_delivery(&self, conn: Conn, name: Arc<str>) {
@@ -1571,6 +1610,13 @@ impl Broker {
 }
 
 impl State {
+    /// Records whether matching is heavy now (after the trie changed).
+    fn note_size(&self, inner: &Inner) {
+        inner
+            .heavy
+            .store(self.trie.len() > HEAVY, Ordering::Relaxed);
+    }
+
     /// The connection holding `name` is gone (or took another name): what
     /// was on its way is forgotten, and so is the name if nothing is kept
     /// for it.
