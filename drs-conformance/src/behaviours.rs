@@ -96,13 +96,17 @@ pub async fn typed_body_errors_name_the_action(pair: Pair) {
     let conn = pair.listen(&server).await.connect().await;
     let err = conn.call::<f64>("add", json!({"a": 1})).await.unwrap_err();
     assert!(err.is_remote(), "{err:?}");
-    let message = remote_message(&err);
-    assert!(
-        message.contains("add") && message.contains("missing field `b`"),
-        "{message}"
-    );
+    assert_eq!(remote_message(&err), "add's body misses field `b`");
     let err = conn.call::<f64>("add", "not an object").await.unwrap_err();
     assert!(err.is_remote(), "{err:?}");
+    let message = remote_message(&err);
+    assert!(
+        message
+            .starts_with("add's body has the string \"not an object\" where an object was wanted"),
+        "{message}"
+    );
+    let err = conn.call::<f64>("add", ()).await.unwrap_err();
+    assert_eq!(remote_message(&err), "add needs a body: an object");
     let err = conn.call::<u32>("echo", "text").await.unwrap_err();
     assert!(matches!(err, Error::Decode(_)), "{err:?}");
 }
