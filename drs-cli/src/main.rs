@@ -10,6 +10,7 @@ mod body;
 mod commands;
 mod exit;
 mod serve;
+mod server;
 
 use std::{process::ExitCode, time::Duration};
 
@@ -32,6 +33,10 @@ URLs: tcp://HOST:PORT (or just HOST:PORT), ws://HOST:PORT/PATH, wss://…,
 tls://HOST:PORT (?ca=FILE), ipc:///PATH, nats://HOST:PORT/SERVICE,
 redis://HOST:PORT/DB/SERVICE; ?protocol=msgpack for MessagePack.
 
+The server: the first argument, or -s/--server URL, or DRS_URL, or the
+selected context (drs context add local 127.0.0.1:12000 --select), so
+that `drs call add '{\"a\": 1, \"b\": 2}'` needs no URL.
+
 A BODY is JSON: an argument, @FILE, or - for stdin (with no BODY, stdin
 is read when it is not a terminal).
 
@@ -49,7 +54,8 @@ struct Cli {
 /// What every subcommand that talks to a server takes.
 #[derive(Debug, Clone, Args)]
 struct Conn {
-    /// The server: HOST:PORT or tcp://HOST:PORT, ws://HOST:PORT/PATH, ipc:///PATH, … (?protocol=msgpack)
+    /// The server: HOST:PORT or tcp://HOST:PORT, ws://HOST:PORT/PATH, ipc:///PATH, … (?protocol=msgpack);
+    /// or -s/--server URL, DRS_URL, the selected context
     url: String,
     /// Seconds to wait for the connection and for each reply (fractions allowed)
     #[arg(long, short = 't', value_name = "SECONDS", default_value = "5", value_parser = seconds)]
@@ -215,6 +221,21 @@ seconds, with a progress bar on a terminal; then a table (one JSON line
 with --raw) of calls/s, errors and latency percentiles. Exits 1 if any
 call failed.")]
     Bench(bench::BenchArgs),
+    /// Name servers and pick the one commands use when they name none
+    #[command(after_help = "\
+Examples:
+  drs context add local 127.0.0.1:12000 --select
+  drs context add prod wss://drs.example:443/socket
+  drs context select prod
+  drs context ls
+  drs call add '{\"a\": 1, \"b\": 2}'      # on the selected context's server
+
+Contexts live in $DRS_CONTEXTS, or $XDG_CONFIG_HOME/drs/contexts.json
+(~/.config/drs/contexts.json). -s/--server and DRS_URL come first.")]
+    Context {
+        #[command(subcommand)]
+        command: server::ContextCommand,
+    },
     /// Print a shell completion script (bash, zsh, fish, elvish, powershell)
     #[command(after_help = "\
 Examples:
@@ -237,7 +258,14 @@ fn seconds(v: &str) -> Result<Duration, String> {
 }
 
 fn main() -> ExitCode {
-    let cli = match Cli::try_parse() {
+    let args = match server::with_server(std::env::args().collect()) {
+        Ok(args) => args,
+        Err(failure) => {
+            eprintln!("drs: {}", failure.message);
+            return ExitCode::from(failure.code);
+        }
+    };
+    let cli = match Cli::try_parse_from(args) {
         Ok(cli) => cli,
         Err(e) => {
             use clap::error::ErrorKind;
@@ -248,6 +276,15 @@ fn main() -> ExitCode {
             };
         }
     };
+    if let Command::Context { command } = cli.command {
+        return match server::context(command) {
+            Ok(()) => ExitCode::SUCCESS,
+            Err(failure) => {
+                eprintln!("drs: {}", failure.message);
+                ExitCode::from(failure.code)
+            }
+        };
+    }
     if let Command::Completions { shell } = cli.command {
         let mut command = Cli::command();
         clap_complete::generate(shell, &mut command, "drs", &mut std::io::stdout());
@@ -322,6 +359,6 @@ async fn run(command: Command) -> Result<(), Failure> {
         } => commands::ping(&conn, count, interval).await,
         Command::Serve(args) => serve::run(args).await,
         Command::Bench(args) => bench::run(args).await,
-        Command::Completions { .. } => Ok(()),
+        Command::Completions { .. } | Command::Context { .. } => Ok(()),
     }
 }

@@ -75,11 +75,27 @@ fn drs(args: &[&str], stdin: Option<&str>) -> Output {
     wait(&mut child)
 }
 
+/// [`drs`] with `env` set.
+fn drs_env(args: &[&str], env: &[(&str, &str)]) -> Output {
+    let mut child = spawn_env(args, None, env);
+    wait(&mut child)
+}
+
 fn spawn(args: &[&str], stdin: Option<&str>) -> Child {
+    spawn_env(args, stdin, &[])
+}
+
+/// Runs drs with no server configured around it (no DRS_URL, contexts in a
+/// file that does not exist) but what `env` sets.
+fn spawn_env(args: &[&str], stdin: Option<&str>, env: &[(&str, &str)]) -> Child {
+    let no_contexts = std::env::temp_dir().join(format!("drs-no-contexts-{}", std::process::id()));
     let mut child = Command::new(DRS)
         .args(args)
         .env("COLUMNS", "100")
         .env_remove("DRS_TOKEN")
+        .env_remove("DRS_URL")
+        .env("DRS_CONTEXTS", &no_contexts)
+        .envs(env.iter().copied())
         .stdin(Stdio::piped())
         .stdout(Stdio::piped())
         .stderr(Stdio::piped())
@@ -234,7 +250,10 @@ fn connection_failures_exit_4_and_usage_errors_64() {
             vec!["call", s.url(), "echo", "@/nonexistent/x.json"],
             "/nonexistent/x.json",
         ),
-        (vec!["call", "localhost", "echo", "1"], "not a drs URL"),
+        (
+            vec!["call", "localhost", "echo", "1"],
+            "`localhost` is not a server",
+        ),
         (
             vec!["call", "tcp://h:1?protocol=xml", "echo"],
             "unknown protocol",
@@ -844,4 +863,87 @@ fn release_builds_keep_line_tables_only() {
         debug.split('=').nth(1).map(str::trim),
         Some("\"line-tables-only\"")
     );
+}
+
+/// The server comes from the first argument, -s/--server, DRS_URL or the
+/// selected context, in that order; given twice, or not at all, it is a
+/// usage error that says where it can come from.
+#[test]
+fn the_server_comes_from_an_argument_a_flag_the_environment_or_a_context() {
+    let s = Served::demo();
+    let url = s.url().to_string();
+    let add = r#"{"a": 1, "b": 2}"#;
+    let ok = |o: &Output, what: &str| {
+        assert_eq!(
+            (code(o), stdout(o).as_str()),
+            (0, "3\n"),
+            "{what}: {}",
+            stderr(o)
+        );
+    };
+    ok(&drs(&["call", "-s", &url, "add", add], None), "-s");
+    ok(
+        &drs(&["call", &format!("--server={url}"), "add", add], None),
+        "--server=",
+    );
+    ok(
+        &drs(&["call", "add", add, "--server", &url, "-t", "5"], None),
+        "--server after",
+    );
+    ok(
+        &drs_env(&["call", "add", add], &[("DRS_URL", &url)]),
+        "DRS_URL",
+    );
+    let o = drs_env(&["ping"], &[("DRS_URL", &url)]);
+    assert_eq!(code(&o), 0, "{}", stderr(&o));
+    // The first argument wins over DRS_URL; both it and -s is an error.
+    ok(
+        &drs_env(&["call", &url, "add", add], &[("DRS_URL", "127.0.0.1:1")]),
+        "argument",
+    );
+    let o = drs(&["call", &url, "add", add, "-s", &url], None);
+    assert_eq!(code(&o), 64);
+    assert!(stderr(&o).contains("given twice"), "{}", stderr(&o));
+    let o = drs(&["call", "add", add], None);
+    assert_eq!(code(&o), 64);
+    assert!(
+        stderr(&o).contains("`add` is not a server"),
+        "{}",
+        stderr(&o)
+    );
+
+    // Contexts, in a file of the test's own.
+    let file = tmp("contexts.json", "");
+    std::fs::remove_file(&file).expect("no file yet");
+    let file = file.to_str().expect("utf-8").to_string();
+    let env = [("DRS_CONTEXTS", file.as_str())];
+    let o = drs_env(&["context", "add", "local", &url, "--select"], &env);
+    assert_eq!(code(&o), 0, "{}", stderr(&o));
+    let o = drs_env(&["context", "add", "other", "127.0.0.1:1"], &env);
+    assert_eq!(code(&o), 0, "{}", stderr(&o));
+    let o = drs_env(&["context", "ls"], &env);
+    assert_eq!(
+        stdout(&o),
+        format!("* local\t{url}\n  other\t127.0.0.1:1\n")
+    );
+    ok(&drs_env(&["call", "add", add], &env), "context");
+    // DRS_URL comes before the context.
+    let o = drs_env(
+        &["call", "add", add, "-t", "1"],
+        &[env[0], ("DRS_URL", "127.0.0.1:1")],
+    );
+    assert_eq!(code(&o), 4, "{}", stderr(&o));
+    let o = drs_env(&["context", "select", "nope"], &env);
+    assert_eq!(code(&o), 64);
+    assert!(
+        stderr(&o).contains("no context named `nope`"),
+        "{}",
+        stderr(&o)
+    );
+    let o = drs_env(&["context", "add", "bad", "not a url"], &env);
+    assert_eq!(code(&o), 64, "{}", stderr(&o));
+    let o = drs_env(&["context", "rm", "local"], &env);
+    assert_eq!(code(&o), 0, "{}", stderr(&o));
+    let o = drs_env(&["call", "add", add], &env);
+    assert_eq!(code(&o), 64, "no context selected any more: {}", stderr(&o));
 }
