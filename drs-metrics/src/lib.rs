@@ -295,13 +295,14 @@ impl Collector for Collect {
                     let name = format!("drs_{}_{}", metric_name(section), metric_name(field));
                     let help = section_help(section, field)
                         .map_or_else(|| format!("{section}.{field}"), str::to_string);
+                    if !v.is_number() {
+                        continue;
+                    }
+                    let m = enc.encode_descriptor(&name, &help, None, MetricType::Gauge)?;
                     // Counts print as integers, other numbers as they are.
-                    if let Some(n) = v.as_i64() {
-                        let m = enc.encode_descriptor(&name, &help, None, MetricType::Gauge)?;
-                        ConstGauge::new(n).encode(m)?;
-                    } else if let Some(n) = v.as_f64() {
-                        let m = enc.encode_descriptor(&name, &help, None, MetricType::Gauge)?;
-                        ConstGauge::new(n).encode(m)?;
+                    match v.as_i64() {
+                        Some(n) => ConstGauge::new(n).encode(m)?,
+                        None => ConstGauge::new(v.as_f64().unwrap_or_default()).encode(m)?,
                     }
                 }
             }

@@ -163,19 +163,29 @@ fn the_python_readme_examples_run() {
     assert!(blocks.len() >= 2, "the README's examples");
     let (_server, rewrite) = readme_server();
     for block in blocks {
-        let out = Command::new("python3")
+        let mut python = Command::new("python3");
+        python
             .args(["-c", &rewrite(&block)])
-            .env("PYTHONPATH", &dir)
-            .stdin(Stdio::null())
-            .output()
-            .expect("python3 runs");
-        let stderr = String::from_utf8_lossy(&out.stderr);
-        assert!(
-            out.status.success() && stderr.is_empty(),
-            "{block}\nfailed or was not quiet:\n{}\n{stderr}",
-            String::from_utf8_lossy(&out.stdout)
-        );
+            .env("PYTHONPATH", &dir);
+        runs_quietly(python, &block).unwrap_or_else(|e| panic!("{e}"));
     }
+}
+
+/// Runs `command` (an example `block`): an error unless it succeeds with
+/// nothing on stderr.
+fn runs_quietly(mut command: Command, block: &str) -> Result<(), String> {
+    let out = command
+        .stdin(Stdio::null())
+        .output()
+        .expect("the example runs");
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    if out.status.success() && stderr.is_empty() {
+        return Ok(());
+    }
+    Err(format!(
+        "{block}\nfailed or was not quiet:\n{}\n{stderr}",
+        String::from_utf8_lossy(&out.stdout)
+    ))
 }
 
 /// Every JavaScript example of clients/js/README.md runs as written in
@@ -194,19 +204,11 @@ fn the_js_readme_examples_run() {
         // Inside the package, so that `import … from "drsrpc"` finds it.
         let file = dir.join(format!(".readme-example-{}-{i}.mjs", std::process::id()));
         std::fs::write(&file, rewrite(block)).expect("written");
-        let out = Command::new("node")
-            .arg(&file)
-            .current_dir(&dir)
-            .stdin(Stdio::null())
-            .output()
-            .expect("node runs");
+        let mut node = Command::new("node");
+        node.arg(&file).current_dir(&dir);
+        let ran = runs_quietly(node, block);
         let _ = std::fs::remove_file(&file);
-        let stderr = String::from_utf8_lossy(&out.stderr);
-        assert!(
-            out.status.success() && stderr.is_empty(),
-            "{block}\nfailed or was not quiet:\n{}\n{stderr}",
-            String::from_utf8_lossy(&out.stdout)
-        );
+        ran.unwrap_or_else(|e| panic!("{e}"));
     }
 }
 
