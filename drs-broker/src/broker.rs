@@ -13,14 +13,12 @@ use std::{
 };
 
 use drs_core::{
-    fanout,
-    pubsub::{
-        ExposeBody, Missed, SubscribeBody, EXPOSE, MISSED, PUBLISH, SUBSCRIBE, UNEXPOSE,
-        UNSUBSCRIBE,
-    },
-    topic::{check_pattern, check_topic, matches, TopicTrie},
-    Body, Conn, Error, HandlerError, Jail, Layer, MemoryHold, Msg, Next, OutBody, Outcome,
+    fanout, Body, Conn, Error, HandlerError, Jail, Layer, MemoryHold, Msg, Next, OutBody, Outcome,
     ReplyFuture, Server,
+};
+use drs_pubsub::{
+    check_pattern, check_topic, matches, ExposeBody, Missed, SubscribeBody, TopicTrie, EXPOSE,
+    MISSED, PUBLISH, SUBSCRIBE, UNEXPOSE, UNSUBSCRIBE,
 };
 use futures::{stream::FuturesUnordered, StreamExt};
 use serde::Serialize;

@@ -5,8 +5,9 @@
 use std::{sync::Arc, time::Duration};
 
 use drs_broker::{Backlog, Broker, BrokerConfig};
-use drs_core::{pubsub::Subscriptions, Client, Conn, HandlerResult, Msg, Server, IDENTIFY};
+use drs_core::{Client, Conn, HandlerResult, Msg, Server, IDENTIFY};
 use drs_protocol_json::Json;
+use drs_pubsub::Subscriptions;
 use drs_transport_tcp::{TcpDialer, TcpListener};
 use serde_json::{json, Value};
 use tokio::sync::mpsc;

@@ -1,5 +1,6 @@
 //! Once per connection, however its subscriptions were made.
 
+use drs_pubsub::PubSub;
 use std::{sync::Arc, time::Duration};
 
 use drs_broker::{Broker, BrokerConfig};

@@ -2,11 +2,13 @@
 //! cannot be used. The broker runs in a child process: this test binary
 //! run again with [`CHILD`] set.
 
+use drs_pubsub::PubSub;
 use std::{io::Write, sync::Arc, time::Duration};
 
 use drs_broker::{Broker, BrokerConfig, StoreError, STORE_FILE};
-use drs_core::{pubsub::Subscriptions, Client, Conn, HandlerResult, Msg, Server, IDENTIFY};
+use drs_core::{Client, Conn, HandlerResult, Msg, Server, IDENTIFY};
 use drs_protocol_json::Json;
+use drs_pubsub::Subscriptions;
 use drs_testkit::TestProcess;
 use drs_transport_tcp::{TcpDialer, TcpListener};
 use serde_json::{json, Value};

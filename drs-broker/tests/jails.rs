@@ -1,6 +1,7 @@
 //! Topic allowlists: server-wide and per role, for publishing and
 //! subscribing, refused with a clear error that changes nothing.
 
+use drs_pubsub::PubSub;
 use std::{sync::Arc, time::Duration};
 
 use drs_broker::{Broker, BrokerConfig};

@@ -99,7 +99,7 @@ async fn a_name_is_served_only_after_authentication_and_only_to_its_owner() {
         assert!(server.peers().iter().all(|p| p.name.is_none()));
         // The owner comes back to what it missed.
         let (tx, mut rx) = tokio::sync::mpsc::unbounded_channel();
-        let subs = drs_core::pubsub::Subscriptions::new();
+        let subs = drs_pubsub::Subscriptions::new();
         subs.insert("pay.>", true, move |body: Value| {
             let _ = tx.send(body);
             async { HandlerResult::Ok(()) }

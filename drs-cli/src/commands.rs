@@ -6,7 +6,7 @@ use std::{
     time::{Duration, Instant},
 };
 
-use drs::{layer_fn, Body, Client, ConnConfig, Msg, Next, Outcome};
+use drs::{layer_fn, Body, Client, ConnConfig, Msg, Next, Outcome, PubSub};
 use futures::StreamExt;
 use serde_json::Value;
 

@@ -42,7 +42,7 @@ impl Failure {
             Error::Remote(_) => REMOTE_ERROR,
             Error::Exception(_) => EXCEPTION,
             Error::Timeout(_) => TIMEOUT,
-            Error::Encode(_) | Error::FrameTooLarge { .. } | Error::BadTopic(_) => USAGE,
+            Error::Encode(_) | Error::FrameTooLarge { .. } | Error::Invalid(_) => USAGE,
             _ => CONNECTION,
         };
         let message = match &e {

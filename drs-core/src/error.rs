@@ -69,9 +69,12 @@ pub enum Error {
     /// the command was not sent.
     #[error("action not allowed: {0}")]
     NotAllowed(String),
-    /// A topic or subscription pattern is malformed: nothing was sent.
+    /// The caller's input was refused before anything was sent: a
+    /// malformed topic or subscription pattern (`drs_pubsub::BadTopic`),
+    /// or what another extension crate checks. Downcast the source to
+    /// tell which.
     #[error(transparent)]
-    BadTopic(#[from] crate::topic::BadTopic),
+    Invalid(Box<dyn std::error::Error + Send + Sync>),
     /// A frame would exceed (or did exceed) the maximum frame size.
     #[error("frame of {len} bytes exceeds the maximum frame size of {limit} bytes")]
     FrameTooLarge {
@@ -118,8 +121,14 @@ impl Error {
     pub fn is_unsent(&self) -> bool {
         matches!(
             self,
-            Error::NotConnected | Error::NoPeer(_) | Error::NotAllowed(_) | Error::BadTopic(_)
+            Error::NotConnected | Error::NoPeer(_) | Error::NotAllowed(_) | Error::Invalid(_)
         )
+    }
+
+    /// The caller's input was refused before sending (see
+    /// [`Invalid`](Error::Invalid)).
+    pub fn is_invalid(&self) -> bool {
+        matches!(self, Error::Invalid(_))
     }
 
     /// The error body sent by the remote side, for `drs.error` and `drs.exception`.

@@ -27,8 +27,10 @@ use crate::{
 /// outcome its caller is answered with.
 pub type ReplyFuture = Pin<Box<dyn Future<Output = Outcome> + Send>>;
 pub(crate) type HandlerFuture = ReplyFuture;
-/// A handler (or a whole chain) after registration.
-pub(crate) type BoxedHandler = Arc<dyn Fn(Msg) -> HandlerFuture + Send + Sync>;
+/// A handler (or a whole chain) after registration, as
+/// [`box_handler`](crate::box_handler) makes it: what a table of handlers
+/// kept outside the core (subscriptions, typed services) stores.
+pub type BoxedHandler = Arc<dyn Fn(Msg) -> HandlerFuture + Send + Sync>;
 
 /// One inbound command as a handler sees it: the command, the connection it
 /// came on, and extensions shared by every handler of its chain.
@@ -477,7 +479,8 @@ impl_handler!(A1);
 impl_handler!(A1, A2);
 impl_handler!(A1, A2, A3);
 
-pub(crate) fn erase<H: Handler<A>, A>(h: H) -> BoxedHandler {
+/// Erases a handler into a [`BoxedHandler`].
+pub fn erase<H: Handler<A>, A>(h: H) -> BoxedHandler {
     Arc::new(move |msg| h.call(msg))
 }
 

@@ -111,14 +111,12 @@ mod handler;
 mod layer;
 pub mod memory;
 mod protocol;
-pub mod pubsub;
 mod router;
 mod server;
 pub mod stats;
 mod stream;
 mod sync;
 mod text;
-pub mod topic;
 mod transcode;
 mod transport;
 
@@ -139,7 +137,8 @@ pub use conn::{Call, CallStream, Conn, ConnConfig, SentCall};
 pub use error::{Error, RemoteError};
 pub use ext::Extensions;
 pub use handler::{
-    Chain, ChainMarker, FromMsg, Handler, HandlerError, HandlerResult, Msg, Outcome, ReplyFuture,
+    erase as box_handler, BoxedHandler, Chain, ChainMarker, FromMsg, Handler, HandlerError,
+    HandlerResult, Msg, Outcome, ReplyFuture,
 };
 pub use layer::{layer_fn, FnLayer, Layer, Next};
 pub use protocol::{

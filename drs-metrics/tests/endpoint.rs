@@ -3,6 +3,7 @@
 //! exact counts; the feed answers `drs.stats` and nothing else; `/` is the
 //! dashboard.
 
+use drs_pubsub::PubSub;
 use std::{collections::BTreeMap, future::IntoFuture, time::Duration};
 
 use drs_core::{Client, HandlerError, Server};

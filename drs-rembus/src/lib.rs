@@ -150,7 +150,7 @@ pub fn attach(server: &Server, broker: &Broker) {
     server.on(ADMIN, || async {
         Err::<(), _>(HandlerError::new(UNKNOWN_ADMIN))
     });
-    server.layer_for(drs_core::pubsub::PUBLISH, ExactlyOnce);
+    server.layer_for(drs_pubsub::PUBLISH, ExactlyOnce);
     server.on(ACK, |msg: Msg, ack: protocol::Ack| {
         if ack.kind == 6 {
             if let Some(seen) = msg.conn().get::<Seen>() {

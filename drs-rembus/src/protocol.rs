@@ -254,11 +254,7 @@ fn decode(frame: &[u8]) -> Result<Command, DecodeError> {
                 topic: topic_in(topic),
                 body: &body,
             };
-            Ok(command(
-                None,
-                drs_core::pubsub::PUBLISH,
-                body_of(&published)?,
-            ))
+            Ok(command(None, drs_pubsub::PUBLISH, body_of(&published)?))
         }
         t if t & 0x0f == kind::PUBLISH && t & 0x30 != 0 => {
             need(4, &items)?;
@@ -275,7 +271,7 @@ fn decode(frame: &[u8]) -> Result<Command, DecodeError> {
             };
             Ok(command(
                 Some(key),
-                drs_core::pubsub::PUBLISH,
+                drs_pubsub::PUBLISH,
                 body_of(&published)?,
             ))
         }
@@ -309,11 +305,8 @@ fn decode(frame: &[u8]) -> Result<Command, DecodeError> {
             let spec = &items[3];
             let cmd = field(spec, "cmd").and_then(text).unwrap_or("");
             let (action, body) = match cmd {
-                "expose" => (drs_core::pubsub::EXPOSE, body_of(&Action { action: topic })),
-                "unexpose" => (
-                    drs_core::pubsub::UNEXPOSE,
-                    body_of(&Action { action: topic }),
-                ),
+                "expose" => (drs_pubsub::EXPOSE, body_of(&Action { action: topic })),
+                "unexpose" => (drs_pubsub::UNEXPOSE, body_of(&Action { action: topic })),
                 "subscribe" => {
                     // msg_from, in ns: 0 is Now (live only), +inf is
                     // LastReceived (all that is kept), n the last n ns.
@@ -327,7 +320,7 @@ fn decode(frame: &[u8]) -> Result<Command, DecodeError> {
                         retroactive: msg_from != 0.0 && !msg_from.is_nan(),
                         window: (msg_from.is_finite() && msg_from > 0.0).then(|| msg_from / 1e9),
                     };
-                    (drs_core::pubsub::SUBSCRIBE, body_of(&t))
+                    (drs_pubsub::SUBSCRIBE, body_of(&t))
                 }
                 "unsubscribe" => {
                     let t = Topic {
@@ -335,7 +328,7 @@ fn decode(frame: &[u8]) -> Result<Command, DecodeError> {
                         retroactive: false,
                         window: None,
                     };
-                    (drs_core::pubsub::UNSUBSCRIBE, body_of(&t))
+                    (drs_pubsub::UNSUBSCRIBE, body_of(&t))
                 }
                 "reactive" => (REACTIVE, body_of(spec)),
                 "setup" => (SETUP, body_of(spec)),

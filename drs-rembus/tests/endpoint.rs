@@ -2,6 +2,7 @@
 //! TCP, on one broker: reactive, setup, direct calls, retroactive
 //! delivery, QoS acknowledgements.
 
+use drs_pubsub::PubSub;
 use std::{sync::Arc, time::Duration};
 
 use ciborium::Value;

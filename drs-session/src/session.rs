@@ -11,10 +11,10 @@ use std::{
 };
 
 use drs_core::{
-    pubsub::{SubscribeBody, Subscriptions, EXPOSE, SUBSCRIBE},
     Body, Client, CloseReason, Conn, ConnConfig, Dialer, Error, FromBody, Handler, Layer, Protocol,
     IDENTIFY, SHUTTING_DOWN,
 };
+use drs_pubsub::{PubSub, SubscribeBody, Subscriptions, EXPOSE, SUBSCRIBE};
 use futures::Stream;
 use serde::{Deserialize, Serialize};
 use tokio::{
@@ -660,7 +660,7 @@ impl Session {
     /// Publishes `body` on `topic` (a fire), waiting for a connection as
     /// [`fire`](Session::fire) does.
     pub async fn publish<B: Serialize>(&self, topic: &str, body: B) -> Result<(), Error> {
-        drs_core::topic::check_topic(topic)?;
+        drs_pubsub::topic::check_topic(topic)?;
         self.conn().await?.publish(topic, body).await
     }
 
@@ -671,7 +671,7 @@ impl Session {
         topic: &str,
         body: B,
     ) -> Result<u64, Error> {
-        drs_core::topic::check_topic(topic)?;
+        drs_pubsub::topic::check_topic(topic)?;
         self.conn().await?.publish_confirmed(topic, body).await
     }
 

@@ -49,10 +49,9 @@ use async_nats::{
 use bytes::Bytes;
 use drs_broker::Broker;
 use drs_core::{
-    pubsub::{SubscribeBody, PUBLISH, SUBSCRIBE, UNSUBSCRIBE},
-    topic::{check_pattern, check_topic},
     Body, BodyFormat, Conn, Error, Layer, Msg, Next, Outcome, Protocol, ReplyFuture, Server,
 };
+use drs_pubsub::{check_pattern, check_topic, SubscribeBody, PUBLISH, SUBSCRIBE, UNSUBSCRIBE};
 use futures::StreamExt;
 
 /// The header naming a published body's format (`json`, `msgpack`).

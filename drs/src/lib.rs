@@ -54,6 +54,8 @@
 mod url;
 
 pub use drs_core::*;
+pub use drs_pubsub as pubsub;
+pub use drs_pubsub::{topic, PubSub};
 pub use url::{connect, connect_with, listen, Url};
 
 #[cfg(feature = "json")]
@@ -97,6 +99,7 @@ pub mod prelude {
     pub use drs_protocol_json::Json;
     #[cfg(feature = "msgpack")]
     pub use drs_protocol_msgpack::MsgPack;
+    pub use drs_pubsub::PubSub;
     #[cfg(feature = "session")]
     pub use drs_session::{Pool, Session};
 }

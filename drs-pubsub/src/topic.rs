@@ -81,7 +81,7 @@ pub fn check_pattern(pattern: &str) -> Result<(), BadTopic> {
 /// Whether `topic` matches `pattern` (both assumed valid).
 ///
 /// ```
-/// use drs_core::topic::matches;
+/// use drs_pubsub::topic::matches;
 /// assert!(matches("sensors.*", "sensors.t1"));
 /// assert!(!matches("sensors.*", "sensors.t1.raw"));
 /// assert!(matches("sensors.>", "sensors.t1.raw"));

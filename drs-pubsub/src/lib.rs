@@ -1,9 +1,14 @@
-//! The client side of pub/sub and broker RPC (docs/PROTOCOL.md §2): the wire
-//! bodies, and [`Subscriptions`], which hands each delivery to the handler
-//! of the pattern it matched.
+//! The pub/sub contract of drs (docs/PROTOCOL.md §2), beside the kernel:
+//! the wire bodies of `drs.subscribe`, `drs.publish`, `drs.expose` and
+//! `drs.missed`; the [`topic`] syntax and its matching trie;
+//! [`Subscriptions`], which hands each delivery to the handler of the
+//! pattern it matched; and [`PubSub`], the client side on any
+//! [`Conn`].
 //!
-//! A broker (`drs-broker`) serves these commands; [`Conn`] and the
-//! reconnecting session speak them.
+//! A broker (`drs-broker`) serves these commands; a [`Conn`] (through
+//! [`PubSub`]) and the reconnecting session speak them. The kernel knows
+//! nothing of them: a subscription is a [`Layer`] installed on the
+//! connection, a publication is a plain fire or call.
 
 use std::{
     collections::BTreeMap,
@@ -14,14 +19,27 @@ use std::{
 
 use serde::{Deserialize, Serialize};
 
-use crate::{
-    conn::Conn,
-    error::Error,
-    handler::{erase, BoxedHandler, Handler, Msg, ReplyFuture},
-    layer::{Layer, Next},
-    sync::{read, write},
-    topic::{check_pattern, check_topic, TopicTrie},
+use drs_core::{box_handler, BoxedHandler, Conn, Error, Handler, Layer, Msg, Next, ReplyFuture};
+
+pub mod topic;
+
+pub use topic::{
+    check_pattern, check_topic, matches, BadTopic, TopicTrie, MAX_TOPIC_DEPTH, MAX_TOPIC_LEN,
 };
+
+impl From<BadTopic> for Error {
+    fn from(bad: BadTopic) -> Self {
+        Error::Invalid(Box::new(bad))
+    }
+}
+
+fn read<T>(l: &RwLock<T>) -> std::sync::RwLockReadGuard<'_, T> {
+    l.read().unwrap_or_else(std::sync::PoisonError::into_inner)
+}
+
+fn write<T>(l: &RwLock<T>) -> std::sync::RwLockWriteGuard<'_, T> {
+    l.write().unwrap_or_else(std::sync::PoisonError::into_inner)
+}
 
 /// `drs.subscribe` `{"topic": pattern, "retroactive": bool}`.
 pub const SUBSCRIBE: &str = "drs.subscribe";
@@ -117,7 +135,7 @@ struct Table {
 /// specific one when several match: the one with the most literal
 /// segments); anything else goes on to the routes.
 ///
-/// A [`Conn`] keeps one for [`Conn::subscribe`]; a session keeps one for
+/// A [`Conn`] keeps one for [`PubSub::subscribe`]; a session keeps one for
 /// all its connections, and subscribes again on each.
 #[derive(Clone, Default)]
 pub struct Subscriptions {
@@ -163,7 +181,7 @@ impl Subscriptions {
             pattern.to_string(),
             Entry {
                 retroactive,
-                handler: erase(handler),
+                handler: box_handler(handler),
             },
         );
         Ok(())
@@ -223,30 +241,16 @@ impl Layer for Subscriptions {
 #[derive(Clone)]
 struct ConnSubscriptions(Subscriptions);
 
-impl Conn {
-    /// This connection's subscriptions, installed as its outermost layer
-    /// on first use.
-    fn subscriptions(&self) -> Subscriptions {
-        if let Some(ConnSubscriptions(subs)) = self.get::<ConnSubscriptions>() {
-            return subs;
-        }
-        self.with_extensions(|ext| {
-            if let Some(ConnSubscriptions(subs)) = ext.get::<ConnSubscriptions>() {
-                return subs.clone();
-            }
-            let subs = Subscriptions::new();
-            ext.insert(ConnSubscriptions(subs.clone()));
-            self.layer(subs.clone());
-            subs
-        })
-    }
-
+/// The client side of pub/sub and broker RPC, on any [`Conn`] whose peer
+/// is a broker (`use drs_pubsub::PubSub`, or the facade's prelude).
+pub trait PubSub {
     /// Subscribes to `pattern` on the broker at the other end and sends
     /// what it delivers to `handler` (which receives the published body;
     /// [`Msg::action`] is the concrete topic). Resolves once the broker
     /// has confirmed. Subscribing again replaces the handler.
     ///
     /// ```no_run
+    /// # use drs_pubsub::PubSub;
     /// # async fn f(conn: drs_core::Conn) -> Result<(), drs_core::Error> {
     /// conn.subscribe("sensors.*", |msg: drs_core::Msg, t: f64| async move {
     ///     println!("{} = {t}", msg.action());
@@ -254,57 +258,123 @@ impl Conn {
     /// }).await?;
     /// # Ok(()) }
     /// ```
-    pub fn subscribe<H: Handler<A>, A>(
+    fn subscribe<H: Handler<A>, A>(
         &self,
         pattern: &str,
         handler: H,
-    ) -> impl Future<Output = Result<(), Error>> + Send + 'static {
-        self.subscribe_as(pattern, false, handler)
-    }
+    ) -> impl Future<Output = Result<(), Error>> + Send + 'static;
 
-    /// Like [`subscribe`](Conn::subscribe), retroactively: for a connection
-    /// that identified with a name, the broker keeps what is published
-    /// while it is away and delivers it, in order, when the name comes
-    /// back; each delivery is a call, acknowledged by the handler's reply.
-    pub fn subscribe_retroactive<H: Handler<A>, A>(
+    /// Like [`subscribe`](PubSub::subscribe), retroactively: for a
+    /// connection that identified with a name, the broker keeps what is
+    /// published while it is away and delivers it, in order, when the name
+    /// comes back; each delivery is a call, acknowledged by the handler's
+    /// reply.
+    fn subscribe_retroactive<H: Handler<A>, A>(
         &self,
         pattern: &str,
         handler: H,
-    ) -> impl Future<Output = Result<(), Error>> + Send + 'static {
-        self.subscribe_as(pattern, true, handler)
-    }
-
-    fn subscribe_as<H: Handler<A>, A>(
-        &self,
-        pattern: &str,
-        retroactive: bool,
-        handler: H,
-    ) -> impl Future<Output = Result<(), Error>> + Send + 'static {
-        let subs = self.subscriptions();
-        let had = subs.contains(pattern);
-        let registered = subs.insert(pattern, retroactive, handler).map(|()| {
-            self.call::<crate::Body>(SUBSCRIBE, SubscribeBody::new(pattern, retroactive))
-        });
-        let pattern = pattern.to_string();
-        async move {
-            if let Err(e) = registered?.await {
-                // Refused: a new subscription leaves nothing behind.
-                if !had {
-                    subs.remove(&pattern);
-                }
-                return Err(e);
-            }
-            Ok(())
-        }
-    }
+    ) -> impl Future<Output = Result<(), Error>> + Send + 'static;
 
     /// Ends the subscription to `pattern` (on the broker, then here).
-    pub fn unsubscribe(
+    fn unsubscribe(
+        &self,
+        pattern: &str,
+    ) -> impl Future<Output = Result<(), Error>> + Send + 'static;
+
+    /// Publishes `body` on `topic` (a fire: nothing confirms it). Fails at
+    /// once, with [`Error::Invalid`], on an invalid topic.
+    fn publish(
+        &self,
+        topic: &str,
+        body: impl Serialize,
+    ) -> impl Future<Output = Result<(), Error>> + Send + 'static;
+
+    /// Publishes `body` on `topic` as a call: resolves with how many
+    /// subscribers it reached or was stored for, once a durable broker has
+    /// written it.
+    fn publish_confirmed(
+        &self,
+        topic: &str,
+        body: impl Serialize,
+    ) -> impl Future<Output = Result<u64, Error>> + Send + 'static;
+
+    /// Serves `action` for the whole broker: registers `handler` here and
+    /// asks the broker to route every connection's calls of `action` to
+    /// this one (or another exposer).
+    fn expose<H: Handler<A>, A>(
+        &self,
+        action: &str,
+        handler: H,
+    ) -> impl Future<Output = Result<(), Error>> + Send + 'static;
+
+    /// Stops serving `action` for the broker (the local handler stays).
+    fn unexpose(&self, action: &str) -> impl Future<Output = Result<(), Error>> + Send + 'static;
+}
+
+/// This connection's subscriptions, installed as its outermost layer on
+/// first use.
+fn subscriptions(conn: &Conn) -> Subscriptions {
+    if let Some(ConnSubscriptions(subs)) = conn.get::<ConnSubscriptions>() {
+        return subs;
+    }
+    conn.with_extensions(|ext| {
+        if let Some(ConnSubscriptions(subs)) = ext.get::<ConnSubscriptions>() {
+            return subs.clone();
+        }
+        let subs = Subscriptions::new();
+        ext.insert(ConnSubscriptions(subs.clone()));
+        conn.layer(subs.clone());
+        subs
+    })
+}
+
+fn subscribe_as<H: Handler<A>, A>(
+    conn: &Conn,
+    pattern: &str,
+    retroactive: bool,
+    handler: H,
+) -> impl Future<Output = Result<(), Error>> + Send + 'static {
+    let subs = subscriptions(conn);
+    let had = subs.contains(pattern);
+    let registered = subs
+        .insert(pattern, retroactive, handler)
+        .map(|()| conn.call::<drs_core::Body>(SUBSCRIBE, SubscribeBody::new(pattern, retroactive)));
+    let pattern = pattern.to_string();
+    async move {
+        if let Err(e) = registered?.await {
+            // Refused: a new subscription leaves nothing behind.
+            if !had {
+                subs.remove(&pattern);
+            }
+            return Err(e);
+        }
+        Ok(())
+    }
+}
+
+impl PubSub for Conn {
+    fn subscribe<H: Handler<A>, A>(
+        &self,
+        pattern: &str,
+        handler: H,
+    ) -> impl Future<Output = Result<(), Error>> + Send + 'static {
+        subscribe_as(self, pattern, false, handler)
+    }
+
+    fn subscribe_retroactive<H: Handler<A>, A>(
+        &self,
+        pattern: &str,
+        handler: H,
+    ) -> impl Future<Output = Result<(), Error>> + Send + 'static {
+        subscribe_as(self, pattern, true, handler)
+    }
+
+    fn unsubscribe(
         &self,
         pattern: &str,
     ) -> impl Future<Output = Result<(), Error>> + Send + 'static {
-        let call = self.call::<crate::Body>(UNSUBSCRIBE, SubscribeBody::new(pattern, false));
-        let subs = self.subscriptions();
+        let call = self.call::<drs_core::Body>(UNSUBSCRIBE, SubscribeBody::new(pattern, false));
+        let subs = subscriptions(self);
         let pattern = pattern.to_string();
         async move {
             call.await?;
@@ -313,9 +383,7 @@ impl Conn {
         }
     }
 
-    /// Publishes `body` on `topic` (a fire: nothing confirms it). Fails at
-    /// once on an invalid topic.
-    pub fn publish(
+    fn publish(
         &self,
         topic: &str,
         body: impl Serialize,
@@ -332,10 +400,7 @@ impl Conn {
         async move { fire?.await }
     }
 
-    /// Publishes `body` on `topic` as a call: resolves with how many
-    /// subscribers it reached or was stored for, once a durable broker has
-    /// written it.
-    pub fn publish_confirmed(
+    fn publish_confirmed(
         &self,
         topic: &str,
         body: impl Serialize,
@@ -352,16 +417,13 @@ impl Conn {
         async move { call?.await }
     }
 
-    /// Serves `action` for the whole broker: registers `handler` here and
-    /// asks the broker to route every connection's calls of `action` to
-    /// this one (or another exposer).
-    pub fn expose<H: Handler<A>, A>(
+    fn expose<H: Handler<A>, A>(
         &self,
         action: &str,
         handler: H,
     ) -> impl Future<Output = Result<(), Error>> + Send + 'static {
         self.on(action, handler);
-        let call = self.call::<crate::Body>(
+        let call = self.call::<drs_core::Body>(
             EXPOSE,
             ExposeBody {
                 action: action.to_string(),
@@ -373,12 +435,8 @@ impl Conn {
         }
     }
 
-    /// Stops serving `action` for the broker (the local handler stays).
-    pub fn unexpose(
-        &self,
-        action: &str,
-    ) -> impl Future<Output = Result<(), Error>> + Send + 'static {
-        let call = self.call::<crate::Body>(
+    fn unexpose(&self, action: &str) -> impl Future<Output = Result<(), Error>> + Send + 'static {
+        let call = self.call::<drs_core::Body>(
             UNEXPOSE,
             ExposeBody {
                 action: action.to_string(),
@@ -387,6 +445,66 @@ impl Conn {
         async move {
             call.await?;
             Ok(())
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn chosen(subs: &Subscriptions, topic: &str) -> Option<String> {
+        let handler = subs.handler_for(topic)?;
+        let table = read(&subs.table);
+        table
+            .by_pattern
+            .iter()
+            .find(|(_, e)| Arc::ptr_eq(&e.handler, &handler))
+            .map(|(p, _)| p.clone())
+    }
+
+    async fn noop(_: Msg) -> Result<(), drs_core::HandlerError> {
+        Ok(())
+    }
+
+    #[test]
+    fn the_most_specific_pattern_wins() {
+        let subs = Subscriptions::new();
+        for p in [">", "a.>", "a.*.c", "a.b", "*.b"] {
+            subs.insert(p, false, noop).unwrap();
+        }
+        assert_eq!(chosen(&subs, "a.b").as_deref(), Some("a.b"));
+        assert_eq!(chosen(&subs, "a.x.c").as_deref(), Some("a.*.c"));
+        assert_eq!(chosen(&subs, "a.c").as_deref(), Some("a.>"));
+        assert_eq!(chosen(&subs, "z.b").as_deref(), Some("*.b"));
+        assert_eq!(chosen(&subs, "z").as_deref(), Some(">"));
+        assert!(subs.remove(">"));
+        assert!(!subs.remove(">"), "removed twice");
+        assert_eq!(chosen(&subs, "z"), None);
+        assert_eq!(
+            subs.patterns(),
+            vec![
+                ("*.b".to_string(), false),
+                ("a.*.c".to_string(), false),
+                ("a.>".to_string(), false),
+                ("a.b".to_string(), false),
+            ]
+        );
+    }
+
+    #[test]
+    fn a_bad_pattern_is_refused_and_leaves_nothing() {
+        let subs = Subscriptions::new();
+        let err = subs.insert("a..b", true, noop).unwrap_err();
+        assert!(err.is_invalid() && err.is_unsent(), "{err:?}");
+        assert_eq!(
+            err.to_string(),
+            r#"invalid topic "a..b": a segment is empty"#
+        );
+        assert!(subs.patterns().is_empty());
+        match err {
+            Error::Invalid(source) => assert!(source.downcast_ref::<BadTopic>().is_some()),
+            other => panic!("{other:?}"),
         }
     }
 }
