@@ -310,7 +310,10 @@ async fn drs_server(system: &str) -> Result<(), Box<dyn std::error::Error + Send
     // DRS_BENCH_STATS=0 turns the server's statistics off, to measure
     // what they cost (README, Performance).
     let stats = std::env::var("DRS_BENCH_STATS").map_or(true, |v| v != "0");
-    let server = Server::with_config(drs_core::ServerConfig::default().stats(stats));
+    let server = Server::new();
+    if stats {
+        drs_stats::Stats::install(&server);
+    }
     server.on("echo", |body: Body| async move { HandlerResult::Ok(body) });
     let fired = Arc::new(AtomicU64::new(0));
     let f = fired.clone();

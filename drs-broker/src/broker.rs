@@ -587,10 +587,11 @@ impl Broker {
         }
         broker.install(server);
         broker.start_sweeper();
-        if let Some(stats) = server.stats() {
-            // What `drs.stats` and the metrics endpoint show of the broker.
+        {
+            // What `drs.stats` and the metrics endpoint show of the broker,
+            // when the server keeps statistics.
             let weak = Arc::downgrade(&broker.inner);
-            stats.source("broker", move || match weak.upgrade() {
+            drs_stats::section(server, "broker", move || match weak.upgrade() {
                 Some(inner) => {
                     let s = Broker { inner }.stats();
                     serde_json::json!({

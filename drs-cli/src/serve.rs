@@ -253,6 +253,8 @@ pub(crate) struct Running {
 /// `bound` with each one's URL.
 pub(crate) async fn start(config: Config, mut bound: impl FnMut(&str)) -> Result<Running, Failure> {
     let server = Server::with_config(config.limits.apply(ServerConfig::default())?);
+    // Statistics: drs.stats, and what the dashboard and /metrics show.
+    drs::Stats::install(&server);
     if let Some(patterns) = &config.jail {
         server.jail(jail("jail", patterns)?);
     }

@@ -110,10 +110,10 @@ mod ext;
 mod handler;
 mod layer;
 pub mod memory;
+pub mod observe;
 mod protocol;
 mod router;
 mod server;
-pub mod stats;
 mod stream;
 mod sync;
 mod text;
@@ -141,11 +141,11 @@ pub use handler::{
     HandlerResult, Msg, Outcome, ReplyFuture,
 };
 pub use layer::{layer_fn, FnLayer, Layer, Next};
+pub use observe::{ActionObserver, Io, Observer};
 pub use protocol::{
     BodyFormat, DecodeError, EncodeError, FrameKind, Framing, OutBody, Outgoing, Protocol,
 };
 pub use server::{fanout, Peer, Server, ServerConfig, WeakServer, MAX_NAMES_PER_CONN};
-pub use stats::Stats;
 pub use stream::{IntoOutcome, IntoReply, ItemSink, Produced, Reply, Streamed};
 pub use text::Text;
 pub use transport::{

@@ -65,9 +65,6 @@ pub struct ServerConfig {
     /// waiting to be served. Past it the connections holding the most are
     /// disconnected ([`CloseReason::BudgetExceeded`]). Default 256 MiB.
     pub memory_budget: usize,
-    /// Keep [`Stats`](crate::Stats) (per-action counts and latencies,
-    /// connections, bytes) and serve `drs.stats`. Default on.
-    pub stats: bool,
 }
 
 impl Default for ServerConfig {
@@ -82,7 +79,6 @@ impl From<ConnConfig> for ServerConfig {
             conn,
             max_connections: 10_000,
             memory_budget: DEFAULT_MEMORY_BUDGET,
-            stats: true,
         }
     }
 }
@@ -103,12 +99,6 @@ impl ServerConfig {
     /// Sets the server-wide memory budget in bytes.
     pub fn memory_budget(mut self, bytes: usize) -> Self {
         self.memory_budget = bytes;
-        self
-    }
-
-    /// Keeps statistics and serves `drs.stats` (the default), or not.
-    pub fn stats(mut self, on: bool) -> Self {
-        self.stats = on;
         self
     }
 }
@@ -137,7 +127,8 @@ struct Inner {
     /// Closes every connection now.
     force: CancellationToken,
     tasks: TaskTracker,
-    stats: Option<crate::Stats>,
+    observer: std::sync::OnceLock<Arc<dyn crate::Observer>>,
+    extensions: std::sync::Mutex<crate::Extensions>,
 }
 
 /// A drs server: one routing table, any number of listeners (each with its
@@ -226,18 +217,10 @@ impl Server {
                 drain: CancellationToken::new(),
                 force: CancellationToken::new(),
                 tasks: TaskTracker::new(),
-                stats: config.stats.then(crate::Stats::new),
+                observer: std::sync::OnceLock::new(),
+                extensions: std::sync::Mutex::default(),
             }),
         };
-        if server.inner.stats.is_some() {
-            let weak = Arc::downgrade(&server.inner);
-            server.inner.router.on(crate::stats::STATS, move || {
-                let snapshot = weak
-                    .upgrade()
-                    .map(|inner| Server { inner }.stats_snapshot());
-                async move { snapshot.ok_or_else(|| HandlerError::new("the server is gone")) }
-            });
-        }
         let weak = Arc::downgrade(&server.inner);
         server
             .inner
@@ -252,18 +235,23 @@ impl Server {
         server
     }
 
-    /// The server's statistics (`None` when [`ServerConfig::stats`] is off).
-    pub fn stats(&self) -> Option<&crate::Stats> {
-        self.inner.stats.as_ref()
+    /// Reports every connection accepted from now on, and the commands
+    /// they serve, to `observer` (statistics: `drs-stats`). A server has
+    /// one observer: false, and `observer` is dropped, if it has one.
+    pub fn observe(&self, observer: impl crate::Observer) -> bool {
+        self.inner.observer.set(Arc::new(observer)).is_ok()
     }
 
-    /// What `drs.stats` answers: [`Stats::snapshot`](crate::Stats::snapshot)
-    /// of the live connections (`null` with statistics off).
-    pub fn stats_snapshot(&self) -> serde_json::Value {
-        match &self.inner.stats {
-            Some(stats) => stats.snapshot(&self.connections()),
-            None => serde_json::Value::Null,
-        }
+    /// The server's [`Extensions`](crate::Extensions): state that crates
+    /// beside the core keep per server (the statistics, a broker's
+    /// handle), by type.
+    pub fn with_extensions<R>(&self, f: impl FnOnce(&mut crate::Extensions) -> R) -> R {
+        f(&mut lock(&self.inner.extensions))
+    }
+
+    /// A clone of the server's extension of type `T`, if any.
+    pub fn get<T: Clone + Send + Sync + 'static>(&self) -> Option<T> {
+        lock(&self.inner.extensions).get::<T>().cloned()
     }
 
     /// The settings every connection gets.
@@ -646,8 +634,8 @@ impl Server {
             meter,
         );
         driver.set_drain(inner.drain.clone());
-        if let Some(stats) = &inner.stats {
-            driver.set_stats(stats.clone());
+        if let Some(observer) = inner.observer.get() {
+            driver.set_observer(observer.clone());
         }
         let hooks = read(&inner.on_connect).clone();
         let admitted = Arc::new(std::sync::atomic::AtomicBool::new(false));
@@ -664,8 +652,8 @@ impl Server {
                 }
                 write(&server.inner.conns).insert(conn.id(), conn.clone());
                 admitted.store(true, std::sync::atomic::Ordering::Release);
-                if let Some(stats) = &server.inner.stats {
-                    stats.admitted();
+                if let Some(observer) = server.inner.observer.get() {
+                    observer.connected(&conn);
                 }
                 tracing::debug!(
                     id = conn.id(),
@@ -679,8 +667,8 @@ impl Server {
         driver.run().await;
         write(&inner.conns).remove(&conn.id());
         let admitted = admitted.load(std::sync::atomic::Ordering::Acquire);
-        if let Some(stats) = &inner.stats {
-            stats.retire(&conn, admitted);
+        if let Some(observer) = inner.observer.get() {
+            observer.disconnected(&conn, admitted);
         }
         if admitted {
             for hook in read(&inner.on_disconnect).clone() {

@@ -1,4 +1,4 @@
-//! An HTTP endpoint for a drs [`Server`]'s statistics ([`drs_core::Stats`]),
+//! An HTTP endpoint for a drs [`Server`]'s statistics ([`drs_stats::Stats`]),
 //! on an address of its own:
 //!
 //! - `GET /metrics`: the Prometheus text format (OpenMetrics 1.0), for a
@@ -28,7 +28,7 @@
 //! | `drs_disconnects_total` | counter | `reason` |
 //! | `drs_bytes_total`, `drs_frames_total` | counter | `direction` (`in`, `out`) |
 //! | `drs_uptime_seconds` | gauge | |
-//! | `drs_<section>_<name>` | gauge | numbers a plug-in adds ([`Stats::source`](drs_core::Stats::source)), e.g. `drs_broker_subscriptions` (integers print as integers; the broker's say what they count) |
+//! | `drs_<section>_<name>` | gauge | numbers a plug-in adds ([`drs_stats::section`]), e.g. `drs_broker_subscriptions` (integers print as integers; the broker's say what they count) |
 //! | `drs_build_info` | gauge (1) | `version` |
 //! | `drs_start_time_seconds` | gauge | |
 //! | `process_resident_memory_bytes`, `process_open_fds`, `process_start_time_seconds` | gauge | (Linux, from `/proc/self`) |
@@ -50,6 +50,7 @@ use std::{fmt, io};
 use bytes::Bytes;
 use drs_core::{HandlerResult, Jail, Server, ServerConfig};
 use drs_protocol_json::Json;
+use drs_stats::{Stats, STATS};
 use drs_transport_ws::WsListener;
 use prometheus_client::{
     collector::Collector,
@@ -91,28 +92,24 @@ impl Endpoint {
 }
 
 /// Serves `server`'s statistics on `addr` (port 0 picks a free port).
-/// Fails if `server` keeps none ([`ServerConfig::stats`] off) or the
-/// address cannot be bound.
+/// Fails if `server` keeps none (install them with
+/// [`Stats::install`] before it listens) or the address cannot be bound.
 pub async fn serve(server: &Server, addr: &str) -> io::Result<Endpoint> {
-    if server.stats().is_none() {
+    if Stats::get(server).is_none() {
         return Err(io::Error::new(
             io::ErrorKind::InvalidInput,
-            "the server keeps no statistics (ServerConfig::stats is off)",
+            "the server keeps no statistics (install them with drs_stats::Stats::install before it listens)",
         ));
     }
     // The feed: a server of its own that answers drs.stats with the
     // watched server's numbers, and nothing else.
-    let feed = Server::with_config(
-        ServerConfig::default()
-            .stats(false)
-            .max_connections(MAX_CONNECTIONS),
-    );
+    let feed = Server::with_config(ServerConfig::default().max_connections(MAX_CONNECTIONS));
     let watched = server.clone();
-    feed.on(drs_core::stats::STATS, move || {
-        let snapshot = watched.stats_snapshot();
+    feed.on(STATS, move || {
+        let snapshot = Stats::get(&watched).map(|stats| stats.snapshot(&watched));
         async move { HandlerResult::Ok(snapshot) }
     });
-    feed.jail(Jail::new([drs_core::stats::STATS]).map_err(io::Error::other)?);
+    feed.jail(Jail::new([STATS]).map_err(io::Error::other)?);
     let scraped = server.clone();
     let listener = WsListener::bind(addr)
         .await?
@@ -138,7 +135,7 @@ pub fn prometheus_text(server: &Server) -> String {
     out
 }
 
-/// Reads a server's [`Stats`](drs_core::Stats) at scrape time.
+/// Reads a server's [`Stats`] at scrape time.
 struct Collect {
     server: Server,
 }
@@ -153,7 +150,7 @@ type Labels<'a> = Vec<(&'static str, &'a str)>;
 
 impl Collector for Collect {
     fn encode(&self, mut enc: DescriptorEncoder<'_>) -> Result<(), fmt::Error> {
-        let Some(stats) = self.server.stats() else {
+        let Some(stats) = Stats::get(&self.server) else {
             return Ok(());
         };
         let actions = stats.actions();
@@ -279,7 +276,7 @@ impl Collector for Collect {
         ConstGauge::new(stats.uptime().as_secs_f64()).encode(m)?;
 
         // The sections plug-ins add: each number a gauge.
-        let snapshot = stats.snapshot(&[]);
+        let snapshot = stats.snapshot(&self.server);
         if let Some(all) = snapshot.as_object() {
             for (section, value) in all {
                 if matches!(

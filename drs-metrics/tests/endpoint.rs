@@ -157,6 +157,7 @@ fn value(samples: &[Sample], name: &str, labels: &[(&str, &str)]) -> Option<f64>
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn metrics_parse_and_hold_the_exact_counts() {
     let server = Server::new();
+    drs_stats::Stats::install(&server);
     server.on("double", |x: i64| async move { x * 2 });
     server.on("fail", || async { Err::<(), _>(HandlerError::new("no")) });
     let _broker = drs_broker::Broker::attach(&server, Default::default()).unwrap();
@@ -315,18 +316,23 @@ async fn metrics_parse_and_hold_the_exact_counts() {
 
 #[tokio::test]
 async fn a_server_without_statistics_is_refused() {
-    let server = Server::with_config(drs_core::ServerConfig::default().stats(false));
+    let server = Server::new();
     let e = within(drs_metrics::serve(&server, "127.0.0.1:0"))
         .await
         .unwrap_err();
-    assert!(e.to_string().contains("keeps no statistics"), "{e}");
+    assert_eq!(
+        e.to_string(),
+        "the server keeps no statistics (install them with drs_stats::Stats::install before it listens)"
+    );
     assert_eq!(drs_metrics::prometheus_text(&server), "# EOF\n");
 }
 
 #[test]
 fn names_of_plug_in_sections_are_sanitised() {
     let server = Server::new();
-    server.stats().unwrap().source(
+    drs_stats::Stats::install(&server);
+    drs_stats::section(
+        &server,
         "my plug-in",
         || serde_json::json!({"queue depth": 3, "label": "x"}),
     );

@@ -56,6 +56,8 @@ mod url;
 pub use drs_core::*;
 pub use drs_pubsub as pubsub;
 pub use drs_pubsub::{topic, PubSub};
+pub use drs_stats as stats;
+pub use drs_stats::Stats;
 pub use url::{connect, connect_with, listen, Url};
 
 #[cfg(feature = "json")]

@@ -333,6 +333,8 @@ async fn main() -> ExitCode {
     };
 
     let server = Server::with_config(settings.config);
+    // Statistics: drs.stats, and what the dashboard and /metrics show.
+    drs_stats::Stats::install(&server);
     // Pub/sub and broker RPC, with exposers served before the demo's own
     // handlers of the same name.
     let store = settings.store.clone().unwrap_or_else(|| {

@@ -147,16 +147,16 @@ pub(crate) struct Driver<T> {
     frames_seen: bool,
     stall_since: Option<Instant>,
     timer: Option<Pin<Box<Sleep>>>,
-    /// The server's statistics, and this connection's handles to the
-    /// counters of the actions it served.
-    stats: Option<crate::stats::Stats>,
-    stat_cache: HashMap<
+    /// The server's observer, and this connection's handles to the
+    /// probes of the routed actions it served.
+    observer: Option<Arc<dyn crate::Observer>>,
+    probes: HashMap<
         Box<str>,
-        Arc<crate::stats::ActionStats>,
+        Arc<dyn crate::ActionObserver>,
         std::hash::BuildHasherDefault<crate::router::NameHasher>,
     >,
     /// Bytes and frames so far, published to `shared.io` per batch.
-    io_totals: crate::stats::Io,
+    io_totals: crate::Io,
     io_published: bool,
     /// Commands with a `delay`, held until due: by due time (and arrival,
     /// to keep their order), with their frame sizes; and the keys of the
@@ -210,8 +210,8 @@ impl<T: Transport> Driver<T> {
             frames_seen: false,
             stall_since: None,
             timer: None,
-            stats: None,
-            stat_cache: HashMap::default(),
+            observer: None,
+            probes: HashMap::default(),
             io_totals: Default::default(),
             io_published: true,
             held: Default::default(),
@@ -311,23 +311,25 @@ impl<T: Transport> Driver<T> {
         self.held_timer = None;
     }
 
-    /// Counts the commands this connection serves in `stats`.
-    pub(crate) fn set_stats(&mut self, stats: crate::stats::Stats) {
-        self.stats = Some(stats);
+    /// Reports the commands this connection serves to `observer`.
+    pub(crate) fn set_observer(&mut self, observer: Arc<dyn crate::Observer>) {
+        self.observer = Some(observer);
     }
 
-    /// The counters of `action`, if statistics are kept.
-    fn counters(&mut self, action: &str) -> Option<Arc<crate::stats::ActionStats>> {
-        let stats = self.stats.as_ref()?;
-        if let Some(counters) = self.stat_cache.get(action) {
-            return Some(counters.clone());
+    /// The probe of `action`, if the server is observed; kept for routed
+    /// actions (at most `MAX_PROBES`: a peer cannot grow the table).
+    fn probe(&mut self, action: &str) -> Option<Arc<dyn crate::ActionObserver>> {
+        const MAX_PROBES: usize = 1024;
+        let observer = self.observer.as_ref()?;
+        if let Some(probe) = self.probes.get(action) {
+            return Some(probe.clone());
         }
         let routed = self.routes.has_route(action);
-        let counters = stats.action(action, routed);
-        if routed && self.stat_cache.len() < crate::stats::MAX_ACTIONS {
-            self.stat_cache.insert(action.into(), counters.clone());
+        let probe = observer.action(action, routed);
+        if routed && self.probes.len() < MAX_PROBES {
+            self.probes.insert(action.into(), probe.clone());
         }
-        Some(counters)
+        Some(probe)
     }
 
     /// Holds commands until `gate` resolves, for at most the admission
@@ -1029,7 +1031,7 @@ impl<T: Transport> Driver<T> {
             self.routes = self.shared.router.snapshot();
         }
         let msg = Msg::new(self.shared.clone(), cmd);
-        let counters = self.counters(msg.action());
+        let counters = self.probe(msg.action());
         let started = counters.as_ref().map(|_| std::time::Instant::now());
         // Only when someone listens: building a span costs even when it is
         // discarded (e.g. with tracing's `log` feature on).
@@ -1049,7 +1051,7 @@ impl<T: Transport> Driver<T> {
             Ok(Poll::Ready(outcome)) => {
                 log_outcome(&msg, &outcome);
                 if let (Some(counters), Some(start)) = (&counters, started) {
-                    crate::stats::Probe::record_at_once(counters, start, &outcome);
+                    crate::observe::Probe::at_once(&**counters, start, &outcome);
                 }
                 if let Some(key) = msg.key() {
                     self.push_reply(key, &outcome);
@@ -1058,7 +1060,7 @@ impl<T: Transport> Driver<T> {
             Ok(Poll::Pending) => {
                 let probe = counters
                     .zip(started)
-                    .map(|(c, start)| crate::stats::Probe::in_flight(c, start));
+                    .map(|(c, start)| crate::observe::Probe::in_flight(c, start));
                 let fut = fut.expect("the handler was polled");
                 let limit = self
                     .routes
@@ -1102,7 +1104,7 @@ impl<T: Transport> Driver<T> {
                 let outcome = Outcome::from_panic(panic);
                 log_outcome(&msg, &outcome);
                 if let (Some(counters), Some(start)) = (&counters, started) {
-                    crate::stats::Probe::record_at_once(counters, start, &outcome);
+                    crate::observe::Probe::at_once(&**counters, start, &outcome);
                 }
                 if let Some(key) = msg.key() {
                     self.push_reply(key, &outcome);

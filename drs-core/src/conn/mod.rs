@@ -357,7 +357,7 @@ pub(crate) struct Shared {
     /// Who the peer is, once authenticated.
     pub(crate) identity: std::sync::OnceLock<Arc<crate::Identity>>,
     /// Bytes and frames moved, counted by the driver.
-    pub(crate) io: crate::stats::IoCounters,
+    pub(crate) io: crate::observe::IoCounters,
     /// What the connection holds against the server's memory budget.
     pub(crate) meter: crate::budget::ReadMeter,
 }
@@ -742,9 +742,10 @@ impl Conn {
         lock(&self.shared.close_reason).clone()
     }
 
-    /// Bytes and frames this connection moved.
-    pub(crate) fn io(&self) -> &crate::stats::IoCounters {
-        &self.shared.io
+    /// Bytes and frames this connection moved so far (published by its
+    /// driver once per batch of frames).
+    pub fn io(&self) -> crate::Io {
+        self.shared.io.load()
     }
 
     /// Bytes waiting to be written to the peer.

@@ -4,10 +4,9 @@
 
 use std::{future::IntoFuture, time::Duration};
 
-use drs_core::{
-    memory, stats::OTHER, Body, Client, HandlerError, HandlerResult, Server, ServerConfig,
-};
+use drs_core::{memory, Body, Client, HandlerError, HandlerResult, Observer, Server};
 use drs_protocol_json::Json;
+use drs_stats::{Stats, OTHER};
 use serde_json::{json, Value};
 
 const LIMIT: Duration = Duration::from_secs(20);
@@ -20,6 +19,7 @@ async fn within<F: std::future::Future>(f: F) -> F::Output {
 
 fn demo() -> Server {
     let server = Server::new();
+    Stats::install(&server);
     server.on("double", |x: i64| async move { x * 2 });
     server.on("fail", || async { Err::<(), _>(HandlerError::new("no")) });
     server.on("boom", |_: Body| async move {
@@ -79,7 +79,7 @@ async fn counts_after_a_scripted_load_are_exact() {
         let call = conn.call::<u64>("sleep", 60_000).into_future();
         let _ = tokio::time::timeout(Duration::from_millis(50), call).await;
     }
-    let stats = server.stats().expect("on by default").clone();
+    let stats = Stats::get(&server).expect("installed");
     // Wait for the fire and the cancels to be counted.
     within(async {
         while stats.of("double").unwrap().calls() < 41
@@ -173,10 +173,10 @@ fn rand_ish() -> u64 {
 }
 
 #[tokio::test]
-async fn stats_can_be_turned_off() {
-    let server = Server::with_config(ServerConfig::default().stats(false));
+async fn without_stats_nothing_is_counted_or_served() {
+    let server = Server::new();
     server.on("double", |x: i64| async move { x * 2 });
-    assert!(server.stats().is_none());
+    assert!(Stats::get(&server).is_none());
     let (listener, dialer) = memory::listener();
     server.listen(listener, Json).unwrap();
     let conn = within(Client::new().connect(dialer, Json)).await.unwrap();
@@ -190,5 +190,40 @@ async fn stats_can_be_turned_off() {
         .await
         .unwrap_err();
     assert!(e.to_string().contains("No handlers for drs.stats"), "{e}");
-    assert_eq!(server.stats_snapshot(), json!(null));
+}
+
+#[tokio::test]
+async fn install_is_idempotent_and_sections_come_in_any_order() {
+    let server = Server::new();
+    drs_stats::section(&server, "early", || json!(1));
+    let stats = Stats::install(&server);
+    let again = Stats::install(&server);
+    drs_stats::section(&server, "late", || json!({"n": 2}));
+    drs_stats::section(&server, "early", || json!("replaced"));
+    let (listener, dialer) = memory::listener();
+    server.listen(listener, Json).unwrap();
+    let conn = within(Client::new().connect(dialer, Json)).await.unwrap();
+    let wire: Value = within(conn.call::<Value>("drs.stats", ()).into_future())
+        .await
+        .unwrap();
+    // The same statistics: one observer, one drs.stats.
+    assert_eq!((stats.accepted(), again.accepted()), (1, 1));
+    assert_eq!(wire["late"], json!({"n": 2}));
+    assert_eq!(
+        wire["actions"]["drs.stats"]["calls"],
+        json!(0),
+        "counted when it ends"
+    );
+    conn.close();
+    let snapshot = stats.snapshot(&server);
+    assert_eq!(snapshot["early"], json!("replaced"));
+    assert_eq!(snapshot["late"], json!({"n": 2}));
+    // A second observer is refused: the statistics stay the server's.
+    struct Other;
+    impl Observer for Other {
+        fn action(&self, _: &str, _: bool) -> std::sync::Arc<dyn drs_core::ActionObserver> {
+            unreachable!("never installed")
+        }
+    }
+    assert!(!server.observe(Other));
 }

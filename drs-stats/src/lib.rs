@@ -1,16 +1,23 @@
-//! What a server is doing: per action, calls by outcome, calls in flight
-//! and a latency histogram; per server, connections by transport and
-//! protocol, bytes and frames each way, disconnects by reason, and what
-//! plug-ins add (the broker's topics and store). Kept by every [`Server`]
-//! unless [`ServerConfig::stats`] turns it off, read with
-//! [`Server::stats`] and the built-in `drs.stats` action.
+//! What a server is doing, beside the drs kernel: per action, calls by
+//! outcome, calls in flight and a latency histogram; per server,
+//! connections by transport and protocol, bytes and frames each way,
+//! disconnects by reason, and the sections other crates add (the broker's
+//! topics and store). [`Stats::install`] puts it on a [`Server`] (as its
+//! [`Observer`]) and serves the built-in `drs.stats` action; the
+//! dashboard and `/metrics` (`drs-metrics`) read it.
 //!
-//! The cost per command is a few uncontended-or-shared atomic additions
-//! and one hash lookup; `drs-bench` measures it (README).
+//! ```
+//! # #[tokio::main(flavor = "current_thread")] async fn main() {
+//! let server = drs_core::Server::new();
+//! let stats = drs_stats::Stats::install(&server);
+//! assert_eq!(stats.accepted(), 0);
+//! # }
+//! ```
 //!
-//! [`Server`]: crate::Server
-//! [`Server::stats`]: crate::Server::stats
-//! [`ServerConfig::stats`]: crate::ServerConfig::stats
+//! The cost per command is a few uncontended-or-shared atomic additions;
+//! the kernel keeps each action's counters per connection, so there is no
+//! lookup. `drs-bench` measures it (README; `DRS_BENCH_STATS=0` runs the
+//! servers without).
 
 use std::{
     collections::{BTreeMap, HashMap},
@@ -18,12 +25,12 @@ use std::{
         atomic::{AtomicI64, AtomicU64, Ordering::Relaxed},
         Arc, Mutex, RwLock,
     },
-    time::Instant,
+    time::{Duration, Instant},
 };
 
 use serde_json::{json, Map, Value};
 
-use crate::{handler::Outcome, sync::lock, Conn};
+use drs_core::{ActionObserver, Conn, HandlerError, Io, Observer, Outcome, Server, WeakServer};
 
 /// The built-in action answering [`Stats::snapshot`].
 pub const STATS: &str = "drs.stats";
@@ -196,54 +203,6 @@ impl ActionStats {
     }
 }
 
-/// Bytes and frames a connection moved: counted by its driver in plain
-/// integers and published here once per batch of frames.
-#[derive(Debug, Default)]
-pub(crate) struct IoCounters {
-    pub(crate) bytes_in: AtomicU64,
-    pub(crate) bytes_out: AtomicU64,
-    pub(crate) frames_in: AtomicU64,
-    pub(crate) frames_out: AtomicU64,
-}
-
-impl IoCounters {
-    /// Publishes the driver's running totals.
-    pub(crate) fn publish(&self, io: &Io) {
-        self.bytes_in.store(io.bytes_in, Relaxed);
-        self.bytes_out.store(io.bytes_out, Relaxed);
-        self.frames_in.store(io.frames_in, Relaxed);
-        self.frames_out.store(io.frames_out, Relaxed);
-    }
-
-    fn add_to(&self, totals: &IoCounters) {
-        totals
-            .bytes_in
-            .fetch_add(self.bytes_in.load(Relaxed), Relaxed);
-        totals
-            .bytes_out
-            .fetch_add(self.bytes_out.load(Relaxed), Relaxed);
-        totals
-            .frames_in
-            .fetch_add(self.frames_in.load(Relaxed), Relaxed);
-        totals
-            .frames_out
-            .fetch_add(self.frames_out.load(Relaxed), Relaxed);
-    }
-}
-
-/// Bytes and frames, in and out.
-#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
-pub struct Io {
-    /// Bytes of frames received.
-    pub bytes_in: u64,
-    /// Bytes of frames sent.
-    pub bytes_out: u64,
-    /// Frames received.
-    pub frames_in: u64,
-    /// Frames sent.
-    pub frames_out: u64,
-}
-
 type Source = Arc<dyn Fn() -> Value + Send + Sync>;
 
 struct Inner {
@@ -252,9 +211,13 @@ struct Inner {
     other: Arc<ActionStats>,
     accepted: AtomicU64,
     disconnects: Mutex<BTreeMap<String, u64>>,
-    retired: IoCounters,
-    sources: RwLock<Vec<(String, Source)>>,
+    retired: Mutex<Io>,
 }
+
+/// The sections added to a server's snapshot ([`section`]), kept in the
+/// server's extensions so that the order of installation does not matter.
+#[derive(Clone, Default)]
+struct Sections(Arc<RwLock<Vec<(String, Source)>>>);
 
 /// A server's statistics (see the [module docs](self)). Cheap to clone.
 #[derive(Clone)]
@@ -284,15 +247,51 @@ impl Stats {
                 other: Arc::default(),
                 accepted: AtomicU64::new(0),
                 disconnects: Mutex::default(),
-                retired: IoCounters::default(),
-                sources: RwLock::default(),
+                retired: Mutex::default(),
             }),
         }
     }
 
+    /// The statistics of `server`, installed on first use: from then on
+    /// every connection it accepts is counted, and `drs.stats` answers
+    /// [`snapshot`](Stats::snapshot). Install before listening: the
+    /// connections accepted earlier are not counted. Returns the
+    /// installed statistics when called again.
+    ///
+    /// If the server already had another [`Observer`], these statistics
+    /// are returned but count nothing.
+    pub fn install(server: &Server) -> Stats {
+        let (stats, new) = server.with_extensions(|ext| match ext.get::<Stats>() {
+            Some(stats) => (stats.clone(), false),
+            None => {
+                let stats = Stats::new();
+                ext.insert(stats.clone());
+                (stats, true)
+            }
+        });
+        if new {
+            if !server.observe(stats.clone()) {
+                tracing::warn!("the server already has an observer: drs.stats counts nothing");
+            }
+            let weak: WeakServer = server.downgrade();
+            server.on(STATS, move || {
+                let snapshot = weak
+                    .upgrade()
+                    .and_then(|server| Some(Stats::get(&server)?.snapshot(&server)));
+                async move { snapshot.ok_or_else(|| HandlerError::new("the server is gone")) }
+            });
+        }
+        stats
+    }
+
+    /// The statistics [`install`](Stats::install)ed on `server`, if any.
+    pub fn get(server: &Server) -> Option<Stats> {
+        server.get::<Stats>()
+    }
+
     /// The counters of `action` (created for an action with a handler,
     /// up to [`MAX_ACTIONS`]; others share [`OTHER`]'s).
-    pub(crate) fn action(&self, action: &str, routed: bool) -> Arc<ActionStats> {
+    fn action(&self, action: &str, routed: bool) -> Arc<ActionStats> {
         if !routed {
             return self.inner.other.clone();
         }
@@ -337,25 +336,9 @@ impl Stats {
         self.inner.started.elapsed()
     }
 
-    pub(crate) fn admitted(&self) {
-        self.inner.accepted.fetch_add(1, Relaxed);
-    }
-
     /// Connections admitted since the start.
     pub fn accepted(&self) -> u64 {
         self.inner.accepted.load(Relaxed)
-    }
-
-    /// Records that `conn` ended: its bytes and frames join the totals,
-    /// its close reason the disconnect counts.
-    pub(crate) fn retire(&self, conn: &Conn, admitted: bool) {
-        conn.io().add_to(&self.inner.retired);
-        if admitted {
-            let reason = conn
-                .close_reason()
-                .map_or_else(|| "closed".to_string(), |r| r.name().to_string());
-            *lock(&self.inner.disconnects).entry(reason).or_default() += 1;
-        }
     }
 
     /// Disconnects since the start, by close reason.
@@ -365,31 +348,11 @@ impl Stats {
 
     /// Bytes and frames of the ended connections and of `live`.
     pub fn io<'c>(&self, live: impl IntoIterator<Item = &'c Conn>) -> Io {
-        let totals = IoCounters::default();
-        self.inner.retired.add_to(&totals);
+        let mut totals = *lock(&self.inner.retired);
         for conn in live {
-            conn.io().add_to(&totals);
+            totals += conn.io();
         }
-        Io {
-            bytes_in: totals.bytes_in.load(Relaxed),
-            bytes_out: totals.bytes_out.load(Relaxed),
-            frames_in: totals.frames_in.load(Relaxed),
-            frames_out: totals.frames_out.load(Relaxed),
-        }
-    }
-
-    /// Adds a section to [`snapshot`](Stats::snapshot) under `name`,
-    /// computed when asked (the broker adds its topics and store). Adding
-    /// a name again replaces it.
-    pub fn source(&self, name: impl Into<String>, f: impl Fn() -> Value + Send + Sync + 'static) {
-        let name = name.into();
-        let mut sources = self
-            .inner
-            .sources
-            .write()
-            .unwrap_or_else(|e| e.into_inner());
-        sources.retain(|(n, _)| *n != name);
-        sources.push((name, Arc::new(f)));
+        totals
     }
 
     /// Everything, as `drs.stats` answers it: `uptime_s`, `actions` (per
@@ -397,8 +360,21 @@ impl Stats {
     /// `in_flight`, `p50_ms`, `p90_ms`, `p99_ms`, `max_ms`, `mean_ms`),
     /// `connections` (`live`, `by_transport`, `by_protocol`, `accepted`,
     /// `disconnects` by reason), `io` (bytes and frames each way), and the
-    /// sections of [`source`](Stats::source)s.
-    pub fn snapshot(&self, live: &[Conn]) -> Value {
+    /// [`section`]s added to `server`.
+    pub fn snapshot(&self, server: &Server) -> Value {
+        let live = server.connections();
+        let mut out = self.snapshot_of(&live);
+        let sections = server.get::<Sections>().unwrap_or_default();
+        let sections = read(&sections.0).clone();
+        for (name, f) in sections {
+            out[name] = f();
+        }
+        out
+    }
+
+    /// [`snapshot`](Stats::snapshot) over the connections `live`, without
+    /// sections.
+    pub fn snapshot_of(&self, live: &[Conn]) -> Value {
         let mut actions = Map::new();
         for (name, s) in self.actions() {
             actions.insert(name, s.json());
@@ -410,7 +386,7 @@ impl Stats {
             *by_protocol.entry(conn.protocol().name()).or_default() += 1;
         }
         let io = self.io(live);
-        let mut out = json!({
+        let out = json!({
             "uptime_s": (self.uptime().as_secs_f64() * 1000.0).round() / 1000.0,
             "actions": actions,
             "connections": {
@@ -427,70 +403,80 @@ impl Stats {
                 "frames_out": io.frames_out,
             },
         });
-        let sources = read(&self.inner.sources).clone();
-        for (name, f) in sources {
-            out[name] = f();
-        }
         out
     }
 }
 
+/// Adds a section to `server`'s [`Stats::snapshot`] under `name`, computed
+/// when asked (the broker adds its topics and store); whether or when the
+/// statistics are installed does not matter. Adding a name again replaces
+/// it.
+pub fn section(
+    server: &Server,
+    name: impl Into<String>,
+    f: impl Fn() -> Value + Send + Sync + 'static,
+) {
+    let name = name.into();
+    let sections = server.with_extensions(|ext| {
+        if ext.get::<Sections>().is_none() {
+            ext.insert(Sections::default());
+        }
+        ext.get::<Sections>().cloned().unwrap_or_default()
+    });
+    let mut sections = sections.0.write().unwrap_or_else(|e| e.into_inner());
+    sections.retain(|(n, _)| *n != name);
+    sections.push((name, Arc::new(f)));
+}
+
+impl Observer for Stats {
+    fn action(&self, action: &str, routed: bool) -> Arc<dyn ActionObserver> {
+        Stats::action(self, action, routed)
+    }
+
+    fn connected(&self, _: &Conn) {
+        self.inner.accepted.fetch_add(1, Relaxed);
+    }
+
+    /// Its bytes and frames join the totals, its close reason the
+    /// disconnect counts.
+    fn disconnected(&self, conn: &Conn, admitted: bool) {
+        *lock(&self.inner.retired) += conn.io();
+        if admitted {
+            let reason = conn
+                .close_reason()
+                .map_or_else(|| "closed".to_string(), |r| r.name().to_string());
+            *lock(&self.inner.disconnects).entry(reason).or_default() += 1;
+        }
+    }
+}
+
+impl ActionObserver for ActionStats {
+    fn started(&self) {
+        self.in_flight.fetch_add(1, Relaxed);
+    }
+
+    fn ended(&self, elapsed: Duration, outcome: Option<&Outcome>, in_flight: bool) {
+        self.latency.record(elapsed.as_micros() as u64);
+        let counter = match outcome {
+            None => &self.cancelled,
+            Some(Outcome::Error(m)) if m == drs_core::CANCELLED => &self.cancelled,
+            Some(Outcome::Error(_)) => &self.errors,
+            Some(Outcome::Exception(_)) => &self.exceptions,
+            Some(_) => &self.ok,
+        };
+        counter.fetch_add(1, Relaxed);
+        if in_flight {
+            self.in_flight.fetch_sub(1, Relaxed);
+        }
+    }
+}
+
+fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
+    m.lock().unwrap_or_else(std::sync::PoisonError::into_inner)
+}
+
 fn read<T>(lock: &RwLock<T>) -> std::sync::RwLockReadGuard<'_, T> {
     lock.read().unwrap_or_else(|e| e.into_inner())
-}
-
-/// One command being served: started at dispatch; finished with its
-/// outcome, or counted as cancelled when dropped unfinished (its task was
-/// aborted). A command answered at its first poll is never in flight.
-pub(crate) struct Probe {
-    action: Arc<ActionStats>,
-    start: Instant,
-    done: bool,
-}
-
-impl Probe {
-    /// Counts a command answered without waiting.
-    pub(crate) fn record_at_once(action: &ActionStats, start: Instant, outcome: &Outcome) {
-        action.latency.record(start.elapsed().as_micros() as u64);
-        counter(action, outcome).fetch_add(1, Relaxed);
-    }
-
-    /// A command whose handler goes on in a task: in flight until it ends.
-    pub(crate) fn in_flight(action: Arc<ActionStats>, start: Instant) -> Self {
-        action.in_flight.fetch_add(1, Relaxed);
-        Self {
-            action,
-            start,
-            done: false,
-        }
-    }
-
-    pub(crate) fn finish(mut self, outcome: &Outcome) {
-        self.done = true;
-        Self::record_at_once(&self.action, self.start, outcome);
-        self.action.in_flight.fetch_sub(1, Relaxed);
-    }
-}
-
-fn counter<'a>(a: &'a ActionStats, outcome: &Outcome) -> &'a AtomicU64 {
-    match outcome {
-        Outcome::Value(_) | Outcome::Body(_) => &a.ok,
-        Outcome::Error(m) if m == crate::command::CANCELLED => &a.cancelled,
-        Outcome::Error(_) => &a.errors,
-        Outcome::Exception(_) => &a.exceptions,
-    }
-}
-
-impl Drop for Probe {
-    fn drop(&mut self) {
-        if !self.done {
-            self.action
-                .latency
-                .record(self.start.elapsed().as_micros() as u64);
-            self.action.cancelled.fetch_add(1, Relaxed);
-            self.action.in_flight.fetch_sub(1, Relaxed);
-        }
-    }
 }
 
 #[cfg(test)]
