@@ -249,6 +249,12 @@ impl ReadMeter {
         self.inner.adjust(bytes, 0);
     }
 
+    /// Bytes of commands waiting to be served.
+    #[cfg(test)]
+    pub(crate) fn waiting(&self) -> usize {
+        self.inner.waiting.load(Ordering::Relaxed)
+    }
+
     pub(crate) fn evicted(&self) -> CancellationToken {
         self.inner.evicted.clone()
     }
