@@ -93,9 +93,9 @@
 //! - [`Server::peers`], [`Server::call_named`] and [`Server::fire_named`]
 //!   reach peers by the name they gave with `drs.identify`.
 //!
-//! # Features
-//!
-//! - `test-util`: the in-memory transport ([`memory`]).
+//! The in-memory transport ([`memory`]) is always built; the `test-util`
+//! feature that once enabled it is kept, empty, so that old manifests
+//! still resolve.
 
 mod auth;
 mod budget;

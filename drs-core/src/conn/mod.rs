@@ -74,9 +74,7 @@ pub struct ConnConfig {
     /// Bytes of commands read but waiting to be served (behind admission
     /// hooks, or for an in-flight slot); past this the connection stops
     /// reading. Counted against the server's memory budget too.
-    /// Default 64. A stream of small items moves about half a window per
-    /// round trip, so the window bounds its rate: on loopback, 16 gave a
-    /// third of what 64 gives (`drs-bench --only Stream`).MiB.
+    /// Default 16 MiB.
     pub max_buffered: usize,
     /// Closes a connection that has had nothing in flight (no call, no
     /// command, nothing to write) and received nothing for this long
