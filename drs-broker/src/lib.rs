@@ -42,7 +42,11 @@
 //! just after one may deliver that message once more (at least once).
 //! Without a store everything is in memory and ends with the process.
 pub use broker::{no_handlers, Backlog, Broker, BrokerConfig, BrokerStats, BUDGET_EXCEEDED};
+#[cfg(feature = "nats")]
+pub use nats::{NatsBroker, NatsBrokerConfig, ACTION_HEADER, FORMAT_HEADER};
 pub use store::{StoreError, STORE_FILE};
 
 mod broker;
+#[cfg(feature = "nats")]
+mod nats;
 mod store;

@@ -246,7 +246,7 @@ pub(crate) struct Running {
     pub(crate) server: Server,
     pub(crate) broker: Option<Broker>,
     /// The brokers of `nats://` listeners' services, joined while these live.
-    _joined: Vec<drs::nats::NatsBroker>,
+    _joined: Vec<drs::broker::NatsBroker>,
 }
 
 /// Builds the server `config` describes and binds its listeners, calling
@@ -326,8 +326,11 @@ async fn join_nats(
     server: &Server,
     broker: &Broker,
     listener: &ListenerSection,
-) -> Result<(String, String, drs::nats::NatsBroker), Failure> {
-    use drs::nats::{async_nats, NatsBroker, NatsBrokerConfig, NatsListener};
+) -> Result<(String, String, drs::broker::NatsBroker), Failure> {
+    use drs::{
+        broker::{NatsBroker, NatsBrokerConfig},
+        nats::{async_nats, NatsListener},
+    };
     let url = drs::Url::parse(&listener.url).map_err(|e| Failure::usage(e.to_string()))?;
     let protocol = url.protocol().map_err(|e| Failure::usage(e.to_string()))?;
     let Some((host, service)) = url

@@ -87,7 +87,6 @@
 //! # Ok(()) }
 //! ```
 
-pub mod broker;
 mod link;
 
 use std::{
@@ -105,7 +104,6 @@ use futures::StreamExt;
 use tokio::{sync::mpsc, task::JoinHandle};
 
 pub use async_nats;
-pub use broker::{NatsBroker, NatsBrokerConfig};
 use drs_link::{Link, LinkIo, Route};
 use link::NatsOut;
 

@@ -12,7 +12,7 @@
 //! | `msgpack` | MessagePack | [`MsgPack`] |
 //! | `ipc` | Unix sockets, Windows named pipes | [`ipc`] |
 //! | `tls` | TLS over TCP (rustls), Mozilla roots | [`tls`] |
-//! | `nats` | a service on NATS, `NatsBroker` | [`nats`] |
+//! | `nats` | a service on NATS; with `broker`, `NatsBroker` | [`nats`], [`broker::NatsBroker`] |
 //! | `redis` | a service on Redis, Cerbas mode | [`redis`] |
 //! | `rembus` | Rembus components | [`rembus`] |
 //! | `broker` | pub/sub and broker RPC | [`broker`] |

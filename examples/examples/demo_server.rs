@@ -26,13 +26,14 @@
 use std::{path::PathBuf, process::ExitCode, sync::Arc, time::Duration};
 
 use drs_broker::{Broker, BrokerConfig};
+use drs_broker::{NatsBroker, NatsBrokerConfig};
 use drs_core::{Jail, ListenerTokens, Protocol, Server, ServerConfig};
 use drs_protocol_json::Json;
 use drs_protocol_msgpack::MsgPack;
 use drs_rembus::Rembus;
 use drs_tls::{ServerTls, TlsListener};
 use drs_transport_ipc::IpcListener;
-use drs_transport_nats::{async_nats, NatsBroker, NatsBrokerConfig, NatsListener};
+use drs_transport_nats::{async_nats, NatsListener};
 use drs_transport_redis::{RedisConfig, RedisListener};
 use drs_transport_tcp::{Keepalive, TcpListener};
 use drs_transport_ws::{WsConfig, WsListener};

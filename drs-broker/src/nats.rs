@@ -42,12 +42,12 @@ use std::{
     time::Duration,
 };
 
+use crate::Broker;
 use async_nats::{
     jetstream::{self, consumer::pull, AckKind},
     Client as Nats, HeaderMap,
 };
 use bytes::Bytes;
-use drs_broker::Broker;
 use drs_core::{
     Body, BodyFormat, Conn, Error, Layer, Msg, Next, Outcome, Protocol, ReplyFuture, Server,
 };
@@ -170,7 +170,7 @@ impl NatsBroker {
         name: &str,
         config: NatsBrokerConfig,
     ) -> io::Result<Self> {
-        crate::check_service(name)?;
+        drs_transport_nats::check_service(name)?;
         let prefix = format!("drs.{name}.topic.");
         let stream = format!("DRS_{}", name.replace(['.', '-'], "_"));
         let js = if config.jetstream {

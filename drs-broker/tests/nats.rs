@@ -5,12 +5,12 @@
 
 use std::time::Duration;
 
-use drs_broker::{Broker, BrokerConfig};
+use drs_broker::{Broker, BrokerConfig, NatsBroker, NatsBrokerConfig};
 use drs_core::{Client, Conn, HandlerResult, Server, IDENTIFY};
 use drs_protocol_json::Json;
 use drs_protocol_msgpack::MsgPack;
 use drs_testkit::NatsServer;
-use drs_transport_nats::{async_nats, NatsBroker, NatsBrokerConfig, NatsDialer, NatsListener};
+use drs_transport_nats::{async_nats, NatsDialer, NatsListener};
 use serde_json::{json, Value};
 use tokio::sync::mpsc;
 
