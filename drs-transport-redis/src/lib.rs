@@ -8,9 +8,9 @@
 //!   idempotent), drs connections with flow control and heartbeats, and
 //!   plain requests from any Redis client; [`RedisBroadcast`] for
 //!   broadcasts to the clients of every worker.
-//! - [`cerbas`]: a worker that serves unmodified Cerbas clients with drs
-//!   handlers (Cerbas's request keys, queue, response channels in JSON and
-//!   MessagePack, timeouts, cache, cron, halt).
+//!
+//! Cerbas mode (unmodified Cerbas clients served by drs handlers) is the
+//! crate `drs-cerbas`.
 //!
 //! Why `redis` and not `fred`: it is the crate most Redis users in Rust
 //! already have, its `ConnectionManager` gives the reconnecting
@@ -20,9 +20,6 @@
 //! sessions already do.
 
 mod broadcast;
-pub mod cerbas;
-mod cron;
-mod msgpack;
 pub mod queue;
 
 use std::io;

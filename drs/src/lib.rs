@@ -13,7 +13,8 @@
 //! | `ipc` | Unix sockets, Windows named pipes | [`ipc`] |
 //! | `tls` | TLS over TCP (rustls), Mozilla roots | [`tls`] |
 //! | `nats` | a service on NATS; with `broker`, `NatsBroker` | [`nats`], [`broker::NatsBroker`] |
-//! | `redis` | a service on Redis, Cerbas mode | [`redis`] |
+//! | `redis` | a service on Redis | [`redis`] |
+//! | `cerbas` | Cerbas mode: unmodified Cerbas clients served through Redis | [`cerbas`] |
 //! | `rembus` | Rembus components | [`rembus`] |
 //! | `broker` | pub/sub and broker RPC | [`broker`] |
 //! | `session` | reconnecting sessions, pools | [`session`] |
@@ -67,6 +68,8 @@ pub use drs_protocol_msgpack::MsgPack;
 
 #[cfg(feature = "broker")]
 pub use drs_broker as broker;
+#[cfg(feature = "cerbas")]
+pub use drs_cerbas as cerbas;
 #[cfg(feature = "layers")]
 pub use drs_layers as layers;
 #[cfg(feature = "metrics")]

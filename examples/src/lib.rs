@@ -50,8 +50,8 @@ pub fn init_tracing(default: &str) {
 pub fn cerbas_demo(
     url: &str,
     crontab: Option<std::path::PathBuf>,
-) -> (Server, drs_transport_redis::cerbas::CerbasWorker) {
-    use drs_transport_redis::cerbas::{CerbasWorker, Halt};
+) -> (Server, drs_cerbas::CerbasWorker) {
+    use drs_cerbas::{CerbasWorker, Halt};
     use serde_json::Value;
 
     #[derive(Deserialize)]

@@ -10,12 +10,12 @@ use std::{
     time::Duration,
 };
 
+use drs_cerbas::{
+    redis::{self, AsyncCommands},
+    request_key, response_channel, CerbasConfig, CerbasWorker, QUEUE,
+};
 use drs_core::{HandlerResult, Server};
 use drs_testkit::RedisServer;
-use drs_transport_redis::{
-    cerbas::{request_key, response_channel, CerbasConfig, CerbasWorker, QUEUE},
-    redis::{self, AsyncCommands},
-};
 use futures::StreamExt;
 use serde_json::{json, Value};
 use tokio::sync::Semaphore;

@@ -5,7 +5,7 @@
 
 use serde_json::Value;
 
-use crate::cerbas::Answer;
+use crate::Answer;
 
 /// The MessagePack bytes of an answer: a map of `data` and `status`.
 pub(crate) fn cerbas_msgpack(answer: &Answer) -> Vec<u8> {

@@ -7,7 +7,7 @@ use std::{path::PathBuf, str::FromStr, sync::Arc, time::Duration};
 use chrono::{DateTime, Timelike, Utc};
 use croner::Cron;
 
-use crate::cerbas::{run_request, Inner};
+use crate::{run_request, Inner};
 
 /// One line of a crontab.
 #[derive(Debug)]
@@ -66,7 +66,7 @@ fn second_of(t: DateTime<Utc>) -> DateTime<Utc> {
 /// changed, and runs what is due in each second that passed (a 5-field
 /// expression is due at second 0 of its minutes; a 6-field one starts
 /// with seconds). After a stall, at most the last minute is caught up.
-pub(crate) async fn run(path: PathBuf, inner: Arc<Inner>, _halt: crate::cerbas::Halt) {
+pub(crate) async fn run(path: PathBuf, inner: Arc<Inner>, _halt: crate::Halt) {
     let mut text: Option<String> = None;
     let mut entries = Vec::new();
     let mut last = second_of(Utc::now());

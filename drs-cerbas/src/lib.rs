@@ -1,4 +1,5 @@
-//! Cerbas mode: a drs worker that serves unmodified Cerbas clients.
+//! Cerbas for drs: a worker that serves unmodified Cerbas clients with drs
+//! handlers, through Redis.
 //!
 //! A Cerbas client (any language; the reference is the Python driver)
 //! talks to Redis only:
@@ -61,8 +62,8 @@
 //!
 //! **Guarantees.** A request is taken from the queue by one worker. It is
 //! answered once. A worker that dies after taking a request loses it (as
-//! Cerbas does: its client waits); the drs work queue of this crate
-//! ([`crate::queue`]) is the at-most-once-with-a-"worker lost"-error
+//! Cerbas does: its client waits); the drs work queue of
+//! `drs-transport-redis` (its `queue` module) is the at-most-once-with-a-"worker lost"-error
 //! alternative for new clients.
 
 use std::{
@@ -74,6 +75,11 @@ use std::{
     },
     time::Duration,
 };
+
+mod cron;
+mod msgpack;
+
+pub use redis;
 
 use drs_core::{memory, Client, Conn, Error, Server};
 use drs_protocol_json::Json;
