@@ -235,7 +235,7 @@ impl BrokerConfig {
     }
 
     /// Limits what authenticated peers with `role` may publish to and
-    /// subscribe to (see [`Server::authenticate`]). A peer with several
+    /// subscribe to (roles come from authentication: `drs-auth`). A peer with several
     /// such roles may do what any of them allows; always within the
     /// server-wide [`publish_jail`](BrokerConfig::publish_jail) and
     /// [`subscribe_jail`](BrokerConfig::subscribe_jail).

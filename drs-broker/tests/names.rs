@@ -4,12 +4,13 @@
 //! nothing is kept for them; exposing is allowed per action pattern and
 //! role, never over the server's own handlers unless configured.
 
+use drs_auth::ServerAuth;
 use std::{sync::Arc, time::Duration};
 
+use drs_auth::Credentials;
 use drs_broker::{Broker, BrokerConfig};
 use drs_core::{
-    Client, Conn, Credentials, HandlerResult, Identity, Jail, Server, IDENTIFY, MAX_NAMES_PER_CONN,
-    NAME_TAKEN,
+    Client, Conn, HandlerResult, Identity, Jail, Server, IDENTIFY, MAX_NAMES_PER_CONN, NAME_TAKEN,
 };
 use drs_protocol_json::Json;
 use drs_transport_tcp::TcpDialer;

@@ -3,6 +3,7 @@
 //! store; `nats://` listeners join the service's other workers' brokers),
 //! or the demo actions with `--demo`.
 
+use drs::ServerAuth;
 use std::{path::PathBuf, time::Duration};
 
 use drs::{

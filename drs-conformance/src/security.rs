@@ -1,7 +1,8 @@
 //! Authentication and jails (docs/PROTOCOL.md §2 `auth`, `not allowed`), for every
 //! pair: each refusal reaches the peer as a clear error and no handler.
 
-use drs_core::{Credentials, Error, Identity, Jail, NOT_ALLOWED, UNAUTHENTICATED};
+use drs_auth::{Credentials, ServerAuth};
+use drs_core::{Error, Identity, Jail, NOT_ALLOWED, UNAUTHENTICATED};
 
 use super::{behaviours::record_close_reasons, *};
 

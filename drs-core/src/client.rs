@@ -92,7 +92,7 @@ impl Client {
     /// `jail`: anything else gets `drs.error` "action not allowed: …" and
     /// reaches no handler.
     pub fn jail(self, jail: crate::Jail) -> Self {
-        self.layer(crate::auth::JailLayer(Arc::new(jail)))
+        self.layer(crate::identity::JailLayer(Arc::new(jail)))
     }
 
     /// Adds a [`Layer`](crate::Layer) around the handler of one action.

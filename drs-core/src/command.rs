@@ -22,6 +22,9 @@ pub const PING: &str = "drs.ping";
 /// whatever the server's authenticator reads), answered with the
 /// identity's `{"name": …, "roles": […]}` or `drs.error`.
 pub const AUTH: &str = "drs.auth";
+/// What a `drs.error` says to a command sent before authentication (on a
+/// server that authenticates: `drs-auth`).
+pub const UNAUTHENTICATED: &str = "unauthenticated";
 /// Names the connection's peer (docs/PROTOCOL.md §2): body `{"name": …}`, answered
 /// with `{"resumed": bool}`, or `drs.error` [`NAME_TAKEN`].
 pub const IDENTIFY: &str = "drs.identify";

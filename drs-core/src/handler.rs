@@ -165,8 +165,7 @@ impl Msg {
         &self.inner.cmd
     }
 
-    /// Who the peer is, once authenticated (see
-    /// [`Server::authenticate`](crate::Server::authenticate)).
+    /// Who the peer is, once authenticated ([`Conn::identity`]).
     pub fn identity(&self) -> Option<Arc<crate::Identity>> {
         self.inner.shared.identity.get().cloned()
     }

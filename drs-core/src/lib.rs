@@ -80,13 +80,13 @@
 //!
 //! # Who may talk, and what they may ask
 //!
-//! - [`Server::authenticate`] requires every connection to authenticate
-//!   (`drs.auth`, or WebSocket `?token=` / `Authorization`): until then
-//!   only `drs.auth` and `drs.ping` are served ("unauthenticated"); the
-//!   [`Identity`] it returns is on [`Msg::identity`]; the admission
-//!   deadline closes the unauthenticated; failures are counted per address.
-//! - [`Jail`]s (allowlists of actions) per server ([`Server::jail`]), role
-//!   ([`Server::jail_role`]), identity, connection ([`Conn::jail`]) and
+//! - A connection carries its peer's [`Identity`] once something
+//!   authenticated it ([`Conn::authenticate_as`]; the crate `drs-auth`
+//!   does it for `drs.auth`, WebSocket `?token=` / `Authorization` and TLS
+//!   certificates, and adds server and role jails behind a gate, through
+//!   [`Server::layer_outermost`] and a connect hook). Handlers read it on
+//!   [`Msg::identity`].
+//! - [`Jail`]s (allowlists of actions) per connection ([`Conn::jail`]) and
 //!   client ([`Client::jail`]); what is outside gets "action not allowed:
 //!   …" and reaches no handler. [`ConnConfig::outbound_jail`] limits what
 //!   this side sends.
@@ -97,7 +97,6 @@
 //! feature that once enabled it is kept, empty, so that old manifests
 //! still resolve.
 
-mod auth;
 mod budget;
 mod client;
 mod close;
@@ -108,6 +107,7 @@ mod error;
 mod explain;
 mod ext;
 mod handler;
+mod identity;
 mod layer;
 pub mod memory;
 pub mod observe;
@@ -120,10 +120,6 @@ mod text;
 mod transcode;
 mod transport;
 
-pub use auth::{
-    CredentialSource, Credentials, Identity, Jail, ListenerTokens, DEFAULT_FAILURE_WINDOW,
-    DEFAULT_MAX_FAILURES, NOT_ALLOWED, UNAUTHENTICATED,
-};
 pub use budget::{BudgetExceeded, MemoryBudget, MemoryHold, ReadMeter, DEFAULT_MEMORY_BUDGET};
 pub use client::{connect, Client};
 pub use close::CloseReason;
@@ -131,7 +127,7 @@ pub use codec::{BadFrame, FrameCodec, FrameTooLarge, FramedIo};
 pub use command::{
     is_control_action, is_reply_action, Body, Command, FromBody, AUTH, CANCEL, CANCELLED, ERROR,
     EXCEPTION, IDENTIFY, INVALID_DELAY, INVALID_STREAM, MAX_NAME_LEN, MORE, NAME_TAKEN, NEXT, PING,
-    RESPONSE, SHUTTING_DOWN,
+    RESPONSE, SHUTTING_DOWN, UNAUTHENTICATED,
 };
 pub use conn::{Call, CallStream, Conn, ConnConfig, SentCall};
 pub use error::{Error, RemoteError};
@@ -140,6 +136,7 @@ pub use handler::{
     erase as box_handler, BoxedHandler, Chain, ChainMarker, FromMsg, Handler, HandlerError,
     HandlerResult, Msg, Outcome, ReplyFuture,
 };
+pub use identity::{is_always_allowed, not_allowed, Identity, Jail, NOT_ALLOWED};
 pub use layer::{layer_fn, FnLayer, Layer, Next};
 pub use observe::{ActionObserver, Io, Observer};
 pub use protocol::{

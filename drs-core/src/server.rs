@@ -20,13 +20,9 @@ use tokio::sync::mpsc::error::TrySendError;
 use tokio_util::{sync::CancellationToken, task::TaskTracker};
 
 use crate::{
-    auth::{
-        authenticator, peer_ip, transport_credentials, CredentialSource, Credentials, Gate,
-        GateLayer, Identity, Jail,
-    },
     budget::{MemoryBudget, ReadMeter, DEFAULT_MEMORY_BUDGET},
     close::CloseReason,
-    command::{MessageBody, AUTH, ERROR, IDENTIFY, MAX_NAME_LEN, NAME_TAKEN, SHUTTING_DOWN},
+    command::{MessageBody, ERROR, IDENTIFY, MAX_NAME_LEN, NAME_TAKEN, SHUTTING_DOWN},
     conn::{encode_frame, Conn, ConnConfig, PeerName},
     error::Error,
     handler::{Handler, HandlerError, Msg, Outcome},
@@ -112,9 +108,6 @@ struct Inner {
     live: AtomicUsize,
     conns: RwLock<HashMap<u64, Conn>>,
     /// Authentication and jails, and whether their layer is installed.
-    gate: Arc<Gate>,
-    gate_installed: std::sync::atomic::AtomicBool,
-    auth_hooked: std::sync::atomic::AtomicBool,
     /// Names given with `drs.identify` → the connection holding each.
     names: std::sync::Mutex<HashMap<Arc<str>, u64>>,
     on_connect: RwLock<Vec<ConnectHook>>,
@@ -207,9 +200,6 @@ impl Server {
                 live: AtomicUsize::new(0),
                 conns: RwLock::default(),
                 names: std::sync::Mutex::default(),
-                gate: Arc::new(Gate::new()),
-                gate_installed: std::sync::atomic::AtomicBool::new(false),
-                auth_hooked: std::sync::atomic::AtomicBool::new(false),
                 on_connect: RwLock::default(),
                 on_disconnect: RwLock::default(),
                 on_identify: RwLock::default(),
@@ -377,102 +367,12 @@ impl Server {
         self
     }
 
-    /// Requires every connection to authenticate, with `check` deciding:
-    /// given the [`Credentials`] a peer presented, it returns the peer's
-    /// [`Identity`] or the reason it is refused.
-    ///
-    /// - Credentials come from a `drs.auth` command (any transport; body
-    ///   `{"token": …}` or whatever `check` reads from
-    ///   [`Credentials::body`]), or, on WebSocket, from `?token=` or an
-    ///   `Authorization` header, checked before the connection is admitted
-    ///   (a refusal rejects the connection with the reason).
-    /// - Until a connection is authenticated only `drs.auth` and
-    ///   `drs.ping` are served; anything else gets `drs.error`
-    ///   "unauthenticated" and reaches no handler. One that has not
-    ///   authenticated within the admission deadline
-    ///   ([`ConnConfig::admission_timeout`]) is told so and closed
-    ///   ([`CloseReason::Unauthenticated`]).
-    /// - A successful `drs.auth` answers `{"name": …, "roles": […]}`; the
-    ///   identity is then on every [`Msg::identity`] of the connection, and
-    ///   a second `drs.auth` is refused.
-    /// - Failures are logged with the peer's address, and counted per
-    ///   address: past [`DEFAULT_MAX_FAILURES`](crate::DEFAULT_MAX_FAILURES) within
-    ///   [`DEFAULT_FAILURE_WINDOW`](crate::DEFAULT_FAILURE_WINDOW) that address's attempts are refused
-    ///   until the window ends ([`auth_failure_limit`](Server::auth_failure_limit)).
-    ///
-    /// ```
-    /// use drs_core::{Identity, Server};
-    /// let server = Server::new();
-    /// server.authenticate(|creds: drs_core::Credentials| async move {
-    ///     match creds.token.as_deref() {
-    ///         Some("s3cret") => Ok(Identity::new("ada").role("admin")),
-    ///         _ => Err("bad token".to_string()),
-    ///     }
-    /// });
-    /// ```
-    pub fn authenticate<F, Fut>(&self, check: F) -> &Self
-    where
-        F: Fn(Credentials) -> Fut + Send + Sync + 'static,
-        Fut: Future<Output = Result<Identity, String>> + Send + 'static,
-    {
-        *lock(&self.inner.gate.auth) = Some(authenticator(check));
-        self.inner
-            .gate
-            .auth_on
-            .store(true, std::sync::atomic::Ordering::Release);
-        self.install_gate();
-        if !self.inner.auth_hooked.swap(true, Ordering::AcqRel) {
-            let gate = self.inner.gate.clone();
-            self.inner.router.on(AUTH, move |msg: Msg| {
-                let gate = gate.clone();
-                async move { auth_command(&gate, &msg).await }
-            });
-            let gate = self.inner.gate.clone();
-            self.on_connect(move |conn: Conn| {
-                let gate = gate.clone();
-                async move { auth_on_connect(&gate, conn).await }
-            });
-        }
+    /// Adds a layer outside every other, including those added later:
+    /// a gate (`drs-auth`'s authentication and jails) that must see every
+    /// command first. Layers added so run in reverse order of addition.
+    pub fn layer_outermost(&self, layer: impl Layer) -> &Self {
+        self.inner.router.layer_outermost(Arc::new(layer));
         self
-    }
-
-    /// Sets how many failed authentications an address may make within
-    /// `window` before its attempts are refused (defaults:
-    /// [`DEFAULT_MAX_FAILURES`](crate::DEFAULT_MAX_FAILURES) in [`DEFAULT_FAILURE_WINDOW`](crate::DEFAULT_FAILURE_WINDOW)).
-    pub fn auth_failure_limit(&self, max: u32, window: Duration) -> &Self {
-        self.inner.gate.limiter.set(max, window);
-        self
-    }
-
-    /// Confines every connection to `jail`: a command outside it gets
-    /// `drs.error` "action not allowed: …" and reaches no handler (unknown
-    /// and built-in actions included: `drs.identify`, `drs.subscribe`,
-    /// `drs.stats`, …). Only `drs.ping` and `drs.auth` are always allowed.
-    /// Replaces the previous server jail.
-    pub fn jail(&self, jail: Jail) -> &Self {
-        write(&self.inner.gate.jails).server = Some(jail);
-        self.install_gate();
-        self
-    }
-
-    /// Confines authenticated peers with role `role` to `jail`. A peer
-    /// with several roles that have jails may call what any of them
-    /// allows; always inside the server jail and its identity's own.
-    pub fn jail_role(&self, role: impl Into<String>, jail: Jail) -> &Self {
-        write(&self.inner.gate.jails)
-            .roles
-            .insert(role.into(), jail);
-        self.install_gate();
-        self
-    }
-
-    /// Puts the gate (authentication, jails) outside every layer, once.
-    fn install_gate(&self) {
-        if !self.inner.gate_installed.swap(true, Ordering::AcqRel) {
-            self.inner
-                .router
-                .layer_outermost(Arc::new(GateLayer(self.inner.gate.clone())));
-        }
     }
 
     /// Adds a hook that runs when an admitted connection has closed.
@@ -857,120 +757,6 @@ pub fn fanout<'c>(
 }
 
 /// The body of `drs.auth`, as far as the core reads it.
-#[derive(serde::Deserialize, Default)]
-struct AuthBody {
-    #[serde(default)]
-    token: Option<String>,
-}
-
-/// What a successful `drs.auth` answers.
-#[derive(Serialize)]
-struct Authenticated<'a> {
-    name: &'a str,
-    roles: &'a [String],
-}
-
-/// The `drs.auth` handler.
-async fn auth_command(gate: &Gate, msg: &Msg) -> Result<serde_json::Value, HandlerError> {
-    let Some(check) = gate.authenticator() else {
-        return Err(HandlerError::new("this server does not authenticate"));
-    };
-    let conn = msg.conn();
-    if conn.identity().is_some() {
-        return Err(HandlerError::new("already authenticated"));
-    }
-    let info = conn.info().clone();
-    let ip = peer_ip(&info);
-    if !gate.limiter.may_try(ip) {
-        tracing::warn!(
-            peer = info.peer_addr.as_deref(),
-            "authentication refused: too many failures"
-        );
-        return Err(HandlerError::new(TOO_MANY_FAILURES));
-    }
-    let token = msg
-        .body()
-        .deserialize::<AuthBody>()
-        .unwrap_or_default()
-        .token;
-    let creds = Credentials {
-        source: CredentialSource::Command,
-        token,
-        body: Some(msg.body().clone()),
-        info,
-    };
-    match check(creds).await {
-        Ok(identity) => {
-            let answer = serde_json::to_value(Authenticated {
-                name: &identity.name,
-                roles: &identity.roles,
-            })
-            .unwrap_or_default();
-            tracing::debug!(peer = conn.peer_addr(), name = %identity.name, "authenticated");
-            if !conn.set_identity(identity) {
-                return Err(HandlerError::new("already authenticated"));
-            }
-            Ok(answer)
-        }
-        Err(reason) => {
-            gate.limiter.failed(ip);
-            tracing::warn!(peer = conn.peer_addr(), %reason, "authentication failed");
-            Err(HandlerError::new(format!(
-                "authentication failed: {reason}"
-            )))
-        }
-    }
-}
-
-/// What a peer over its limit of failed authentications is told.
-const TOO_MANY_FAILURES: &str = "too many failed authentication attempts; try again later";
-
-/// At admission: credentials the transport carried (WebSocket `?token=`,
-/// `Authorization`) are checked now; without any, the connection has the
-/// admission deadline to send `drs.auth`.
-async fn auth_on_connect(gate: &Gate, conn: Conn) -> Result<(), String> {
-    let Some(check) = gate.authenticator() else {
-        return Ok(());
-    };
-    if let Some(creds) = transport_credentials(conn.info()) {
-        let ip = peer_ip(conn.info());
-        if !gate.limiter.may_try(ip) {
-            tracing::warn!(
-                peer = conn.peer_addr(),
-                "authentication refused: too many failures"
-            );
-            return Err(TOO_MANY_FAILURES.to_string());
-        }
-        return match check(creds).await {
-            Ok(identity) => {
-                conn.set_identity(identity);
-                Ok(())
-            }
-            Err(reason) => {
-                gate.limiter.failed(ip);
-                tracing::warn!(peer = conn.peer_addr(), %reason, "authentication failed");
-                Err(format!("authentication failed: {reason}"))
-            }
-        };
-    }
-    let deadline = conn.config().admission_timeout;
-    tokio::spawn(async move {
-        tokio::select! {
-            () = tokio::time::sleep(deadline) => {
-                if conn.identity().is_none() {
-                    tracing::info!(peer = conn.peer_addr(), "not authenticated within the deadline");
-                    conn.close_with_notice(
-                        "authentication deadline exceeded",
-                        CloseReason::Unauthenticated,
-                    );
-                }
-            }
-            () = conn.closed() => {}
-        }
-    });
-    Ok(())
-}
-
 /// A live connection as [`Server::peers`] lists it.
 #[derive(Debug, Clone)]
 #[non_exhaustive]

@@ -45,6 +45,7 @@
 //! exporter records through a process-wide recorder, which fits one server
 //! per process less well than a registry per endpoint).
 
+use drs_auth::ServerAuth;
 use std::{fmt, io};
 
 use bytes::Bytes;

@@ -332,7 +332,7 @@ async fn a_rembus_component_without_the_token_is_refused() {
         server.on("whoami", |msg: Msg| async move {
             HandlerResult::Ok(msg.conn().name().map(|n| n.to_string()))
         });
-        let tokens = drs_core::ListenerTokens::install(&server);
+        let tokens = drs_auth::ListenerTokens::install(&server);
         let rembus = drs_rembus::listen(&server, "127.0.0.1:0").await.unwrap();
         let tcp = server
             .listen(TcpListener::bind("127.0.0.1:0").await.unwrap(), Json)

@@ -200,7 +200,7 @@ impl Tasks {
 
     /// The address of the in-process listener the tasks connect through,
     /// as the server's connections report it (e.g. to let it through an
-    /// authenticator: [`ListenerTokens::set`](drs_core::ListenerTokens::set)
+    /// authenticator: `drs_auth::ListenerTokens::set`
     /// with no token).
     pub fn local_addr(&self) -> &str {
         &self.inner.local_addr

@@ -11,7 +11,7 @@
 //!   [`TlsDialer`] connects with it, checking the server's name.
 //! - The peer's verified certificate (subject, common name, SANs) is in
 //!   [`ConnInfo::peer_certificate`](drs_core::ConnInfo): connect hooks,
-//!   authenticators (as [`CredentialSource::Certificate`](drs_core::CredentialSource))
+//!   authenticators (as `drs_auth::CredentialSource::Certificate`)
 //!   and handlers (`msg.conn().info()`) read it.
 //!
 //! ```no_run

@@ -9,7 +9,7 @@
 //!   [`ConnInfo::target`](drs_core::ConnInfo), so an `on_connect` hook can
 //!   authenticate (`conn.info().query_param("token")`) or reject; the
 //!   `Authorization` header is in `ConnInfo::authorization`. Both feed
-//!   `Server::authenticate`.
+//!   `drs_auth::ServerAuth::authenticate`.
 //! - Keepalive: a ping every [`WsConfig::keepalive`] interval (default 30 s);
 //!   a peer that sends nothing for a whole interval after a ping is
 //!   disconnected (close reason `KeepaliveFailed`), and its pending calls

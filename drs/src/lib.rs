@@ -54,6 +54,11 @@
 
 mod url;
 
+pub use drs_auth as auth;
+pub use drs_auth::{
+    CredentialSource, Credentials, ListenerTokens, ServerAuth, DEFAULT_FAILURE_WINDOW,
+    DEFAULT_MAX_FAILURES,
+};
 pub use drs_core::*;
 pub use drs_pubsub as pubsub;
 pub use drs_pubsub::{topic, PubSub};

@@ -17,7 +17,8 @@
 
 use std::{process::ExitCode, time::Duration};
 
-use drs_core::{Client, Credentials, Error, HandlerResult, Identity, Jail, Msg, Server};
+use drs_auth::{Credentials, ServerAuth};
+use drs_core::{Client, Error, HandlerResult, Identity, Jail, Msg, Server};
 use drs_protocol_json::Json;
 use drs_tls::test_pki::{TestCa, Usage};
 use drs_tls::{ClientTls, ServerTls, TlsDialer, TlsListener};

@@ -793,8 +793,8 @@ impl Conn {
         self.shared.pending.len()
     }
 
-    /// Who the peer is, once an authenticator said so (see
-    /// [`Server::authenticate`](crate::Server::authenticate)).
+    /// Who the peer is, once something authenticated it
+    /// ([`authenticate_as`](Conn::authenticate_as); `drs-auth`).
     pub fn identity(&self) -> Option<Arc<crate::Identity>> {
         self.shared.identity.get().cloned()
     }
@@ -817,11 +817,11 @@ impl Conn {
     /// `drs.error` "action not allowed: …" and reaches no handler.
     /// `drs.ping` and `drs.auth` are always allowed.
     pub fn jail(&self, jail: crate::Jail) -> &Self {
-        self.layer(crate::auth::JailLayer(Arc::new(jail)))
+        self.layer(crate::identity::JailLayer(Arc::new(jail)))
     }
 
     /// Tells the peer why (a keyless `drs.error`) and closes for `reason`.
-    pub(crate) fn close_with_notice(&self, message: &str, reason: CloseReason) {
+    pub fn close_with_notice(&self, message: &str, reason: CloseReason) {
         let body = crate::command::MessageBody(message);
         if let Ok(frame) = self.encode(None, crate::command::ERROR, OutBody::Value(&body)) {
             let _ = self.try_send_frame(frame);
