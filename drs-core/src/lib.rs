@@ -125,9 +125,9 @@ pub use client::{connect, Client};
 pub use close::CloseReason;
 pub use codec::{BadFrame, FrameCodec, FrameTooLarge, FramedIo};
 pub use command::{
-    is_control_action, is_reply_action, Body, Command, FromBody, AUTH, CANCEL, CANCELLED, ERROR,
-    EXCEPTION, IDENTIFY, INVALID_DELAY, INVALID_STREAM, MAX_NAME_LEN, MORE, NAME_TAKEN, NEXT, PING,
-    RESPONSE, SHUTTING_DOWN, UNAUTHENTICATED,
+    is_control_action, is_reply_action, Body, Command, FromBody, Identified, IdentifyBody, AUTH,
+    CANCEL, CANCELLED, ERROR, EXCEPTION, IDENTIFY, INVALID_DELAY, INVALID_STREAM, MAX_NAME_LEN,
+    MORE, NAME_TAKEN, NEXT, PING, RESPONSE, SHUTTING_DOWN, UNAUTHENTICATED,
 };
 pub use conn::{Call, CallStream, Conn, ConnConfig, SentCall};
 pub use error::{Error, RemoteError};

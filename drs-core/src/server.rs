@@ -22,7 +22,10 @@ use tokio_util::{sync::CancellationToken, task::TaskTracker};
 use crate::{
     budget::{MemoryBudget, ReadMeter, DEFAULT_MEMORY_BUDGET},
     close::CloseReason,
-    command::{MessageBody, ERROR, IDENTIFY, MAX_NAME_LEN, NAME_TAKEN, SHUTTING_DOWN},
+    command::{
+        Identified, IdentifyBody, MessageBody, ERROR, IDENTIFY, MAX_NAME_LEN, NAME_TAKEN,
+        SHUTTING_DOWN,
+    },
     conn::{encode_frame, Conn, ConnConfig, PeerName},
     error::Error,
     handler::{Handler, HandlerError, Msg, Outcome},
@@ -215,12 +218,12 @@ impl Server {
         server
             .inner
             .router
-            .on(IDENTIFY, move |conn: Conn, args: Identify| {
+            .on(IDENTIFY, move |conn: Conn, args: IdentifyBody| {
                 let claimed = match weak.upgrade() {
                     Some(inner) => inner.identify(&conn, &args.name),
                     None => Err(HandlerError::new("the server is gone")),
                 };
-                async move { claimed.map(|resumed| Identified { resumed }) }
+                async move { claimed.map(Identified::new) }
             });
         server
     }
@@ -769,21 +772,6 @@ pub struct Peer {
     pub peer_addr: Option<String>,
     /// The transport's name (`"tcp"`, `"ws"`, `"ipc"`, …).
     pub transport: &'static str,
-}
-
-/// The body of `drs.identify`.
-#[derive(serde::Deserialize)]
-struct Identify {
-    name: String,
-}
-
-/// The answer to `drs.identify`.
-#[derive(Serialize)]
-struct Identified {
-    /// Whether the server still held state for the name: the core keeps
-    /// none across connections; an [`on_identify`](Server::on_identify)
-    /// hook (a pub/sub broker's) says whether it did.
-    resumed: bool,
 }
 
 /// How many different names one connection may take with `drs.identify`

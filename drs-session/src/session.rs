@@ -11,12 +11,12 @@ use std::{
 };
 
 use drs_core::{
-    Body, Client, CloseReason, Conn, ConnConfig, Dialer, Error, FromBody, Handler, Layer, Protocol,
-    IDENTIFY, SHUTTING_DOWN,
+    Body, Client, CloseReason, Conn, ConnConfig, Dialer, Error, FromBody, Handler, Identified,
+    IdentifyBody, Layer, Protocol, IDENTIFY, SHUTTING_DOWN,
 };
 use drs_pubsub::{PubSub, SubscribeBody, Subscriptions, EXPOSE, SUBSCRIBE};
 use futures::Stream;
-use serde::{Deserialize, Serialize};
+use serde::Serialize;
 use tokio::{
     sync::{broadcast, oneshot, watch},
     time::Instant,
@@ -361,18 +361,6 @@ impl<D: Dialer> SessionBuilder<D> {
     }
 }
 
-/// The body of `drs.identify` and its answer.
-#[derive(Serialize)]
-struct Identify<'a> {
-    name: &'a str,
-}
-
-#[derive(Deserialize)]
-struct Identified {
-    #[serde(default)]
-    resumed: bool,
-}
-
 /// The task that owns a session's connections.
 struct Supervisor<D> {
     inner: Arc<Inner>,
@@ -483,7 +471,7 @@ impl<D: Dialer> Supervisor<D> {
         let timeout = self.client.settings().handshake_timeout;
         let resumed = match &self.inner.name {
             Some(name) => {
-                conn.call::<Identified>(IDENTIFY, Identify { name })
+                conn.call::<Identified>(IDENTIFY, IdentifyBody::new(&**name))
                     .timeout(timeout)
                     .await?
                     .resumed
