@@ -333,7 +333,7 @@ async fn join_nats(
         nats::{async_nats, NatsListener},
     };
     let url = drs::Url::parse(&listener.url).map_err(|e| Failure::usage(e.to_string()))?;
-    let protocol = url.protocol().map_err(|e| Failure::usage(e.to_string()))?;
+    let protocol = drs::protocol_of(&url).map_err(|e| Failure::usage(e.to_string()))?;
     let Some((host, service)) = url
         .target
         .split_once('/')
@@ -398,7 +398,7 @@ async fn bind(server: &Server, listener: &ListenerSection) -> Result<(String, St
         }
         (None, false) => None,
     };
-    let protocol = url.protocol().map_err(|e| Failure::usage(e.to_string()))?;
+    let protocol = drs::protocol_of(&url).map_err(|e| Failure::usage(e.to_string()))?;
     let suffix = url
         .param("protocol")
         .map(|p| format!("?protocol={p}"))

@@ -112,6 +112,7 @@ mod layer;
 pub mod memory;
 pub mod observe;
 mod protocol;
+mod registry;
 mod router;
 mod server;
 mod stream;
@@ -142,6 +143,7 @@ pub use observe::{ActionObserver, Io, Observer};
 pub use protocol::{
     BodyFormat, DecodeError, EncodeError, FrameKind, Framing, OutBody, Outgoing, Protocol,
 };
+pub use registry::{Registry, Scheme, SchemeFuture, Url};
 pub use server::{fanout, Peer, Server, ServerConfig, WeakServer, MAX_NAMES_PER_CONN};
 pub use stream::{IntoOutcome, IntoReply, ItemSink, Produced, Reply, Streamed};
 pub use text::Text;

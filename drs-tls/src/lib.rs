@@ -535,6 +535,67 @@ impl Dialer for TlsDialer {
     }
 }
 
+impl ClientTls {
+    /// The client settings a URL asks for: the CAs of `?ca=FILE`, else the
+    /// Mozilla roots (feature `webpki-roots`).
+    pub fn for_url(url: &drs_core::Url) -> io::Result<ClientTls> {
+        let builder = ClientTls::builder();
+        let builder = match url.param("ca") {
+            Some(file) => builder.trust_pem_file(file)?,
+            #[cfg(feature = "webpki-roots")]
+            None => builder.trust_webpki_roots(),
+            #[cfg(not(feature = "webpki-roots"))]
+            None => {
+                return Err(invalid(format!(
+                    "{}://{} trusts no CA: add ?ca=FILE (or the webpki-roots feature of drs-tls)",
+                    url.scheme, url.target
+                )))
+            }
+        };
+        builder.build()
+    }
+}
+
+/// `tls://HOST:PORT` (`?ca=FILE`) for a [`Registry`](drs_core::Registry):
+/// it dials; a TLS listener needs certificates, so it is bound in code
+/// ([`TlsListener`] with a [`ServerTls`]).
+#[derive(Debug, Clone, Copy, Default)]
+pub struct TlsScheme;
+
+impl drs_core::Scheme for TlsScheme {
+    fn names(&self) -> &'static [&'static str] {
+        &["tls"]
+    }
+
+    fn dial<'a>(
+        &'a self,
+        client: drs_core::Client,
+        url: &'a drs_core::Url,
+        protocol: Arc<dyn drs_core::Protocol>,
+    ) -> drs_core::SchemeFuture<'a, drs_core::Conn> {
+        Box::pin(async move {
+            let dialer = TlsDialer::new(&url.target, ClientTls::for_url(url)?);
+            client.connect(dialer, protocol).await
+        })
+    }
+
+    fn listen<'a>(
+        &'a self,
+        _: &'a drs_core::Server,
+        url: &'a drs_core::Url,
+        _: Arc<dyn drs_core::Protocol>,
+    ) -> drs_core::SchemeFuture<'a, String> {
+        Box::pin(async move { Err(needs_certificates(&url.scheme)) })
+    }
+}
+
+/// Why `tls://` and `wss://` cannot listen from a URL alone.
+pub fn needs_certificates(scheme: &str) -> drs_core::Error {
+    drs_core::Error::Io(invalid(format!(
+        "{scheme}:// listeners need certificates: bind drs::tls::TlsListener (or a WsListener with .tls(…)) with a ServerTls"
+    )))
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

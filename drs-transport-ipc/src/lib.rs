@@ -250,3 +250,35 @@ mod tests {
         );
     }
 }
+
+/// `ipc://PATH` (or a pipe name) for a [`Registry`](drs_core::Registry).
+#[derive(Debug, Clone, Copy, Default)]
+pub struct IpcScheme;
+
+impl drs_core::Scheme for IpcScheme {
+    fn names(&self) -> &'static [&'static str] {
+        &["ipc"]
+    }
+
+    fn dial<'a>(
+        &'a self,
+        client: Client,
+        url: &'a drs_core::Url,
+        protocol: std::sync::Arc<dyn Protocol>,
+    ) -> drs_core::SchemeFuture<'a, Conn> {
+        Box::pin(client.connect(IpcDialer::new(&url.target), protocol))
+    }
+
+    fn listen<'a>(
+        &'a self,
+        server: &'a drs_core::Server,
+        url: &'a drs_core::Url,
+        protocol: std::sync::Arc<dyn Protocol>,
+    ) -> drs_core::SchemeFuture<'a, String> {
+        Box::pin(async move {
+            let listener = IpcListener::bind(url.target.clone())?;
+            let addr = server.listen_arc(listener, protocol)?;
+            Ok(format!("ipc://{addr}"))
+        })
+    }
+}

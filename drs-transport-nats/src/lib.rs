@@ -658,6 +658,61 @@ pub async fn connect<P: Protocol>(nats: Nats, name: &str, protocol: P) -> Result
         .await
 }
 
+/// `nats://HOST:PORT/SERVICE` for a [`Registry`](drs_core::Registry):
+/// dials the service, or joins it as a worker.
+#[derive(Debug, Clone, Copy, Default)]
+pub struct NatsScheme;
+
+/// `nats://HOST:PORT/SERVICE` → a NATS connection to `HOST:PORT`, and
+/// `SERVICE`.
+async fn nats_service(url: &drs_core::Url) -> Result<(Nats, &str), Error> {
+    let (host, service) = url.host_and_path()?;
+    let nats = async_nats::connect(format!("nats://{host}"))
+        .await
+        .map_err(|e| {
+            Error::Io(io::Error::new(
+                io::ErrorKind::ConnectionRefused,
+                format!("nats://{host}: {e}"),
+            ))
+        })?;
+    Ok((nats, service))
+}
+
+impl drs_core::Scheme for NatsScheme {
+    fn names(&self) -> &'static [&'static str] {
+        &["nats"]
+    }
+
+    fn dial<'a>(
+        &'a self,
+        client: Client,
+        url: &'a drs_core::Url,
+        protocol: std::sync::Arc<dyn Protocol>,
+    ) -> drs_core::SchemeFuture<'a, Conn> {
+        Box::pin(async move {
+            let (nats, service) = nats_service(url).await?;
+            client
+                .connect(NatsDialer::new(nats, service), protocol)
+                .await
+        })
+    }
+
+    fn listen<'a>(
+        &'a self,
+        server: &'a drs_core::Server,
+        url: &'a drs_core::Url,
+        protocol: std::sync::Arc<dyn Protocol>,
+    ) -> drs_core::SchemeFuture<'a, String> {
+        Box::pin(async move {
+            let (nats, service) = nats_service(url).await?;
+            let host = url.host_and_path()?.0;
+            let listener = NatsListener::bind(&nats, service).await?;
+            server.listen_arc(listener, protocol)?;
+            Ok(format!("nats://{host}/{service}"))
+        })
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

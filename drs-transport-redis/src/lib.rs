@@ -45,3 +45,61 @@ pub fn check_service(name: &str) -> io::Result<()> {
         ))
     }
 }
+
+/// `redis://HOST:PORT/DB/SERVICE` for a [`Registry`](drs_core::Registry):
+/// dials the service, or serves its queue as a worker.
+#[derive(Debug, Clone, Copy, Default)]
+pub struct RedisScheme;
+
+/// `redis://HOST:PORT/DB/SERVICE` → (`redis://HOST:PORT/DB`, `SERVICE`).
+fn redis_parts(url: &drs_core::Url) -> Result<(String, String), drs_core::Error> {
+    let (host, path) = url.host_and_path()?;
+    match path.split_once('/') {
+        Some((db, service)) if !service.is_empty() && db.parse::<u32>().is_ok() => {
+            Ok((format!("redis://{host}/{db}"), service.to_string()))
+        }
+        _ => Err(drs_core::Error::Io(io::Error::new(
+            io::ErrorKind::InvalidInput,
+            format!(
+                "`redis://{}` needs a database and a service: redis://HOST:PORT/DB/SERVICE",
+                url.target
+            ),
+        ))),
+    }
+}
+
+impl drs_core::Scheme for RedisScheme {
+    fn names(&self) -> &'static [&'static str] {
+        &["redis"]
+    }
+
+    fn dial<'a>(
+        &'a self,
+        client: drs_core::Client,
+        url: &'a drs_core::Url,
+        protocol: std::sync::Arc<dyn drs_core::Protocol>,
+    ) -> drs_core::SchemeFuture<'a, drs_core::Conn> {
+        Box::pin(async move {
+            let (redis, service) = redis_parts(url)?;
+            client
+                .connect(RedisDialer::new(redis, &service), protocol)
+                .await
+        })
+    }
+
+    fn listen<'a>(
+        &'a self,
+        server: &'a drs_core::Server,
+        url: &'a drs_core::Url,
+        protocol: std::sync::Arc<dyn drs_core::Protocol>,
+    ) -> drs_core::SchemeFuture<'a, String> {
+        Box::pin(async move {
+            let (redis, service) = redis_parts(url)?;
+            let listener =
+                RedisListener::bind_with(&redis, &service, protocol.clone(), Default::default())
+                    .await?;
+            server.listen_arc(listener, protocol)?;
+            Ok(format!("{redis}/{service}"))
+        })
+    }
+}

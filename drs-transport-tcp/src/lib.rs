@@ -246,3 +246,35 @@ pub async fn connect<P: Protocol>(addr: impl AsRef<str>, protocol: P) -> Result<
         .connect(TcpDialer::new(addr.as_ref()), protocol)
         .await
 }
+
+/// `tcp://HOST:PORT` for a [`Registry`](drs_core::Registry).
+#[derive(Debug, Clone, Copy, Default)]
+pub struct TcpScheme;
+
+impl drs_core::Scheme for TcpScheme {
+    fn names(&self) -> &'static [&'static str] {
+        &["tcp"]
+    }
+
+    fn dial<'a>(
+        &'a self,
+        client: Client,
+        url: &'a drs_core::Url,
+        protocol: std::sync::Arc<dyn Protocol>,
+    ) -> drs_core::SchemeFuture<'a, Conn> {
+        Box::pin(client.connect(TcpDialer::new(&url.target), protocol))
+    }
+
+    fn listen<'a>(
+        &'a self,
+        server: &'a drs_core::Server,
+        url: &'a drs_core::Url,
+        protocol: std::sync::Arc<dyn Protocol>,
+    ) -> drs_core::SchemeFuture<'a, String> {
+        Box::pin(async move {
+            let listener = TcpListener::bind(&url.target).await?;
+            let addr = server.listen_arc(listener, protocol)?;
+            Ok(format!("tcp://{addr}"))
+        })
+    }
+}

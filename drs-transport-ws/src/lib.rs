@@ -881,3 +881,49 @@ impl Dialer for WsDialer {
 pub async fn connect<P: Protocol>(url: &str, protocol: P) -> Result<Conn, Error> {
     Client::new().connect(WsDialer::new(url), protocol).await
 }
+
+/// `ws://HOST:PORT/PATH` and `wss://…` (`?ca=FILE`) for a
+/// [`Registry`](drs_core::Registry); the query other than `protocol` and
+/// `ca` goes to the server (`?token=`). A `wss://` listener needs
+/// certificates, so it is bound in code.
+#[derive(Debug, Clone, Copy, Default)]
+pub struct WsScheme;
+
+impl drs_core::Scheme for WsScheme {
+    fn names(&self) -> &'static [&'static str] {
+        &["ws", "wss"]
+    }
+
+    fn dial<'a>(
+        &'a self,
+        client: drs_core::Client,
+        url: &'a drs_core::Url,
+        protocol: std::sync::Arc<dyn drs_core::Protocol>,
+    ) -> drs_core::SchemeFuture<'a, drs_core::Conn> {
+        Box::pin(async move {
+            let target = format!("{}://{}{}", url.scheme, url.target, url.rest_of_query());
+            let mut dialer = WsDialer::new(target);
+            if url.scheme == "wss" {
+                dialer = dialer.tls(drs_tls::ClientTls::for_url(url)?);
+            }
+            client.connect(dialer, protocol).await
+        })
+    }
+
+    fn listen<'a>(
+        &'a self,
+        server: &'a drs_core::Server,
+        url: &'a drs_core::Url,
+        protocol: std::sync::Arc<dyn drs_core::Protocol>,
+    ) -> drs_core::SchemeFuture<'a, String> {
+        Box::pin(async move {
+            if url.scheme == "wss" {
+                return Err(drs_tls::needs_certificates("wss"));
+            }
+            let host = url.target.split('/').next().unwrap_or_default();
+            let listener = WsListener::bind(host).await?;
+            let addr = server.listen_arc(listener, protocol)?;
+            Ok(format!("ws://{addr}"))
+        })
+    }
+}

@@ -64,7 +64,7 @@ pub use drs_pubsub as pubsub;
 pub use drs_pubsub::{topic, PubSub};
 pub use drs_stats as stats;
 pub use drs_stats::Stats;
-pub use url::{connect, connect_with, listen, Url};
+pub use url::{connect, connect_with, listen, protocol_of, registry, Url};
 
 #[cfg(feature = "json")]
 pub use drs_protocol_json::Json;
