@@ -44,8 +44,12 @@ impl Contexts {
             return Ok(Contexts::default());
         };
         match std::fs::read_to_string(&path) {
-            Ok(text) => serde_json::from_str(&text)
-                .map_err(|e| Failure::usage(format!("{}: {e}", path.display()))),
+            Ok(text) => serde_json::from_str(&text).map_err(|e| {
+                Failure::usage(format!(
+                    "{} is not a drs contexts file ({e}): fix it, or remove it to start again",
+                    path.display()
+                ))
+            }),
             Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(Contexts::default()),
             Err(e) => Err(Failure::usage(format!("{}: {e}", path.display()))),
         }
@@ -58,9 +62,16 @@ impl Contexts {
             std::fs::create_dir_all(dir)
                 .map_err(|e| Failure::usage(format!("{}: {e}", dir.display())))?;
         }
+        // Written beside it, then renamed over it: an interrupted save
+        // leaves the old file whole.
         let text = serde_json::to_string_pretty(self).unwrap_or_default();
-        std::fs::write(&path, text + "\n")
-            .map_err(|e| Failure::usage(format!("{}: {e}", path.display())))
+        let fresh = path.with_extension(format!("json.{}.tmp", std::process::id()));
+        std::fs::write(&fresh, text + "\n")
+            .and_then(|()| std::fs::rename(&fresh, &path))
+            .map_err(|e| {
+                let _ = std::fs::remove_file(&fresh);
+                Failure::usage(format!("{}: {e}", path.display()))
+            })
     }
 
     /// The selected context's URL.

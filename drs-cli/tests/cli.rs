@@ -947,3 +947,143 @@ fn the_server_comes_from_an_argument_a_flag_the_environment_or_a_context() {
     let o = drs_env(&["call", "add", add], &env);
     assert_eq!(code(&o), 64, "no context selected any more: {}", stderr(&o));
 }
+
+/// A damaged contexts file is named, with what to do, wherever it is read
+/// (a command without a server, `drs context …`), and is not overwritten;
+/// a command that names its server does not read it.
+#[test]
+fn a_damaged_contexts_file_is_named_and_left_alone() {
+    let s = Served::demo();
+    let url = s.url().to_string();
+    let file = tmp(
+        "damaged-contexts.json",
+        "{\"selected\": \"local\", \"contexts\": [1, ",
+    );
+    let env = [("DRS_CONTEXTS", file.to_str().unwrap())];
+    let want = format!("{} is not a drs contexts file (", file.display());
+    for args in [
+        vec!["call", "add", r#"{"a": 1, "b": 2}"#],
+        vec!["context", "ls"],
+        vec!["context", "add", "local", url.as_str()],
+    ] {
+        let o = drs_env(&args, &env);
+        assert_eq!(code(&o), 64, "{args:?}: {}", stderr(&o));
+        assert!(stderr(&o).contains(&want), "{args:?}: {}", stderr(&o));
+        assert!(
+            stderr(&o).contains("remove it to start again"),
+            "{}",
+            stderr(&o)
+        );
+    }
+    assert_eq!(
+        std::fs::read_to_string(&file).unwrap(),
+        "{\"selected\": \"local\", \"contexts\": [1, ",
+        "left as it was"
+    );
+    let o = drs_env(&["call", &url, "add", r#"{"a": 1, "b": 2}"#], &env);
+    assert_eq!(
+        (code(&o), stdout(&o).as_str()),
+        (0, "3\n"),
+        "{}",
+        stderr(&o)
+    );
+}
+
+/// The README's command-line session, line by line as written (through
+/// `sh`, with the demo address replaced by a free port), against `drs
+/// serve` with `drs.example.toml` as shipped (its ports made free): every
+/// line succeeds and prints what its comment says.
+#[test]
+fn the_readme_session_runs_against_the_example_config() {
+    let readme = include_str!("../../README.md");
+    let start = readme
+        .find("```sh\ndrs serve --demo")
+        .expect("the README's session");
+    let block = &readme[start + "```sh\n".len()..];
+    let block = &block[..block.find("```").expect("the block ends")];
+    let example = include_str!("../drs.example.toml");
+    let config = tmp(
+        "readme-example.toml",
+        &example
+            .replace(":12000\"", ":0\"")
+            .replace(":12001\"", ":0\""),
+    );
+    let s = Served::start(&["serve", config.to_str().expect("utf-8")], 2);
+    let here = s.url().trim_start_matches("tcp://").to_string();
+    let contexts = tmp("readme-contexts.json", "");
+    std::fs::remove_file(&contexts).expect("no contexts yet");
+    let bin = std::path::Path::new(DRS)
+        .parent()
+        .expect("the binary's folder");
+    let path = format!(
+        "{}:{}",
+        bin.display(),
+        std::env::var("PATH").unwrap_or_default()
+    );
+    let sh = |line: &str| {
+        let mut child = Command::new("sh")
+            .args(["-c", line])
+            .env("PATH", &path)
+            .env("DRS_CONTEXTS", &contexts)
+            .env_remove("DRS_URL")
+            .env_remove("DRS_TOKEN")
+            .stdin(Stdio::null())
+            .stdout(Stdio::piped())
+            .stderr(Stdio::piped())
+            .spawn()
+            .expect("sh runs");
+        wait(&mut child)
+    };
+    let mut listening = None;
+    let mut ran = 0;
+    for line in block.lines() {
+        let (command, says) = match line.split_once("  # ") {
+            Some((c, s)) => (c.trim(), s.trim()),
+            None => (line.trim(), ""),
+        };
+        let command = command.replace("127.0.0.1:12000", &here);
+        if command.starts_with("drs serve") {
+            continue; // served above, from the example file
+        }
+        if command.starts_with("drs listen") {
+            // Runs until it has heard the README's publication.
+            let child = Command::new("sh")
+                .args(["-c", &format!("{command} --count 2")])
+                .env("PATH", &path)
+                .stdin(Stdio::null())
+                .stdout(Stdio::piped())
+                .stderr(Stdio::piped())
+                .spawn()
+                .expect("sh runs");
+            publish_until_heard(s.url(), "sensors.ready", "0");
+            listening = Some(std::thread::spawn(move || {
+                let mut child = child;
+                stdout(&wait(&mut child))
+            }));
+            continue;
+        }
+        let command = command.replace("--calls 100000", "--calls 2000");
+        let o = sh(&command);
+        ran += 1;
+        assert_eq!(code(&o), 0, "{command}: {}", stderr(&o));
+        let out = stdout(&o);
+        if command.starts_with("drs call") && says.starts_with('3') {
+            assert_eq!(out, "3\n", "{command}");
+        } else if command.contains("echo '\"hi\"'") {
+            assert_eq!(out, "\"hi\"\n", "{command}");
+        } else if command.starts_with("drs stream") {
+            assert_eq!(out, "0\n1\n2\n{\"final\":3}\n", "{command}");
+        } else if command.starts_with("drs publish") {
+            assert_eq!(out, "1\n", "reached the listener: {command}");
+        }
+    }
+    assert_eq!(ran, 7, "every line but serve and listen ran");
+    let heard = listening
+        .expect("the README listens")
+        .join()
+        .expect("the listener's output");
+    assert!(
+        heard.ends_with("{\"action\":\"sensors.t1\",\"body\":21.5}\n"),
+        "{heard}"
+    );
+}
