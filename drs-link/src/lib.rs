@@ -65,6 +65,94 @@ pub trait Out: Send + Sync + 'static {
 /// Frames a connection holds before it waits for those on their way.
 pub const BATCH: usize = 256;
 
+/// The settings every transport over a bus shares (NATS, Redis), set
+/// through [`LinkSettings`] on the transport's own config.
+#[derive(Debug, Clone)]
+#[non_exhaustive]
+pub struct LinkConfig {
+    /// How long a side may hear nothing from the other before it checks
+    /// (NATS: pings; Redis: heartbeat keys). Default 1 s.
+    pub heartbeat: Duration,
+    /// Bytes a side may send before the other acknowledges them. Default
+    /// 1 MiB.
+    pub window: usize,
+    /// How long a connect waits for a worker's answer. Default 5 s.
+    pub connect_timeout: Duration,
+    /// How long a plain request without a reply (a fire) is held as a
+    /// connection while its handler runs. Default 30 s.
+    pub oneshot_linger: Duration,
+    /// Connections a worker holds before its server takes them. Default
+    /// 1024.
+    pub accept_queue: usize,
+    /// Plain requests a worker serves at once (each a connection of one
+    /// request, not counted against the server's connection limit).
+    /// Default 256. What happens past it is the transport's (NATS answers
+    /// `refused busy`; a Redis worker leaves the queue to the others).
+    pub max_one_requests: usize,
+}
+
+impl Default for LinkConfig {
+    fn default() -> Self {
+        Self {
+            heartbeat: Duration::from_secs(1),
+            window: 1 << 20,
+            connect_timeout: Duration::from_secs(5),
+            oneshot_linger: Duration::from_secs(30),
+            accept_queue: 1024,
+            max_one_requests: 256,
+        }
+    }
+}
+
+/// The setters of [`LinkConfig`], on any config that holds one
+/// (`NatsConfig`, `RedisConfig`), so that they are written once.
+pub trait LinkSettings: Sized {
+    /// The settings shared by bus transports.
+    fn link_mut(&mut self) -> &mut LinkConfig;
+
+    /// Sets [`heartbeat`](LinkConfig::heartbeat) (at least 10 ms).
+    fn heartbeat(mut self, every: Duration) -> Self {
+        self.link_mut().heartbeat = every.max(Duration::from_millis(10));
+        self
+    }
+
+    /// Sets [`window`](LinkConfig::window) (at least 1 KiB).
+    fn window(mut self, bytes: usize) -> Self {
+        self.link_mut().window = bytes.max(1024);
+        self
+    }
+
+    /// Sets [`connect_timeout`](LinkConfig::connect_timeout).
+    fn connect_timeout(mut self, timeout: Duration) -> Self {
+        self.link_mut().connect_timeout = timeout;
+        self
+    }
+
+    /// Sets [`oneshot_linger`](LinkConfig::oneshot_linger).
+    fn oneshot_linger(mut self, linger: Duration) -> Self {
+        self.link_mut().oneshot_linger = linger;
+        self
+    }
+
+    /// Sets [`accept_queue`](LinkConfig::accept_queue) (at least 1).
+    fn accept_queue(mut self, n: usize) -> Self {
+        self.link_mut().accept_queue = n.max(1);
+        self
+    }
+
+    /// Sets [`max_one_requests`](LinkConfig::max_one_requests) (at least 1).
+    fn max_one_requests(mut self, n: usize) -> Self {
+        self.link_mut().max_one_requests = n.max(1);
+        self
+    }
+}
+
+impl LinkSettings for LinkConfig {
+    fn link_mut(&mut self) -> &mut LinkConfig {
+        self
+    }
+}
+
 type Frames = mpsc::UnboundedReceiver<io::Result<Bytes>>;
 
 /// The receiving side's plumbing, shared by the connection and whoever
@@ -564,6 +652,23 @@ impl Drop for LinkIo {
 
 #[cfg(test)]
 mod tests {
+    #[test]
+    fn link_settings_are_set_once_for_every_bus_config() {
+        let c = LinkConfig::default()
+            .heartbeat(Duration::from_millis(1))
+            .window(10)
+            .accept_queue(0)
+            .max_one_requests(0)
+            .connect_timeout(Duration::from_secs(2))
+            .oneshot_linger(Duration::from_secs(3));
+        assert_eq!(c.heartbeat, Duration::from_millis(10), "at least 10 ms");
+        assert_eq!((c.window, c.accept_queue, c.max_one_requests), (1024, 1, 1));
+        assert_eq!(
+            (c.connect_timeout, c.oneshot_linger),
+            (Duration::from_secs(2), Duration::from_secs(3))
+        );
+    }
+
     use super::*;
 
     #[tokio::test]

@@ -32,7 +32,7 @@
 use std::{future::Future, io, net::SocketAddr, path::Path, pin::Pin, sync::Arc};
 
 use drs_core::{ConnInfo, Dialer, FrameSpec, FramedIo, Listener, PeerCertificate};
-use drs_transport_tcp::{accept, configure, conn_info, Keepalive};
+use drs_transport_tcp::{configure, conn_info, Keepalive, TcpListener};
 use rustls::{
     pki_types::{pem::PemObject, CertificateDer, PrivateKeyDer, ServerName},
     server::WebPkiClientVerifier,
@@ -392,16 +392,17 @@ fn info(stream: &TcpStream) -> ConnInfo {
 
 /// Accepts TLS connections over TCP for a [`drs_core::Server`]; the
 /// transport's name in [`ConnInfo`] is `"tls"`.
+/// It is a [`TcpListener`] (binding, keepalive, accepting) with a
+/// handshake after each accept.
 pub struct TlsListener {
-    inner: tokio::net::TcpListener,
+    tcp: TcpListener,
     tls: ServerTls,
-    keepalive: Option<Keepalive>,
 }
 
 impl std::fmt::Debug for TlsListener {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.debug_struct("TlsListener")
-            .field("addr", &self.inner.local_addr().ok())
+            .field("addr", &self.tcp.local_addr().ok())
             .finish_non_exhaustive()
     }
 }
@@ -409,30 +410,29 @@ impl std::fmt::Debug for TlsListener {
 impl TlsListener {
     /// Binds to `addr` (port 0 picks a free port).
     pub async fn bind(addr: impl ToSocketAddrs, tls: ServerTls) -> io::Result<Self> {
-        Ok(Self::from_tokio(
-            tokio::net::TcpListener::bind(addr).await?,
-            tls,
-        ))
+        Ok(Self::over(TcpListener::bind(addr).await?, tls))
     }
 
     /// Wraps a bound Tokio listener.
     pub fn from_tokio(inner: tokio::net::TcpListener, tls: ServerTls) -> Self {
-        Self {
-            inner,
-            tls,
-            keepalive: Some(Keepalive::default()),
-        }
+        Self::over(TcpListener::from_tokio(inner), tls)
+    }
+
+    /// TLS over the connections `tcp` accepts (its keepalive settings
+    /// included).
+    pub fn over(tcp: TcpListener, tls: ServerTls) -> Self {
+        Self { tcp, tls }
     }
 
     /// Sets TCP keepalive for accepted sockets (`None`: off).
     pub fn keepalive(mut self, keepalive: Option<Keepalive>) -> Self {
-        self.keepalive = keepalive;
+        self.tcp = self.tcp.keepalive(keepalive);
         self
     }
 
     /// The bound address.
     pub fn local_addr(&self) -> io::Result<SocketAddr> {
-        self.inner.local_addr()
+        self.tcp.local_addr()
     }
 }
 
@@ -443,8 +443,7 @@ impl Listener for TlsListener {
     type Handshake = Handshake<ServerTlsTransport>;
 
     async fn accept(&mut self, spec: FrameSpec) -> io::Result<Self::Handshake> {
-        let stream = accept(&self.inner).await?;
-        configure(&stream, self.keepalive.as_ref())?;
+        let stream = self.tcp.accept_stream().await?;
         let tls = self.tls.clone();
         Ok(Box::pin(async move {
             let mut info = info(&stream);
@@ -457,7 +456,7 @@ impl Listener for TlsListener {
     }
 
     fn local_addr(&self) -> io::Result<String> {
-        self.inner.local_addr().map(|a| a.to_string())
+        self.tcp.local_addr().map(|a| a.to_string())
     }
 }
 

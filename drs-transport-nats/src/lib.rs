@@ -59,13 +59,13 @@
 //!
 //! A frame is at most the smaller of the connection's maximum frame size
 //! and the NATS server's `max_payload` (1 MiB by default). A worker holds at
-//! most [`NatsConfig::accept_queue`] connections not yet taken by its
+//! most [`LinkConfig::accept_queue`] connections not yet taken by its
 //! server; past that a connect is refused (`Drs-Control: refused busy`) and
 //! the queue group's other workers are tried by the caller's next attempt.
 //! A plain request is a connection of one frame that ends when its reply
-//! is sent, or after [`NatsConfig::oneshot_linger`] for a fire. It does
+//! is sent, or after [`LinkConfig::oneshot_linger`] for a fire. It does
 //! not count against the server's connection limit: a worker serves at
-//! most [`NatsConfig::max_one_requests`] at once (past it a request is
+//! most [`LinkConfig::max_one_requests`] at once (past it a request is
 //! answered `refused busy`, a fire dropped with a log line), so plain
 //! requests never lock out socket clients.
 //!
@@ -94,7 +94,6 @@ use std::{
     future::{ready, Ready},
     io,
     sync::atomic::{AtomicU64, Ordering},
-    time::Duration,
 };
 
 use async_nats::{Client as Nats, HeaderMap, Message, Subject};
@@ -105,6 +104,7 @@ use tokio::{sync::mpsc, task::JoinHandle};
 
 pub use async_nats;
 use drs_link::{Link, LinkIo, Route};
+pub use drs_link::{LinkConfig, LinkSettings};
 use link::NatsOut;
 
 /// A drs connection over NATS, as [`drs_core::Transport`].
@@ -146,87 +146,38 @@ pub fn check_service(name: &str) -> io::Result<()> {
     }
 }
 
-/// Settings of connections over NATS (both sides use the same defaults).
+/// Settings of connections over NATS (both sides use the same defaults):
+/// the bus settings every such transport shares ([`LinkConfig`], set with
+/// [`LinkSettings`]: `NatsConfig::default().heartbeat(…).window(…)`), and
+/// NATS's own.
 #[derive(Debug, Clone)]
 #[non_exhaustive]
 pub struct NatsConfig {
-    /// How long a side may hear nothing from the other before it pings.
-    /// Default 1 s.
-    pub heartbeat: Duration,
+    /// Heartbeat, window, timeouts and queues.
+    pub link: LinkConfig,
     /// Unanswered pings in a row that end a connection. Default 2.
     pub missed_heartbeats: u32,
-    /// Bytes a side may send before the other acknowledges them. Default
-    /// 1 MiB.
-    pub window: usize,
-    /// How long a connect waits for a worker's answer. Default 5 s.
-    pub connect_timeout: Duration,
-    /// How long a plain NATS message without a reply is held as a
-    /// connection while its handler runs. Default 30 s.
-    pub oneshot_linger: Duration,
-    /// Connections a worker holds before its server takes them. Default
-    /// 1024.
-    pub accept_queue: usize,
-    /// Plain requests a worker serves at once (each a connection of one
-    /// request, not counted against the server's connection limit). Past
-    /// it a request is answered `refused busy` and a fire dropped with a
-    /// log line. Default 256.
-    pub max_one_requests: usize,
 }
 
 impl Default for NatsConfig {
     fn default() -> Self {
         Self {
-            heartbeat: Duration::from_secs(1),
+            link: LinkConfig::default(),
             missed_heartbeats: 2,
-            window: 1 << 20,
-            connect_timeout: Duration::from_secs(5),
-            oneshot_linger: Duration::from_secs(30),
-            accept_queue: 1024,
-            max_one_requests: 256,
         }
     }
 }
 
-impl NatsConfig {
-    /// Sets [`heartbeat`](Self::heartbeat).
-    pub fn heartbeat(mut self, every: Duration) -> Self {
-        self.heartbeat = every;
-        self
+impl LinkSettings for NatsConfig {
+    fn link_mut(&mut self) -> &mut LinkConfig {
+        &mut self.link
     }
+}
 
+impl NatsConfig {
     /// Sets [`missed_heartbeats`](Self::missed_heartbeats) (at least 1).
     pub fn missed_heartbeats(mut self, n: u32) -> Self {
         self.missed_heartbeats = n.max(1);
-        self
-    }
-
-    /// Sets [`window`](Self::window) (at least 1 KiB).
-    pub fn window(mut self, bytes: usize) -> Self {
-        self.window = bytes.max(1024);
-        self
-    }
-
-    /// Sets [`connect_timeout`](Self::connect_timeout).
-    pub fn connect_timeout(mut self, timeout: Duration) -> Self {
-        self.connect_timeout = timeout;
-        self
-    }
-
-    /// Sets [`oneshot_linger`](Self::oneshot_linger).
-    pub fn oneshot_linger(mut self, linger: Duration) -> Self {
-        self.oneshot_linger = linger;
-        self
-    }
-
-    /// Sets [`max_one_requests`](Self::max_one_requests) (at least 1).
-    pub fn max_one_requests(mut self, n: usize) -> Self {
-        self.max_one_requests = n.max(1);
-        self
-    }
-
-    /// Sets [`accept_queue`](Self::accept_queue) (at least 1).
-    pub fn accept_queue(mut self, n: usize) -> Self {
-        self.accept_queue = n.max(1);
         self
     }
 }
@@ -328,7 +279,7 @@ impl NatsListener {
         nats.flush()
             .await
             .map_err(|e| io::Error::new(io::ErrorKind::BrokenPipe, e))?;
-        let (accepted_tx, incoming) = mpsc::channel(config.accept_queue);
+        let (accepted_tx, incoming) = mpsc::channel(config.link.accept_queue);
         let (gone, gone_rx) = mpsc::unbounded_channel();
         let worker = Worker {
             nats: nats.clone(),
@@ -337,7 +288,7 @@ impl NatsListener {
             conns: HashMap::new(),
             next: AtomicU64::new(1),
             accepted: accepted_tx,
-            one_requests: drs_link::OneRequests::new(config.max_one_requests),
+            one_requests: drs_link::OneRequests::new(config.link.max_one_requests),
         };
         let task = tokio::spawn(worker.run(service, links, gone_rx));
         Ok(Self {
@@ -417,7 +368,7 @@ impl Listener for NatsListener {
                 let io = LinkIo::oneshot(
                     frame,
                     max_frame,
-                    self.config.oneshot_linger,
+                    self.config.link.oneshot_linger,
                     Box::new(move |frame| {
                         Box::pin(async move {
                             if let (Some(reply), Some(frame)) = (reply, frame) {
@@ -490,7 +441,7 @@ impl Worker {
             }
             let id = self.next.fetch_add(1, Ordering::Relaxed);
             let local = format!("{}.{id}", self.prefix);
-            let link = Link::new(self.config.window);
+            let link = Link::new(self.config.link.window);
             let accepted = Accepted::Link {
                 id,
                 peer: Subject::from(peer),
@@ -515,7 +466,7 @@ impl Worker {
                         let _ = self.nats.publish_with_headers(reply, h, Bytes::new()).await;
                     }
                     None => tracing::warn!(
-                        max = self.config.max_one_requests,
+                        max = self.config.link.max_one_requests,
                         "nats worker: too many plain requests at once; a fire dropped"
                     ),
                 }
@@ -593,13 +544,13 @@ impl Dialer for NatsDialer {
             .subscribe(inbox.clone())
             .await
             .map_err(|e| io::Error::new(io::ErrorKind::BrokenPipe, e))?;
-        let link = Link::new(self.config.window);
+        let link = Link::new(self.config.link.window);
         tokio::spawn(link::pump(nats.clone(), sub, link.clone()));
         let mut h = HeaderMap::new();
         h.insert(CONNECT_HEADER, inbox.as_str());
         let request = async_nats::Request::new()
             .headers(h)
-            .timeout(Some(self.config.connect_timeout));
+            .timeout(Some(self.config.link.connect_timeout));
         let answer = nats
             .send_request(self.subject.clone(), request)
             .await
@@ -612,7 +563,7 @@ impl Dialer for NatsDialer {
                     io::ErrorKind::TimedOut,
                     format!(
                         "no answer from {} within {:?}",
-                        self.subject, self.config.connect_timeout
+                        self.subject, self.config.link.connect_timeout
                     ),
                 ),
                 async_nats::RequestErrorKind::Other => io::Error::new(io::ErrorKind::BrokenPipe, e),

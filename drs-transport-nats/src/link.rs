@@ -133,7 +133,7 @@ async fn ping(nats: &Nats, peer: Subject, timeout: Duration) -> Ping {
 /// process) ends it at once, `missed_heartbeats` pings without an answer
 /// end it too.
 pub(crate) async fn watch(nats: Nats, link: Link, peer: Subject, config: NatsConfig) {
-    let every = config.heartbeat;
+    let every = config.link.heartbeat;
     let mut missed = 0;
     let mut asked = link.last_heard();
     loop {

@@ -2,6 +2,7 @@
 //! port of 127.0.0.1): drs connections, plain NATS requests, flow control,
 //! liveness, refusals.
 
+use drs_transport_nats::LinkSettings;
 use std::{future::IntoFuture, time::Duration};
 
 use async_nats::HeaderMap;

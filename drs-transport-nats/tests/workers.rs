@@ -5,6 +5,7 @@
 //!
 //! The workers are this test binary run again with `DRS_NATS_WORKER` set.
 
+use drs_transport_nats::LinkSettings;
 use std::{
     collections::{HashMap, HashSet},
     future::IntoFuture,

@@ -25,6 +25,7 @@ pub mod queue;
 use std::io;
 
 pub use broadcast::RedisBroadcast;
+pub use drs_link::{LinkConfig, LinkSettings};
 pub use queue::{connect, Keys, RedisConfig, RedisDialer, RedisIo, RedisListener};
 pub use redis;
 

@@ -70,31 +70,18 @@ use drs_core::{
 use redis::{aio::ConnectionManager, AsyncCommands};
 use tokio::{sync::mpsc, task::JoinSet};
 
-use drs_link::{Kind, Link, LinkIo, Out, Route};
+use drs_link::{Kind, Link, LinkConfig, LinkIo, LinkSettings, Out, Route};
 
-/// Settings of a Redis service and its connections.
+/// Settings of a Redis service and its connections: the bus settings
+/// every such transport shares ([`LinkConfig`], set with
+/// [`LinkSettings`]; a side not heard for three heartbeats is gone, and
+/// past `max_one_requests` a worker takes nothing more from the queue
+/// until one ends, so the other workers take them), and Redis's own.
 #[derive(Debug, Clone)]
 #[non_exhaustive]
 pub struct RedisConfig {
-    /// How often each side says it is alive and checks the other. A side
-    /// not heard for three is gone. Default 1 s.
-    pub heartbeat: Duration,
-    /// Bytes a side may send before the other acknowledges them. Default
-    /// 1 MiB.
-    pub window: usize,
-    /// How long a connect waits for a worker. Default 5 s.
-    pub connect_timeout: Duration,
-    /// How long a request without a key (a fire) is held as a connection
-    /// while its handler runs. Default 30 s.
-    pub oneshot_linger: Duration,
-    /// Connections a worker takes before its server accepts them. Default
-    /// 1024.
-    pub accept_queue: usize,
-    /// Plain requests a worker serves at once (each a connection of one
-    /// request, not counted against the server's connection limit). Past
-    /// it the worker takes nothing more from the queue until one ends, so
-    /// the other workers take them. Default 256.
-    pub max_one_requests: usize,
+    /// Heartbeat, window, timeouts and queues.
+    pub link: LinkConfig,
     /// How long a reply list lives after its last reply. Default 60 s.
     pub reply_ttl: Duration,
     /// Actions that may run again when their worker died (requests
@@ -105,43 +92,20 @@ pub struct RedisConfig {
 impl Default for RedisConfig {
     fn default() -> Self {
         Self {
-            heartbeat: Duration::from_secs(1),
-            window: 1 << 20,
-            connect_timeout: Duration::from_secs(5),
-            oneshot_linger: Duration::from_secs(30),
-            accept_queue: 1024,
-            max_one_requests: 256,
+            link: LinkConfig::default(),
             reply_ttl: Duration::from_secs(60),
             idempotent: HashSet::new(),
         }
     }
 }
 
+impl LinkSettings for RedisConfig {
+    fn link_mut(&mut self) -> &mut LinkConfig {
+        &mut self.link
+    }
+}
+
 impl RedisConfig {
-    /// Sets [`heartbeat`](Self::heartbeat) (at least 10 ms).
-    pub fn heartbeat(mut self, every: Duration) -> Self {
-        self.heartbeat = every.max(Duration::from_millis(10));
-        self
-    }
-
-    /// Sets [`window`](Self::window) (at least 1 KiB).
-    pub fn window(mut self, bytes: usize) -> Self {
-        self.window = bytes.max(1024);
-        self
-    }
-
-    /// Sets [`connect_timeout`](Self::connect_timeout).
-    pub fn connect_timeout(mut self, timeout: Duration) -> Self {
-        self.connect_timeout = timeout;
-        self
-    }
-
-    /// Sets [`max_one_requests`](Self::max_one_requests) (at least 1).
-    pub fn max_one_requests(mut self, n: usize) -> Self {
-        self.max_one_requests = n.max(1);
-        self
-    }
-
     /// Sets [`reply_ttl`](Self::reply_ttl) (at least 1 s).
     pub fn reply_ttl(mut self, ttl: Duration) -> Self {
         self.reply_ttl = ttl.max(Duration::from_secs(1));
@@ -155,7 +119,7 @@ impl RedisConfig {
     }
 
     fn dead_after(&self) -> Duration {
-        self.heartbeat * 3
+        self.link.heartbeat * 3
     }
 }
 
@@ -396,9 +360,9 @@ impl RedisListener {
         let (_, inbox_popper) = connections(url, block).await?;
         let keys = Keys::new(name);
         let worker = unique();
-        let (accepted, incoming) = mpsc::channel(config.accept_queue);
+        let (accepted, incoming) = mpsc::channel(config.link.accept_queue);
         let shared = Arc::new(Shared {
-            one_requests: drs_link::OneRequests::new(config.max_one_requests),
+            one_requests: drs_link::OneRequests::new(config.link.max_one_requests),
             keys,
             worker,
             config,
@@ -477,7 +441,7 @@ impl Listener for RedisListener {
                 let io = LinkIo::oneshot(
                     frame,
                     spec.max_frame_len,
-                    self.shared.config.oneshot_linger,
+                    self.shared.config.link.oneshot_linger,
                     Box::new(move |frame| done.send(frame)),
                 )
                 .holding(place);
@@ -576,7 +540,7 @@ async fn take_queue(shared: Arc<Shared>, mut popper: ConnectionManager) {
         match open(&entry) {
             Some((b'K', client, _)) if !client.is_empty() => {
                 let id = shared.next.fetch_add(1, Ordering::Relaxed);
-                let link = Link::new(shared.config.window);
+                let link = Link::new(shared.config.link.window);
                 let client_list = shared.keys.client(client);
                 let out = RedisOut {
                     redis: redis.clone(),
@@ -699,7 +663,7 @@ async fn take_inbox(shared: Arc<Shared>, mut popper: ConnectionManager) {
 /// Says this worker is alive, ends connections whose client is gone, and
 /// reaps what dead workers left.
 async fn keep_alive(shared: Arc<Shared>) {
-    let mut tick = tokio::time::interval(shared.config.heartbeat);
+    let mut tick = tokio::time::interval(shared.config.link.heartbeat);
     loop {
         tick.tick().await;
         if let Err(e) = beat(&shared).await {
@@ -884,7 +848,7 @@ impl Dialer for RedisDialer {
             .await
             .map_err(io_err)?;
         // The worker's answer comes first on our list.
-        let answer = tokio::time::timeout(self.config.connect_timeout, async {
+        let answer = tokio::time::timeout(self.config.link.connect_timeout, async {
             loop {
                 let popped: Option<(String, Vec<u8>)> = redis::cmd("BLPOP")
                     .arg(&list)
@@ -912,7 +876,7 @@ impl Dialer for RedisDialer {
                     format!(
                         "no worker of {} answered within {:?}",
                         self.keys.queue(),
-                        self.config.connect_timeout
+                        self.config.link.connect_timeout
                     ),
                 ));
             }
@@ -925,7 +889,7 @@ impl Dialer for RedisDialer {
             _ => return Err(io_err("a malformed answer from the worker")),
         };
         let worker_key = inbox.replacen(":inbox:", ":worker:", 1);
-        let link = Link::new(self.config.window);
+        let link = Link::new(self.config.link.window);
         let out = RedisOut {
             redis: redis.clone(),
             list: inbox.clone(),
@@ -978,7 +942,7 @@ async fn client_pump(
         let reply_ttl = config.reply_ttl.as_millis() as u64;
         let list = list.clone();
         async move {
-            let mut tick = tokio::time::interval(config.heartbeat);
+            let mut tick = tokio::time::interval(config.link.heartbeat);
             loop {
                 tick.tick().await;
                 let mut pipe = redis::pipe();

@@ -7,6 +7,7 @@
 //! The killed worker is this test binary run again with
 //! `DRS_REDIS_WORKER` set.
 
+use drs_transport_redis::LinkSettings;
 use std::{collections::HashMap, io::Write, sync::Arc, time::Duration};
 
 use drs_core::{Client, ConnConfig, Error, HandlerResult, Server};

@@ -165,16 +165,14 @@ impl TcpListener {
     pub fn local_addr(&self) -> io::Result<SocketAddr> {
         self.inner.local_addr()
     }
-}
 
-fn framed(
-    stream: TcpStream,
-    spec: FrameSpec,
-    keepalive: Option<&Keepalive>,
-) -> io::Result<(TcpTransport, ConnInfo)> {
-    configure(&stream, keepalive)?;
-    let info = conn_info("tcp", &stream);
-    Ok((FramedIo::new(stream, spec), info))
+    /// The next connection, configured (`TCP_NODELAY`, keepalive): what
+    /// a transport over TCP (TLS) builds on.
+    pub async fn accept_stream(&self) -> io::Result<TcpStream> {
+        let stream = accept(&self.inner).await?;
+        configure(&stream, self.keepalive.as_ref())?;
+        Ok(stream)
+    }
 }
 
 /// What is known of a TCP connection: `transport`'s name and the two
@@ -195,8 +193,9 @@ impl Listener for TcpListener {
     type Handshake = Ready<io::Result<(TcpTransport, ConnInfo)>>;
 
     async fn accept(&mut self, spec: FrameSpec) -> io::Result<Self::Handshake> {
-        let stream = accept(&self.inner).await?;
-        Ok(ready(framed(stream, spec, self.keepalive.as_ref())))
+        let stream = self.accept_stream().await?;
+        let info = conn_info("tcp", &stream);
+        Ok(ready(Ok((FramedIo::new(stream, spec), info))))
     }
 
     fn local_addr(&self) -> io::Result<String> {
@@ -231,11 +230,10 @@ impl Dialer for TcpDialer {
     type Io = TcpTransport;
 
     async fn dial(&self, spec: FrameSpec) -> io::Result<(TcpTransport, ConnInfo)> {
-        framed(
-            TcpStream::connect(&self.addr).await?,
-            spec,
-            self.keepalive.as_ref(),
-        )
+        let stream = TcpStream::connect(&self.addr).await?;
+        configure(&stream, self.keepalive.as_ref())?;
+        let info = conn_info("tcp", &stream);
+        Ok((FramedIo::new(stream, spec), info))
     }
 }
 

@@ -16,6 +16,7 @@
 //!
 //! The same workers come from `demo_server --nats URL --service demo`.
 
+use drs_transport_nats::LinkSettings;
 use std::{collections::BTreeMap, future::IntoFuture, process::ExitCode, time::Duration};
 
 use drs_core::{ConnConfig, Error, Server};
