@@ -18,8 +18,8 @@ use std::{
 use bytes::{Bytes, BytesMut};
 use drs_core::{
     memory::{self, MemoryDialer},
-    Body, Client, Command, Conn, ConnConfig, FrameSpec, FramedIo, HandlerError, HandlerResult, Msg,
-    Outgoing, Protocol, Server, Transport,
+    Body, Client, Command, Conn, ConnConfig, FrameSpec, FramedIo, HandlerError, HandlerResult,
+    Inbound, Msg, Outgoing, Protocol, Server, Transport,
 };
 use drs_protocol_json::Json;
 use drs_protocol_msgpack::MsgPack;
@@ -461,11 +461,12 @@ impl RawPeer {
     /// The next command from the server, or `None` once it closed the connection.
     pub async fn recv(&mut self) -> Option<Command> {
         match self.io.next().await? {
-            Ok(frame) => Some(
+            Ok(Inbound::Frame(frame)) => Some(
                 self.protocol
                     .decode(frame)
                     .expect("server sent a valid frame"),
             ),
+            Ok(other) => panic!("the server sent no frame: {other:?}"),
             Err(_) => None,
         }
     }

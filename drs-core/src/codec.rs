@@ -16,12 +16,13 @@ use tokio_util::codec::{Decoder, Encoder};
 use crate::{
     budget::{BudgetExceeded, ReadMeter},
     protocol::Framing,
-    transport::FrameSpec,
+    transport::{FrameSpec, Inbound},
 };
 
-/// A frame exceeded the maximum frame size. Transports report it as an
-/// [`io::Error`] of kind `InvalidData` wrapping this type; the connection
-/// answers with a keyless `drs.error` and closes.
+/// A frame exceeded the maximum frame size. A transport yields it as an
+/// item of its stream ([`Inbound::TooLarge`](crate::Inbound::TooLarge));
+/// the connection answers with a keyless `drs.error` and closes. Sending
+/// one is an [`io::Error`] wrapping it ([`into_io`](FrameTooLarge::into_io)).
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
 #[error("frame exceeds the maximum frame size of {limit} bytes")]
 pub struct FrameTooLarge {
@@ -35,7 +36,7 @@ impl FrameTooLarge {
         io::Error::new(io::ErrorKind::InvalidData, self)
     }
 
-    /// Finds a `FrameTooLarge` inside an `io::Error`.
+    /// Finds a `FrameTooLarge` inside an `io::Error` (a refused send).
     pub fn find(err: &io::Error) -> Option<&FrameTooLarge> {
         err.get_ref()
             .and_then(|e| e.downcast_ref::<FrameTooLarge>())
@@ -43,10 +44,10 @@ impl FrameTooLarge {
 }
 
 /// A frame the transport could not hand over as a frame of the protocol's
-/// kind (e.g. a binary WebSocket message for a text protocol). Transports
-/// report it as an [`io::Error`] of kind `InvalidData` wrapping this type and
-/// keep going; the connection answers with a keyless `drs.error` and skips
-/// the frame, as it does for a frame that does not decode.
+/// kind (e.g. a binary WebSocket message for a text protocol). A transport
+/// yields it as an item of its stream ([`Inbound::Bad`](crate::Inbound::Bad))
+/// and keeps going; the connection answers with a keyless `drs.error` and
+/// skips the frame, as it does for a frame that does not decode.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
 #[error("{reason}")]
 pub struct BadFrame {
@@ -55,20 +56,25 @@ pub struct BadFrame {
 }
 
 impl BadFrame {
-    /// Wraps a reason in an `io::Error` of kind `InvalidData`.
-    pub fn io(reason: impl Into<String>) -> io::Error {
-        io::Error::new(
-            io::ErrorKind::InvalidData,
-            BadFrame {
-                reason: reason.into(),
-            },
-        )
+    /// A bad frame, for `reason`.
+    pub fn new(reason: impl Into<String>) -> Self {
+        BadFrame {
+            reason: reason.into(),
+        }
     }
+}
 
-    /// Finds a `BadFrame` inside an `io::Error`.
-    pub fn find(err: &io::Error) -> Option<&BadFrame> {
-        err.get_ref().and_then(|e| e.downcast_ref::<BadFrame>())
-    }
+/// Why [`FrameCodec`] could not cut a frame: one over the limit (the
+/// stream cannot be resynchronised after it), or the stream itself.
+#[derive(Debug, thiserror::Error)]
+#[non_exhaustive]
+pub enum FrameError {
+    /// A frame exceeds the maximum frame size.
+    #[error(transparent)]
+    TooLarge(#[from] FrameTooLarge),
+    /// The stream failed or ended inside a frame.
+    #[error(transparent)]
+    Io(#[from] io::Error),
 }
 
 /// Delimits frames on a byte stream: newline-terminated lines or 4-byte
@@ -96,19 +102,18 @@ impl FrameCodec {
         }
     }
 
-    fn too_large(&self) -> io::Error {
+    fn too_large(&self) -> FrameTooLarge {
         FrameTooLarge {
             limit: self.max_frame_len,
         }
-        .into_io()
     }
 
-    fn decode_line(&mut self, src: &mut BytesMut) -> io::Result<Option<Bytes>> {
+    fn decode_line(&mut self, src: &mut BytesMut) -> Result<Option<Bytes>, FrameError> {
         loop {
             let Some(i) = memchr::memchr(b'\n', &src[self.scanned..]) else {
                 // A frame may be `max` bytes plus an optional `\r` before its `\n`.
                 if src.len() > self.max_frame_len + 1 {
-                    return Err(self.too_large());
+                    return Err(self.too_large().into());
                 }
                 self.scanned = src.len();
                 return Ok(None);
@@ -121,7 +126,7 @@ impl FrameCodec {
                 line.truncate(end - 1);
             }
             if line.len() > self.max_frame_len {
-                return Err(self.too_large());
+                return Err(self.too_large().into());
             }
             if line.iter().all(u8::is_ascii_whitespace) {
                 continue;
@@ -130,13 +135,13 @@ impl FrameCodec {
         }
     }
 
-    fn decode_prefixed(&mut self, src: &mut BytesMut) -> io::Result<Option<Bytes>> {
+    fn decode_prefixed(&mut self, src: &mut BytesMut) -> Result<Option<Bytes>, FrameError> {
         if src.len() < 4 {
             return Ok(None);
         }
         let len = u32::from_be_bytes([src[0], src[1], src[2], src[3]]) as usize;
         if len > self.max_frame_len {
-            return Err(self.too_large());
+            return Err(self.too_large().into());
         }
         if src.len() < 4 + len {
             src.reserve(4 + len - src.len());
@@ -149,16 +154,16 @@ impl FrameCodec {
 
 impl Decoder for FrameCodec {
     type Item = Bytes;
-    type Error = io::Error;
+    type Error = FrameError;
 
-    fn decode(&mut self, src: &mut BytesMut) -> io::Result<Option<Bytes>> {
+    fn decode(&mut self, src: &mut BytesMut) -> Result<Option<Bytes>, FrameError> {
         match self.framing {
             Framing::Lines => self.decode_line(src),
             Framing::LengthPrefixed => self.decode_prefixed(src),
         }
     }
 
-    fn decode_eof(&mut self, src: &mut BytesMut) -> io::Result<Option<Bytes>> {
+    fn decode_eof(&mut self, src: &mut BytesMut) -> Result<Option<Bytes>, FrameError> {
         if let Some(frame) = self.decode(src)? {
             return Ok(Some(frame));
         }
@@ -177,7 +182,8 @@ impl Decoder for FrameCodec {
                     "stream ended inside a frame ({} bytes left over)",
                     src.len()
                 ),
-            )),
+            )
+            .into()),
         }
     }
 }
@@ -187,7 +193,7 @@ impl Encoder<Bytes> for FrameCodec {
 
     fn encode(&mut self, frame: Bytes, dst: &mut BytesMut) -> io::Result<()> {
         if frame.len() > self.max_frame_len {
-            return Err(self.too_large());
+            return Err(self.too_large().into_io());
         }
         match self.framing {
             Framing::Lines => {
@@ -282,8 +288,17 @@ impl<T> fmt::Debug for FramedIo<T> {
     }
 }
 
+/// A frame, or why there is none, as an item of the stream.
+fn inbound(cut: Result<Bytes, FrameError>) -> io::Result<Inbound> {
+    match cut {
+        Ok(frame) => Ok(Inbound::Frame(frame)),
+        Err(FrameError::TooLarge(too_large)) => Ok(Inbound::TooLarge(too_large)),
+        Err(FrameError::Io(e)) => Err(e),
+    }
+}
+
 impl<T: AsyncRead + Unpin> Stream for FramedIo<T> {
-    type Item = io::Result<Bytes>;
+    type Item = io::Result<Inbound>;
 
     fn poll_next(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Option<Self::Item>> {
         let this = self.get_mut();
@@ -292,19 +307,21 @@ impl<T: AsyncRead + Unpin> Stream for FramedIo<T> {
                 let last = this.codec.decode_eof(&mut this.rbuf).transpose();
                 this.rbuf = BytesMut::new();
                 this.report();
-                return Poll::Ready(last);
+                return Poll::Ready(last.map(inbound));
             }
             match this.codec.decode(&mut this.rbuf) {
                 Ok(Some(frame)) => {
                     this.report();
-                    return Poll::Ready(Some(Ok(frame)));
+                    return Poll::Ready(Some(Ok(Inbound::Frame(frame))));
                 }
                 Ok(None) => {}
                 Err(e) => {
+                    // Past a frame it cannot cut, a byte stream is out of
+                    // step: nothing more is read.
                     this.eof = true;
                     this.rbuf = BytesMut::new();
                     this.report();
-                    return Poll::Ready(Some(Err(e)));
+                    return Poll::Ready(Some(inbound(Err(e))));
                 }
             }
             if this.rbuf.capacity() - this.rbuf.len() < READ_CHUNK / 4 {
@@ -427,11 +444,14 @@ mod tests {
         assert_eq!(decode_all(&mut c, b"abcd\r\n"), vec![&b"abcd"[..]]);
         let mut c = codec(Framing::Lines, 4);
         let err = c.decode(&mut BytesMut::from(&b"abcde\n"[..])).unwrap_err();
-        assert_eq!(FrameTooLarge::find(&err), Some(&FrameTooLarge { limit: 4 }));
+        assert!(matches!(
+            err,
+            FrameError::TooLarge(FrameTooLarge { limit: 4 })
+        ));
         // Without a newline yet: the error comes as soon as the limit is passed.
         let mut c = codec(Framing::Lines, 4);
         let err = c.decode(&mut BytesMut::from(&b"abcdef"[..])).unwrap_err();
-        assert!(FrameTooLarge::find(&err).is_some());
+        assert!(matches!(err, FrameError::TooLarge(_)));
     }
 
     #[test]
@@ -446,7 +466,7 @@ mod tests {
         let err = c
             .decode(&mut BytesMut::from(&b"\0\0\0\x06"[..]))
             .unwrap_err();
-        assert!(FrameTooLarge::find(&err).is_some());
+        assert!(matches!(err, FrameError::TooLarge(_)));
     }
 
     #[test]
@@ -455,7 +475,7 @@ mod tests {
         let mut buf = BytesMut::from(&b"\0\0\0\x09abc"[..]);
         assert_eq!(c.decode(&mut buf).unwrap(), None);
         let err = c.decode_eof(&mut buf).unwrap_err();
-        assert_eq!(err.kind(), io::ErrorKind::UnexpectedEof);
+        assert!(matches!(err, FrameError::Io(e) if e.kind() == io::ErrorKind::UnexpectedEof));
     }
 
     #[test]
@@ -465,6 +485,24 @@ mod tests {
         c.encode(Bytes::from_static(b"{}"), &mut buf).unwrap();
         assert_eq!(&buf[..], b"{}\n");
         assert!(c.encode(Bytes::from_static(b"{\n}"), &mut buf).is_err());
+    }
+
+    #[tokio::test]
+    async fn an_oversize_frame_is_an_item_and_the_stream_ends_after_it() {
+        use futures::StreamExt;
+        use tokio::io::AsyncWriteExt;
+        let (mut a, b) = tokio::io::duplex(256);
+        let mut b = FramedIo::new(b, FrameSpec::new(Framing::Lines).max_frame_len(4));
+        a.write_all(b"ok\ntoo long\nnever\n").await.unwrap();
+        drop(a);
+        let items: Vec<Inbound> = b.map(|i| i.expect("no transport error")).collect().await;
+        assert_eq!(
+            items,
+            [
+                Inbound::Frame(Bytes::from_static(b"ok")),
+                Inbound::TooLarge(FrameTooLarge { limit: 4 })
+            ]
+        );
     }
 
     #[tokio::test]
@@ -483,7 +521,7 @@ mod tests {
         let reader = async {
             let mut got = Vec::new();
             while let Some(f) = b.next().await {
-                got.push(f.unwrap());
+                got.push(f.unwrap().frame().expect("a frame"));
             }
             got
         };

@@ -124,7 +124,7 @@ mod transport;
 pub use budget::{BudgetExceeded, MemoryBudget, MemoryHold, ReadMeter, DEFAULT_MEMORY_BUDGET};
 pub use client::{connect, Client};
 pub use close::CloseReason;
-pub use codec::{BadFrame, FrameCodec, FrameTooLarge, FramedIo};
+pub use codec::{BadFrame, FrameCodec, FrameError, FrameTooLarge, FramedIo};
 pub use command::{
     is_control_action, is_reply_action, Body, Command, FromBody, Identified, IdentifyBody, AUTH,
     CANCEL, CANCELLED, ERROR, EXCEPTION, IDENTIFY, INVALID_DELAY, INVALID_STREAM, MAX_NAME_LEN,
@@ -148,7 +148,8 @@ pub use server::{fanout, Peer, Server, ServerConfig, WeakServer, MAX_NAMES_PER_C
 pub use stream::{IntoOutcome, IntoReply, ItemSink, Produced, Reply, Streamed};
 pub use text::Text;
 pub use transport::{
-    ConnInfo, Dialer, FrameSpec, Listener, PeerCertificate, Transport, DEFAULT_MAX_FRAME_LEN,
+    ConnInfo, Dialer, FrameSpec, Inbound, Listener, PeerCertificate, Transport,
+    DEFAULT_MAX_FRAME_LEN,
 };
 
 #[doc(hidden)]

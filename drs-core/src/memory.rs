@@ -18,7 +18,7 @@ use tokio_util::sync::PollSender;
 
 use crate::{
     codec::FrameTooLarge,
-    transport::{ConnInfo, Dialer, FrameSpec, Listener, DEFAULT_MAX_FRAME_LEN},
+    transport::{ConnInfo, Dialer, FrameSpec, Inbound, Listener, DEFAULT_MAX_FRAME_LEN},
 };
 
 /// Frames that may be in flight one way before the sender waits.
@@ -58,7 +58,7 @@ fn broken() -> io::Error {
 }
 
 impl Stream for MemoryTransport {
-    type Item = io::Result<Bytes>;
+    type Item = io::Result<Inbound>;
 
     fn poll_next(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Option<Self::Item>> {
         if self.failed {
@@ -67,12 +67,11 @@ impl Stream for MemoryTransport {
         match self.rx.poll_recv(cx) {
             Poll::Ready(Some(frame)) if frame.len() > self.max_frame_len => {
                 self.failed = true;
-                Poll::Ready(Some(Err(FrameTooLarge {
+                Poll::Ready(Some(Ok(Inbound::TooLarge(FrameTooLarge {
                     limit: self.max_frame_len,
-                }
-                .into_io())))
+                }))))
             }
-            other => other.map(|f| f.map(Ok)),
+            other => other.map(|f| f.map(|frame| Ok(Inbound::Frame(frame)))),
         }
     }
 }

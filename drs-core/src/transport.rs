@@ -8,32 +8,60 @@ use futures::{Sink, Stream};
 
 use crate::{
     budget::ReadMeter,
+    codec::{BadFrame, FrameTooLarge},
     protocol::{FrameKind, Framing},
 };
 
 /// The default maximum frame size: 8 MiB.
 pub const DEFAULT_MAX_FRAME_LEN: usize = 8 * 1024 * 1024;
 
+/// What a transport's stream yields: a frame, or a frame it could not
+/// hand over. Framing problems are items of the stream, not errors: an
+/// error (`Err`) is the transport failing.
+#[derive(Debug, Clone, PartialEq, Eq)]
+#[non_exhaustive]
+pub enum Inbound {
+    /// One whole frame, without delimiter.
+    Frame(Bytes),
+    /// A frame of the wrong kind (a binary WebSocket message for a text
+    /// protocol): skipped, answered with a keyless `drs.error`; the stream
+    /// goes on.
+    Bad(BadFrame),
+    /// A frame over the maximum size: answered with a keyless `drs.error`,
+    /// and the connection closes (a byte stream cannot resynchronise; the
+    /// stream ends after it).
+    TooLarge(FrameTooLarge),
+}
+
+impl Inbound {
+    /// The frame, if this is one.
+    pub fn frame(self) -> Option<Bytes> {
+        match self {
+            Inbound::Frame(frame) => Some(frame),
+            _ => None,
+        }
+    }
+}
+
 /// A connection's frames: a stream of inbound frames and a sink of outbound ones.
 ///
-/// Implemented for every `Stream<Item = io::Result<Bytes>> + Sink<Bytes,
+/// Implemented for every `Stream<Item = io::Result<Inbound>> + Sink<Bytes,
 /// Error = io::Error>`: a [`FramedIo`](crate::FramedIo) over a socket, a
 /// mapped WebSocket, a pair of channels. No adapter code is needed.
 ///
-/// Contract: each item is one whole frame, without delimiter. An inbound
-/// frame over the maximum size is reported as an error wrapping
-/// [`FrameTooLarge`](crate::FrameTooLarge) (the connection is then closed);
-/// a frame of the wrong kind as one wrapping [`BadFrame`](crate::BadFrame)
-/// (skipped, the stream goes on); any other error ends the connection. The
-/// stream ends (`None`) when the peer closes. The sink may buffer: frames are only guaranteed to be sent
-/// after `poll_flush`.
+/// Contract: each item is one whole frame ([`Inbound::Frame`]), or a
+/// framing problem ([`Inbound::Bad`], [`Inbound::TooLarge`]); an error
+/// ends the connection. The stream ends (`None`) when the peer closes. The
+/// sink may buffer: frames are only guaranteed to be sent after
+/// `poll_flush`; sending a frame over the maximum is an error wrapping
+/// [`FrameTooLarge`].
 pub trait Transport:
-    Stream<Item = io::Result<Bytes>> + Sink<Bytes, Error = io::Error> + Send + Unpin + 'static
+    Stream<Item = io::Result<Inbound>> + Sink<Bytes, Error = io::Error> + Send + Unpin + 'static
 {
 }
 
 impl<T> Transport for T where
-    T: Stream<Item = io::Result<Bytes>> + Sink<Bytes, Error = io::Error> + Send + Unpin + 'static
+    T: Stream<Item = io::Result<Inbound>> + Sink<Bytes, Error = io::Error> + Send + Unpin + 'static
 {
 }
 

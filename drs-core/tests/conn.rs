@@ -5,8 +5,8 @@ use std::{future::IntoFuture, time::Duration};
 
 use bytes::{Bytes, BytesMut};
 use drs_core::{
-    memory, Body, Client, Command, ConnInfo, Error, HandlerError, HandlerResult, Msg, OutBody,
-    Outgoing, Protocol, Server,
+    memory, Body, Client, Command, ConnInfo, Error, HandlerError, HandlerResult, Inbound, Msg,
+    OutBody, Outgoing, Protocol, Server,
 };
 use drs_protocol_json::Json;
 use futures::{SinkExt, StreamExt};
@@ -31,8 +31,15 @@ fn frame(key: Option<&str>, action: &str, body: Value) -> Bytes {
 }
 
 async fn next(raw: &mut memory::MemoryTransport) -> Command {
-    Json.decode(raw.next().await.expect("open").expect("frame"))
-        .unwrap()
+    Json.decode(
+        raw.next()
+            .await
+            .expect("open")
+            .expect("no error")
+            .frame()
+            .expect("a frame"),
+    )
+    .unwrap()
 }
 
 fn client_over_memory(client: Client) -> (drs_core::Conn, memory::MemoryTransport) {
@@ -164,7 +171,7 @@ async fn too_many_bad_frames_within_a_window_disconnect() {
         let junk = Bytes::from(format!("junk{}", "x".repeat(10_000)));
         for _ in 0..31 {
             raw.send(junk.clone()).await.unwrap();
-            let f = raw.next().await.unwrap().unwrap();
+            let f = raw.next().await.unwrap().unwrap().frame().unwrap();
             assert!(f.len() < 200, "a long answer to garbage: {} bytes", f.len());
         }
         // Past the window, the count starts again.
@@ -180,7 +187,7 @@ async fn too_many_bad_frames_within_a_window_disconnect() {
         }
         raw.send(junk.clone()).await.unwrap();
         let mut notices = Vec::new();
-        while let Some(Ok(f)) = raw.next().await {
+        while let Some(Ok(Inbound::Frame(f))) = raw.next().await {
             notices.push(Json.decode(f).unwrap());
         }
         assert_eq!(

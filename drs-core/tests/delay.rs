@@ -74,7 +74,12 @@ async fn send(raw: &mut memory::MemoryTransport, v: Value) {
 }
 
 async fn recv(raw: &mut memory::MemoryTransport) -> Value {
-    let frame = within(raw.next()).await.expect("open").expect("frame");
+    let frame = within(raw.next())
+        .await
+        .expect("open")
+        .expect("no error")
+        .frame()
+        .expect("a frame");
     serde_json::from_slice(&frame).unwrap()
 }
 

@@ -36,7 +36,7 @@ use std::{
 };
 
 use bytes::Bytes;
-use drs_core::FrameTooLarge;
+use drs_core::{FrameTooLarge, Inbound};
 use futures::{future::BoxFuture, task::AtomicWaker, FutureExt, Sink, Stream};
 use tokio::{sync::mpsc, time::Sleep};
 
@@ -458,7 +458,7 @@ fn ack(
 }
 
 impl Stream for LinkIo {
-    type Item = io::Result<Bytes>;
+    type Item = io::Result<Inbound>;
 
     fn poll_next(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Option<Self::Item>> {
         let this = self.get_mut();
@@ -477,9 +477,11 @@ impl Stream for LinkIo {
                 if let Some(f) = frame.take() {
                     if f.len() > max {
                         this.ended = true;
-                        return Poll::Ready(Some(Err(FrameTooLarge { limit: max }.into_io())));
+                        return Poll::Ready(Some(Ok(Inbound::TooLarge(FrameTooLarge {
+                            limit: max,
+                        }))));
                     }
-                    return Poll::Ready(Some(Ok(f)));
+                    return Poll::Ready(Some(Ok(Inbound::Frame(f))));
                 }
                 if *answered || linger.as_mut().poll(cx).is_ready() {
                     this.ended = true;
@@ -510,9 +512,11 @@ impl Stream for LinkIo {
                         ack(out.as_ref(), link, unacked, acking, cx);
                         if len > max {
                             this.ended = true;
-                            return Poll::Ready(Some(Err(FrameTooLarge { limit: max }.into_io())));
+                            return Poll::Ready(Some(Ok(Inbound::TooLarge(FrameTooLarge {
+                                limit: max,
+                            }))));
                         }
-                        Poll::Ready(Some(Ok(frame)))
+                        Poll::Ready(Some(Ok(Inbound::Frame(frame))))
                     }
                     Poll::Ready(Some(Err(e))) => {
                         this.ended = true;
@@ -726,10 +730,16 @@ mod tests {
         assert!(fifth.is_err(), "the writer waits at the window");
         // Reading acknowledges (a quarter window at a time): room again.
         for _ in 0..4 {
-            assert_eq!(b.next().await.unwrap().unwrap().len(), 1024);
+            assert_eq!(
+                b.next().await.unwrap().unwrap().frame().unwrap().len(),
+                1024
+            );
         }
         a.send(frame.clone()).await.unwrap();
-        assert_eq!(b.next().await.unwrap().unwrap().len(), 1024);
+        assert_eq!(
+            b.next().await.unwrap().unwrap().frame().unwrap().len(),
+            1024
+        );
     }
 
     #[tokio::test]
@@ -771,7 +781,7 @@ mod tests {
         );
         assert_eq!(
             one.next().await.unwrap().unwrap(),
-            Bytes::from_static(b"req")
+            Inbound::Frame(Bytes::from_static(b"req"))
         );
         one.send(Bytes::from_static(b"reply")).await.unwrap();
         one.send(Bytes::from_static(b"more")).await.unwrap();

@@ -259,7 +259,7 @@ fn oversize_line_is_refused_by_the_codec() {
     let err = codec
         .decode(&mut BytesMut::from(line.as_bytes()))
         .unwrap_err();
-    assert!(drs_core::FrameTooLarge::find(&err).is_some());
+    assert!(matches!(err, drs_core::FrameError::TooLarge(_)));
 }
 
 #[test]

@@ -60,8 +60,8 @@ use std::{
 
 use bytes::{Bytes, BytesMut};
 use drs_core::{
-    BadFrame, Client, Conn, ConnInfo, Dialer, Error, FrameKind, FrameSpec, FrameTooLarge, Listener,
-    Protocol,
+    BadFrame, Client, Conn, ConnInfo, Dialer, Error, FrameKind, FrameSpec, FrameTooLarge, Inbound,
+    Listener, Protocol,
 };
 use futures::{Sink, Stream};
 use tokio::{
@@ -289,7 +289,7 @@ fn kind_name(kind: FrameKind) -> &'static str {
 }
 
 impl<S: AsyncRead + AsyncWrite + Unpin> Stream for WsTransport<S> {
-    type Item = io::Result<Bytes>;
+    type Item = io::Result<Inbound>;
 
     fn poll_next(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Option<Self::Item>> {
         let this = self.get_mut();
@@ -342,6 +342,13 @@ impl<S: AsyncRead + AsyncWrite + Unpin> Stream for WsTransport<S> {
                 {
                     return Poll::Ready(None)
                 }
+                Poll::Ready(Some(Err(tungstenite::Error::Capacity(
+                    CapacityError::MessageTooLong { .. },
+                )))) => {
+                    return Poll::Ready(Some(Ok(Inbound::TooLarge(FrameTooLarge {
+                        limit: this.limit,
+                    }))))
+                }
                 Poll::Ready(Some(Err(e))) => {
                     return Poll::Ready(Some(Err(ws_error(e, this.limit))))
                 }
@@ -369,13 +376,13 @@ impl<S: AsyncRead + AsyncWrite + Unpin> Stream for WsTransport<S> {
                 }
             };
             if got != this.kind {
-                return Poll::Ready(Some(Err(BadFrame::io(format!(
+                return Poll::Ready(Some(Ok(Inbound::Bad(BadFrame::new(format!(
                     "expected a {} message, got a {} one",
                     kind_name(this.kind),
                     kind_name(got)
-                )))));
+                ))))));
             }
-            return Poll::Ready(Some(Ok(frame)));
+            return Poll::Ready(Some(Ok(Inbound::Frame(frame))));
         }
     }
 }

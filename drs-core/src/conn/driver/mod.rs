@@ -51,12 +51,11 @@ use super::Shared;
 use crate::{
     budget::ReadMeter,
     close::CloseReason,
-    codec::{BadFrame, FrameTooLarge},
     protocol::DecodeError,
     router::Snapshot,
     sync::lock,
     text::Text,
-    transport::Transport,
+    transport::{Inbound, Transport},
 };
 
 mod admission;
@@ -276,26 +275,27 @@ impl<T: Transport> Driver<T> {
         while budget > 0 && self.can_read() {
             budget -= 1;
             match Pin::new(&mut self.io).poll_next(cx) {
-                Poll::Ready(Some(Ok(frame))) => {
+                Poll::Ready(Some(Ok(Inbound::Frame(frame)))) => {
                     progress = true;
                     self.deadlines.frame_read();
                     self.on_frame(frame, cx);
                 }
+                Poll::Ready(Some(Ok(Inbound::Bad(bad)))) => {
+                    progress = true;
+                    self.on_bad_frame(DecodeError::new(bad.reason));
+                }
+                Poll::Ready(Some(Ok(Inbound::TooLarge(too_large)))) => {
+                    progress = true;
+                    tracing::warn!(limit = too_large.limit, "peer sent an oversize frame");
+                    let message = too_large.to_string();
+                    self.notice(&message);
+                    self.begin_end(CloseReason::BadPeer(message), true);
+                }
                 Poll::Ready(Some(Err(e))) => {
                     progress = true;
-                    if let Some(bad) = BadFrame::find(&e) {
-                        let reason = bad.reason.clone();
-                        self.on_bad_frame(DecodeError::new(reason));
-                    } else if let Some(too_large) = FrameTooLarge::find(&e) {
-                        tracing::warn!(limit = too_large.limit, "peer sent an oversize frame");
-                        let message = too_large.to_string();
-                        self.notice(&message);
-                        self.begin_end(CloseReason::BadPeer(message), true);
-                    } else {
-                        match CloseReason::from_io(e) {
-                            CloseReason::BudgetExceeded => self.evict(),
-                            reason => return Err(reason),
-                        }
+                    match CloseReason::from_io(e) {
+                        CloseReason::BudgetExceeded => self.evict(),
+                        reason => return Err(reason),
                     }
                 }
                 Poll::Ready(None) => {
