@@ -492,7 +492,7 @@ mod tests {
         use futures::StreamExt;
         use tokio::io::AsyncWriteExt;
         let (mut a, b) = tokio::io::duplex(256);
-        let mut b = FramedIo::new(b, FrameSpec::new(Framing::Lines).max_frame_len(4));
+        let b = FramedIo::new(b, FrameSpec::new(Framing::Lines).max_frame_len(4));
         a.write_all(b"ok\ntoo long\nnever\n").await.unwrap();
         drop(a);
         let items: Vec<Inbound> = b.map(|i| i.expect("no transport error")).collect().await;
