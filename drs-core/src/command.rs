@@ -22,6 +22,10 @@ pub const PING: &str = "drs.ping";
 /// whatever the server's authenticator reads), answered with the
 /// identity's `{"name": …, "roles": […]}` or `drs.error`.
 pub const AUTH: &str = "drs.auth";
+/// The message of the `drs.exception` answering a call whose handler ran
+/// past its deadline (`ConnConfig::handler_timeout`, `Server::timeout`, or
+/// `drs-layers`' `Timeout`: one answer whichever stopped it).
+pub const DEADLINE_EXCEEDED: &str = "handler deadline exceeded";
 /// What a `drs.error` says to a command sent before authentication (on a
 /// server that authenticates: `drs-auth`).
 pub const UNAUTHENTICATED: &str = "unauthenticated";

@@ -127,8 +127,9 @@ pub use close::CloseReason;
 pub use codec::{BadFrame, FrameCodec, FrameError, FrameTooLarge, FramedIo};
 pub use command::{
     is_control_action, is_reply_action, Body, Command, FromBody, Identified, IdentifyBody, AUTH,
-    CANCEL, CANCELLED, ERROR, EXCEPTION, IDENTIFY, INVALID_DELAY, INVALID_STREAM, MAX_NAME_LEN,
-    MORE, NAME_TAKEN, NEXT, PING, RESPONSE, SHUTTING_DOWN, UNAUTHENTICATED,
+    CANCEL, CANCELLED, DEADLINE_EXCEEDED, ERROR, EXCEPTION, IDENTIFY, INVALID_DELAY,
+    INVALID_STREAM, MAX_NAME_LEN, MORE, NAME_TAKEN, NEXT, PING, RESPONSE, SHUTTING_DOWN,
+    UNAUTHENTICATED,
 };
 pub use conn::{Call, CallStream, Conn, ConnConfig, SentCall};
 pub use error::{Error, RemoteError};

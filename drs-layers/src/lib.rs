@@ -30,5 +30,6 @@ mod pool;
 mod timeout;
 
 pub use cache::Cache;
+pub use drs_core::DEADLINE_EXCEEDED;
 pub use pool::{Pool, QUEUE_FULL};
-pub use timeout::{Timeout, DEADLINE_EXCEEDED};
+pub use timeout::Timeout;

@@ -2,7 +2,7 @@
 
 use std::time::Duration;
 
-use drs_core::{Layer, Msg, Next, Outcome, ReplyFuture};
+use drs_core::{Layer, Msg, Next, Outcome, ReplyFuture, DEADLINE_EXCEEDED};
 
 /// Stops a handler still running after `limit`: its future is dropped, its
 /// [`cancel_token`](drs_core::Msg::cancel_token) fires, and the caller gets
@@ -15,9 +15,6 @@ use drs_core::{Layer, Msg, Next, Outcome, ReplyFuture};
 pub struct Timeout {
     limit: Duration,
 }
-
-/// The message of the `drs.exception` for a handler past its deadline.
-pub const DEADLINE_EXCEEDED: &str = "handler deadline exceeded";
 
 impl Timeout {
     /// A deadline of `limit`.

@@ -15,9 +15,9 @@ use futures::FutureExt;
 use tokio::task::AbortHandle;
 use tracing::Instrument;
 
-use super::{encode_reply, in_flight::Running, Driver, DEADLINE_EXCEEDED, MAX_NOTICE};
+use super::{encode_reply, in_flight::Running, Driver, MAX_NOTICE};
 use crate::{
-    command::{Command, MessageBody, ERROR, SHUTTING_DOWN},
+    command::{Command, MessageBody, DEADLINE_EXCEEDED, ERROR, SHUTTING_DOWN},
     handler::{Msg, Outcome},
     observe::Probe,
     protocol::{OutBody, Outgoing},

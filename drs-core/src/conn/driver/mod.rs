@@ -85,8 +85,6 @@ const READ_BUDGET: usize = 64;
 const OUTQ_HIGH: usize = 256;
 /// Error messages sent back for bad input are cut to this many bytes.
 const MAX_NOTICE: usize = 160;
-/// The message of a handler stopped by its deadline.
-pub(crate) const DEADLINE_EXCEEDED: &str = "handler deadline exceeded";
 
 type Token = Pin<Box<WaitForCancellationFutureOwned>>;
 
