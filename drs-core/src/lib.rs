@@ -144,7 +144,7 @@ pub use observe::{ActionObserver, Io, Observer};
 pub use protocol::{
     BodyFormat, DecodeError, EncodeError, FrameKind, Framing, OutBody, Outgoing, Protocol,
 };
-pub use registry::{Registry, Scheme, SchemeFuture, Url};
+pub use registry::{listen_bound, Registry, Scheme, SchemeFuture, Url};
 pub use server::{fanout, Peer, Server, ServerConfig, WeakServer, MAX_NAMES_PER_CONN};
 pub use stream::{IntoOutcome, IntoReply, ItemSink, Produced, Reply, Streamed};
 pub use text::Text;

@@ -151,6 +151,24 @@ pub trait Scheme: Send + Sync + 'static {
     ) -> SchemeFuture<'a, String>;
 }
 
+/// What most [`Scheme::listen`]s are: await `bind`, serve what it accepts
+/// on `server`, and answer `SCHEME://ADDR` with the address it bound.
+pub fn listen_bound<'a, L, F>(
+    server: &'a Server,
+    scheme: &'static str,
+    bind: F,
+    protocol: Arc<dyn Protocol>,
+) -> SchemeFuture<'a, String>
+where
+    L: crate::Listener,
+    F: Future<Output = io::Result<L>> + Send + 'a,
+{
+    Box::pin(async move {
+        let addr = server.listen_arc(bind.await?, protocol)?;
+        Ok(format!("{scheme}://{addr}"))
+    })
+}
+
 /// The schemes and protocols a program knows, by name.
 #[derive(Default)]
 pub struct Registry {

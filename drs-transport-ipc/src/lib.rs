@@ -275,10 +275,7 @@ impl drs_core::Scheme for IpcScheme {
         url: &'a drs_core::Url,
         protocol: std::sync::Arc<dyn Protocol>,
     ) -> drs_core::SchemeFuture<'a, String> {
-        Box::pin(async move {
-            let listener = IpcListener::bind(url.target.clone())?;
-            let addr = server.listen_arc(listener, protocol)?;
-            Ok(format!("ipc://{addr}"))
-        })
+        let bound = IpcListener::bind(url.target.clone());
+        drs_core::listen_bound(server, "ipc", async move { bound }, protocol)
     }
 }

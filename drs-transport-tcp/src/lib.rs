@@ -269,10 +269,6 @@ impl drs_core::Scheme for TcpScheme {
         url: &'a drs_core::Url,
         protocol: std::sync::Arc<dyn Protocol>,
     ) -> drs_core::SchemeFuture<'a, String> {
-        Box::pin(async move {
-            let listener = TcpListener::bind(&url.target).await?;
-            let addr = server.listen_arc(listener, protocol)?;
-            Ok(format!("tcp://{addr}"))
-        })
+        drs_core::listen_bound(server, "tcp", TcpListener::bind(&url.target), protocol)
     }
 }

@@ -923,14 +923,10 @@ impl drs_core::Scheme for WsScheme {
         url: &'a drs_core::Url,
         protocol: std::sync::Arc<dyn drs_core::Protocol>,
     ) -> drs_core::SchemeFuture<'a, String> {
-        Box::pin(async move {
-            if url.scheme == "wss" {
-                return Err(drs_tls::needs_certificates("wss"));
-            }
-            let host = url.target.split('/').next().unwrap_or_default();
-            let listener = WsListener::bind(host).await?;
-            let addr = server.listen_arc(listener, protocol)?;
-            Ok(format!("ws://{addr}"))
-        })
+        if url.scheme == "wss" {
+            return Box::pin(async { Err(drs_tls::needs_certificates("wss")) });
+        }
+        let host = url.target.split('/').next().unwrap_or_default();
+        drs_core::listen_bound(server, "ws", WsListener::bind(host), protocol)
     }
 }
