@@ -251,11 +251,16 @@ async fn a_broadcast_reaches_the_clients_of_every_worker() {
         let (tx, mut rx) = tokio::sync::mpsc::unbounded_channel();
         let mut conns = Vec::new();
         for name in ["a", "b"] {
-            let tx = tx.clone();
-            let client = Client::new().on("alert", move |body: Value| {
-                let _ = tx.send(body);
-                async { HandlerResult::Ok(()) }
-            });
+            let (tx, evil) = (tx.clone(), tx.clone());
+            let client = Client::new()
+                .on("alert", move |body: Value| {
+                    let _ = tx.send(body);
+                    async { HandlerResult::Ok(()) }
+                })
+                .on("evil", move |body: Value| {
+                    let _ = evil.send(json!({"evil": body}));
+                    async { HandlerResult::Ok(()) }
+                });
             let conn = client
                 .connect(RedisDialer::new(url.clone(), &format!("bc-{name}")), Json)
                 .await
@@ -263,6 +268,14 @@ async fn a_broadcast_reaches_the_clients_of_every_worker() {
             let _: u64 = conn.call("drs.ping", ()).await.unwrap();
             conns.push(conn);
         }
+        // Anyone on the Redis can publish on the channel: a message that is
+        // not an action and one JSON value reaches no client.
+        let mut r = redis_conn(&url).await;
+        let forged = "alert\n1}\n{\"action\":\"evil\",\"body\":1";
+        let _: () = r
+            .publish(Keys::new("bc").broadcast(), forged)
+            .await
+            .unwrap();
         workers[1]
             .1
             .broadcast("alert", json!([1, 2]))
