@@ -6,7 +6,8 @@ use std::{
     time::{SystemTime, UNIX_EPOCH},
 };
 
-use drs_core::{Chain, Error, ServerConfig};
+use drs_core::{Error, Outcome, ServerConfig};
+use drs_layers::{after, before, Chain};
 use futures::future::join_all;
 use tokio::sync::Semaphore;
 
@@ -431,20 +432,20 @@ pub async fn handler_chain_semantics(pair: Pair) {
 /// every outcome.
 pub async fn before_and_after_hooks(pair: Pair) {
     let server = test_server(ConnConfig::default());
-    server.before(|msg: Msg| async move {
+    server.layer(before(|msg: Msg| async move {
         if msg.action() == "secret" {
             return Err(HandlerError::new("forbidden"));
         }
         HandlerResult::Ok(())
-    });
+    }));
     server.on("secret", || async { HandlerResult::Ok("leaked") });
     let seen = Arc::new(Mutex::new(Vec::new()));
     let log = seen.clone();
-    server.after(move |msg, outcome| {
+    server.layer_outermost(after(move |msg: &Msg, outcome: &Outcome| {
         log.lock()
             .unwrap()
             .push((msg.action().to_string(), outcome.reply_action()));
-    });
+    }));
     let conn = pair.listen(&server).await.connect().await;
     let err = conn.call::<String>("secret", ()).await.unwrap_err();
     assert_eq!(remote_message(&err), "forbidden");
@@ -468,10 +469,10 @@ pub async fn connect_hook_rejects(pair: Pair) {
     let server = test_server(ConnConfig::default());
     let served = Arc::new(Counter::default());
     let count = served.clone();
-    server.before(move |_: Msg| {
+    server.layer(before(move |_: Msg| {
         count.incr();
         async { HandlerResult::Ok(()) }
-    });
+    }));
     server.on_connect(|_conn: Conn| async move { Err::<(), _>("go away") });
     let ep = pair.listen(&server).await;
     let mut raw = ep.raw().await;

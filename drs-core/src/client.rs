@@ -10,7 +10,7 @@ use crate::{
     codec::FramedIo,
     conn::{Conn, ConnConfig},
     error::Error,
-    handler::{Handler, Msg, Outcome},
+    handler::Handler,
     protocol::Protocol,
     router::Router,
     transport::{ConnInfo, Dialer, Transport},
@@ -98,18 +98,6 @@ impl Client {
     /// Adds a [`Layer`](crate::Layer) around the handler of one action.
     pub fn layer_for(self, action: impl Into<String>, layer: impl crate::Layer) -> Self {
         self.router.layer_for(action, Arc::new(layer));
-        self
-    }
-
-    /// Adds a hook run before every inbound command's handler (see [`Server::before`](crate::Server::before)).
-    pub fn before<H: Handler<A>, A>(self, hook: H) -> Self {
-        self.router.before(hook);
-        self
-    }
-
-    /// Adds a hook that sees every inbound command with its outcome.
-    pub fn after(self, hook: impl Fn(&Msg, &Outcome) + Send + Sync + 'static) -> Self {
-        self.router.after(Arc::new(hook));
         self
     }
 

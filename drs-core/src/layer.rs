@@ -1,8 +1,8 @@
 //! [`Layer`]: middleware around handlers.
 
-use std::{fmt, future::Future, panic::AssertUnwindSafe, sync::Arc};
+use std::{fmt, future::Future, sync::Arc};
 
-use crate::handler::{guarded, BoxedHandler, Msg, Outcome, ReplyFuture};
+use crate::handler::{BoxedHandler, Msg, Outcome, ReplyFuture};
 
 /// Middleware around a handler: it receives each command and the rest of
 /// the stack ([`Next`]), and may run it, skip it (short-circuit with an
@@ -116,36 +116,4 @@ pub(crate) fn wrap_all(layers: &[Arc<dyn Layer>], inner: BoxedHandler) -> BoxedH
         .iter()
         .rev()
         .fold(inner, |inner, layer| wrap(layer.clone(), inner))
-}
-
-/// A `before` hook: a handler run first; an error is the reply.
-pub(crate) struct Before(pub(crate) BoxedHandler);
-
-impl Layer for Before {
-    fn call(&self, msg: Msg, next: Next) -> ReplyFuture {
-        let hook = self.0(msg.clone());
-        Box::pin(async move {
-            let verdict = guarded(hook).await;
-            if !verdict.is_ok() {
-                return verdict;
-            }
-            next.run(msg).await
-        })
-    }
-}
-
-/// An `after` hook: sees every command's outcome.
-pub(crate) struct After(pub(crate) crate::router::AfterHook);
-
-impl Layer for After {
-    fn call(&self, msg: Msg, next: Next) -> ReplyFuture {
-        let hook = self.0.clone();
-        Box::pin(async move {
-            let outcome = guarded(next.run(msg.clone())).await;
-            if std::panic::catch_unwind(AssertUnwindSafe(|| hook(&msg, &outcome))).is_err() {
-                tracing::error!(action = msg.action(), "an after hook panicked");
-            }
-            outcome
-        })
-    }
 }

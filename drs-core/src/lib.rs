@@ -135,8 +135,8 @@ pub use conn::{Call, CallStream, Conn, ConnConfig, SentCall};
 pub use error::{Error, RemoteError};
 pub use ext::Extensions;
 pub use handler::{
-    erase as box_handler, BoxedHandler, Chain, ChainMarker, FromMsg, Handler, HandlerError,
-    HandlerResult, Msg, Outcome, ReplyFuture,
+    erase as box_handler, BoxedHandler, FromMsg, Handler, HandlerError, HandlerResult, Msg,
+    Outcome, ReplyFuture,
 };
 pub use identity::{is_always_allowed, not_allowed, Identity, Jail, NOT_ALLOWED};
 pub use layer::{layer_fn, FnLayer, Layer, Next};

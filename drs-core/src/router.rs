@@ -1,4 +1,4 @@
-//! The action → handler map, with before/after hooks.
+//! The action → handler map, with its layers.
 
 use std::{
     collections::HashMap,
@@ -13,11 +13,9 @@ use std::{
 use crate::{
     command::{is_control_action, PING},
     handler::{erase, BoxedHandler, Handler, HandlerFuture, Msg, Outcome},
-    layer::{wrap_all, After, Before, Layer},
+    layer::{wrap_all, Layer},
     sync::{read, write},
 };
-
-pub(crate) type AfterHook = Arc<dyn Fn(&Msg, &Outcome) + Send + Sync>;
 
 /// Hashes action names: short strings, no adversary to fear (the table is
 /// written by the program, not the peer), so FxHash-style mixing suffices.
@@ -195,17 +193,6 @@ impl Router {
     pub(crate) fn layer_for(&self, action: impl Into<String>, layer: Arc<dyn Layer>) {
         let action = action.into();
         self.update(|t| t.action_layers.entry(action).or_default().push(layer));
-    }
-
-    pub(crate) fn before<H: Handler<A>, A>(&self, hook: H) {
-        self.layer(Arc::new(Before(erase(hook))));
-    }
-
-    /// After hooks go outside every other layer, the first added
-    /// innermost: they see every outcome, rejections included, in the
-    /// order they were added.
-    pub(crate) fn after(&self, hook: AfterHook) {
-        self.update(|t| t.layers.insert(0, Arc::new(After(hook))));
     }
 
     fn versions(&self) -> (u64, u64) {

@@ -8,6 +8,8 @@
 //!   body's bytes, bounded in entries and bytes; concurrent identical calls
 //!   are served by one execution (Cerbas's result cache).
 //! - [`Timeout`]: a deadline on the handlers it wraps.
+//! - [`before`], [`after`] and [`Chain`]: a handler run first whose error
+//!   is the reply, a hook that sees every outcome, handlers run in order.
 //!
 //! ```
 //! use std::time::Duration;
@@ -26,10 +28,12 @@
 //! server-wide; a clone shares the same state.
 
 mod cache;
+mod hooks;
 mod pool;
 mod timeout;
 
 pub use cache::Cache;
 pub use drs_core::DEADLINE_EXCEEDED;
+pub use hooks::{after, before, Chain, ChainMarker};
 pub use pool::{Pool, QUEUE_FULL};
 pub use timeout::Timeout;

@@ -376,3 +376,79 @@ async fn a_timeout_layer_stops_a_slow_handler() {
     })
     .await
 }
+
+/// A panicking `before` hook is the command's `drs.exception` and the
+/// handler does not run; a panicking `after` hook changes no reply; an
+/// `after` hook added outermost sees a rejection by a layer added later.
+#[tokio::test]
+async fn before_and_after_hooks_contain_panics() {
+    within(async {
+        let server = Server::new();
+        let ran = Arc::new(AtomicUsize::new(0));
+        let seen = Arc::new(Mutex::new(Vec::new()));
+        let log = seen.clone();
+        server.layer_outermost(drs_layers::after(move |msg: &Msg, outcome: &Outcome| {
+            log.lock()
+                .unwrap()
+                .push(format!("{} {}", msg.action(), outcome.reply_action()));
+            if msg.action() == "echo" {
+                panic!("after hook bug");
+            }
+        }));
+        server.layer(drs_layers::before(|msg: Msg| async move {
+            if msg.action() == "boom" {
+                panic!("before hook bug");
+            }
+            HandlerResult::Ok(())
+        }));
+        let count = ran.clone();
+        server.on("boom", move || {
+            count.fetch_add(1, Ordering::SeqCst);
+            async { HandlerResult::Ok("ran") }
+        });
+        server.on("echo", |v: Value| async move { HandlerResult::Ok(v) });
+        let conn = connect(&server).await;
+        let err = conn.call::<Value>("boom", ()).await.unwrap_err();
+        assert!(err.is_exception(), "{err}");
+        assert!(err.to_string().contains("before hook bug"), "{err}");
+        assert_eq!(ran.load(Ordering::SeqCst), 0);
+        let v: Value = conn.call("echo", json!([1])).await.unwrap();
+        assert_eq!(v, json!([1]));
+        assert_eq!(
+            *seen.lock().unwrap(),
+            ["boom drs.exception", "echo drs.response"]
+        );
+    })
+    .await;
+}
+
+/// A chain stops at its first error; a panic in one of its handlers is
+/// that error, as `drs.exception`.
+#[tokio::test]
+async fn a_chain_stops_at_a_panic() {
+    within(async {
+        let server = Server::new();
+        let second = Arc::new(AtomicUsize::new(0));
+        let count = second.clone();
+        server.on(
+            "two",
+            drs_layers::Chain::new()
+                .then(|n: i64| async move {
+                    assert!(n >= 0, "negative");
+                    HandlerResult::Ok(())
+                })
+                .then(move |n: i64| {
+                    count.fetch_add(1, Ordering::SeqCst);
+                    async move { HandlerResult::Ok(n * 2) }
+                }),
+        );
+        let conn = connect(&server).await;
+        let v: i64 = conn.call("two", 4).await.unwrap();
+        assert_eq!(v, 8);
+        let err = conn.call::<i64>("two", -1).await.unwrap_err();
+        assert!(err.is_exception(), "{err}");
+        assert!(err.to_string().contains("negative"), "{err}");
+        assert_eq!(second.load(Ordering::SeqCst), 1);
+    })
+    .await;
+}

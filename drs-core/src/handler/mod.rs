@@ -8,12 +8,10 @@ use std::{
     any::Any,
     fmt,
     future::Future,
-    panic::AssertUnwindSafe,
     pin::Pin,
     sync::{Arc, Mutex},
 };
 
-use futures::FutureExt;
 use serde::{de::DeserializeOwned, Serialize};
 use tokio_util::sync::CancellationToken;
 
@@ -187,7 +185,9 @@ impl Outcome {
         Outcome::Error(e.to_string())
     }
 
-    pub(crate) fn from_panic(payload: Box<dyn Any + Send>) -> Self {
+    /// The `drs.exception` a caught panic is answered with
+    /// (`handler panicked: …`), for layers that catch panics themselves.
+    pub fn from_panic(payload: Box<dyn Any + Send>) -> Self {
         let text = payload
             .downcast_ref::<&str>()
             .map(|s| s.to_string())
@@ -253,8 +253,8 @@ impl FromMsg for Body {
 /// `drs.error` (see [`HandlerError`] for `drs.exception`); or, for a
 /// handler that cannot fail, the reply itself (`|x: i64| async move { x *
 /// 2 }`; any `Serialize` type through [`Reply`](crate::Reply)). A panic is
-/// caught and answered with `drs.exception`. Also implemented for
-/// [`Chain`].
+/// caught and answered with `drs.exception`. `drs_layers::Chain`
+/// implements it too.
 pub trait Handler<Args>: Clone + Send + Sync + 'static {
     /// Runs the handler for one command.
     #[doc(hidden)]
@@ -271,7 +271,7 @@ macro_rules! impl_handler {
             $($arg: FromMsg + Send + 'static,)*
         {
             // Panics are caught by whoever polls: the connection's driver,
-            // the chain runner (see `guarded`).
+            // or a layer that catches them (`Outcome::from_panic`).
             #[allow(non_snake_case, unused_variables)]
             fn call(&self, msg: Msg) -> HandlerFuture {
                 let f = self.clone();
@@ -301,88 +301,4 @@ impl_handler!(A1, A2, A3);
 /// Erases a handler into a [`BoxedHandler`].
 pub fn erase<H: Handler<A>, A>(h: H) -> BoxedHandler {
     Arc::new(move |msg| h.call(msg))
-}
-
-/// Handlers run in order over one command: the first error stops the chain,
-/// the last handler's value is the reply, the handlers share the command's
-/// [`Msg`] extensions.
-///
-/// ```
-/// # use drs_core::{Chain, Msg, HandlerError};
-/// let chain = Chain::new()
-///     .then(|msg: Msg| async move {
-///         let user = msg.conn().get::<String>().ok_or(HandlerError::new("not logged in"))?;
-///         msg.insert(user);
-///         Ok::<_, HandlerError>(())
-///     })
-///     .then(|msg: Msg| async move { Ok::<_, HandlerError>(format!("hello {}", msg.get::<String>().unwrap())) });
-/// ```
-#[derive(Clone, Default)]
-pub struct Chain {
-    handlers: Arc<Vec<BoxedHandler>>,
-}
-
-impl Chain {
-    /// An empty chain (its reply is null).
-    pub fn new() -> Self {
-        Self::default()
-    }
-
-    /// Appends a handler.
-    pub fn then<H: Handler<A>, A>(mut self, handler: H) -> Self {
-        Arc::make_mut(&mut self.handlers).push(erase(handler));
-        self
-    }
-
-    /// Number of handlers.
-    pub fn len(&self) -> usize {
-        self.handlers.len()
-    }
-
-    /// Whether the chain is empty.
-    pub fn is_empty(&self) -> bool {
-        self.handlers.is_empty()
-    }
-}
-
-impl fmt::Debug for Chain {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.debug_struct("Chain")
-            .field("len", &self.handlers.len())
-            .finish()
-    }
-}
-
-/// Marker for the [`Handler`] implementation of [`Chain`].
-#[derive(Debug)]
-#[non_exhaustive]
-pub struct ChainMarker;
-
-impl Handler<ChainMarker> for Chain {
-    fn call(&self, msg: Msg) -> HandlerFuture {
-        if let [only] = &self.handlers[..] {
-            return only(msg);
-        }
-        Box::pin(run_chain(self.handlers.clone(), msg))
-    }
-}
-
-/// Runs one handler's future, turning a panic into a `drs.exception`
-/// outcome, so that the handlers and hooks after it still see an outcome.
-pub(crate) async fn guarded(fut: HandlerFuture) -> Outcome {
-    AssertUnwindSafe(fut)
-        .catch_unwind()
-        .await
-        .unwrap_or_else(Outcome::from_panic)
-}
-
-async fn run_chain(handlers: Arc<Vec<BoxedHandler>>, msg: Msg) -> Outcome {
-    let mut last = Outcome::Value(Box::new(()));
-    for h in handlers.iter() {
-        last = guarded(h(msg.clone())).await;
-        if !last.is_ok() {
-            break;
-        }
-    }
-    last
 }

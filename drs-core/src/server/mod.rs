@@ -37,7 +37,7 @@ use crate::{
     },
     conn::{encode_frame, Conn, ConnConfig, PeerName},
     error::Error,
-    handler::{Handler, HandlerError, Msg, Outcome},
+    handler::{Handler, HandlerError},
     layer::Layer,
     protocol::{OutBody, Outgoing, Protocol},
     router::Router,
@@ -201,7 +201,7 @@ impl Server {
     }
 
     /// Registers `handler` for `action` on every connection, replacing any
-    /// previous one. A [`Chain`](crate::Chain) registers several in order.
+    /// previous one. (`drs_layers::Chain` registers several in order.)
     ///
     /// # Panics
     /// If `action` is reserved for the call machinery (`drs.response`,
@@ -260,25 +260,6 @@ impl Server {
         self
     }
 
-    /// Adds a hook that runs before the handler of every command, including
-    /// commands with no handler. An error stops the command: the caller gets
-    /// it as the reply (use it for authorization). A hook is a [`Layer`]
-    /// that runs it and, if it passed, the rest.
-    pub fn before<H: Handler<A>, A>(&self, hook: H) -> &Self {
-        self.inner.router.before(hook);
-        self
-    }
-
-    /// Adds a hook that sees every command with its outcome once it is
-    /// served (logging, metrics). It runs before the reply is sent. A hook
-    /// is a [`Layer`] outside every other one, so it sees every outcome,
-    /// rejections by `before` hooks and layers included; hooks run in the
-    /// order added.
-    pub fn after(&self, hook: impl Fn(&Msg, &Outcome) + Send + Sync + 'static) -> &Self {
-        self.inner.router.after(Arc::new(hook));
-        self
-    }
-
     /// Adds a hook that runs when a connection is established, before any of
     /// its commands is served and before it joins
     /// [`connections`](Server::connections) and broadcasts. An error rejects
@@ -303,7 +284,9 @@ impl Server {
 
     /// Adds a layer outside every other, including those added later:
     /// a gate (`drs-auth`'s authentication and jails) that must see every
-    /// command first. Layers added so run in reverse order of addition.
+    /// command first, or an observer that must see every outcome
+    /// (`drs_layers::after`). Layers added so nest in reverse order of
+    /// addition: the last added is the outermost.
     pub fn layer_outermost(&self, layer: impl Layer) -> &Self {
         self.inner.router.layer_outermost(Arc::new(layer));
         self
