@@ -902,7 +902,7 @@ pub async fn handler_deadline_stops_the_handler(pair: Pair) {
             HandlerResult::Ok(())
         }
     });
-    server.timeout("sleep", Some(Duration::from_millis(50)));
+    server.layer_for("sleep", drs_layers::Timeout::new(Duration::from_millis(50)));
     let conn = pair
         .listen(&server)
         .await

@@ -23,8 +23,8 @@ pub const PING: &str = "drs.ping";
 /// identity's `{"name": …, "roles": […]}` or `drs.error`.
 pub const AUTH: &str = "drs.auth";
 /// The message of the `drs.exception` answering a call whose handler ran
-/// past its deadline (`ConnConfig::handler_timeout`, `Server::timeout`, or
-/// `drs-layers`' `Timeout`: one answer whichever stopped it).
+/// past its deadline (`ConnConfig::handler_timeout`, or the one a layer
+/// set with `Msg::set_deadline`, as `drs-layers`' `Timeout` does).
 pub const DEADLINE_EXCEEDED: &str = "handler deadline exceeded";
 /// What a `drs.error` says to a command sent before authentication (on a
 /// server that authenticates: `drs-auth`).

@@ -7,7 +7,7 @@ use std::{
         atomic::{AtomicBool, AtomicU64, Ordering},
         Arc, RwLock,
     },
-    time::{Duration, SystemTime, UNIX_EPOCH},
+    time::{SystemTime, UNIX_EPOCH},
 };
 
 use crate::{
@@ -53,8 +53,6 @@ pub(crate) struct Table {
     composed: Routes,
     /// `No handlers for …` inside the table's layers.
     fallback: Option<BoxedHandler>,
-    /// Per-action handler deadlines.
-    timeouts: HashMap<String, Duration>,
 }
 
 impl Table {
@@ -155,20 +153,6 @@ impl Router {
         });
     }
 
-    pub(crate) fn timeout(&self, action: impl Into<String>, limit: Option<Duration>) {
-        let action = action.into();
-        self.update(|t| match limit {
-            Some(limit) => {
-                t.timeouts.insert(action, limit);
-            }
-            None => {
-                t.timeouts.remove(&action);
-            }
-        });
-    }
-
-    /// Drops every route and layer (a connection's, when it has ended: its
-    /// handlers may hold handles to it).
     pub(crate) fn clear(&self) {
         self.update(|t| *t = Table::default());
     }
@@ -238,12 +222,6 @@ impl Snapshot {
                 .as_ref()
                 .is_some_and(|l| l.composed.contains_key(action))
             || self.shared.composed.contains_key(action)
-    }
-
-    /// The handler deadline of `action`, if it has its own.
-    pub(crate) fn timeout(&self, action: &str) -> Option<Duration> {
-        let own = self.local.as_ref().and_then(|t| t.timeouts.get(action));
-        own.or_else(|| self.shared.timeouts.get(action)).copied()
     }
 
     /// The future that serves one command: its handler inside its layers,

@@ -4,13 +4,18 @@ use std::time::Duration;
 
 use drs_core::{Layer, Msg, Next, Outcome, ReplyFuture, DEADLINE_EXCEEDED};
 
-/// Stops a handler still running after `limit`: its future is dropped, its
-/// [`cancel_token`](drs_core::Msg::cancel_token) fires, and the caller gets
-/// `drs.exception` "handler deadline exceeded" — the same answer as the
-/// connection's own handler deadline (`ConnConfig::handler_timeout`,
-/// `Server::timeout`), for use where a layer fits better: on one
-/// connection, or around other layers (a pool's wait counts towards it
-/// when the pool is inside).
+/// A deadline on the handlers it wraps: a handler still running after
+/// `limit` is stopped (its future is dropped, its
+/// [`cancel_token`](drs_core::Msg::cancel_token) fires) and the caller gets
+/// `drs.exception` "handler deadline exceeded".
+///
+/// This is how one action gets a deadline of its own:
+/// `server.layer_for("export", Timeout::new(Duration::from_secs(600)))`.
+/// Its limit replaces the connection's
+/// [`handler_timeout`](drs_core::ConnConfig::handler_timeout) for what it
+/// wraps, longer or shorter ([`Msg::set_deadline`](drs_core::Msg::set_deadline));
+/// nested, the shortest counts. Inside other layers it also bounds their
+/// time (a pool's wait counts towards it when the pool is inside).
 #[derive(Debug, Clone, Copy)]
 pub struct Timeout {
     limit: Duration,
@@ -26,6 +31,7 @@ impl Timeout {
 impl Layer for Timeout {
     fn call(&self, msg: Msg, next: Next) -> ReplyFuture {
         let limit = self.limit;
+        msg.set_deadline(limit);
         Box::pin(async move {
             match tokio::time::timeout(limit, next.run(msg.clone())).await {
                 Ok(outcome) => outcome,

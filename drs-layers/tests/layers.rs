@@ -452,3 +452,37 @@ async fn a_chain_stops_at_a_panic() {
     })
     .await;
 }
+
+/// A `Timeout` on one action replaces the connection's handler deadline
+/// for it, longer as well as shorter; nested, the shortest counts. (Under
+/// Tokio's paused clock: no real waiting.)
+#[tokio::test(start_paused = true)]
+async fn a_timeout_on_one_action_replaces_the_connections_deadline() {
+    within(async {
+        let config =
+            drs_core::ConnConfig::default().handler_timeout(Some(Duration::from_millis(50)));
+        let server = Server::with_config(config);
+        for action in ["long", "default", "nested"] {
+            server.on(action, |ms: u64| async move {
+                tokio::time::sleep(Duration::from_millis(ms)).await;
+                HandlerResult::Ok(ms)
+            });
+        }
+        // The caller waits 5 s (its default call timeout).
+        server.layer_for("long", Timeout::new(Duration::from_secs(2)));
+        server.layer_for("nested", Timeout::new(Duration::from_millis(100)));
+        server.layer_for("nested", Timeout::new(Duration::from_secs(2)));
+        let conn = connect(&server).await;
+        let v: u64 = conn.call("long", 1_000).await.unwrap();
+        assert_eq!(v, 1_000, "past the connection's 50 ms, within its own 2 s");
+        let err = conn.call::<u64>("long", 3_000).await.unwrap_err();
+        assert_eq!(err.remote().unwrap().message, "handler deadline exceeded");
+        let err = conn.call::<u64>("default", 1_000).await.unwrap_err();
+        assert_eq!(err.remote().unwrap().message, "handler deadline exceeded");
+        let v: u64 = conn.call("nested", 80).await.unwrap();
+        assert_eq!(v, 80);
+        let err = conn.call::<u64>("nested", 1_000).await.unwrap_err();
+        assert_eq!(err.remote().unwrap().message, "handler deadline exceeded");
+    })
+    .await
+}

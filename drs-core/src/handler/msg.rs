@@ -1,5 +1,7 @@
 //! [`Msg`]: one inbound command as a handler sees it.
 
+use std::time::Duration;
+
 use super::*;
 
 /// One inbound command as a handler sees it: the command, the connection it
@@ -21,7 +23,12 @@ struct MsgInner {
     cancel: std::sync::OnceLock<CancellationToken>,
     /// Made when the handler streams its reply.
     producer: std::sync::OnceLock<Arc<Producer>>,
+    /// The handler's deadline in nanoseconds, if a layer set one
+    /// ([`NO_DEADLINE`] otherwise).
+    deadline: std::sync::atomic::AtomicU64,
 }
+
+const NO_DEADLINE: u64 = u64::MAX;
 
 impl Msg {
     pub(crate) fn new(shared: Arc<crate::conn::Shared>, cmd: Command) -> Self {
@@ -33,6 +40,7 @@ impl Msg {
                 ext: Mutex::new(Extensions::new()),
                 cancel: std::sync::OnceLock::new(),
                 producer: std::sync::OnceLock::new(),
+                deadline: std::sync::atomic::AtomicU64::new(NO_DEADLINE),
             }),
         }
     }
@@ -51,6 +59,33 @@ impl Msg {
             .cancel
             .get_or_init(CancellationToken::new)
             .clone()
+    }
+
+    /// Sets how long this command's handler may run, in place of the
+    /// connection's [`handler_timeout`](crate::ConnConfig::handler_timeout)
+    /// (longer or shorter); the last one set counts. The connection reads
+    /// it when the handler does not finish on its first poll, so a layer
+    /// sets it before running the rest (`drs_layers::Timeout` does).
+    /// Past it the handler is stopped and its caller gets `drs.exception`
+    /// [`DEADLINE_EXCEEDED`](crate::DEADLINE_EXCEEDED).
+    pub fn set_deadline(&self, limit: Duration) {
+        let nanos = u64::try_from(limit.as_nanos()).unwrap_or(NO_DEADLINE - 1);
+        self.inner.deadline.store(
+            nanos.min(NO_DEADLINE - 1),
+            std::sync::atomic::Ordering::Relaxed,
+        );
+    }
+
+    /// The deadline set with [`set_deadline`](Msg::set_deadline), if any.
+    pub fn deadline(&self) -> Option<Duration> {
+        match self
+            .inner
+            .deadline
+            .load(std::sync::atomic::Ordering::Relaxed)
+        {
+            NO_DEADLINE => None,
+            nanos => Some(Duration::from_nanos(nanos)),
+        }
     }
 
     /// Waits until this command's handler is stopped (see

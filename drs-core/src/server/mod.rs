@@ -228,16 +228,6 @@ impl Server {
         self.inner.router.off(action)
     }
 
-    /// Sets the handler deadline of `action` (`None`: the server's
-    /// default, [`ConnConfig::handler_timeout`]). A handler still running
-    /// past it is stopped and its caller gets `drs.exception` "handler
-    /// deadline exceeded". A handler that finishes on its first poll is
-    /// never stopped.
-    pub fn timeout(&self, action: impl Into<String>, limit: Option<Duration>) -> &Self {
-        self.inner.router.timeout(action, limit);
-        self
-    }
-
     /// The server-wide memory budget (to read how much is held).
     pub fn memory_budget(&self) -> &MemoryBudget {
         &self.inner.budget

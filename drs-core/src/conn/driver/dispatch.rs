@@ -152,10 +152,7 @@ impl<T: Transport> Driver<T> {
                     .zip(started)
                     .map(|(p, start)| Probe::in_flight(p, start));
                 let fut = fut.expect("the handler was polled");
-                let limit = self
-                    .routes
-                    .timeout(msg.action())
-                    .or(self.shared.config.handler_timeout);
+                let limit = msg.deadline().or(self.shared.config.handler_timeout);
                 let shared = self.shared.clone();
                 let key = msg.command().key.clone();
                 let seq = self.in_flight.next_seq();
