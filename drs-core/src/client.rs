@@ -75,17 +75,25 @@ impl Client {
         self
     }
 
-    /// Registers a handler for what the server fires or calls.
-    pub fn on<H: Handler<A>, A>(self, action: impl Into<String>, handler: H) -> Self {
-        self.router.on(action, handler);
+    /// Serves `routes` on every connection of this client: what the
+    /// server fires or calls. Its handlers replace those of the same
+    /// action, its layers go inside the client's.
+    pub fn routes(self, routes: crate::Routes) -> Self {
+        self.router.add(routes);
         self
+    }
+
+    /// Registers a handler for what the server fires or calls
+    /// ([`Routes::on`](crate::Routes::on) added with
+    /// [`routes`](Client::routes)).
+    pub fn on<H: Handler<A>, A>(self, action: impl Into<String>, handler: H) -> Self {
+        self.routes(crate::Routes::new().on(action, handler))
     }
 
     /// Adds a [`Layer`](crate::Layer) around every inbound command (see
     /// [`Server::layer`](crate::Server::layer)).
     pub fn layer(self, layer: impl crate::Layer) -> Self {
-        self.router.layer(Arc::new(layer));
-        self
+        self.routes(crate::Routes::new().layer(layer))
     }
 
     /// Confines what the server may call or fire on this client to
@@ -97,8 +105,7 @@ impl Client {
 
     /// Adds a [`Layer`](crate::Layer) around the handler of one action.
     pub fn layer_for(self, action: impl Into<String>, layer: impl crate::Layer) -> Self {
-        self.router.layer_for(action, Arc::new(layer));
-        self
+        self.routes(crate::Routes::new().layer_for(action, layer))
     }
 
     /// The connection settings.

@@ -114,6 +114,7 @@ pub mod observe;
 mod protocol;
 mod registry;
 mod router;
+mod routes;
 mod server;
 mod stream;
 mod sync;
@@ -145,6 +146,7 @@ pub use protocol::{
     BodyFormat, DecodeError, EncodeError, FrameKind, Framing, OutBody, Outgoing, Protocol,
 };
 pub use registry::{listen_bound, Registry, Scheme, SchemeFuture, Url};
+pub use routes::Routes;
 pub use server::{fanout, Peer, Server, ServerConfig, WeakServer, MAX_NAMES_PER_CONN};
 pub use stream::{IntoOutcome, IntoReply, ItemSink, Produced, Reply, Streamed};
 pub use text::Text;

@@ -11,9 +11,10 @@ use std::{
 };
 
 use crate::{
-    command::{is_control_action, PING},
-    handler::{erase, BoxedHandler, Handler, HandlerFuture, Msg, Outcome},
+    command::PING,
+    handler::{BoxedHandler, HandlerFuture, Msg, Outcome},
     layer::{wrap_all, Layer},
+    routes::Routes,
     sync::{read, write},
 };
 
@@ -39,23 +40,33 @@ impl std::hash::Hasher for NameHasher {
     }
 }
 
-type Routes = HashMap<String, BoxedHandler, std::hash::BuildHasherDefault<NameHasher>>;
+type RouteMap = HashMap<String, BoxedHandler, std::hash::BuildHasherDefault<NameHasher>>;
 
 #[derive(Clone, Default)]
 pub(crate) struct Table {
     /// Handlers as registered.
-    routes: Routes,
+    pub(crate) routes: RouteMap,
     /// Layers of one action, the outermost first.
-    action_layers: HashMap<String, Vec<Arc<dyn Layer>>>,
+    pub(crate) action_layers: HashMap<String, Vec<Arc<dyn Layer>>>,
     /// Layers around every command, the outermost first.
-    layers: Vec<Arc<dyn Layer>>,
+    pub(crate) layers: Vec<Arc<dyn Layer>>,
     /// Each route inside its action's layers and the table's layers.
-    composed: Routes,
+    composed: RouteMap,
     /// `No handlers for …` inside the table's layers.
     fallback: Option<BoxedHandler>,
 }
 
 impl Table {
+    /// Adds `other`'s routes (replacing those of the same action) and its
+    /// layers (inside these).
+    pub(crate) fn merge(&mut self, other: Table) {
+        self.routes.extend(other.routes);
+        for (action, layers) in other.action_layers {
+            self.action_layers.entry(action).or_default().extend(layers);
+        }
+        self.layers.extend(other.layers);
+    }
+
     /// Rebuilds what is derived from the routes and layers.
     fn compose(&mut self) {
         let no_layers = Vec::new();
@@ -117,7 +128,7 @@ impl Router {
             has_routes: AtomicBool::new(false),
             parent: None,
         };
-        router.on(PING, || async { Ok::<_, Infallible>(now_ms()) });
+        router.add(Routes::new().on(PING, || async { Ok::<_, Infallible>(now_ms()) }));
         Arc::new(router)
     }
 
@@ -141,16 +152,10 @@ impl Router {
         self.version.fetch_add(1, Ordering::Release);
     }
 
-    pub(crate) fn on<H: Handler<A>, A>(&self, action: impl Into<String>, handler: H) {
-        let action = action.into();
-        assert!(
-            !is_control_action(&action),
-            "`{action}` is reserved by drs for replies, streams and cancels and cannot have a handler"
-        );
-        let handler = erase(handler);
-        self.update(|t| {
-            t.routes.insert(action, handler);
-        });
+    /// Adds `routes` to the table: its handlers replace those of the same
+    /// action, its layers go inside those already there.
+    pub(crate) fn add(&self, routes: Routes) {
+        self.update(|t| t.merge(routes.table));
     }
 
     pub(crate) fn clear(&self) {
@@ -163,20 +168,9 @@ impl Router {
         found
     }
 
-    /// Adds a layer around every command, inside those added before.
-    pub(crate) fn layer(&self, layer: Arc<dyn Layer>) {
-        self.update(|t| t.layers.push(layer));
-    }
-
     /// Adds a layer outside every other (the server's gate).
     pub(crate) fn layer_outermost(&self, layer: Arc<dyn Layer>) {
         self.update(|t| t.layers.insert(0, layer));
-    }
-
-    /// Adds a layer around one action's handler, inside those added before.
-    pub(crate) fn layer_for(&self, action: impl Into<String>, layer: Arc<dyn Layer>) {
-        let action = action.into();
-        self.update(|t| t.action_layers.entry(action).or_default().push(layer));
     }
 
     fn versions(&self) -> (u64, u64) {

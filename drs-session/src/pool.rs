@@ -8,7 +8,7 @@ use std::{
     },
 };
 
-use drs_core::{Client, ConnConfig, Dialer, Error, Handler, Layer, Protocol};
+use drs_core::{Client, ConnConfig, Dialer, Error, Handler, Layer, Protocol, Routes};
 use serde::Serialize;
 
 use crate::{
@@ -90,6 +90,12 @@ impl<D: Dialer + Clone> PoolBuilder<D> {
     /// Sets the connection settings.
     pub fn config(mut self, config: ConnConfig) -> Self {
         self.member = self.member.config(config);
+        self
+    }
+
+    /// Serves `routes` on every member ([`Client::routes`]).
+    pub fn routes(mut self, routes: Routes) -> Self {
+        self.member = self.member.routes(routes);
         self
     }
 

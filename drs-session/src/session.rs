@@ -12,7 +12,7 @@ use std::{
 
 use drs_core::{
     Body, Client, CloseReason, Conn, ConnConfig, Dialer, Error, FromBody, Handler, Identified,
-    IdentifyBody, Layer, Protocol, IDENTIFY, SHUTTING_DOWN,
+    IdentifyBody, Layer, Protocol, Routes, IDENTIFY, SHUTTING_DOWN,
 };
 use drs_pubsub::{PubSub, SubscribeBody, Subscriptions, EXPOSE, SUBSCRIBE};
 use futures::Stream;
@@ -226,6 +226,13 @@ impl<D: Dialer> SessionBuilder<D> {
     /// Sets the connection settings (the call timeout among them).
     pub fn config(mut self, config: ConnConfig) -> Self {
         self.client = self.client.config(config);
+        self
+    }
+
+    /// Serves `routes` on every connection of the session: what the
+    /// server fires or calls ([`Client::routes`]).
+    pub fn routes(mut self, routes: Routes) -> Self {
+        self.client = self.client.routes(routes);
         self
     }
 

@@ -102,7 +102,7 @@ pub use drs_transport_ws as ws;
 pub mod prelude {
     pub use crate::{connect, listen};
     pub use drs_core::{
-        Body, Client, Conn, ConnConfig, Error, HandlerError, HandlerResult, Msg, Server,
+        Body, Client, Conn, ConnConfig, Error, HandlerError, HandlerResult, Msg, Routes, Server,
         ServerConfig,
     };
     #[cfg(feature = "json")]

@@ -157,7 +157,14 @@ impl Conn {
     /// If `action` is reserved for the call machinery (`drs.response`,
     /// `drs.error`, `drs.exception`, `drs.next`, `drs.more`, `drs.cancel`).
     pub fn on<H: Handler<A>, A>(&self, action: impl Into<String>, handler: H) -> &Self {
-        self.shared.router.on(action, handler);
+        self.routes(crate::Routes::new().on(action, handler))
+    }
+
+    /// Serves `routes` on this connection (see [`on`](Conn::on) and
+    /// [`layer`](Conn::layer) for where they apply): its handlers replace
+    /// those of the same action, its layers go inside this connection's.
+    pub fn routes(&self, routes: crate::Routes) -> &Self {
+        self.shared.router.add(routes);
         self
     }
 
@@ -174,8 +181,7 @@ impl Conn {
     /// rate limit, a per-peer log. On a client it is the client's layer
     /// (see [`Client::layer`](crate::Client::layer)).
     pub fn layer(&self, layer: impl crate::Layer) -> &Self {
-        self.shared.router.layer(Arc::new(layer));
-        self
+        self.routes(crate::Routes::new().layer(layer))
     }
 
     /// Sends a one-way command. The body is encoded before this returns; the

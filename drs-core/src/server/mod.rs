@@ -41,6 +41,7 @@ use crate::{
     layer::Layer,
     protocol::{OutBody, Outgoing, Protocol},
     router::Router,
+    routes::Routes,
     sync::{lock, read, write},
     transport::{ConnInfo, Listener, Transport},
 };
@@ -163,16 +164,13 @@ impl Server {
             }),
         };
         let weak = Arc::downgrade(&server.inner);
-        server
-            .inner
-            .router
-            .on(IDENTIFY, move |conn: Conn, args: IdentifyBody| {
-                let claimed = match weak.upgrade() {
-                    Some(inner) => inner.identify(&conn, &args.name),
-                    None => Err(HandlerError::new("the server is gone")),
-                };
-                async move { claimed.map(Identified::new) }
-            });
+        server.on(IDENTIFY, move |conn: Conn, args: IdentifyBody| {
+            let claimed = match weak.upgrade() {
+                Some(inner) => inner.identify(&conn, &args.name),
+                None => Err(HandlerError::new("the server is gone")),
+            };
+            async move { claimed.map(Identified::new) }
+        });
         server
     }
 
@@ -200,15 +198,23 @@ impl Server {
         &self.inner.config
     }
 
+    /// Serves `routes` on every connection: its handlers replace those of
+    /// the same action, its layers go inside the server's. `on`, `layer`
+    /// and `layer_for` are this for one entry.
+    pub fn routes(&self, routes: Routes) -> &Self {
+        self.inner.router.add(routes);
+        self
+    }
+
     /// Registers `handler` for `action` on every connection, replacing any
-    /// previous one. (`drs_layers::Chain` registers several in order.)
+    /// previous one: [`Routes::on`] added with [`routes`](Server::routes).
+    /// (`drs_layers::Chain` registers several in order.)
     ///
     /// # Panics
     /// If `action` is reserved for the call machinery (`drs.response`,
     /// `drs.error`, `drs.exception`, `drs.next`, `drs.more`, `drs.cancel`).
     pub fn on<H: Handler<A>, A>(&self, action: impl Into<String>, handler: H) -> &Self {
-        self.inner.router.on(action, handler);
-        self
+        self.routes(Routes::new().on(action, handler))
     }
 
     /// Whether the server has a handler of its own for `action` (one
@@ -236,8 +242,7 @@ impl Server {
     /// Adds a [`Layer`] around every command served on every connection,
     /// commands with no handler included; inside the layers added before.
     pub fn layer(&self, layer: impl Layer) -> &Self {
-        self.inner.router.layer(Arc::new(layer));
-        self
+        self.routes(Routes::new().layer(layer))
     }
 
     /// Adds a [`Layer`] around the handler of `action` (kept when the
@@ -246,8 +251,7 @@ impl Server {
     /// between every connection: a worker pool or a cache added here is
     /// server-wide.
     pub fn layer_for(&self, action: impl Into<String>, layer: impl Layer) -> &Self {
-        self.inner.router.layer_for(action, Arc::new(layer));
-        self
+        self.routes(Routes::new().layer_for(action, layer))
     }
 
     /// Adds a hook that runs when a connection is established, before any of
