@@ -1,5 +1,5 @@
 //! The subcommands that talk to a server: call, fire, stream, listen,
-//! publish, ping.
+//! publish, reply, ping.
 
 use std::{
     io::{IsTerminal, Write},
@@ -296,6 +296,152 @@ pub(crate) async fn listen(
     Ok(())
 }
 
+/// `drs reply`: serves `action` with `command` (or echoes), exposed to the
+/// server's broker if it has one.
+pub(crate) async fn reply(
+    args: &Conn,
+    action: &str,
+    command: Option<String>,
+    count: Option<u64>,
+) -> Result<(), Failure> {
+    use std::sync::{
+        atomic::{AtomicU64, Ordering},
+        Arc,
+    };
+    let conn = open(args, Client::new()).await?;
+    // Every call answered (ours or not) is one frame to write: counted
+    // here, to know when the last reply has left before closing; each
+    // call of `action` is reported once counted.
+    let answered = Arc::new(AtomicU64::new(0));
+    let counted = answered.clone();
+    let (served, mut calls) = tokio::sync::mpsc::unbounded_channel::<()>();
+    let ours: Arc<str> = action.into();
+    conn.layer(layer_fn(move |msg: Msg, next: Next| {
+        let counted = counted.clone();
+        let served = served.clone();
+        let keyed = msg.key().is_some();
+        let mine = msg.action() == &*ours;
+        async move {
+            let outcome = next.run(msg).await;
+            if keyed {
+                counted.fetch_add(1, Ordering::SeqCst);
+            }
+            if mine {
+                let _ = served.send(());
+            }
+            outcome
+        }
+    }));
+    let command: Option<Arc<str>> = command.map(Into::into);
+    let handler = move |msg: Msg| {
+        let command = command.clone();
+        async move {
+            let body = json(msg.body());
+            match command {
+                None => Ok(body),
+                Some(command) => run_reply_command(&command, &body).await,
+            }
+        }
+    };
+    login(args, &conn).await?;
+    match conn.expose(action, handler).await {
+        Ok(()) => eprintln!("serving {action} (exposed: the broker's clients' calls come here)"),
+        Err(e)
+            if e.remote()
+                .is_some_and(|r| r.message.starts_with("No handlers for")) =>
+        {
+            eprintln!("serving {action} (the server has no broker: only the server calls it)")
+        }
+        Err(e) => return Err(context(&format!("cannot expose {action:?}"), e)),
+    }
+    let base = (conn.io().frames_out, answered.load(Ordering::SeqCst));
+    let interrupted = tokio::signal::ctrl_c();
+    tokio::pin!(interrupted);
+    let mut done = 0u64;
+    while count.is_none_or(|n| done < n) {
+        tokio::select! {
+            call = calls.recv() => match call {
+                Some(()) => done += 1,
+                None => break,
+            },
+            _ = conn.closed() => {
+                let reason = conn.close_reason().map(|r| r.to_string()).unwrap_or_default();
+                return Err(Failure::new(exit::CONNECTION, format!("the connection ended: {reason}")));
+            }
+            _ = &mut interrupted => {
+                finish(conn).await;
+                return Err(Failure::new(exit::INTERRUPTED, ""));
+            }
+        }
+    }
+    // The last reply is queued once its handler returns: wait until every
+    // reply counted has been written (within the timeout), then close.
+    let written = base.0 + (answered.load(Ordering::SeqCst) - base.1);
+    let _ = tokio::time::timeout(args.timeout, async {
+        while conn.io().frames_out < written && !conn.is_closed() {
+            tokio::time::sleep(Duration::from_millis(2)).await;
+        }
+    })
+    .await;
+    finish(conn).await;
+    Ok(())
+}
+
+/// Runs `command` with `body` on its stdin: its stdout as JSON (or as a
+/// string), or `drs.error` with its stderr when it fails.
+async fn run_reply_command(command: &str, body: &Value) -> Result<Value, drs::HandlerError> {
+    use tokio::io::AsyncWriteExt;
+    #[cfg(windows)]
+    let mut shell = tokio::process::Command::new("cmd");
+    #[cfg(windows)]
+    shell.arg("/C");
+    #[cfg(not(windows))]
+    let mut shell = tokio::process::Command::new("sh");
+    #[cfg(not(windows))]
+    shell.arg("-c");
+    let mut child = shell
+        .arg(command)
+        .stdin(std::process::Stdio::piped())
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::piped())
+        // A call cancelled or past its deadline stops its command.
+        .kill_on_drop(true)
+        .spawn()
+        .map_err(|e| drs::HandlerError::new(format!("cannot run `{command}`: {e}")))?;
+    let mut input = serde_json::to_vec(body).unwrap_or_default();
+    input.push(b'\n');
+    if let Some(mut stdin) = child.stdin.take() {
+        // A command that does not read its input may close it first.
+        let _ = stdin.write_all(&input).await;
+    }
+    let out = child
+        .wait_with_output()
+        .await
+        .map_err(|e| drs::HandlerError::new(format!("`{command}` failed: {e}")))?;
+    if !out.status.success() {
+        let stderr = String::from_utf8_lossy(&out.stderr);
+        let code = out
+            .status
+            .code()
+            .map_or_else(|| "a signal".to_string(), |c| c.to_string());
+        return Err(drs::HandlerError::new(format!(
+            "`{command}` exited with {code}: {}",
+            stderr.trim_end()
+        )));
+    }
+    Ok(reply_value(&out.stdout))
+}
+
+/// A command's stdout as a reply: JSON when it is, a string otherwise
+/// (one trailing newline dropped).
+fn reply_value(stdout: &[u8]) -> Value {
+    serde_json::from_slice(stdout).unwrap_or_else(|_| {
+        let text = String::from_utf8_lossy(stdout);
+        let text = text.strip_suffix('\n').unwrap_or(&text);
+        Value::from(text.strip_suffix('\r').unwrap_or(text))
+    })
+}
+
 pub(crate) async fn ping(args: &Conn, count: u64, interval: Duration) -> Result<(), Failure> {
     let conn = connect(args, Client::new()).await?;
     for seq in 1..=count {
@@ -329,4 +475,20 @@ pub(crate) async fn ping(args: &Conn, count: u64, interval: Duration) -> Result<
     }
     finish(conn).await;
     Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::reply_value;
+    use serde_json::json;
+
+    #[test]
+    fn a_commands_output_is_json_when_it_is_and_a_string_otherwise() {
+        assert_eq!(reply_value(b"{\"a\": 1}\n"), json!({"a": 1}));
+        assert_eq!(reply_value(b"3\n"), json!(3));
+        assert_eq!(reply_value(b"HELLO\n"), json!("HELLO"));
+        assert_eq!(reply_value(b"two\nlines\n"), json!("two\nlines"));
+        assert_eq!(reply_value(b"crlf\r\n"), json!("crlf"));
+        assert_eq!(reply_value(b""), json!(""));
+    }
 }

@@ -26,6 +26,7 @@ Examples:
   drs stream tcp://127.0.0.1:12000 count '{\"n\": 5, \"ms\": 100}'
   drs listen tcp://127.0.0.1:12000 --topic 'sensors.>'
   drs publish tcp://127.0.0.1:12000 sensors.t1 21.5
+  drs reply tcp://127.0.0.1:12000 upper --command 'tr a-z A-Z'
   drs serve --demo --listen tcp://127.0.0.1:12000 --listen ws://127.0.0.1:12001
   drs bench tcp://127.0.0.1:12000 --calls 100000 --concurrency 64
 
@@ -164,6 +165,43 @@ the connection ends (exit 4).")]
         #[arg(long, requires = "name")]
         retroactive: bool,
         /// Exit 0 after this many commands
+        #[arg(long, value_name = "N")]
+        count: Option<u64>,
+    },
+    /// Serve ACTION from the shell: each call's body on a command's stdin, its stdout the reply
+    #[command(after_help = "\
+Examples:
+  drs reply tcp://127.0.0.1:12000 upper --command 'tr a-z A-Z'
+  drs reply tcp://127.0.0.1:12000 sum --command 'jq \"add\"'
+  drs reply tcp://127.0.0.1:12000 ping.me --echo --count 1
+
+Each call of ACTION runs COMMAND with `sh -c` (calls run side by side),
+its body as one line of JSON on stdin; COMMAND's stdout is the reply: as
+JSON when it is JSON, otherwise as a string (one trailing newline
+dropped). A COMMAND that exits non-zero answers drs.error with its
+stderr. --echo answers each call with its own body.
+
+The action is exposed (drs.expose), so on a server with a broker every
+client's calls of ACTION come here; on one without, the server itself
+(its handlers, Server::call_named with --name) can still call it. Runs
+until Ctrl-C, --count calls, or the connection ends (exit 4).")]
+    Reply {
+        #[command(flatten)]
+        conn: Conn,
+        /// The action to serve
+        action: String,
+        /// The shell command that answers each call
+        #[arg(
+            long,
+            value_name = "COMMAND",
+            required_unless_present = "echo",
+            conflicts_with = "echo"
+        )]
+        command: Option<String>,
+        /// Answer each call with its own body
+        #[arg(long)]
+        echo: bool,
+        /// Exit 0 after answering this many calls of ACTION
         #[arg(long, value_name = "N")]
         count: Option<u64>,
     },
@@ -352,6 +390,13 @@ async fn run(command: Command) -> Result<(), Failure> {
             body,
             no_confirm,
         } => commands::publish(&conn, &topic, body, !no_confirm).await,
+        Command::Reply {
+            conn,
+            action,
+            command,
+            echo: _,
+            count,
+        } => commands::reply(&conn, &action, command, count).await,
         Command::Ping {
             conn,
             count,

@@ -1087,3 +1087,122 @@ fn the_readme_session_runs_against_the_example_config() {
         "{heard}"
     );
 }
+
+/// `drs reply` running until dropped, once it said it serves.
+struct Replying {
+    child: Child,
+    said: String,
+}
+
+impl Replying {
+    fn start(args: &[&str]) -> Self {
+        let mut child = spawn(args, None);
+        let stderr = child.stderr.take().expect("stderr");
+        let (tx, rx) = std::sync::mpsc::channel();
+        std::thread::spawn(move || {
+            let mut first = String::new();
+            let mut reader = BufReader::new(stderr);
+            let _ = reader.read_line(&mut first);
+            let _ = tx.send(first);
+            // Keep draining, so the child never blocks on a full pipe.
+            let _ = std::io::copy(&mut reader, &mut std::io::sink());
+        });
+        let said = rx.recv_timeout(LIMIT).expect("drs reply says it serves");
+        Self { child, said }
+    }
+
+    /// Waits for the process to exit by itself, within [`LIMIT`].
+    fn exit_code(mut self) -> Option<i32> {
+        let deadline = Instant::now() + LIMIT;
+        loop {
+            if let Some(status) = self.child.try_wait().expect("try_wait") {
+                return status.code();
+            }
+            assert!(Instant::now() < deadline, "drs reply did not exit");
+            std::thread::sleep(Duration::from_millis(20));
+        }
+    }
+}
+
+impl Drop for Replying {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+/// `drs reply` serves an action from a shell command through the broker:
+/// the body on the command's stdin, its stdout the reply (JSON or text),
+/// its failure a `drs.error` with its stderr; it exits 0 after --count.
+#[test]
+fn reply_serves_an_action_from_a_shell_command() {
+    let s = Served::demo();
+    let url = s.url();
+    let r = Replying::start(&[
+        "reply",
+        url,
+        "upper",
+        "--command",
+        "tr a-z A-Z",
+        "--count",
+        "3",
+    ]);
+    assert!(r.said.contains("serving upper (exposed"), "{}", r.said);
+    let out = drs(&["call", url, "upper", r#""hello""#], None);
+    assert_eq!(stdout(&out).trim(), r#""HELLO""#, "{}", stderr(&out));
+    let out = drs(&["call", url, "upper", r#"{"a":"b"}"#], None);
+    assert_eq!(stdout(&out).trim(), r#"{"A":"B"}"#);
+    let out = drs(&["call", url, "upper", "[1]"], None);
+    assert_eq!(stdout(&out).trim(), "[1]");
+    assert_eq!(r.exit_code(), Some(0), "exits after --count replies");
+
+    let r = Replying::start(&["reply", url, "words", "--command", "cat; echo two words"]);
+    let out = drs(&["call", url, "words", "1"], None);
+    assert_eq!(stdout(&out).trim(), r#""1\ntwo words""#, "text, not JSON");
+    drop(r);
+
+    let r = Replying::start(&[
+        "reply",
+        url,
+        "boom",
+        "--command",
+        "echo broken >&2; exit 3",
+        "--count",
+        "1",
+    ]);
+    let out = drs(&["call", url, "boom", "1"], None);
+    assert_eq!(out.status.code(), Some(1));
+    assert!(
+        stderr(&out).contains("drs.error: `echo broken >&2; exit 3` exited with 3: broken"),
+        "{}",
+        stderr(&out)
+    );
+    assert_eq!(r.exit_code(), Some(0));
+
+    let r = Replying::start(&["reply", url, "back", "--echo", "--count", "1"]);
+    let out = drs(&["call", url, "back", r#"{"x":[1,2]}"#], None);
+    assert_eq!(stdout(&out).trim(), r#"{"x":[1,2]}"#);
+    assert_eq!(r.exit_code(), Some(0));
+}
+
+/// Without a broker, `drs reply` says only the server can call it; with
+/// neither --command nor --echo it is a usage error.
+#[test]
+fn reply_without_a_broker_or_a_command() {
+    let config = tmp(
+        "no-broker.toml",
+        "demo = true\n[broker]\nenabled = false\n[[listener]]\nurl = \"tcp://127.0.0.1:0\"\n",
+    );
+    let s = Served::start(&["serve", config.to_str().expect("utf-8")], 1);
+    let r = Replying::start(&["reply", s.url(), "upper", "--echo"]);
+    assert!(
+        r.said
+            .contains("serving upper (the server has no broker: only the server calls it)"),
+        "{}",
+        r.said
+    );
+    drop(r);
+    let out = drs(&["reply", s.url(), "upper"], None);
+    assert_eq!(out.status.code(), Some(64), "{}", stderr(&out));
+    assert!(stderr(&out).contains("--command"), "{}", stderr(&out));
+}

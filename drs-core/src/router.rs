@@ -234,8 +234,16 @@ impl Snapshot {
         if let Some(route) = self.cache.get(msg.action()) {
             return route(msg);
         }
-        let (inner, routed) = match local.composed.get(msg.action()) {
-            Some(own) => (wrap_all(&shared.layers, own.clone()), true),
+        // The connection's own route inside its action layers only: the
+        // connection's layers go around everything, once, below.
+        let (inner, routed) = match local.routes.get(msg.action()) {
+            Some(own) => {
+                let own = match local.action_layers.get(msg.action()) {
+                    Some(layers) => wrap_all(layers, own.clone()),
+                    None => own.clone(),
+                };
+                (wrap_all(&shared.layers, own), true)
+            }
             None => match shared.composed.get(msg.action()) {
                 Some(route) => (route.clone(), true),
                 None => (

@@ -102,6 +102,56 @@ async fn layers_nest_connection_server_action_in_the_order_added() {
     .await
 }
 
+/// A connection's own handler runs inside the connection's layers once,
+/// with the server's layers between them, on a server connection and on a
+/// client's.
+#[tokio::test]
+async fn a_connections_own_handler_is_wrapped_by_its_layers_once() {
+    within(async {
+        let log = Arc::new(Mutex::new(Vec::new()));
+        let server = Server::new();
+        server.layer(tracer(&log, "s1"));
+        let l = log.clone();
+        server.on_connect(move |conn: Conn| {
+            conn.layer(tracer(&l, "c1"));
+            let l = l.clone();
+            conn.on("own", move || {
+                l.lock().unwrap().push("own".to_owned());
+                async { HandlerResult::Ok(1) }
+            });
+            async { Ok::<_, HandlerError>(()) }
+        });
+        let conn = connect(&server).await;
+        let v: u32 = conn.call("own", ()).await.unwrap();
+        assert_eq!(v, 1);
+        assert_eq!(*log.lock().unwrap(), ["c1", "s1", "own", "s1'", "c1'"]);
+
+        // A client's connection: the client's layers, then the connection's.
+        log.lock().unwrap().clear();
+        let (listener, dialer) = memory::listener();
+        server.listen(listener, Json).expect("listen");
+        let client = Client::new().layer(tracer(&log, "k1"));
+        let conn = client.dial(&dialer, Arc::new(Json)).await.expect("dial");
+        conn.layer(tracer(&log, "c2"));
+        let l = log.clone();
+        conn.on("back", move || {
+            l.lock().unwrap().push("back".to_owned());
+            async { HandlerResult::Ok(2) }
+        });
+        let _: u64 = conn.call("drs.ping", ()).await.unwrap();
+        let peer = server
+            .connections()
+            .into_iter()
+            .max_by_key(Conn::id)
+            .expect("the client's connection");
+        log.lock().unwrap().clear();
+        let v: u32 = peer.call("back", ()).await.unwrap();
+        assert_eq!(v, 2);
+        assert_eq!(*log.lock().unwrap(), ["c2", "k1", "back", "k1'", "c2'"]);
+    })
+    .await
+}
+
 #[tokio::test]
 async fn a_layer_short_circuits_and_rewrites() {
     within(async {

@@ -81,7 +81,7 @@ type Res = Result<(), Box<dyn std::error::Error>>;
 async fn serve(addr: &str) -> Res {
     let server = chat_server();
     let bound = server.listen(TcpListener::bind(addr).await?, Json)?;
-    println!("listening tcp {bound}");
+    println!("listening tcp://{bound}");
     tokio::signal::ctrl_c().await?;
     server.shutdown(Duration::from_secs(2)).await;
     Ok(())

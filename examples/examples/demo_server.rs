@@ -6,13 +6,19 @@
 //! cargo run --example demo_server                                  # TCP on 127.0.0.1:12000, JSON
 //! cargo run --example demo_server -- --tcp 127.0.0.1:12000 --ws 127.0.0.1:12001 --ipc /tmp/drs-demo.sock
 //! cargo run --example demo_server -- --tcp 127.0.0.1:0 --protocol msgpack --tcp 127.0.0.1:0
+//! cargo run --example demo_server -- --listen tcp://127.0.0.1:0 --listen ws://127.0.0.1:0?protocol=msgpack
 //! ```
 //!
-//! `--protocol json|msgpack` sets the protocol of the listeners that follow
-//! it (default json), so one server can serve JSON and MessagePack clients
-//! together; they see each other's `shout`s. Port 0 picks a free port. Each
-//! listener prints `listening tcp ADDR`, `listening ws ADDR` or
-//! `listening ipc PATH` on stdout as it binds. Ctrl-C shuts down gracefully.
+//! `--listen URL` takes the URLs `drs serve --listen` takes (`drs serve
+//! --demo` serves the same actions); `--tcp ADDR`, `--ws ADDR` and `--ipc
+//! PATH` are short for `--listen tcp://ADDR` and so on. `--protocol
+//! json|msgpack` sets the protocol of the listeners that follow it
+//! (default json; `?protocol=` sets one listener's), so one server can
+//! serve JSON and MessagePack clients together; they see each other's
+//! `shout`s. Port 0 picks a free port. Each listener prints `listening
+//! URL` on stdout as it binds, the URL a client dials (`listening
+//! tcp://127.0.0.1:41234`, with `?protocol=msgpack` when it is not JSON),
+//! as `drs serve` does. Ctrl-C shuts down gracefully.
 //!
 //! `--nats nats://HOST:PORT --service NAME` makes it one worker of service
 //! `NAME` on NATS (subject and queue group `drs.NAME`); start several and
@@ -41,8 +47,12 @@ use drs_transport_ws::{WsConfig, WsListener};
 use examples::{default_server_name, demo_actions_named, init_tracing};
 
 const USAGE: &str =
-    "usage: demo_server [--protocol json|msgpack] [--tcp ADDR] [--ws ADDR] [--ipc PATH] ... [LIMITS]
-  default: --tcp 127.0.0.1:12000 (JSON); --protocol applies to the listeners after it
+    "usage: demo_server [--protocol json|msgpack] [--listen URL] [--tcp ADDR] [--ws ADDR] [--ipc PATH] ... [LIMITS]
+  default: --listen tcp://127.0.0.1:12000 (JSON); --protocol applies to the listeners after it
+  --listen URL                tcp://, ws://, tls://, wss://, ipc://PATH, nats://HOST:PORT/SERVICE,
+                              redis://HOST:PORT/DB/SERVICE; ?protocol=msgpack (as `drs serve`)
+  --tcp ADDR, --ws ADDR, --ipc PATH   short for --listen tcp://ADDR, ws://ADDR, ipc://PATH
+  each listener prints `listening URL` once bound (the URL a client dials)
 
 limits (durations in seconds, fractions allowed; 0 turns an optional one off):
   --idle-timeout SECS         close connections idle this long            (default: off)
@@ -63,29 +73,29 @@ limits (durations in seconds, fractions allowed; 0 turns an optional one off):
 brokers (each counts as a listener):
   --nats URL                  serve as a NATS service: subject and queue group drs.SERVICE
                               (any number of demo_servers share it), printed as
-                              `listening nats drs.SERVICE`; pub/sub goes through NATS
+                              `listening nats://HOST:PORT/SERVICE`; pub/sub goes through NATS
                               subjects drs.SERVICE.topic.>, retroactive topics of named
                               components through JetStream (stream DRS_SERVICE) if enabled
   --redis redis://HOST:PORT/DB  serve as a Redis service: workers share the list
-                              drs:{SERVICE}:queue; `listening redis drs:{SERVICE}:queue`
+                              drs:{SERVICE}:queue; `listening redis://HOST:PORT/DB/SERVICE`
   --idempotent ACTIONS        actions a dead --redis worker's successor may run again
                               (comma-separated; others are answered \"worker lost\")
   --service NAME              the service name of --nats and --redis      (default: demo)
   --cerbas redis://HOST:PORT/DB  serve unmodified Cerbas clients through that Redis database
                               (Cerbas's dev setup uses 1): hello, echo, sum, withargs,
-                              witherror, slow, asyncfunc, halt; `listening cerbas URL`
+                              witherror, slow, asyncfunc, halt; `listening cerbas://HOST:PORT/DB`
   --cerbas-crontab FILE       run the Cerbas requests of a crontab file
                               (`<cron expression> | <request JSON>`, UTC, reloaded on change)
 
 pub/sub (on every listener: drs.subscribe, drs.publish, drs.expose; docs/PROTOCOL.md §2):
   --rembus ADDR               serve Rembus components (CBOR over WebSocket) on ADDR,
-                              printed as `listening rembus ADDR`
+                              printed as `listening rembus://ADDR`
   --store DIR                 keep retroactive topics and names' state here (redb)
                               (default: TMPDIR/drs-demo/NAME, printed as `store PATH`)
 
 operations:
   --stats ADDR                serve statistics over HTTP on ADDR: Prometheus at /metrics, a live
-                              dashboard at /; printed as `listening stats ADDR` (drs.stats is
+                              dashboard at /; printed as `listening http://ADDR` (drs.stats is
                               served on every listener too)
   --crontab FILE              run the drs commands of a crontab (`<cron expression> | <command
                               JSON>`, e.g. `*/5 * * * * | {\"action\": \"echo\", \"body\": 1}`;
@@ -97,7 +107,7 @@ operations:
 
 security:
   --tls-cert FILE --tls-key FILE  the --tcp and --ws listeners after them speak TLS
-                              (PEM chain and key): `listening tls ADDR`, `listening wss ADDR`
+                              (PEM chain and key): `listening tls://ADDR`, `listening wss://ADDR`
   --tls-client-ca FILE        and require a client certificate signed by this CA (mutual TLS)
   --token TOKEN               every listener (--rembus included) requires drs.auth
                               {\"token\": TOKEN} (or ?token=TOKEN on WebSocket); the admission
@@ -116,12 +126,14 @@ enum Bind {
     Ipc(String),
     /// Rembus components, over WebSocket.
     Rembus(String),
-    /// A NATS service: the server's URL (the service name is `--service`).
-    Nats(String),
+    /// A NATS service: the server's URL, and the service name when the
+    /// listener gave one (`--service` otherwise).
+    Nats(String, Option<String>),
     /// Cerbas clients through Redis: the URL with its database.
     Cerbas(String),
-    /// A Redis service: the URL (the service name is `--service`).
-    Redis(String),
+    /// A Redis service: the URL, and the service name when the listener
+    /// gave one (`--service` otherwise).
+    Redis(String, Option<String>),
 }
 
 /// What to listen on, each with its protocol, and the limits.
@@ -247,6 +259,13 @@ fn parse(args: impl Iterator<Item = String>) -> Result<Settings, String> {
                     binds.push((Bind::Ws(addr, tls), protocol.clone(), None))
                 }
             }
+            "--listen" => {
+                let url = value()?;
+                let tls = server_tls(tls_cert.as_deref(), tls_key.as_deref(), tls_ca.as_deref())?;
+                let (bind, listener_protocol) = listen_url(&url, tls, &protocol)?;
+                public.push(std::mem::take(&mut next_public));
+                binds.push((bind, listener_protocol, None))
+            }
             "--ipc" => {
                 public.push(std::mem::take(&mut next_public));
                 binds.push((Bind::Ipc(value()?), protocol.clone(), None))
@@ -257,7 +276,7 @@ fn parse(args: impl Iterator<Item = String>) -> Result<Settings, String> {
             }
             "--nats" => {
                 public.push(std::mem::take(&mut next_public));
-                binds.push((Bind::Nats(value()?), protocol.clone(), None))
+                binds.push((Bind::Nats(value()?, None), protocol.clone(), None))
             }
             "--cerbas" => {
                 public.push(std::mem::take(&mut next_public));
@@ -266,14 +285,11 @@ fn parse(args: impl Iterator<Item = String>) -> Result<Settings, String> {
             "--cerbas-crontab" => cerbas_crontab = Some(PathBuf::from(value()?)),
             "--redis" => {
                 public.push(std::mem::take(&mut next_public));
-                binds.push((Bind::Redis(value()?), protocol.clone(), None))
+                binds.push((Bind::Redis(value()?, None), protocol.clone(), None))
             }
             "--idempotent" => idempotent.extend(value()?.split(',').map(|a| a.trim().to_string())),
             "--service" => {
-                service = value()?;
-                drs_transport_nats::check_service(&service)
-                    .and_then(|()| drs_transport_redis::check_service(&service))
-                    .map_err(|e| format!("--service: {e}"))?;
+                service = checked_service(&value()?).map_err(|e| format!("--service: {e}"))?;
             }
             "--protocol" => {
                 protocol = match value()?.as_str() {
@@ -400,7 +416,7 @@ async fn main() -> ExitCode {
     let _endpoint = match &settings.stats {
         Some(addr) => match drs_metrics::serve(&server, addr).await {
             Ok(endpoint) => {
-                announce(&format!("listening stats {}", endpoint.addr()));
+                announce(&format!("listening http://{}", endpoint.addr()));
                 Some(endpoint)
             }
             Err(e) => {
@@ -454,20 +470,21 @@ async fn main() -> ExitCode {
     let mut cerbas = Vec::new();
     let mut nats_brokers = Vec::new();
     for (bind, protocol, token) in settings.binds {
-        let (kind, asked, bound) = match bind {
+        let msgpack = protocol.name() == "msgpack";
+        let (kind, asked, bound, shown) = match bind {
             Bind::Tcp(addr, None) => {
                 let bound = match TcpListener::bind(&addr).await {
                     Ok(l) => server.listen_arc(l.keepalive(keepalive), protocol),
                     Err(e) => Err(e),
                 };
-                ("tcp", addr, bound)
+                ("tcp", addr, bound, None)
             }
             Bind::Tcp(addr, Some(tls)) => {
                 let bound = match TlsListener::bind(&addr, tls).await {
                     Ok(l) => server.listen_arc(l.keepalive(keepalive), protocol),
                     Err(e) => Err(e),
                 };
-                ("tls", addr, bound)
+                ("tls", addr, bound, None)
             }
             Bind::Ws(addr, tls) => {
                 let ws = WsConfig::default().tcp_keepalive(keepalive);
@@ -483,32 +500,32 @@ async fn main() -> ExitCode {
                     }
                     Err(e) => Err(e),
                 };
-                (kind, addr, bound)
+                (kind, addr, bound, None)
             }
             Bind::Ipc(path) => {
                 let bound =
                     IpcListener::bind(path.clone()).and_then(|l| server.listen_arc(l, protocol));
-                ("ipc", path, bound)
+                ("ipc", path, bound, None)
             }
             Bind::Rembus(addr) => {
                 let bound = drs_rembus::listen(&server, &addr).await;
-                ("rembus", addr, bound)
+                ("rembus", addr, bound, None)
             }
-            Bind::Nats(url) => {
+            Bind::Nats(url, service) => {
+                let service = service.unwrap_or_else(|| settings.service.clone());
                 let options = async_nats::ConnectOptions::new()
                     .name(format!("drs demo_server {}", settings.name));
                 let bound = match options.connect(url.as_str()).await {
-                    Ok(nats) => match NatsListener::bind(&nats, &settings.service).await {
+                    Ok(nats) => match NatsListener::bind(&nats, &service).await {
                         Ok(l) => {
                             // Pub/sub across every worker of the service,
                             // through NATS; retroactive topics in JetStream
                             // when the server has it.
-                            let service = &settings.service;
                             let joined = NatsBroker::attach_or_plain(
                                 &server,
                                 &broker,
                                 &nats,
-                                service,
+                                &service,
                                 NatsBrokerConfig::default(),
                             )
                             .await;
@@ -524,15 +541,17 @@ async fn main() -> ExitCode {
                     },
                     Err(e) => Err(std::io::Error::other(e)),
                 };
-                ("nats", url, bound)
+                let shown = format!("{url}/{service}");
+                ("nats", url, bound, Some(shown))
             }
-            Bind::Redis(url) => {
+            Bind::Redis(url, service) => {
+                let service = service.unwrap_or_else(|| settings.service.clone());
                 let config = RedisConfig::default().idempotent(settings.idempotent.clone());
                 let bound =
-                    RedisListener::bind_with(&url, &settings.service, protocol.clone(), config)
-                        .await;
+                    RedisListener::bind_with(&url, &service, protocol.clone(), config).await;
                 let bound = bound.and_then(|l| server.listen_arc(l, protocol));
-                ("redis", url, bound)
+                let shown = format!("{url}/{service}");
+                ("redis", url, bound, Some(shown))
             }
             Bind::Cerbas(url) => {
                 // The Cerbas functions are drs handlers on a server of their
@@ -546,7 +565,9 @@ async fn main() -> ExitCode {
                     }
                     Err(e) => Err(std::io::Error::other(e)),
                 };
-                ("cerbas", url, bound)
+                // Cerbas's clients use the Redis database itself.
+                let shown = url.replacen("redis://", "cerbas://", 1);
+                ("cerbas", url, bound, Some(shown))
             }
         };
         match bound {
@@ -554,7 +575,14 @@ async fn main() -> ExitCode {
                 if let Some(tokens) = &tokens {
                     tokens.set(addr.clone(), token);
                 }
-                announce(&format!("listening {kind} {addr}"))
+                // The URL a client dials, as `drs serve` prints it.
+                let url = shown.unwrap_or_else(|| format!("{kind}://{addr}"));
+                let suffix = if msgpack && kind != "rembus" && kind != "cerbas" {
+                    "?protocol=msgpack"
+                } else {
+                    ""
+                };
+                announce(&format!("listening {url}{suffix}"))
             }
             Err(e) => {
                 eprintln!("cannot listen on {kind} {asked}: {e}");
@@ -605,6 +633,70 @@ fn server_tls(
 }
 
 /// Prints a line on stdout and flushes it (tests read it through a pipe).
+/// A `--listen URL` listener: the same URLs as `drs serve --listen`
+/// (`?protocol=` picks the listener's protocol).
+fn listen_url(
+    url: &str,
+    tls: Option<ServerTls>,
+    protocol: &Arc<dyn Protocol>,
+) -> Result<(Bind, Arc<dyn Protocol>), String> {
+    let parsed = drs::Url::parse(url).map_err(|e| format!("--listen: {e}"))?;
+    let protocol: Arc<dyn Protocol> = match parsed.param("protocol") {
+        None => protocol.clone(),
+        Some("json") => Arc::new(Json),
+        Some("msgpack") => Arc::new(MsgPack),
+        Some(other) => {
+            return Err(format!(
+                "--listen {url}: unknown protocol `{other}` (json or msgpack)"
+            ))
+        }
+    };
+    let target = parsed.target.clone();
+    let secure = |tls: Option<ServerTls>| {
+        tls.ok_or_else(|| format!("--listen {url}: needs --tls-cert and --tls-key before it"))
+    };
+    let service = |what: &str| {
+        let (host, rest) = target
+            .split_once('/')
+            .ok_or_else(|| format!("--listen {url}: {what}"))?;
+        Ok::<_, String>((host.to_string(), rest.to_string()))
+    };
+    let bind = match parsed.scheme.as_str() {
+        "tcp" => Bind::Tcp(target, None),
+        "tls" => Bind::Tcp(target, Some(secure(tls)?)),
+        "ws" => Bind::Ws(target, None),
+        "wss" => Bind::Ws(target, Some(secure(tls)?)),
+        "ipc" => Bind::Ipc(target),
+        "nats" => {
+            let (host, name) = service("nats://HOST:PORT/SERVICE")?;
+            let name = checked_service(&name).map_err(|e| format!("--listen {url}: {e}"))?;
+            Bind::Nats(format!("nats://{host}"), Some(name))
+        }
+        "redis" => {
+            let (host, rest) = service("redis://HOST:PORT/DB/SERVICE")?;
+            let (db, name) = rest
+                .split_once('/')
+                .ok_or_else(|| format!("--listen {url}: redis://HOST:PORT/DB/SERVICE"))?;
+            let name = checked_service(name).map_err(|e| format!("--listen {url}: {e}"))?;
+            Bind::Redis(format!("redis://{host}/{db}"), Some(name))
+        }
+        other => {
+            return Err(format!(
+                "--listen {url}: unknown scheme `{other}` (tcp, ws, tls, wss, ipc, nats, redis)"
+            ))
+        }
+    };
+    Ok((bind, protocol))
+}
+
+/// A service name both NATS and Redis accept.
+fn checked_service(name: &str) -> Result<String, String> {
+    drs_transport_nats::check_service(name)
+        .and_then(|()| drs_transport_redis::check_service(name))
+        .map_err(|e| e.to_string())?;
+    Ok(name.to_string())
+}
+
 fn announce(line: &str) {
     use std::io::Write;
     let mut out = std::io::stdout().lock();

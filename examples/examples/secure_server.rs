@@ -76,7 +76,7 @@ async fn run(serve: bool) -> Result<(), Box<dyn std::error::Error>> {
     let tls = ServerTls::from_pem(cert.as_bytes(), key.as_bytes())?.build()?;
     let addr = server.listen(TlsListener::bind("127.0.0.1:0", tls).await?, Json)?;
     println!(
-        "listening tls {addr} (trust {})",
+        "listening tls://{addr} (trust {})",
         dir.join("ca.pem").display()
     );
 

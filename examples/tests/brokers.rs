@@ -27,7 +27,13 @@ fn demo_server_serves_a_nats_service_and_opens_no_default_port() {
     let server = DemoServer::start(&["--nats", &nats_server.url(), "--service", "brokers-test"]);
     assert_eq!(
         server.listening,
-        [("nats".to_string(), "drs.brokers-test".to_string())],
+        [(
+            "nats".to_string(),
+            format!(
+                "{}/brokers-test",
+                nats_server.url().trim_start_matches("nats://")
+            )
+        )],
         "one listener, and no default TCP port"
     );
     runtime().block_on(async {
@@ -100,7 +106,10 @@ fn demo_server_serves_a_redis_service() {
     let server = DemoServer::start(&["--redis", &url, "--service", "brokers-test"]);
     assert_eq!(
         server.listening,
-        [("redis".to_string(), "drs:{brokers-test}:queue".to_string())],
+        [(
+            "redis".to_string(),
+            format!("{}/brokers-test", url.trim_start_matches("redis://"))
+        )],
         "one listener, and no default TCP port"
     );
     runtime().block_on(async {

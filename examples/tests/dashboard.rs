@@ -126,7 +126,7 @@ async fn the_dashboard_updates_live_in_a_real_browser() {
             .map(|(_, a)| a.clone())
             .unwrap_or_else(|| panic!("no {kind} listener"))
     };
-    let (tcp, stats) = (addr("tcp"), addr("stats"));
+    let (tcp, stats) = (addr("tcp"), addr("http"));
 
     // Load: calls of every outcome, until the test ends.
     let stop = Arc::new(AtomicBool::new(false));

@@ -34,8 +34,10 @@ export class Demo {
       const timer = setTimeout(() => reject(new Error("demo_server did not announce its listeners")), LIMIT);
       lines.on("line", (line) => {
         if (!line.startsWith("listening ")) return;
-        const [, kind, addr] = line.split(" ");
-        this.listening.push([kind, addr]);
+        // listening KIND://ADDR[?protocol=…]
+        const url = line.slice("listening ".length);
+        const at = url.indexOf("://");
+        this.listening.push([url.slice(0, at), url.slice(at + 3).split("?")[0]]);
         if (this.listening.length === wanted) { clearTimeout(timer); resolve(); }
       });
       this.proc.once("exit", (code) => { clearTimeout(timer); reject(new Error(`demo_server exited with ${code}`)); });

@@ -52,8 +52,9 @@ class Demo:
             except queue.Empty:
                 raise AssertionError("demo_server did not announce its listeners")
             if line.startswith("listening "):
-                _, kind, addr = line.split(" ", 2)
-                self.listening.append((kind, addr))
+                # listening KIND://ADDR[?protocol=…]
+                kind, addr = line[len("listening "):].split("://", 1)
+                self.listening.append((kind, addr.split("?", 1)[0]))
 
     def addr(self, kind, n=0):
         return [a for k, a in self.listening if k == kind][n]

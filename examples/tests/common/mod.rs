@@ -35,7 +35,7 @@ pub fn example_path(name: &str) -> PathBuf {
 /// A `demo_server` process, killed when dropped.
 pub struct DemoServer {
     pub child: Child,
-    /// The `listening KIND ADDR` lines, one per listener, as (kind, addr).
+    /// The `listening KIND://ADDR` lines, one per listener, as (kind, addr).
     pub listening: Vec<(String, String)>,
     /// The broker's store directory (`store PATH`).
     pub store: String,
@@ -50,8 +50,8 @@ impl DemoServer {
             .iter()
             .filter(|a| {
                 [
-                    "--tcp", "--ws", "--ipc", "--rembus", "--nats", "--redis", "--cerbas",
-                    "--stats",
+                    "--listen", "--tcp", "--ws", "--ipc", "--rembus", "--nats", "--redis",
+                    "--cerbas", "--stats",
                 ]
                 .contains(a)
             })
@@ -92,7 +92,7 @@ impl DemoServer {
             let rest = line
                 .strip_prefix("listening ")
                 .unwrap_or_else(|| panic!("unexpected line {line:?}"));
-            let (kind, addr) = rest.split_once(' ').expect("listening KIND ADDR");
+            let (kind, addr) = split_listening(rest);
             listening.push((kind.to_string(), addr.to_string()));
         }
         let own_store = !args.contains(&"--store");
@@ -194,4 +194,10 @@ pub fn chromium(test: &str) -> Option<&'static str> {
         drs_testkit::skip(test, "chromium (apt-get install chromium)");
     }
     found
+}
+
+/// `KIND://ADDR[?QUERY]` (a `listening` line's URL) → `(KIND, ADDR)`.
+pub fn split_listening(url: &str) -> (&str, &str) {
+    let (kind, rest) = url.split_once("://").expect("listening KIND://ADDR");
+    (kind, rest.split('?').next().unwrap_or(rest))
 }
