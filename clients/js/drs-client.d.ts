@@ -20,6 +20,8 @@ export class Timeout extends DrsError {}
 export class Closed extends DrsError {}
 /** The client could not connect. */
 export class ConnectError extends Closed {}
+/** The port speaks another protocol, or HTTP: the message says which, and what to change in the URL. */
+export class WrongProtocol extends ConnectError {}
 /** The call was cancelled through its AbortSignal. */
 export class Cancelled extends DrsError {}
 

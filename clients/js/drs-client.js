@@ -45,6 +45,8 @@ export class Timeout extends DrsError {}
 export class Closed extends DrsError {}
 /** The client could not connect. */
 export class ConnectError extends Closed {}
+/** The port speaks another protocol, or HTTP: the message says which, and what to change in the URL. */
+export class WrongProtocol extends ConnectError {}
 /** The call was cancelled through its AbortSignal. */
 export class Cancelled extends DrsError {}
 
@@ -297,8 +299,12 @@ async function openSocket(url, codec, timeout) {
     close: () => socket.end(),
     onframe: null,
     onclose: null,
+    // What the port's first bytes showed it speaks instead, if anything.
+    foreign: null,
   };
   let pending = new Uint8Array(0);
+  let first = true;
+  const foreign = (message) => { t.foreign = message; socket.destroy(); };
   socket.on("data", (chunk) => {
     const joined = new Uint8Array(pending.length + chunk.length);
     joined.set(pending);
@@ -308,11 +314,23 @@ async function openSocket(url, codec, timeout) {
       if (codec.binary) {
         if (joined.length - at < 4) break;
         const n = new DataView(joined.buffer, joined.byteOffset + at, 4).getUint32(0);
-        if (n > MAX_FRAME) { socket.destroy(); return; }
+        if (n > MAX_FRAME) {
+          const b = joined[at];
+          if (first && (b === 0x7b || b === 0x5b)) return foreign("this port speaks JSON, not drs MessagePack (drop ?protocol=msgpack from the URL)");
+          if (first && startsWith(joined.subarray(at), "HTTP")) return foreign("this port speaks HTTP, not drs MessagePack (a ws:// URL, if it serves WebSocket)");
+          socket.destroy();
+          return;
+        }
+        first = false;
         if (joined.length - at - 4 < n) break;
         t.onframe?.(joined.subarray(at + 4, at + 4 + n));
         at += 4 + n;
       } else {
+        if (first) {
+          // A zero byte starts MessagePack's length prefix: no line follows.
+          const b = joined.subarray(at).find((x) => x !== 32 && x !== 9 && x !== 13 && x !== 10);
+          if (b === 0) return foreign("this port speaks MessagePack, not drs JSON (add ?protocol=msgpack to the URL)");
+        }
         const nl = joined.indexOf(10, at);
         if (nl < 0) {
           if (joined.length - at > MAX_FRAME) { socket.destroy(); return; }
@@ -320,7 +338,11 @@ async function openSocket(url, codec, timeout) {
         }
         const line = joined.subarray(at, nl);
         at = nl + 1;
-        if (line.some((b) => b !== 13 && b !== 32)) t.onframe?.(line);
+        if (line.some((b) => b !== 13 && b !== 32)) {
+          if (first && startsWith(line, "HTTP/")) return foreign("this port speaks HTTP, not drs JSON (a ws:// URL, if it serves WebSocket)");
+          first = false;
+          t.onframe?.(line);
+        }
       }
     }
     pending = joined.slice(at);
@@ -328,6 +350,13 @@ async function openSocket(url, codec, timeout) {
   socket.on("error", () => {});
   socket.on("close", () => t.onclose?.());
   return t;
+}
+
+/** Whether `bytes` begin with the ASCII `text`. */
+function startsWith(bytes, text) {
+  if (bytes.length < text.length) return false;
+  for (let i = 0; i < text.length; i++) if (bytes[i] !== text.charCodeAt(i)) return false;
+  return true;
 }
 
 function openTransport(url, codec, timeout) {
@@ -377,12 +406,14 @@ class Link {
     if (this.closed) throw new Closed("connection closed");
     this.transport.send(this.codec.encode(command));
   }
-  fail() {
+  /** Ends the link: calls fail with what `why` makes (by default Closed, quoting the server if it said why before closing). */
+  fail(why) {
     if (this.closed) return;
     this.closed = true;
-    for (const p of this.pending.values()) p.reject(new Closed("connection closed"));
+    const error = why ?? (() => new Closed(this.notice === undefined ? "connection closed" : `the peer closed the connection: ${this.notice}`));
+    for (const p of this.pending.values()) p.reject(error());
     this.pending.clear();
-    for (const s of this.streams.values()) s._end(undefined, new Closed("connection closed"));
+    for (const s of this.streams.values()) s._end(undefined, error());
     this.streams.clear();
     this.end();
   }
@@ -502,7 +533,7 @@ export class Client {
     const transport = await openTransport(this.url, this.codec, this.timeout);
     const link = new Link(transport, this.codec);
     transport.onframe = (frame) => this._frame(link, frame);
-    transport.onclose = () => link.fail();
+    transport.onclose = () => link.fail(transport.foreign ? () => new WrongProtocol(transport.foreign) : undefined);
     try {
       if (this.token !== undefined) {
         try { await this._callOn(link, "drs.auth", { token: this.token }, this.timeout); }
@@ -573,6 +604,11 @@ export class Client {
     if (!command || typeof command.action !== "string") return;
     const { action, key, body } = command;
     if (REPLIES.has(action)) {
+      if ((key === undefined || key === null) && action !== "drs.response") {
+        // Why, if the server closes next.
+        link.notice = typeof body?.message === "string" ? body.message : JSON.stringify(body);
+        return;
+      }
       const stream = link.streams.get(key);
       if (stream) {
         link.streams.delete(key);

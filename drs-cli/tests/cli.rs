@@ -1206,3 +1206,37 @@ fn reply_without_a_broker_or_a_command() {
     assert_eq!(out.status.code(), Some(64), "{}", stderr(&out));
     assert!(stderr(&out).contains("--command"), "{}", stderr(&out));
 }
+
+/// The wrong protocol is told at once, with what to change in the URL.
+#[test]
+fn the_wrong_protocol_is_told_at_once() {
+    let s = Served::start(
+        &[
+            "serve",
+            "--demo",
+            "--listen",
+            "tcp://127.0.0.1:0",
+            "--listen",
+            "tcp://127.0.0.1:0?protocol=msgpack",
+        ],
+        2,
+    );
+    let msgpack_port = s.urls[1].trim_end_matches("?protocol=msgpack");
+    let started = Instant::now();
+    let out = drs(&["call", msgpack_port, "add", r#"{"a":1,"b":2}"#], None);
+    assert_eq!(out.status.code(), Some(4), "{}", stderr(&out));
+    assert_eq!(
+        stderr(&out).trim(),
+        "drs: this port speaks MessagePack, not drs JSON (add ?protocol=msgpack to the URL)"
+    );
+    let json_port = format!("{}?protocol=msgpack", s.url());
+    let out = drs(&["call", &json_port, "add", r#"{"a":1,"b":2}"#], None);
+    assert_eq!(
+        stderr(&out).trim(),
+        "drs: this port speaks JSON, not drs MessagePack (drop ?protocol=msgpack from the URL)"
+    );
+    assert!(
+        started.elapsed() < Duration::from_secs(4),
+        "not at the timeout"
+    );
+}

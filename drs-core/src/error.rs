@@ -56,6 +56,17 @@ pub enum Error {
     /// A call that fails so may or may not have run on the peer.
     #[error("connection closed")]
     Closed,
+    /// The peer closed the connection right after saying why (a keyless
+    /// `drs.error`, such as a server's "connection limit reached"): its
+    /// words.
+    #[error("the peer closed the connection: {0}")]
+    ClosedByPeer(String),
+    /// The peer speaks another protocol or HTTP (its first bytes showed
+    /// it): what it speaks, and what to change (`this port speaks
+    /// MessagePack, not drs JSON (add ?protocol=msgpack to the URL)`). The
+    /// connection is closed; nothing was served.
+    #[error("{0}")]
+    WrongProtocol(String),
     /// There was no connection to send on (a session between connections,
     /// set to fail at once): the command was not sent.
     #[error("not connected")]
@@ -113,7 +124,7 @@ impl Error {
 
     /// The connection is closed.
     pub fn is_closed(&self) -> bool {
-        matches!(self, Error::Closed)
+        matches!(self, Error::Closed | Error::ClosedByPeer(_))
     }
 
     /// The command was never sent ([`NotConnected`](Error::NotConnected),

@@ -31,6 +31,11 @@ pub enum Inbound {
     /// and the connection closes (a byte stream cannot resynchronise; the
     /// stream ends after it).
     TooLarge(FrameTooLarge),
+    /// The peer's first bytes are another protocol's or HTTP: a server
+    /// answers with a keyless `drs.error` saying what the port speaks, a
+    /// client fails its calls with [`Error::WrongProtocol`](crate::Error::WrongProtocol);
+    /// the connection closes (the stream ends after it).
+    Foreign(crate::codec::Foreign),
 }
 
 impl Inbound {

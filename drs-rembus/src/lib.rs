@@ -173,7 +173,7 @@ pub fn attach(server: &Server, broker: &Broker) {
                     Ok(body) => Ok(body),
                     Err(Error::Remote(r)) => Err(HandlerError::new(r.message)),
                     Err(Error::Exception(r)) => Err(HandlerError::exception(r.message)),
-                    Err(Error::Closed) => Err(HandlerError::new("closed")),
+                    Err(e) if e.is_closed() => Err(HandlerError::new("closed")),
                     Err(e) => Err(HandlerError::new(e.to_string())),
                 },
             }

@@ -755,7 +755,7 @@ where
                 let conn = session.conn_by(deadline, self.timeout, refused_by).await?;
                 let left = deadline.saturating_duration_since(Instant::now());
                 match conn.call::<R>(&self.action, &self.body).timeout(left).await {
-                    Err(Error::Closed) if resend && resent < session.inner.max_resends => {
+                    Err(e) if e.is_closed() && resend && resent < session.inner.max_resends => {
                         resent += 1;
                         tracing::debug!(action = %self.action, resent, "connection lost; sending an idempotent call again");
                     }

@@ -872,6 +872,18 @@ impl Dialer for WsDialer {
                 self.url,
                 response.status()
             )),
+            // The answer was not HTTP at all: a raw drs port (which says
+            // so in its own protocol), or another service.
+            tungstenite::Error::Protocol(tungstenite::error::ProtocolError::HttparseError(_)) => {
+                io::Error::new(
+                    io::ErrorKind::InvalidData,
+                    format!(
+                        "{}: this port does not speak WebSocket: its answer is not HTTP \
+                         (a raw drs port? try tcp://)",
+                        self.url
+                    ),
+                )
+            }
             other => io::Error::new(
                 io::ErrorKind::InvalidData,
                 format!("{}: WebSocket handshake failed: {other}", self.url),

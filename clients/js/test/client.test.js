@@ -17,6 +17,7 @@ import {
   RemoteError,
   RemoteException,
   Timeout,
+  WrongProtocol,
   connect,
   packMsgpack,
   parseUrl,
@@ -93,6 +94,34 @@ describe("against demo_server", { skip }, () => {
     const port = await new Promise((r) => { const s = createServer().listen(0, "127.0.0.1", () => { const p = s.address().port; s.close(() => r(p)); }); });
     await assert.rejects(connect(`tcp://127.0.0.1:${port}`, { timeout: 1000 }), ConnectError);
     await assert.rejects(connect(`ws://127.0.0.1:${port}/socket`, { timeout: 1000 }), ConnectError);
+  });
+
+  test("the wrong protocol or transport fails at once, saying what the port speaks", async () => {
+    const cases = [
+      [`tcp://${all.addr("tcp", 1)}`, WrongProtocol, "this port speaks MessagePack, not drs JSON (add ?protocol=msgpack to the URL)"],
+      [`tcp://${all.addr("tcp", 0)}?protocol=msgpack`, WrongProtocol, "this port speaks JSON, not drs MessagePack (drop ?protocol=msgpack from the URL)"],
+      [`tcp://${all.addr("ws", 0)}`, Closed, "the peer closed the connection: this port speaks WebSocket (ws://HOST:PORT/PATH), not raw drs frames"],
+    ];
+    for (const [url, kind, message] of cases) {
+      const c = await connect(url, { timeout: 5000, reconnect: false });
+      const started = Date.now();
+      try {
+        await assert.rejects(c.call("add", { a: 1, b: 2 }), (e) => e instanceof kind && e.message === message, url);
+        assert.ok(Date.now() - started < 4000, `at once, not at the call's timeout: ${url}`);
+      } finally {
+        c.close();
+      }
+    }
+    // An HTTP server.
+    const http = createServer((s) => s.once("data", () => s.end("HTTP/1.1 400 Bad Request\r\nContent-Length: 0\r\n\r\n")));
+    await new Promise((r) => http.listen(0, "127.0.0.1", r));
+    const c = await connect(`tcp://127.0.0.1:${http.address().port}`, { timeout: 5000, reconnect: false });
+    try {
+      await assert.rejects(c.call("add", { a: 1, b: 2 }), (e) => e instanceof WrongProtocol && e.message === "this port speaks HTTP, not drs JSON (a ws:// URL, if it serves WebSocket)");
+    } finally {
+      c.close();
+      http.close();
+    }
   });
 
   test("fire and broadcast reach handlers; the server calls back", async () => {

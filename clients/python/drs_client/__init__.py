@@ -21,6 +21,7 @@ from .errors import (
     RemoteError,
     RemoteException,
     Timeout,
+    WrongProtocol,
 )
 from .sync import Client, Stream, connect
 
@@ -39,4 +40,5 @@ __all__ = [
     "Closed",
     "ConnectError",
     "ProtocolError",
+    "WrongProtocol",
 ]

@@ -14,7 +14,7 @@ import ssl as _ssl
 import struct
 from urllib.parse import parse_qsl, urlencode, urlsplit
 
-from .errors import ConnectError, ProtocolError
+from .errors import ConnectError, ProtocolError, WrongProtocol
 
 #: The largest frame accepted, as the server's default.
 MAX_FRAME = 8 * 1024 * 1024
@@ -107,6 +107,8 @@ class StreamTransport:
 
     def __init__(self, reader, writer, codec):
         self.reader, self.writer, self.codec = reader, writer, codec
+        # The first frame's first bytes are checked for another protocol.
+        self.first = True
 
     @classmethod
     async def open(cls, url, codec, ssl=None):
@@ -138,8 +140,33 @@ class StreamTransport:
                 head = await self.reader.readexactly(4)
                 (length,) = struct.unpack(">I", head)
                 if length > MAX_FRAME:
+                    if self.first:
+                        foreign = _sniff(head)
+                        if foreign:
+                            raise WrongProtocol(
+                                "this port speaks %s, not drs MessagePack (%s)" % foreign
+                            )
                     raise ProtocolError("a frame of %d bytes is too large" % length)
+                self.first = False
                 return await self.reader.readexactly(length)
+            if self.first:
+                # A zero byte starts MessagePack's length prefix; no line
+                # follows it, so it is looked at before waiting for one.
+                byte = await self.reader.readexactly(1)
+                while byte in b" \t\r\n":
+                    byte = await self.reader.readexactly(1)
+                if byte == b"\0":
+                    raise WrongProtocol(
+                        "this port speaks MessagePack, not drs JSON "
+                        "(add ?protocol=msgpack to the URL)"
+                    )
+                line = (byte + await self.reader.readline()).strip()
+                self.first = False
+                if line.startswith(b"HTTP/"):
+                    raise WrongProtocol(
+                        "this port speaks HTTP, not drs JSON (a ws:// URL, if it serves WebSocket)"
+                    )
+                return line
             while True:
                 line = await self.reader.readline()
                 if not line:
@@ -200,6 +227,16 @@ class WsTransport:
             await self.ws.close()
         except Exception:
             pass
+
+
+def _sniff(head):
+    """What a MessagePack length prefix past the limit shows instead:
+    (what the port speaks, what to do), or None."""
+    if head[:1] in (b"{", b"["):
+        return ("JSON", "drop ?protocol=msgpack from the URL")
+    if head.startswith(b"HTTP"):
+        return ("HTTP", "a ws:// URL, if it serves WebSocket")
+    return None
 
 
 async def open_transport(url, codec, ssl=None):

@@ -38,6 +38,7 @@ from .errors import (  # noqa: F401 (re-exported)
     RemoteError,
     RemoteException,
     Timeout,
+    WrongProtocol,
 )
 
 log = logging.getLogger("drs_client")
@@ -59,6 +60,8 @@ class _Link:
         self.serving = {}
         self.closed = asyncio.Event()
         self.reader = None
+        # The last keyless drs.error the server sent: why, if it then closes.
+        self.notice = None
 
     async def send(self, command):
         if self.closed.is_set():
@@ -72,14 +75,24 @@ class _Link:
                 raise Closed("connection closed") from e
             raise
 
-    def fail(self):
+    def fail(self, error=None):
+        """Ends the link: its calls fail with `error`, or Closed (quoting
+        the server if it said why before closing)."""
         self.closed.set()
+
+        def why():
+            if error is not None:
+                return error
+            if self.notice is not None:
+                return Closed("the peer closed the connection: %s" % self.notice)
+            return Closed("connection closed")
+
         for fut in self.pending.values():
             if not fut.done():
-                fut.set_exception(Closed("connection closed"))
+                fut.set_exception(why())
         self.pending.clear()
         for stream in list(self.streams.values()):
-            stream._end(error=Closed("connection closed"))
+            stream._end(error=why())
         self.streams.clear()
         for task in self.serving.values():
             task.cancel()
@@ -313,9 +326,15 @@ class Client:
     # -- reading -----------------------------------------------------------
 
     async def _read(self, link):
+        failure = None
         try:
             while True:
-                frame = await link.transport.recv()
+                try:
+                    frame = await link.transport.recv()
+                except WrongProtocol as e:
+                    log.warning("drs_client: %s", e)
+                    failure = e
+                    break
                 if frame is None or link.closed.is_set():
                     # Closed on our side: a delivery served now could not
                     # be acknowledged, and comes again.
@@ -327,7 +346,7 @@ class Client:
                     continue
                 self._dispatch(link, command)
         finally:
-            link.fail()
+            link.fail(failure)
             await link.transport.close()
 
     def _dispatch(self, link, command):
@@ -339,6 +358,9 @@ class Client:
                     stream._end(result=body)
                 else:
                     stream._end(error=_remote(action, body))
+                return
+            if key is None and action != "drs.response":
+                link.notice = _remote(action, body).message
                 return
             fut = link.pending.pop(key, None)
             if fut is not None and not fut.done():

@@ -42,5 +42,11 @@ class ConnectError(Closed):
     """The client could not connect (refused, unreachable, TLS failure)."""
 
 
+class WrongProtocol(ConnectError):
+    """The port speaks another protocol, or HTTP (its first bytes showed
+    it): the message says which, and what to change in the URL. Nothing was
+    served."""
+
+
 class ProtocolError(DrsError):
     """The peer sent something that is not a drs command."""

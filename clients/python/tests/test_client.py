@@ -457,3 +457,54 @@ def test_a_subscriber_can_tell_which_topic_arrived(demo):
         [("sensors.t1.raw", 21.5), ("sensors.t2", 19), ("async", "alarms.fire", "hall")], key=str
     )
     assert body_only == ["started"]
+
+
+def test_the_wrong_protocol_or_transport_fails_at_once_saying_what_the_port_speaks(everywhere):
+    d = everywhere
+    cases = [
+        (
+            "tcp://" + d.addr("tcp", 1),
+            drs.WrongProtocol,
+            "this port speaks MessagePack, not drs JSON (add ?protocol=msgpack to the URL)",
+        ),
+        (
+            "tcp://" + d.addr("tcp", 0) + "?protocol=msgpack",
+            drs.WrongProtocol,
+            "this port speaks JSON, not drs MessagePack (drop ?protocol=msgpack from the URL)",
+        ),
+        (
+            "tcp://" + d.addr("ws", 0),
+            drs.Closed,
+            "the peer closed the connection: this port speaks WebSocket "
+            "(ws://HOST:PORT/PATH), not raw drs frames",
+        ),
+    ]
+    for url, kind, message in cases:
+        started = time.monotonic()
+        with drs.connect(url, timeout=5) as c:
+            with pytest.raises(kind) as caught:
+                c.call("add", {"a": 1, "b": 2})
+        assert str(caught.value) == message, url
+        assert time.monotonic() - started < 4, "at once, not at the call's timeout: " + url
+
+
+def test_an_http_server_is_recognised():
+    server = socket.socket()
+    server.bind(("127.0.0.1", 0))
+    server.listen(1)
+    port = server.getsockname()[1]
+
+    def answer():
+        conn, _ = server.accept()
+        conn.recv(1024)
+        conn.sendall(b"HTTP/1.1 400 Bad Request\r\nContent-Length: 0\r\n\r\n")
+        conn.close()
+
+    threading.Thread(target=answer, daemon=True).start()
+    with drs.connect("tcp://127.0.0.1:%d" % port, timeout=5) as c:
+        with pytest.raises(drs.WrongProtocol) as caught:
+            c.call("add", {"a": 1, "b": 2})
+    assert str(caught.value) == (
+        "this port speaks HTTP, not drs JSON (a ws:// URL, if it serves WebSocket)"
+    )
+    server.close()

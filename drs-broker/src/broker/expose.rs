@@ -140,7 +140,7 @@ impl Layer for RouteLayer {
                 Ok(body) => Outcome::Body(body),
                 Err(Error::Remote(r)) => Outcome::error(r.message),
                 Err(Error::Exception(r)) => Outcome::exception(r.message),
-                Err(Error::Closed) => Outcome::error("closed"),
+                Err(e) if e.is_closed() => Outcome::error("closed"),
                 Err(Error::Timeout(d)) => Outcome::error(format!("timed out after {d:?}")),
                 Err(e) => Outcome::error(e.to_string()),
             }

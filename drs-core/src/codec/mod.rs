@@ -64,14 +64,100 @@ impl BadFrame {
     }
 }
 
+/// What a peer's first bytes show it speaks, when it is not this
+/// connection's framing: another protocol, or HTTP. A transport yields it
+/// as an item of its stream ([`Inbound::Foreign`](crate::Inbound::Foreign));
+/// the connection says so (a server to its peer, a client to its calls)
+/// and closes: the stream cannot be read as frames.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[non_exhaustive]
+pub enum Foreign {
+    /// Binary data where a line of JSON was expected: MessagePack's
+    /// length-prefixed frames begin with a zero byte.
+    MessagePack,
+    /// JSON text where a length-prefixed frame was expected.
+    Json,
+    /// An HTTP request (a browser, `curl`, a WebSocket handshake).
+    HttpRequest,
+    /// An HTTP response (the port is an HTTP or WebSocket server).
+    HttpResponse,
+}
+
+impl Foreign {
+    /// What the peer speaks, in words: `MessagePack`, `JSON`, `HTTP`.
+    pub fn speaks(self) -> &'static str {
+        match self {
+            Foreign::MessagePack => "MessagePack",
+            Foreign::Json => "JSON",
+            Foreign::HttpRequest | Foreign::HttpResponse => "HTTP",
+        }
+    }
+
+    /// What a frame's first bytes (`head`, as many as there are) show,
+    /// on a stream framed as `framing` whose first frame they begin.
+    /// `None`: nothing foreign (yet). Garbage that is neither (a stray zero
+    /// byte) is left to the protocol, which answers it and goes on.
+    fn sniff(framing: Framing, head: &[u8]) -> Option<Foreign> {
+        let http_request = [
+            &b"GET "[..],
+            b"POST ",
+            b"PUT ",
+            b"HEAD ",
+            b"DELETE ",
+            b"OPTIONS ",
+            b"PATCH ",
+            b"CONNECT ",
+        ]
+        .iter()
+        .any(|m| head.starts_with(m));
+        match framing {
+            Framing::Lines => match head {
+                // A length prefix (a zero byte first: frames under 16 MiB)
+                // and a MessagePack map, as a drs MessagePack frame starts.
+                [0x00, _, _, _, 0x80..=0x8f | 0xde | 0xdf, ..] => Some(Foreign::MessagePack),
+                _ if head.starts_with(b"HTTP/") => Some(Foreign::HttpResponse),
+                _ if http_request => Some(Foreign::HttpRequest),
+                _ => None,
+            },
+            Framing::LengthPrefixed => match head.first() {
+                Some(b'{' | b'[') => Some(Foreign::Json),
+                _ if head.starts_with(b"HTTP") => Some(Foreign::HttpResponse),
+                _ if http_request
+                    || [&b"POST"[..], b"HEAD", b"DELE", b"OPTI", b"PATC", b"CONN"]
+                        .iter()
+                        .any(|m| head.starts_with(m)) =>
+                {
+                    Some(Foreign::HttpRequest)
+                }
+                _ => None,
+            },
+        }
+    }
+}
+
+impl fmt::Display for Foreign {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(match self {
+            Foreign::MessagePack => "MessagePack",
+            Foreign::Json => "JSON",
+            Foreign::HttpRequest => "an HTTP request",
+            Foreign::HttpResponse => "an HTTP response",
+        })
+    }
+}
+
 /// Why [`FrameCodec`] could not cut a frame: one over the limit (the
-/// stream cannot be resynchronised after it), or the stream itself.
+/// stream cannot be resynchronised after it), the peer speaking something
+/// else, or the stream itself.
 #[derive(Debug, thiserror::Error)]
 #[non_exhaustive]
 pub enum FrameError {
     /// A frame exceeds the maximum frame size.
     #[error(transparent)]
     TooLarge(#[from] FrameTooLarge),
+    /// The first bytes are another protocol's, or HTTP.
+    #[error("the peer speaks {}", .0.speaks())]
+    Foreign(Foreign),
     /// The stream failed or ended inside a frame.
     #[error(transparent)]
     Io(#[from] io::Error),
@@ -84,12 +170,19 @@ pub enum FrameError {
 /// whitespace are skipped, and a final line without terminator at end of
 /// stream is still a frame. A line (or prefix length) longer than the maximum
 /// is an error ([`FrameTooLarge`]) and the stream cannot be resynchronised.
+///
+/// The first frame's first bytes are checked for another framing or HTTP
+/// ([`Foreign`]): a zero byte where a line of JSON was expected, JSON text
+/// or HTTP where a length prefix was (a length over the maximum), an HTTP
+/// request or response line.
 #[derive(Debug, Clone)]
 pub struct FrameCodec {
     framing: Framing,
     max_frame_len: usize,
     /// Bytes of the buffer already searched for a newline.
     scanned: usize,
+    /// No frame has been cut yet: the first bytes are still checked.
+    first: bool,
 }
 
 impl FrameCodec {
@@ -99,6 +192,7 @@ impl FrameCodec {
             framing: spec.framing,
             max_frame_len: spec.max_frame_len,
             scanned: 0,
+            first: true,
         }
     }
 
@@ -109,6 +203,14 @@ impl FrameCodec {
     }
 
     fn decode_line(&mut self, src: &mut BytesMut) -> Result<Option<Bytes>, FrameError> {
+        if self.first {
+            // MessagePack is known by its first five bytes, as no line
+            // may follow; an HTTP line is a line.
+            let head = &src[..src.len().min(16)];
+            if let Some(foreign @ Foreign::MessagePack) = Foreign::sniff(Framing::Lines, head) {
+                return Err(FrameError::Foreign(foreign));
+            }
+        }
         loop {
             let Some(i) = memchr::memchr(b'\n', &src[self.scanned..]) else {
                 // A frame may be `max` bytes plus an optional `\r` before its `\n`.
@@ -131,6 +233,12 @@ impl FrameCodec {
             if line.iter().all(u8::is_ascii_whitespace) {
                 continue;
             }
+            if self.first {
+                self.first = false;
+                if let Some(foreign) = Foreign::sniff(Framing::Lines, &line) {
+                    return Err(FrameError::Foreign(foreign));
+                }
+            }
             return Ok(Some(line.freeze()));
         }
     }
@@ -141,8 +249,14 @@ impl FrameCodec {
         }
         let len = u32::from_be_bytes([src[0], src[1], src[2], src[3]]) as usize;
         if len > self.max_frame_len {
+            if self.first {
+                if let Some(foreign) = Foreign::sniff(Framing::LengthPrefixed, &src[..4]) {
+                    return Err(FrameError::Foreign(foreign));
+                }
+            }
             return Err(self.too_large().into());
         }
+        self.first = false;
         if src.len() < 4 + len {
             src.reserve(4 + len - src.len());
             return Ok(None);
@@ -293,6 +407,7 @@ fn inbound(cut: Result<Bytes, FrameError>) -> io::Result<Inbound> {
     match cut {
         Ok(frame) => Ok(Inbound::Frame(frame)),
         Err(FrameError::TooLarge(too_large)) => Ok(Inbound::TooLarge(too_large)),
+        Err(FrameError::Foreign(foreign)) => Ok(Inbound::Foreign(foreign)),
         Err(FrameError::Io(e)) => Err(e),
     }
 }

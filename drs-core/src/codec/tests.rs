@@ -131,3 +131,87 @@ async fn framed_io_over_duplex() {
     .unwrap();
     assert_eq!(got, vec![Bytes::from_static(b"one"), big]);
 }
+
+/// What the first bytes show, per framing; later frames are not looked at.
+#[test]
+fn the_first_bytes_of_another_protocol_or_http_are_foreign() {
+    let cut = |framing, bytes: &[u8]| {
+        let mut codec = codec(framing, 1 << 20);
+        let mut src = BytesMut::from(bytes);
+        codec.decode(&mut src).map_err(|e| match e {
+            FrameError::Foreign(f) => f,
+            other => panic!("{other}"),
+        })
+    };
+    // A JSON port: MessagePack's zero length byte at once, HTTP by line.
+    assert_eq!(
+        cut(Framing::Lines, b"\0\0\0\x10\x82"),
+        Err(Foreign::MessagePack)
+    );
+    assert_eq!(
+        cut(Framing::Lines, b"\0\0\x01\x10\xde\0\x02"),
+        Err(Foreign::MessagePack)
+    );
+    // A stray zero byte is garbage for the protocol to answer, not
+    // MessagePack; four bytes are not enough to tell.
+    assert_eq!(
+        cut(Framing::Lines, b"\0\x01 not a command {\n"),
+        Ok(Some(Bytes::from_static(b"\0\x01 not a command {")))
+    );
+    assert_eq!(cut(Framing::Lines, b"\0\0\0\x10"), Ok(None));
+    assert_eq!(
+        cut(Framing::Lines, b"GET / HTTP/1.1\r\nHost: x\r\n"),
+        Err(Foreign::HttpRequest)
+    );
+    assert_eq!(
+        cut(Framing::Lines, b"HTTP/1.1 400 Bad Request\r\n"),
+        Err(Foreign::HttpResponse)
+    );
+    assert_eq!(
+        cut(Framing::Lines, b"HTTP/1.1 400"),
+        Ok(None),
+        "a line is awaited"
+    );
+    assert_eq!(
+        cut(Framing::Lines, b"{\"action\":\"x\"}\n"),
+        Ok(Some(Bytes::from_static(b"{\"action\":\"x\"}")))
+    );
+    // A MessagePack port: a length past the maximum that reads as text.
+    assert_eq!(cut(Framing::LengthPrefixed, b"{\"ac"), Err(Foreign::Json));
+    assert_eq!(cut(Framing::LengthPrefixed, b"[1, "), Err(Foreign::Json));
+    assert_eq!(
+        cut(Framing::LengthPrefixed, b"GET /"),
+        Err(Foreign::HttpRequest)
+    );
+    assert_eq!(
+        cut(Framing::LengthPrefixed, b"HTTP/1.1"),
+        Err(Foreign::HttpResponse)
+    );
+    assert_eq!(
+        cut(Framing::LengthPrefixed, b"\0\0\0\x01\xc0"),
+        Ok(Some(Bytes::from_static(b"\xc0")))
+    );
+    // Past the first frame, bytes are frames (or too large), not sniffed.
+    let mut codec = codec(Framing::Lines, 1 << 20);
+    let mut src = BytesMut::from(&b"{}\nHTTP/1.1 200 OK\n"[..]);
+    assert!(codec.decode(&mut src).unwrap().is_some());
+    assert_eq!(
+        codec.decode(&mut src).unwrap(),
+        Some(Bytes::from_static(b"HTTP/1.1 200 OK"))
+    );
+    let mut codec = codec_prefixed_after_one_frame();
+    let mut src = BytesMut::from(&b"{\"ac"[..]);
+    assert!(matches!(
+        codec.decode(&mut src),
+        Err(FrameError::TooLarge(_))
+    ));
+    assert_eq!(Foreign::HttpRequest.speaks(), "HTTP");
+    assert_eq!(Foreign::HttpRequest.to_string(), "an HTTP request");
+}
+
+fn codec_prefixed_after_one_frame() -> FrameCodec {
+    let mut codec = codec(Framing::LengthPrefixed, 1 << 20);
+    let mut src = BytesMut::from(&b"\0\0\0\x01\xc0"[..]);
+    assert!(codec.decode(&mut src).unwrap().is_some());
+    codec
+}

@@ -255,15 +255,20 @@ impl Pending {
     }
 
     pub(crate) fn close(&self) {
+        self.close_with(|| Error::Closed);
+    }
+
+    /// [`close`](Self::close), failing the calls with what `why` makes.
+    pub(crate) fn close_with(&self, why: impl Fn() -> Error) {
         let map = {
             let mut state = lock(&self.state);
             state.closed = true;
             std::mem::take(&mut state.map)
         };
         for waiter in map.into_values() {
-            // A plain call sees its sender dropped.
-            if let Waiter::Stream(slot) = waiter {
-                slot.end(Err(Error::Closed));
+            match waiter {
+                Waiter::Once(tx) => drop(tx.send(Err(why()))),
+                Waiter::Stream(slot) => slot.end(Err(why())),
             }
         }
     }

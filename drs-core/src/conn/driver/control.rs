@@ -5,7 +5,17 @@
 use std::{future::Future, sync::Arc, task::Context};
 
 use super::{deadlines::Activity, deadlines::Expired, deadlines::Limits, Driver, Gate};
-use crate::{close::CloseReason, sync::lock, transport::Transport};
+use crate::{close::CloseReason, error::Error, sync::lock, transport::Transport};
+
+/// What the peer last said or showed, for the calls that fail when the
+/// connection ends.
+pub(super) enum LastWord {
+    /// A keyless `drs.error` (or exception): the reason, if the peer then
+    /// closes.
+    Notice(String),
+    /// Its first bytes were another protocol's or HTTP: what to tell.
+    Foreign(String),
+}
 
 use super::admission::Verdict;
 
@@ -21,6 +31,12 @@ impl<T: Transport> Driver<T> {
     pub(crate) fn set_gate(&mut self, gate: Gate) {
         let deadline = self.shared.config.admission_timeout;
         self.admission.set(gate, deadline);
+    }
+
+    /// Whether this side accepted the connection (a server's connections
+    /// drain with it; a client's do not).
+    pub(super) fn accepted(&self) -> bool {
+        self.drain.is_some()
     }
 
     /// When `token` is cancelled the connection stops taking new commands
@@ -39,7 +55,17 @@ impl<T: Transport> Driver<T> {
         self.reading = false;
         self.admission.cancel();
         self.release_waiting();
-        self.shared.pending.close();
+        match (&self.last_word, &reason) {
+            (Some(LastWord::Foreign(m)), _) => self
+                .shared
+                .pending
+                .close_with(|| Error::WrongProtocol(m.clone())),
+            (Some(LastWord::Notice(m)), CloseReason::PeerClosed) => self
+                .shared
+                .pending
+                .close_with(|| Error::ClosedByPeer(m.clone())),
+            _ => self.shared.pending.close(),
+        }
         if stop_handlers {
             self.stop_handlers();
         }

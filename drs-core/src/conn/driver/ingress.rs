@@ -9,9 +9,10 @@ use std::{task::Context, time::Duration};
 use bytes::Bytes;
 use tokio::time::Instant;
 
-use super::{dispatch::truncate, Driver, MAX_NOTICE};
+use super::{control::LastWord, dispatch::truncate, Driver, MAX_NOTICE};
 use crate::{
     close::CloseReason,
+    codec::Foreign,
     command::{is_reply_action, Command, CANCEL, CANCELLED},
     error::Error,
     handler::Outcome,
@@ -123,9 +124,46 @@ impl<T: Transport> Driver<T> {
             None if kind != ReplyKind::Response => {
                 let err = super::super::remote_error(&cmd.body);
                 tracing::warn!(action = %cmd.action, message = %err, "peer reported an error");
+                if !matches!(self.last_word, Some(LastWord::Foreign(_))) {
+                    self.last_word = Some(LastWord::Notice(err.message));
+                }
             }
             None => tracing::debug!("reply without key dropped"),
         }
+    }
+
+    /// The peer's first bytes are another protocol's or HTTP: a server
+    /// tells the peer what this port speaks, a client fails its calls
+    /// saying what the port speaks; either closes.
+    pub(super) fn on_foreign(&mut self, foreign: Foreign) {
+        let ours = match self.shared.protocol.name() {
+            "json" => "JSON",
+            "msgpack" => "MessagePack",
+            other => other,
+        };
+        let peer = foreign.speaks();
+        let message = if self.accepted() {
+            let hint = match foreign {
+                Foreign::MessagePack => {
+                    " (MessagePack clients go to a port with ?protocol=msgpack)"
+                }
+                Foreign::Json => " (JSON clients go to a port without ?protocol=msgpack)",
+                _ => " (HTTP and WebSocket clients go to a ws:// port)",
+            };
+            let message = format!("this port speaks drs {ours}, not {peer}{hint}");
+            self.notice(&message);
+            message
+        } else {
+            let hint = match foreign {
+                Foreign::MessagePack => " (add ?protocol=msgpack to the URL)",
+                Foreign::Json => " (drop ?protocol=msgpack from the URL)",
+                _ => " (a ws:// URL, if it serves WebSocket)",
+            };
+            format!("this port speaks {peer}, not drs {ours}{hint}")
+        };
+        tracing::warn!(peer = %foreign, "{message}");
+        self.last_word = Some(LastWord::Foreign(message.clone()));
+        self.begin_end(CloseReason::BadPeer(message), true);
     }
 
     /// `drs.next`: an item of a stream we called for.

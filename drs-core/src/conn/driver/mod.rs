@@ -135,6 +135,8 @@ pub(crate) struct Driver<T> {
     /// Bytes and frames so far, published to `shared.io` per batch.
     io_totals: crate::Io,
     io_published: bool,
+    /// What the peer last said before it may close, or showed it speaks.
+    last_word: Option<control::LastWord>,
 }
 
 impl<T: Transport> Driver<T> {
@@ -174,6 +176,7 @@ impl<T: Transport> Driver<T> {
             probes: HashMap::default(),
             io_totals: Default::default(),
             io_published: true,
+            last_word: None,
         }
     }
 
@@ -281,6 +284,10 @@ impl<T: Transport> Driver<T> {
                 Poll::Ready(Some(Ok(Inbound::Bad(bad)))) => {
                     progress = true;
                     self.on_bad_frame(DecodeError::new(bad.reason));
+                }
+                Poll::Ready(Some(Ok(Inbound::Foreign(foreign)))) => {
+                    progress = true;
+                    self.on_foreign(foreign);
                 }
                 Poll::Ready(Some(Ok(Inbound::TooLarge(too_large)))) => {
                     progress = true;
