@@ -51,7 +51,7 @@ fn publishable() -> Vec<String> {
         .as_array()
         .expect("packages")
         .iter()
-        .filter(|p| p["publish"].as_array().is_none_or(|r| !r.is_empty()))
+        .filter(|p| p["publish"].as_array().map_or(true, |r| !r.is_empty()))
         .map(|p| {
             for field in [
                 "description",
