@@ -393,6 +393,11 @@ impl IntoReply for Streamed {
 /// struct Point { x: f64, y: f64 }
 /// server.on("origin", || async { drs_core::Reply(Point { x: 0.0, y: 0.0 }) });
 /// ```
+#[diagnostic::on_unimplemented(
+    message = "`{Self}` cannot be what a handler returns",
+    label = "not a handler's result",
+    note = "a handler returns `Result<T, E>` (`T: Serialize` the reply, `E: Display` the drs.error), or, when it cannot fail, the reply itself: a number, `String`, `()`, `serde_json::Value`, … or any `Serialize` type wrapped in `Reply`"
+)]
 pub trait IntoOutcome: Send + 'static {
     #[doc(hidden)]
     fn into_produced(self) -> Produced;

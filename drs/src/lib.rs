@@ -77,6 +77,8 @@ pub use drs_broker as broker;
 pub use drs_cerbas as cerbas;
 #[cfg(feature = "layers")]
 pub use drs_layers as layers;
+#[cfg(feature = "macros")]
+pub use drs_macros::debug_handler;
 #[cfg(feature = "metrics")]
 pub use drs_metrics as metrics;
 #[cfg(feature = "rembus")]

@@ -213,6 +213,11 @@ impl fmt::Debug for Outcome {
 /// Implemented for [`Msg`], [`Conn`], [`Body`] (the raw body) and every
 /// `T: DeserializeOwned` (the body, deserialized; a body that does not fit is
 /// answered with a `drs.error` naming the action and the problem).
+#[diagnostic::on_unimplemented(
+    message = "`{Self}` cannot be a handler argument",
+    label = "not a handler argument",
+    note = "a handler argument is the body as a type of yours (derive `serde::Deserialize` on it; any `DeserializeOwned`), `Msg`, `Conn`, `Body` or an `ItemSink`"
+)]
 pub trait FromMsg: Sized {
     /// Extracts the argument.
     fn from_msg(msg: &Msg) -> Result<Self, HandlerError>;
@@ -255,6 +260,32 @@ impl FromMsg for Body {
 /// 2 }`; any `Serialize` type through [`Reply`](crate::Reply)). A panic is
 /// caught and answered with `drs.exception`. `drs_layers::Chain`
 /// implements it too.
+///
+/// # When a function is not a handler
+///
+/// `server.on("add", add)` then fails to compile with "this is not a drs
+/// handler", at the `on` call. Put `#[drs::debug_handler]` (the facade's
+/// `macros` feature, on by default) on the function: the error moves to
+/// the argument or return type at fault and says what fits. The usual
+/// causes:
+///
+/// - **A body type without `Deserialize`**: "`Add` cannot be a handler
+///   argument". Derive `serde::Deserialize` on it.
+/// - **A future that is not `Send`**: a `std::sync::MutexGuard`, an `Rc`
+///   or a `RefCell` borrow held across an `.await` ("future cannot be
+///   sent between threads safely", naming the value). Drop it before the
+///   `.await`, or use `tokio::sync::Mutex`.
+/// - **A return type drs cannot send**: "`Point` cannot be what a handler
+///   returns". Return `Result<Point, E>`, or wrap it: `Reply(point)`; the
+///   error type must be `Display`.
+/// - **Four arguments or more**: put the extra ones in the body type, or
+///   read them from [`Msg`].
+#[diagnostic::on_unimplemented(
+    message = "this is not a drs handler",
+    label = "not a handler",
+    note = "a handler is an async fn (or a closure returning a future) of at most three arguments, each a typed body, `Msg`, `Conn`, `Body` or an `ItemSink`; it returns `Result<T, E>` (`T: Serialize` the reply, `E: Display` the drs.error) or the reply itself; its future is `Send` (hold no `std::sync::MutexGuard` or `Rc` across an `.await`)",
+    note = "put `#[drs::debug_handler]` on the function to be told which argument or return type does not fit"
+)]
 pub trait Handler<Args>: Clone + Send + Sync + 'static {
     /// Runs the handler for one command.
     #[doc(hidden)]
