@@ -256,6 +256,12 @@ pub(crate) async fn start(config: Config, mut bound: impl FnMut(&str)) -> Result
     let server = Server::with_config(config.limits.apply(ServerConfig::default())?);
     // Statistics: drs.stats, and what the dashboard and /metrics show.
     drs::Stats::install(&server);
+    // Its name and listeners, for drs.stats and the dashboard's header.
+    let name = config
+        .name
+        .clone()
+        .unwrap_or_else(|| format!("drs serve (pid {})", std::process::id()));
+    let info = drs::stats::ServerInfo::install(&server, name);
     if let Some(patterns) = &config.jail {
         server.jail(jail("jail", patterns)?);
     }
@@ -311,6 +317,7 @@ pub(crate) async fn start(config: Config, mut bound: impl FnMut(&str)) -> Result
         if let Some(tokens) = &tokens {
             tokens.set(local, listener.token.clone());
         }
+        info.listening(url.clone());
         bound(&url);
     }
     Ok(Running {

@@ -428,6 +428,34 @@ pub fn section(
     sections.push((name, Arc::new(f)));
 }
 
+/// What a server says of itself in its statistics (section `server`):
+/// its name and the URLs it listens on, as the dashboard's header shows
+/// them. Listeners are added as they are bound.
+#[derive(Clone, Debug)]
+pub struct ServerInfo(Arc<std::sync::Mutex<(String, Vec<String>)>>);
+
+impl ServerInfo {
+    /// Names `server` in its statistics; see [`listening`](Self::listening).
+    pub fn install(server: &Server, name: impl Into<String>) -> ServerInfo {
+        let info = ServerInfo(Arc::new(std::sync::Mutex::new((name.into(), Vec::new()))));
+        let shown = info.clone();
+        section(server, "server", move || {
+            let (name, listeners) = &*shown.0.lock().unwrap_or_else(|e| e.into_inner());
+            json!({ "name": name, "listeners": listeners })
+        });
+        info
+    }
+
+    /// Adds a listener's URL.
+    pub fn listening(&self, url: impl Into<String>) {
+        self.0
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .1
+            .push(url.into());
+    }
+}
+
 impl Observer for Stats {
     fn action(&self, action: &str, routed: bool) -> Arc<dyn ActionObserver> {
         Stats::action(self, action, routed)

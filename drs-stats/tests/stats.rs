@@ -227,3 +227,22 @@ async fn install_is_idempotent_and_sections_come_in_any_order() {
     }
     assert!(!server.observe(Other));
 }
+
+/// The server's name and listeners, as the dashboard's header shows them.
+#[tokio::test]
+async fn a_server_names_itself_and_its_listeners() {
+    tokio::time::timeout(std::time::Duration::from_secs(20), async {
+        let server = Server::new();
+        drs_stats::Stats::install(&server);
+        let info = drs_stats::ServerInfo::install(&server, "orders");
+        info.listening("tcp://127.0.0.1:1");
+        info.listening("ws://127.0.0.1:2");
+        let snapshot = drs_stats::Stats::get(&server).unwrap().snapshot(&server);
+        assert_eq!(
+            snapshot["server"],
+            json!({"name": "orders", "listeners": ["tcp://127.0.0.1:1", "ws://127.0.0.1:2"]})
+        );
+    })
+    .await
+    .unwrap();
+}

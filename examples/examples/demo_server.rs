@@ -353,6 +353,8 @@ async fn main() -> ExitCode {
     let server = Server::with_config(settings.config);
     // Statistics: drs.stats, and what the dashboard and /metrics show.
     drs_stats::Stats::install(&server);
+    // Its name and listeners, for drs.stats and the dashboard's header.
+    let info = drs_stats::ServerInfo::install(&server, settings.name.clone());
     // Pub/sub and broker RPC, with exposers served before the demo's own
     // handlers of the same name.
     let store = settings.store.clone().unwrap_or_else(|| {
@@ -582,6 +584,7 @@ async fn main() -> ExitCode {
                 } else {
                     ""
                 };
+                info.listening(format!("{url}{suffix}"));
                 announce(&format!("listening {url}{suffix}"))
             }
             Err(e) => {

@@ -114,6 +114,15 @@ impl Page {
     }
 }
 
+/// A figure as the dashboard writes them: `812`, `2.5`, `67.3k`, `4.0M`.
+fn regex_like_figure(text: &str) -> bool {
+    let number = text.trim_end_matches(['k', 'M', 'G']);
+    let suffixed = number.len() < text.len();
+    !number.is_empty()
+        && number.parse::<f64>().is_ok()
+        && (!suffixed || number.split_once('.').is_some_and(|(_, d)| d.len() == 1))
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn the_dashboard_updates_live_in_a_real_browser() {
     let Some(browser) = chromium("the_dashboard_updates_live_in_a_real_browser") else {
@@ -217,8 +226,28 @@ async fn the_dashboard_updates_live_in_a_real_browser() {
         let (ws, _) = tokio_tungstenite::connect_async(page_ws.as_str()).await.expect("DevTools");
         let mut page = Page { ws, next: 0 };
 
-        // The figures update: three snapshots, with the calls growing.
         let read = |v: Value| v.as_str().unwrap_or("").to_string();
+        // As soon as it loads, each plot shows figures or says it waits:
+        // never an empty axis of zeros.
+        while page.eval("document.readyState").await != "complete" {
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+        let plots = "['rates', 'latency', 'conns', 'errors'].map(p => [document.getElementById(p).dataset.state, document.getElementById(p).dataset.ticks])";
+        let first: Vec<(Option<String>, Option<String>)> =
+            serde_json::from_value(page.eval(plots).await).expect("plot states");
+        for (state, ticks) in &first {
+            match state.as_deref() {
+                Some("waiting") => {}
+                Some("drawn") => {
+                    let ticks: Vec<String> = serde_json::from_str(ticks.as_deref().unwrap_or("[]")).unwrap();
+                    let distinct: std::collections::BTreeSet<_> = ticks.iter().collect();
+                    assert_eq!(distinct.len(), 5, "an axis of five different labels: {ticks:?}");
+                }
+                other => panic!("a plot neither drawn nor waiting: {other:?}"),
+            }
+        }
+
+        // The figures update: three snapshots, with the calls growing.
         let started = Instant::now();
         let mut seen_calls = Vec::new();
         loop {
@@ -235,6 +264,29 @@ async fn the_dashboard_updates_live_in_a_real_browser() {
         }
         let status = read(page.eval("document.getElementById('status').textContent").await);
         assert_eq!(status, "live");
+        // The header names the server and where it listens.
+        let header = read(page.eval("document.getElementById('server').textContent").await);
+        assert!(header.contains(&format!("tcp://{tcp}")), "{header}");
+        assert!(!header.trim_start().starts_with("tcp://"), "a name first: {header}");
+        // Rates and totals in one style (67.3k/s beside 4.0M).
+        let figure = regex_like_figure;
+        let rate = read(page.eval("document.getElementById('rate-total').textContent").await);
+        let calls = read(page.eval("document.getElementById('calls-total').textContent").await);
+        assert!(rate.strip_suffix("/s").is_some_and(figure), "{rate}");
+        assert!(figure(&calls), "{calls}");
+        // Counts on integer axes; every series of a plot its own dash.
+        let ticks = read(page.eval("document.getElementById('conns').dataset.ticks").await);
+        let ticks: Vec<String> = serde_json::from_str(&ticks).unwrap();
+        assert!(ticks.iter().all(|t| t.parse::<u64>().is_ok()), "{ticks:?}");
+        let dashes = read(page.eval("document.getElementById('rates').dataset.dashes").await);
+        let dashes: std::collections::BTreeMap<String, String> = serde_json::from_str(&dashes).unwrap();
+        let distinct: std::collections::BTreeSet<_> = dashes.values().collect();
+        assert!(dashes.len() >= 4 && distinct.len() == dashes.len(), "{dashes:?}");
+        // The broker's rows in words.
+        let labels = page.eval("[...document.querySelectorAll('#broker dt')].map(t => t.textContent)").await;
+        let labels: Vec<String> = serde_json::from_value(labels).unwrap_or_default();
+        assert!(labels.contains(&"named subscribers".to_string()), "{labels:?}");
+        assert!(labels.iter().all(|l| !l.contains('_')), "{labels:?}");
         let rows = page.eval("[...document.querySelectorAll('#actions tr td:first-child')].map(t => t.textContent.trim())").await;
         let rows: Vec<String> = serde_json::from_value(rows).unwrap_or_default();
         for action in ["add", "fail", "kaboom", "sleep"] {
