@@ -125,7 +125,9 @@ mod transport;
 pub use budget::{BudgetExceeded, MemoryBudget, MemoryHold, ReadMeter, DEFAULT_MEMORY_BUDGET};
 pub use client::{connect, Client};
 pub use close::CloseReason;
-pub use codec::{BadFrame, Foreign, FrameCodec, FrameError, FrameTooLarge, FramedIo};
+pub use codec::{
+    starts_http_request, BadFrame, Foreign, FrameCodec, FrameError, FrameTooLarge, FramedIo,
+};
 pub use command::{
     is_control_action, is_reply_action, Body, Command, FromBody, Identified, IdentifyBody, AUTH,
     CANCEL, CANCELLED, DEADLINE_EXCEEDED, ERROR, EXCEPTION, IDENTIFY, INVALID_DELAY,

@@ -633,18 +633,7 @@ pub mod decode {
         if json_value {
             return fail("expected a command object, found another JSON value");
         }
-        let http = [
-            &b"GET "[..],
-            b"POST ",
-            b"PUT ",
-            b"HEAD ",
-            b"DELETE ",
-            b"OPTIONS ",
-            b"PATCH ",
-        ]
-        .iter()
-        .any(|m| rest.starts_with(m))
-            && rest.windows(6).any(|w| w == b" HTTP/");
+        let http = drs_core::starts_http_request(rest) && rest.windows(6).any(|w| w == b" HTTP/");
         if http {
             return fail(format!(
             "an HTTP request, not a command: {SPEAKS} (HTTP and WebSocket clients go to a ws:// port)"

@@ -98,18 +98,7 @@ impl Foreign {
     /// `None`: nothing foreign (yet). Garbage that is neither (a stray zero
     /// byte) is left to the protocol, which answers it and goes on.
     fn sniff(framing: Framing, head: &[u8]) -> Option<Foreign> {
-        let http_request = [
-            &b"GET "[..],
-            b"POST ",
-            b"PUT ",
-            b"HEAD ",
-            b"DELETE ",
-            b"OPTIONS ",
-            b"PATCH ",
-            b"CONNECT ",
-        ]
-        .iter()
-        .any(|m| head.starts_with(m));
+        let http_request = starts_http_request(head);
         match framing {
             Framing::Lines => match head {
                 // A length prefix (a zero byte first: frames under 16 MiB)
@@ -133,6 +122,22 @@ impl Foreign {
             },
         }
     }
+}
+
+/// Whether `bytes` begin as an HTTP request line does (`GET `, `POST `,
+/// … with its space), as a browser, `curl` or a WebSocket handshake sends.
+pub fn starts_http_request(bytes: &[u8]) -> bool {
+    const METHODS: [&[u8]; 8] = [
+        b"GET ",
+        b"POST ",
+        b"PUT ",
+        b"HEAD ",
+        b"DELETE ",
+        b"OPTIONS ",
+        b"PATCH ",
+        b"CONNECT ",
+    ];
+    METHODS.iter().any(|m| bytes.starts_with(m))
 }
 
 impl fmt::Display for Foreign {
