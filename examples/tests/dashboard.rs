@@ -229,7 +229,9 @@ async fn the_dashboard_updates_live_in_a_real_browser() {
         let read = |v: Value| v.as_str().unwrap_or("").to_string();
         // As soon as it loads, each plot shows figures or says it waits:
         // never an empty axis of zeros.
-        while page.eval("document.readyState").await != "complete" {
+        // (Until the page has loaded, the target may still hold about:blank.)
+        let loaded = "document.readyState === 'complete' && document.getElementById('rates') !== null";
+        while page.eval(loaded).await != Value::Bool(true) {
             tokio::time::sleep(Duration::from_millis(20)).await;
         }
         let plots = "['rates', 'latency', 'conns', 'errors'].map(p => [document.getElementById(p).dataset.state, document.getElementById(p).dataset.ticks])";
