@@ -149,6 +149,10 @@ pub use protocol::{
 };
 pub use registry::{listen_bound, Registry, Scheme, SchemeFuture, Url};
 pub use routes::Routes;
+
+/// For [`protocol!`]: the `bytes` crate the contracts are written in.
+#[doc(hidden)]
+pub use bytes as __bytes;
 pub use server::{fanout, Peer, Server, ServerConfig, WeakServer, MAX_NAMES_PER_CONN};
 pub use stream::{IntoOutcome, IntoReply, ItemSink, Produced, Reply, Streamed};
 pub use text::Text;

@@ -297,6 +297,69 @@ pub(crate) fn encode_into(
     res
 }
 
+/// Declares a protocol: its unit type, the unit type of its body format,
+/// and the [`Protocol`] impl tying a name, a framing, a decoder and an
+/// encoder together. The skeleton every protocol crate would otherwise
+/// write again; the decoder, the encoder and the [`BodyFormat`] impl are
+/// the protocol's own.
+///
+/// ```
+/// # use bytes::{Bytes, BytesMut};
+/// # use drs_core::{Command, DecodeError, EncodeError, Outgoing};
+/// # fn decode_line(_: Bytes) -> Result<Command, DecodeError> { unimplemented!() }
+/// # fn encode_line(_: &Outgoing<'_>, _: &mut BytesMut) -> Result<(), EncodeError> { unimplemented!() }
+/// # #[derive(Debug, Clone, Copy, Default)] pub struct LineFormat;
+/// # impl drs_core::BodyFormat for LineFormat {
+/// #     fn name(&self) -> &'static str { "line" }
+/// #     fn is_text(&self) -> bool { true }
+/// #     fn deserialize(&self, _: &[u8], _: &mut dyn FnMut(&mut dyn erased_serde::Deserializer<'_>) -> Result<(), erased_serde::Error>) -> Result<(), DecodeError> { unimplemented!() }
+/// # }
+/// drs_core::protocol! {
+///     /// A protocol of one's own.
+///     pub Line: "line", Lines, format LineFormat, decode decode_line, encode encode_line
+/// }
+/// assert_eq!(drs_core::Protocol::name(&Line), "line");
+/// ```
+#[macro_export]
+macro_rules! protocol {
+    (
+        $(#[$doc:meta])*
+        $vis:vis $name:ident : $label:literal, $framing:ident,
+        format $format:ident, decode $decode:path, encode $encode:path
+    ) => {
+        $(#[$doc])*
+        #[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+        $vis struct $name;
+
+        impl $crate::Protocol for $name {
+            fn name(&self) -> &'static str {
+                $label
+            }
+
+            fn framing(&self) -> $crate::Framing {
+                $crate::Framing::$framing
+            }
+
+            fn decode(&self, frame: $crate::__bytes::Bytes) -> ::core::result::Result<$crate::Command, $crate::DecodeError> {
+                $decode(frame)
+            }
+
+            fn encode(
+                &self,
+                cmd: &$crate::Outgoing<'_>,
+                dst: &mut $crate::__bytes::BytesMut,
+            ) -> ::core::result::Result<(), $crate::EncodeError> {
+                $encode(cmd, dst)
+            }
+
+            fn body_format(&self) -> &'static dyn $crate::BodyFormat {
+                static FORMAT: $format = $format;
+                &FORMAT
+            }
+        }
+    };
+}
+
 macro_rules! forward_protocol {
     ($($ptr:ty),*) => {$(
         /// A shared or boxed protocol is a protocol, so one can be chosen at run time.

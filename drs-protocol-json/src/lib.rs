@@ -41,45 +41,24 @@ use std::{borrow::Cow, io::Write};
 
 use bytes::{BufMut, Bytes, BytesMut};
 use drs_core::{
-    Body, BodyFormat, Command, DecodeError, EncodeError, Framing, OutBody, Outgoing, Protocol,
-    Text, INVALID_DELAY, INVALID_STREAM,
+    Body, BodyFormat, Command, DecodeError, EncodeError, OutBody, Outgoing, Text, INVALID_DELAY,
+    INVALID_STREAM,
 };
 
 /// How deeply arrays and objects may nest in a value of a command (the
 /// command object itself is not counted). MessagePack has the same limit.
 pub const MAX_DEPTH: usize = 128;
 
-/// The DRS v1 JSON protocol.
-#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
-pub struct Json;
+drs_core::protocol! {
+    /// The DRS v1 JSON protocol.
+    pub Json: "json", Lines, format JsonFormat, decode decode::command, encode encode
+}
 
 /// The body format of [`Json`]: bodies are JSON text.
 #[derive(Debug, Clone, Copy, Default)]
 pub struct JsonFormat;
 
 static FORMAT: JsonFormat = JsonFormat;
-
-impl Protocol for Json {
-    fn name(&self) -> &'static str {
-        "json"
-    }
-
-    fn framing(&self) -> Framing {
-        Framing::Lines
-    }
-
-    fn decode(&self, frame: Bytes) -> Result<Command, DecodeError> {
-        decode::command(frame)
-    }
-
-    fn encode(&self, cmd: &Outgoing<'_>, dst: &mut BytesMut) -> Result<(), EncodeError> {
-        encode(cmd, dst)
-    }
-
-    fn body_format(&self) -> &'static dyn BodyFormat {
-        &FORMAT
-    }
-}
 
 fn is_plain(s: &str) -> bool {
     s.bytes().all(|b| PLAIN[usize::from(b)])

@@ -28,14 +28,15 @@
 
 use bytes::{BufMut, Bytes, BytesMut};
 use drs_core::{
-    Body, BodyFormat, Command, DecodeError, EncodeError, Framing, OutBody, Outgoing, Protocol,
-    Text, INVALID_DELAY, INVALID_STREAM,
+    Body, BodyFormat, Command, DecodeError, EncodeError, OutBody, Outgoing, Text, INVALID_DELAY,
+    INVALID_STREAM,
 };
 use serde::Serialize;
 
-/// The MessagePack protocol.
-#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
-pub struct MsgPack;
+drs_core::protocol! {
+    /// The MessagePack protocol.
+    pub MsgPack: "msgpack", LengthPrefixed, format MsgPackFormat, decode decode_frame, encode encode
+}
 
 /// The body format of [`MsgPack`]: bodies are MessagePack values.
 #[derive(Debug, Clone, Copy, Default)]
@@ -43,69 +44,56 @@ pub struct MsgPackFormat;
 
 static FORMAT: MsgPackFormat = MsgPackFormat;
 
-impl Protocol for MsgPack {
-    fn name(&self) -> &'static str {
-        "msgpack"
-    }
+fn decode_frame(frame: Bytes) -> Result<Command, DecodeError> {
+    decode_command(&frame)
+}
 
-    fn framing(&self) -> Framing {
-        Framing::LengthPrefixed
+/// Writes `cmd` as one MessagePack map.
+fn encode(cmd: &Outgoing<'_>, dst: &mut BytesMut) -> Result<(), EncodeError> {
+    let fields = 1
+        + u32::from(cmd.key.is_some())
+        + u32::from(!matches!(cmd.body, OutBody::Absent))
+        + u32::from(cmd.version.is_some())
+        + u32::from(cmd.stream.is_some())
+        + u32::from(cmd.delay.is_some());
+    let mut w = dst.writer();
+    rmp::encode::write_map_len(&mut w, fields).map_err(enc)?;
+    if let Some(key) = cmd.key {
+        rmp::encode::write_str(&mut w, "key").map_err(enc)?;
+        rmp::encode::write_str(&mut w, key).map_err(enc)?;
     }
-
-    fn decode(&self, frame: Bytes) -> Result<Command, DecodeError> {
-        decode_command(&frame)
-    }
-
-    fn encode(&self, cmd: &Outgoing<'_>, dst: &mut BytesMut) -> Result<(), EncodeError> {
-        let fields = 1
-            + u32::from(cmd.key.is_some())
-            + u32::from(!matches!(cmd.body, OutBody::Absent))
-            + u32::from(cmd.version.is_some())
-            + u32::from(cmd.stream.is_some())
-            + u32::from(cmd.delay.is_some());
-        let mut w = dst.writer();
-        rmp::encode::write_map_len(&mut w, fields).map_err(enc)?;
-        if let Some(key) = cmd.key {
-            rmp::encode::write_str(&mut w, "key").map_err(enc)?;
-            rmp::encode::write_str(&mut w, key).map_err(enc)?;
-        }
-        rmp::encode::write_str(&mut w, "action").map_err(enc)?;
-        rmp::encode::write_str(&mut w, cmd.action).map_err(enc)?;
-        let dst = w.into_inner();
-        match cmd.body {
-            OutBody::Absent => {}
-            OutBody::Raw(body) => {
-                put_str(dst, "body");
-                match body.raw() {
-                    None => dst.put_u8(0xc0),
-                    Some((raw, format)) if format.name() == FORMAT.name() => dst.put_slice(raw),
-                    Some(_) => serialize(dst, body)?,
-                }
+    rmp::encode::write_str(&mut w, "action").map_err(enc)?;
+    rmp::encode::write_str(&mut w, cmd.action).map_err(enc)?;
+    let dst = w.into_inner();
+    match cmd.body {
+        OutBody::Absent => {}
+        OutBody::Raw(body) => {
+            put_str(dst, "body");
+            match body.raw() {
+                None => dst.put_u8(0xc0),
+                Some((raw, format)) if format.name() == FORMAT.name() => dst.put_slice(raw),
+                Some(_) => serialize(dst, body)?,
             }
-            OutBody::Value(value) => {
-                put_str(dst, "body");
-                serialize(dst, value)?;
-            }
-            _ => return Err(EncodeError::new("unsupported body kind")),
         }
-        if let Some(version) = cmd.version {
-            put_str(dst, "version");
-            rmp::encode::write_sint(&mut dst.writer(), version).map_err(enc)?;
+        OutBody::Value(value) => {
+            put_str(dst, "body");
+            serialize(dst, value)?;
         }
-        if let Some(stream) = cmd.stream {
-            put_str(dst, "stream");
-            rmp::encode::write_uint(&mut dst.writer(), u64::from(stream)).map_err(enc)?;
-        }
-        if let Some(delay) = cmd.delay {
-            put_str(dst, "delay");
-            rmp::encode::write_uint(&mut dst.writer(), u64::from(delay)).map_err(enc)?;
-        }
-        Ok(())
+        _ => return Err(EncodeError::new("unsupported body kind")),
     }
-
-    fn body_format(&self) -> &'static dyn BodyFormat {
-        &FORMAT
+    if let Some(version) = cmd.version {
+        put_str(dst, "version");
+        rmp::encode::write_sint(&mut dst.writer(), version).map_err(enc)?;
     }
+    if let Some(stream) = cmd.stream {
+        put_str(dst, "stream");
+        rmp::encode::write_uint(&mut dst.writer(), u64::from(stream)).map_err(enc)?;
+    }
+    if let Some(delay) = cmd.delay {
+        put_str(dst, "delay");
+        rmp::encode::write_uint(&mut dst.writer(), u64::from(delay)).map_err(enc)?;
+    }
+    Ok(())
 }
 
 impl BodyFormat for MsgPackFormat {

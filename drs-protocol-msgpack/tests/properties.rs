@@ -7,23 +7,7 @@ use proptest::prelude::*;
 use serde_json::Value;
 
 fn value() -> impl Strategy<Value = Value> {
-    let leaf = prop_oneof![
-        Just(Value::Null),
-        any::<bool>().prop_map(Value::from),
-        any::<i64>().prop_map(Value::from),
-        any::<u64>().prop_map(Value::from),
-        // Short decimals: serde_json parses these exactly without its
-        // float_roundtrip feature.
-        (-1_000_000_000i64..1_000_000_000).prop_map(|n| Value::from(n as f64 / 1000.0)),
-        "\\PC{0,12}".prop_map(Value::from),
-    ];
-    leaf.prop_recursive(8, 64, 6, |inner| {
-        prop_oneof![
-            prop::collection::vec(inner.clone(), 0..6).prop_map(Value::from),
-            prop::collection::btree_map("\\PC{0,6}", inner, 0..6)
-                .prop_map(|m| Value::Object(m.into_iter().collect())),
-        ]
-    })
+    drs_testkit::json_values()
 }
 
 proptest! {

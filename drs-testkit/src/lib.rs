@@ -344,3 +344,26 @@ impl TestProcess {
         let _ = self.child.kill().await;
     }
 }
+
+/// Any JSON value, nested up to 8 levels: what the protocols' property
+/// tests round-trip. Decimals are short, so that `serde_json` parses them
+/// exactly without its `float_roundtrip` feature.
+pub fn json_values() -> impl proptest::strategy::Strategy<Value = serde_json::Value> {
+    use proptest::prelude::*;
+    use serde_json::Value;
+    let leaf = prop_oneof![
+        Just(Value::Null),
+        any::<bool>().prop_map(Value::from),
+        any::<i64>().prop_map(Value::from),
+        any::<u64>().prop_map(Value::from),
+        (-1_000_000_000i64..1_000_000_000).prop_map(|n| Value::from(n as f64 / 1000.0)),
+        "\\PC{0,12}".prop_map(Value::from),
+    ];
+    leaf.prop_recursive(8, 64, 6, |inner| {
+        prop_oneof![
+            prop::collection::vec(inner.clone(), 0..6).prop_map(Value::from),
+            prop::collection::btree_map("\\PC{0,6}", inner, 0..6)
+                .prop_map(|m| Value::Object(m.into_iter().collect())),
+        ]
+    })
+}
