@@ -211,7 +211,8 @@ impl FrameCodec {
         if self.first {
             // MessagePack is known by its first five bytes, as no line
             // may follow; an HTTP line is a line.
-            let head = &src[..src.len().min(16)];
+            let line = memchr::memchr(b'\n', src).unwrap_or(src.len());
+            let head = &src[..line.min(16)];
             if let Some(foreign @ Foreign::MessagePack) = Foreign::sniff(Framing::Lines, head) {
                 return Err(FrameError::Foreign(foreign));
             }

@@ -159,6 +159,12 @@ fn the_first_bytes_of_another_protocol_or_http_are_foreign() {
         Ok(Some(Bytes::from_static(b"\0\x01 not a command {")))
     );
     assert_eq!(cut(Framing::Lines, b"\0\0\0\x10"), Ok(None));
+    // Only the first line is looked at: a zero-byte line and a map marker
+    // after its newline are two lines (what proptest found).
+    assert_eq!(
+        cut(Framing::Lines, b"\0\0\n\0\x80"),
+        Ok(Some(Bytes::from_static(b"\0\0")))
+    );
     assert_eq!(
         cut(Framing::Lines, b"GET / HTTP/1.1\r\nHost: x\r\n"),
         Err(Foreign::HttpRequest)
