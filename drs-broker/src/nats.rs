@@ -51,6 +51,7 @@ use bytes::Bytes;
 use drs_core::{
     Body, BodyFormat, Conn, Error, Layer, Msg, Next, Outcome, Protocol, ReplyFuture, Server,
 };
+use drs_names::{ConnName, ServerNames};
 use drs_pubsub::{check_pattern, check_topic, SubscribeBody, PUBLISH, SUBSCRIBE, UNSUBSCRIBE};
 use futures::StreamExt;
 

@@ -9,9 +9,8 @@ use std::{sync::Arc, time::Duration};
 
 use drs_auth::Credentials;
 use drs_broker::{Broker, BrokerConfig};
-use drs_core::{
-    Client, Conn, HandlerResult, Identity, Jail, Server, IDENTIFY, MAX_NAMES_PER_CONN, NAME_TAKEN,
-};
+use drs_core::{Client, Conn, HandlerResult, Identity, Jail, Server, IDENTIFY, NAME_TAKEN};
+use drs_names::{ServerNames, MAX_NAMES_PER_CONN};
 use drs_protocol_json::Json;
 use drs_transport_tcp::TcpDialer;
 use serde_json::{json, Value};

@@ -7,6 +7,7 @@ use std::time::Duration;
 
 use drs_broker::{Broker, BrokerConfig, NatsBroker, NatsBrokerConfig};
 use drs_core::{Client, Conn, HandlerResult, Server, IDENTIFY};
+use drs_names::ServerNames;
 use drs_protocol_json::Json;
 use drs_protocol_msgpack::MsgPack;
 use drs_testkit::NatsServer;

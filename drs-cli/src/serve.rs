@@ -262,6 +262,8 @@ pub(crate) async fn start(config: Config, mut bound: impl FnMut(&str)) -> Result
         .clone()
         .unwrap_or_else(|| format!("drs serve (pid {})", std::process::id()));
     let info = drs::stats::ServerInfo::install(&server, name);
+    // drs.identify (--name, sessions), broker or not.
+    drs::Names::install(&server);
     if let Some(patterns) = &config.jail {
         server.jail(jail("jail", patterns)?);
     }

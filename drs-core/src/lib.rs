@@ -90,8 +90,9 @@
 //!   client ([`Client::jail`]); what is outside gets "action not allowed:
 //!   …" and reaches no handler. [`ConnConfig::outbound_jail`] limits what
 //!   this side sends.
-//! - [`Server::peers`], [`Server::call_named`] and [`Server::fire_named`]
-//!   reach peers by the name they gave with `drs.identify`.
+//! - Peers named with `drs.identify` are reached by name through
+//!   `drs-names` (`ServerNames`), which the core serves through its
+//!   extensions and [`Server::on_disconnect_last`].
 //!
 //! The in-memory transport ([`memory`]) is always built; the `test-util`
 //! feature that once enabled it is kept, empty, so that old manifests
@@ -153,7 +154,7 @@ pub use routes::Routes;
 /// For [`protocol!`]: the `bytes` crate the contracts are written in.
 #[doc(hidden)]
 pub use bytes as __bytes;
-pub use server::{fanout, Peer, Server, ServerConfig, WeakServer, MAX_NAMES_PER_CONN};
+pub use server::{fanout, Server, ServerConfig, WeakServer};
 pub use stream::{IntoOutcome, IntoReply, ItemSink, Produced, Reply, Streamed};
 pub use text::Text;
 pub use transport::{

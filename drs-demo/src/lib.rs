@@ -6,6 +6,7 @@ use std::time::Duration;
 
 use drs_core::{Body, Conn, HandlerError, HandlerResult, ItemSink, Msg, Server};
 use drs_layers::{Cache, Pool};
+use drs_names::ConnName;
 use serde::Deserialize;
 
 /// Arguments of `add`.

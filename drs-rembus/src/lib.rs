@@ -57,6 +57,7 @@ use std::sync::Arc;
 
 use drs_broker::Broker;
 use drs_core::{Body, Conn, Error, HandlerError, Msg, Server};
+use drs_names::ServerNames;
 use drs_transport_ws::WsListener;
 use serde::Deserialize;
 

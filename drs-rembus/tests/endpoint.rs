@@ -8,6 +8,7 @@ use std::{sync::Arc, time::Duration};
 use ciborium::Value;
 use drs_broker::{Broker, BrokerConfig};
 use drs_core::{Client, Conn, HandlerResult, Msg, Server};
+use drs_names::{ConnName, ServerNames};
 use drs_protocol_json::Json;
 use drs_transport_tcp::{TcpDialer, TcpListener};
 use futures::{SinkExt, StreamExt};

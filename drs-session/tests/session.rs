@@ -7,6 +7,7 @@ use std::{future::IntoFuture, time::Duration};
 
 use common::{app, bounded, fast, listen_tcp, next_event, tcp_session, until, until_event, Counts};
 use drs_core::{CloseReason, ConnConfig, Error, HandlerResult, Server};
+use drs_names::ServerNames;
 use drs_protocol_json::Json;
 use drs_session::{Session, SessionEvent, WhenDisconnected};
 use drs_transport_tcp::TcpDialer;

@@ -60,6 +60,8 @@ pub use drs_auth::{
     DEFAULT_MAX_FAILURES,
 };
 pub use drs_core::*;
+pub use drs_names as names;
+pub use drs_names::{ConnName, Names, Peer, ServerNames, MAX_NAMES_PER_CONN};
 pub use drs_pubsub as pubsub;
 pub use drs_pubsub::{topic, PubSub};
 pub use drs_stats as stats;
@@ -107,6 +109,7 @@ pub mod prelude {
         Body, Client, Conn, ConnConfig, Error, HandlerError, HandlerResult, Msg, Routes, Server,
         ServerConfig,
     };
+    pub use drs_names::{ConnName, ServerNames};
     #[cfg(feature = "json")]
     pub use drs_protocol_json::Json;
     #[cfg(feature = "msgpack")]

@@ -28,6 +28,7 @@ use drs_core::{
     fanout, Body, Conn, Error, HandlerError, Jail, Layer, MemoryHold, Msg, Next, OutBody, Outcome,
     ReplyFuture, Server,
 };
+use drs_names::{ConnName, ServerNames};
 use drs_pubsub::{
     check_pattern, check_topic, matches, ExposeBody, Missed, SubscribeBody, TopicTrie, EXPOSE,
     MISSED, PUBLISH, SUBSCRIBE, UNEXPOSE, UNSUBSCRIBE,

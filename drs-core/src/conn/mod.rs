@@ -191,7 +191,7 @@ impl Conn {
     /// is not: a fire is one command to one peer, and waits for that peer
     /// as a write to a socket would; a broadcast goes to every peer and
     /// waits for none, so a peer with no room is dropped as a slow consumer
-    /// instead of stalling the others. [`Server::fire_named`](crate::Server::fire_named)
+    /// instead of stalling the others. `drs_names::ServerNames::fire_named`
     /// waits like `fire`.
     pub fn fire(
         &self,
@@ -370,14 +370,6 @@ impl Conn {
         self.shared.close_for(reason);
     }
 
-    /// The name the peer gave with `drs.identify` (on a server connection),
-    /// if it gave one.
-    pub fn name(&self) -> Option<Arc<str>> {
-        lock(&self.shared.ext)
-            .get::<PeerName>()
-            .map(|n| n.0.clone())
-    }
-
     /// Attaches a value to the connection (one per type), e.g. the user an
     /// `on_connect` hook authenticated.
     pub fn insert<T: Send + Sync + 'static>(&self, value: T) -> Option<T> {
@@ -394,7 +386,3 @@ impl Conn {
         f(&mut lock(&self.shared.ext))
     }
 }
-
-/// The name a peer identified with, kept in the connection's extensions.
-#[derive(Clone)]
-pub(crate) struct PeerName(pub(crate) Arc<str>);

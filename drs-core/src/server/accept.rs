@@ -180,8 +180,11 @@ impl Server {
                 }
             }
         }
-        // Last: whoever sees the name free sees the hooks' work done.
-        inner.release_name(&conn);
+        for hook in read(&inner.on_disconnect_last).clone() {
+            if std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| hook(&conn))).is_err() {
+                tracing::error!("an on_disconnect_last hook panicked");
+            }
+        }
     }
 }
 

@@ -4,11 +4,9 @@
 mod accept;
 mod broadcast;
 mod config;
-mod names;
 
 pub use broadcast::fanout;
 pub use config::ServerConfig;
-pub use names::{Peer, MAX_NAMES_PER_CONN};
 
 use std::{
     collections::HashMap,
@@ -31,13 +29,10 @@ use tokio_util::{sync::CancellationToken, task::TaskTracker};
 use crate::{
     budget::{MemoryBudget, ReadMeter, DEFAULT_MEMORY_BUDGET},
     close::CloseReason,
-    command::{
-        Identified, IdentifyBody, MessageBody, ERROR, IDENTIFY, MAX_NAME_LEN, NAME_TAKEN,
-        SHUTTING_DOWN,
-    },
-    conn::{encode_frame, Conn, ConnConfig, PeerName},
+    command::{MessageBody, ERROR, SHUTTING_DOWN},
+    conn::{encode_frame, Conn, ConnConfig},
     error::Error,
-    handler::{Handler, HandlerError},
+    handler::Handler,
     layer::Layer,
     protocol::{OutBody, Outgoing, Protocol},
     router::Router,
@@ -49,7 +44,6 @@ use crate::{
 type ConnectHook =
     Arc<dyn Fn(Conn) -> Pin<Box<dyn Future<Output = Result<(), String>> + Send>> + Send + Sync>;
 type DisconnectHook = Arc<dyn Fn(&Conn) + Send + Sync>;
-type IdentifyHook = Arc<dyn Fn(&Conn, &Arc<str>) -> Result<bool, String> + Send + Sync>;
 
 struct Inner {
     router: Arc<Router>,
@@ -59,12 +53,10 @@ struct Inner {
     /// Connections being served, admitted or not.
     live: AtomicUsize,
     conns: RwLock<HashMap<u64, Conn>>,
-    /// Authentication and jails, and whether their layer is installed.
-    /// Names given with `drs.identify` → the connection holding each.
-    names: std::sync::Mutex<HashMap<Arc<str>, u64>>,
     on_connect: RwLock<Vec<ConnectHook>>,
     on_disconnect: RwLock<Vec<DisconnectHook>>,
-    on_identify: RwLock<Vec<IdentifyHook>>,
+    /// Run after every `on_disconnect` hook, admitted or not.
+    on_disconnect_last: RwLock<Vec<DisconnectHook>>,
     /// Stops the accept loops.
     stop_accepting: CancellationToken,
     /// Starts the graceful drain of every connection.
@@ -143,7 +135,7 @@ impl Server {
     /// with the server-wide defaults).
     pub fn with_config(config: impl Into<ServerConfig>) -> Self {
         let config = config.into();
-        let server = Self {
+        Self {
             inner: Arc::new(Inner {
                 router: Router::root(),
                 config: config.conn,
@@ -151,10 +143,9 @@ impl Server {
                 budget: MemoryBudget::new(config.memory_budget),
                 live: AtomicUsize::new(0),
                 conns: RwLock::default(),
-                names: std::sync::Mutex::default(),
                 on_connect: RwLock::default(),
                 on_disconnect: RwLock::default(),
-                on_identify: RwLock::default(),
+                on_disconnect_last: RwLock::default(),
                 stop_accepting: CancellationToken::new(),
                 drain: CancellationToken::new(),
                 force: CancellationToken::new(),
@@ -162,16 +153,7 @@ impl Server {
                 observer: std::sync::OnceLock::new(),
                 extensions: std::sync::Mutex::default(),
             }),
-        };
-        let weak = Arc::downgrade(&server.inner);
-        server.on(IDENTIFY, move |conn: Conn, args: IdentifyBody| {
-            let claimed = match weak.upgrade() {
-                Some(inner) => inner.identify(&conn, &args.name),
-                None => Err(HandlerError::new("the server is gone")),
-            };
-            async move { claimed.map(Identified::new) }
-        });
-        server
+        }
     }
 
     /// Reports every connection accepted from now on, and the commands
@@ -289,6 +271,15 @@ impl Server {
     /// Adds a hook that runs when an admitted connection has closed.
     pub fn on_disconnect(&self, hook: impl Fn(&Conn) + Send + Sync + 'static) -> &Self {
         write(&self.inner.on_disconnect).push(Arc::new(hook));
+        self
+    }
+
+    /// Adds a hook that runs when any connection has closed, after every
+    /// [`on_disconnect`](Server::on_disconnect) hook, whenever those were
+    /// added: releasing what others wait on to know the hooks' work is done
+    /// (`drs-names` frees the connection's name so).
+    pub fn on_disconnect_last(&self, hook: impl Fn(&Conn) + Send + Sync + 'static) -> &Self {
+        write(&self.inner.on_disconnect_last).push(Arc::new(hook));
         self
     }
 

@@ -12,6 +12,7 @@ use std::{
 };
 
 use drs_core::{Body, Conn, HandlerResult, Server};
+use drs_names::{ConnName, Names};
 use drs_protocol_json::Json;
 use drs_session::{ReconnectPolicy, Session, SessionBuilder, SessionEvent};
 use drs_transport_tcp::TcpDialer;
@@ -63,6 +64,8 @@ impl Counts {
 /// - `whoami` → the caller's name (from `drs.identify`) and connection id.
 pub fn app(counts: &Counts) -> Server {
     let server = Server::new();
+    // Sessions name themselves (drs.identify).
+    Names::install(&server);
     server.on("echo", |body: Body| async move { HandlerResult::Ok(body) });
     let hang = counts.hang.clone();
     server.on("hang", move || {
