@@ -109,8 +109,10 @@ pub fn default_server_name() -> String {
 }
 
 /// [`demo_actions`], with `name` as the server's name (what `session`
-/// answers).
+/// answers). Peers may name themselves (`drs.identify`, `drs-names`):
+/// `session` says which name a connection has.
 pub fn demo_actions_named(server: &Server, name: impl Into<String>) {
+    drs_names::Names::install(server);
     let name: std::sync::Arc<str> = name.into().into();
     server.on("session", move |conn: Conn| {
         let answer = serde_json::json!({
