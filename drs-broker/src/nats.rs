@@ -48,9 +48,7 @@ use async_nats::{
     Client as Nats, HeaderMap,
 };
 use bytes::Bytes;
-use drs_core::{
-    Body, BodyFormat, Conn, Error, Layer, Msg, Next, Outcome, Protocol, ReplyFuture, Server,
-};
+use drs_core::{Body, BodyFormat, Conn, Error, Layer, Msg, Next, Outcome, ReplyFuture, Server};
 use drs_names::{ConnName, ServerNames};
 use drs_pubsub::{check_pattern, check_topic, SubscribeBody, PUBLISH, SUBSCRIBE, UNSUBSCRIBE};
 use futures::StreamExt;
@@ -514,14 +512,8 @@ fn body_of(headers: &Option<HeaderMap>, payload: Bytes) -> Option<Body> {
         .as_ref()
         .and_then(|h| h.get(FORMAT_HEADER))
         .map(|v| v.as_str().to_string());
-    let json = drs_protocol_json::Json.body_format();
-    let msgpack = drs_protocol_msgpack::MsgPack.body_format();
-    let format: &'static dyn BodyFormat = match format.as_deref() {
-        None => json,
-        Some(f) => [json, msgpack]
-            .into_iter()
-            .find(|known| known.name() == f)?,
-    };
+    let format: &'static dyn BodyFormat =
+        crate::store::format_named(format.as_deref().unwrap_or("json"), None)?;
     let body = Body::from_raw(payload, format);
     body.deserialize::<serde::de::IgnoredAny>().ok()?;
     Some(body)

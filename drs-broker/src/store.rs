@@ -440,21 +440,109 @@ fn writer(db: Database, rx: std_mpsc::Receiver<Op>) {
 }
 
 /// A stored body back into a body, given the formats the broker knows.
-pub(crate) fn body_from(format: &str, bytes: Vec<u8>) -> Option<drs_core::Body> {
-    use drs_core::Protocol;
+pub(crate) fn body_from(
+    format: &str,
+    bytes: Vec<u8>,
+    registry: Option<&drs_core::Registry>,
+) -> Option<drs_core::Body> {
     if format.is_empty() {
         return Some(drs_core::Body::absent());
     }
-    let json = drs_protocol_json::Json.body_format();
-    let msgpack = drs_protocol_msgpack::MsgPack.body_format();
-    let known = [json, msgpack];
-    let f = known.into_iter().find(|f| f.name() == format)?;
+    let f = format_named(format, registry)?;
     Some(drs_core::Body::from_raw(Bytes::from(bytes), f))
+}
+
+/// The body format called `name`: JSON's, MessagePack's, or that of a
+/// protocol in `registry`.
+pub(crate) fn format_named(
+    name: &str,
+    registry: Option<&drs_core::Registry>,
+) -> Option<&'static dyn drs_core::BodyFormat> {
+    use drs_core::Protocol;
+    let builtin = [
+        drs_protocol_json::Json.body_format(),
+        drs_protocol_msgpack::MsgPack.body_format(),
+    ];
+    let registered = registry.into_iter().flat_map(|r| {
+        r.protocols()
+            .into_iter()
+            .filter_map(|p| r.find_protocol(p))
+            .map(|p| p.body_format())
+    });
+    builtin
+        .into_iter()
+        .chain(registered)
+        .find(|f| f.name() == name)
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// A format of one's own: JSON text under another name.
+    #[derive(Debug, Clone, Copy, Default)]
+    struct ToyFormat;
+
+    impl drs_core::BodyFormat for ToyFormat {
+        fn name(&self) -> &'static str {
+            "toy"
+        }
+        fn is_text(&self) -> bool {
+            true
+        }
+        fn deserialize(
+            &self,
+            raw: &[u8],
+            visit: &mut dyn FnMut(
+                &mut dyn drs_core::erased_serde::Deserializer<'_>,
+            ) -> Result<(), drs_core::erased_serde::Error>,
+        ) -> Result<(), drs_core::DecodeError> {
+            use drs_core::Protocol;
+            drs_protocol_json::Json
+                .body_format()
+                .deserialize(raw, visit)
+        }
+    }
+
+    fn toy_decode(frame: Bytes) -> Result<drs_core::Command, drs_core::DecodeError> {
+        use drs_core::Protocol;
+        drs_protocol_json::Json.decode(frame)
+    }
+
+    fn toy_encode(
+        cmd: &drs_core::Outgoing<'_>,
+        dst: &mut bytes::BytesMut,
+    ) -> Result<(), drs_core::EncodeError> {
+        use drs_core::Protocol;
+        drs_protocol_json::Json.encode(cmd, dst)
+    }
+
+    drs_core::protocol! {
+        /// A third protocol, for the store's format lookup.
+        Toy: "toy", Lines, format ToyFormat, decode toy_decode, encode toy_encode
+    }
+
+    /// Stored bodies come back in their format: JSON and MessagePack
+    /// always, a registered protocol's when the broker is given the
+    /// registry, none otherwise (the store is then reported damaged).
+    #[test]
+    fn stored_bodies_find_their_format_by_name() {
+        let body = |format: &str, registry| body_from(format, b"[1,2]".to_vec(), registry);
+        let json = body("json", None).expect("json is known");
+        assert_eq!(json.deserialize::<Vec<u8>>().unwrap(), [1, 2]);
+        assert!(body("", None).unwrap().is_absent());
+        assert!(body("toy", None).is_none(), "unknown without the registry");
+        static REGISTRY: std::sync::OnceLock<drs_core::Registry> = std::sync::OnceLock::new();
+        let registry = REGISTRY.get_or_init(|| {
+            let r = drs_core::Registry::new();
+            r.protocol(Toy);
+            r
+        });
+        let toy = body("toy", Some(registry)).expect("registered");
+        assert_eq!(toy.raw().unwrap().1.name(), "toy");
+        assert_eq!(toy.deserialize::<Vec<u8>>().unwrap(), [1, 2]);
+        assert!(body("yaml", Some(registry)).is_none());
+    }
 
     fn dir(tag: &str) -> PathBuf {
         let dir = std::env::temp_dir().join(format!("drs-store-{tag}-{}", std::process::id()));

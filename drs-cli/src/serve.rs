@@ -269,7 +269,7 @@ pub(crate) async fn start(config: Config, mut bound: impl FnMut(&str)) -> Result
     }
     let section = config.broker.unwrap_or_default();
     let broker = if section.enabled {
-        let broker = Broker::attach(&server, section.config()?)
+        let broker = Broker::attach(&server, section.config()?.formats(drs::registry()))
             .map_err(|e| Failure::new(1, format!("the broker's store: {e}")))?;
         drs::rembus::attach(&server, &broker);
         Some(broker)

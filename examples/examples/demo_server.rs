@@ -371,7 +371,10 @@ async fn main() -> ExitCode {
             .collect();
         std::env::temp_dir().join("drs-demo").join(dir)
     });
-    let broker = match Broker::attach(&server, BrokerConfig::default().store(&store)) {
+    let config = BrokerConfig::default()
+        .store(&store)
+        .formats(drs::registry());
+    let broker = match Broker::attach(&server, config) {
         Ok(broker) => broker,
         Err(e) => {
             eprintln!("{e}");

@@ -76,6 +76,10 @@ pub struct BrokerConfig {
     /// Actions the server itself handles that an exposer may take over
     /// (its calls then go to the exposer first). Default: none.
     pub expose_overrides: Option<Jail>,
+    /// Where the body formats of stored messages are looked up by name,
+    /// besides JSON and MessagePack (a protocol of one's own registered
+    /// there keeps its stored bodies across restarts). Default: none.
+    pub formats: Option<&'static drs_core::Registry>,
 }
 
 impl Default for BrokerConfig {
@@ -97,11 +101,21 @@ impl Default for BrokerConfig {
             expose_jail: None,
             role_expose: HashMap::new(),
             expose_overrides: None,
+            formats: None,
         }
     }
 }
 
 impl BrokerConfig {
+    /// Looks the body formats of stored messages up in `registry` too
+    /// (`drs::registry()`), so that a protocol registered there keeps its
+    /// stored bodies across restarts; an unknown format makes the store
+    /// [`StoreError::Corrupt`](crate::StoreError::Corrupt), never dropped.
+    pub fn formats(mut self, registry: &'static drs_core::Registry) -> Self {
+        self.formats = Some(registry);
+        self
+    }
+
     /// Sets the per-name backlog.
     pub fn backlog(mut self, backlog: Backlog) -> Self {
         self.backlog = backlog;

@@ -194,7 +194,8 @@ impl Broker {
             reason,
         };
         for (seq, record) in loaded.messages {
-            let body = store::body_from(&record.format, record.body).ok_or_else(|| {
+            let formats = self.inner.config.formats;
+            let body = store::body_from(&record.format, record.body, formats).ok_or_else(|| {
                 corrupt(format!("message {seq}: unknown format {:?}", record.format))
             })?;
             let size = body.raw().map_or(0, |(b, _)| b.len());
