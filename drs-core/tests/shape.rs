@@ -21,16 +21,32 @@ fn no_source_file_is_over_500_lines_and_the_loop_is_under_400() {
     let mut files = Vec::new();
     sources(&src, &mut files);
     assert!(files.len() > 20, "{files:?}");
-    let lines = |p: &Path| std::fs::read_to_string(p).expect("a source").lines().count();
+    let lines = |p: &Path| {
+        std::fs::read_to_string(p)
+            .expect("a source")
+            .lines()
+            .count()
+    };
     let long: Vec<_> = files
         .iter()
-        .map(|f| (f.strip_prefix(&src).unwrap().display().to_string(), lines(f)))
+        .map(|f| {
+            (
+                f.strip_prefix(&src).unwrap().display().to_string(),
+                lines(f),
+            )
+        })
         .filter(|(_, n)| *n > 500)
         .collect();
     assert!(long.is_empty(), "over 500 lines: {long:?}");
     let driver = lines(&src.join("conn/driver/mod.rs"));
     assert!(driver <= 400, "the driver's loop is {driver} lines");
-    for plugin in ["pubsub.rs", "topic.rs", "stats.rs", "auth.rs", "server/names.rs"] {
+    for plugin in [
+        "pubsub.rs",
+        "topic.rs",
+        "stats.rs",
+        "auth.rs",
+        "server/names.rs",
+    ] {
         assert!(!src.join(plugin).exists(), "{plugin} is a plug-in's");
     }
 }

@@ -128,8 +128,10 @@ impl FrameCodec {
         if self.first {
             // MessagePack is known by its first five bytes, as no line
             // may follow; an HTTP line is a line.
-            let line = memchr::memchr(b'\n', src).unwrap_or(src.len());
-            let head = &src[..line.min(16)];
+            // At most 16 bytes: a long first line is not scanned again on
+            // every read while it arrives.
+            let head = &src[..src.len().min(16)];
+            let head = &head[..memchr::memchr(b'\n', head).unwrap_or(head.len())];
             if let Some(foreign @ Foreign::MessagePack) = Foreign::sniff(Framing::Lines, head) {
                 return Err(FrameError::Foreign(foreign));
             }
