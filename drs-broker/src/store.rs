@@ -519,7 +519,7 @@ mod tests {
 
     drs_core::protocol! {
         /// A third protocol, for the store's format lookup.
-        Toy: "toy", Lines, format ToyFormat, decode toy_decode, encode toy_encode
+        Toy: "toy", Lines, format &ToyFormat, decode toy_decode, encode toy_encode
     }
 
     /// Stored bodies come back in their format: JSON and MessagePack

@@ -298,8 +298,8 @@ pub(crate) fn encode_into(
 }
 
 /// Declares a protocol: its unit type, the unit type of its body format,
-/// and the [`Protocol`] impl tying a name, a framing, a decoder and an
-/// encoder together. The skeleton every protocol crate would otherwise
+/// and the [`Protocol`] impl tying a name, a framing, its body format
+/// (a `&'static dyn BodyFormat`), a decoder and an encoder together. The skeleton every protocol crate would otherwise
 /// write again; the decoder, the encoder and the [`BodyFormat`] impl are
 /// the protocol's own.
 ///
@@ -316,7 +316,7 @@ pub(crate) fn encode_into(
 /// # }
 /// drs_core::protocol! {
 ///     /// A protocol of one's own.
-///     pub Line: "line", Lines, format LineFormat, decode decode_line, encode encode_line
+///     pub Line: "line", Lines, format &LineFormat, decode decode_line, encode encode_line
 /// }
 /// assert_eq!(drs_core::Protocol::name(&Line), "line");
 /// ```
@@ -325,7 +325,7 @@ macro_rules! protocol {
     (
         $(#[$doc:meta])*
         $vis:vis $name:ident : $label:literal, $framing:ident,
-        format $format:ident, decode $decode:path, encode $encode:path
+        format $format:expr, decode $decode:path, encode $encode:path
     ) => {
         $(#[$doc])*
         #[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
@@ -353,8 +353,7 @@ macro_rules! protocol {
             }
 
             fn body_format(&self) -> &'static dyn $crate::BodyFormat {
-                static FORMAT: $format = $format;
-                &FORMAT
+                $format
             }
         }
     };

@@ -4,7 +4,7 @@
 //! [`Names::install`] serves `drs.identify` on a server and keeps the
 //! names table; [`ServerNames`] gives a server `named`, `call_named`,
 //! `fire_named`, `peers` and `on_identify` (the broker's hook for
-//! resuming a named subscriber), installing the names on first use;
+//! resuming a named subscriber; it installs the names if need be);
 //! [`ConnName`] gives a connection its peer's name.
 //!
 //! ```
@@ -222,8 +222,9 @@ pub struct Peer {
     pub transport: &'static str,
 }
 
-/// Reaching a server's peers by name. Each method installs the names
-/// ([`Names::install`]) if the server has none yet.
+/// Reaching a server's peers by name. [`on_identify`](Self::on_identify)
+/// installs the names ([`Names::install`]) if the server has none yet;
+/// the others only read them (no names: no peer is named).
 pub trait ServerNames {
     /// Adds a hook that runs when a peer names itself with
     /// `drs.identify` and no live connection holds the name, before the
@@ -281,7 +282,7 @@ impl ServerNames for Server {
     }
 
     fn named(&self, name: &str) -> Option<Conn> {
-        let id = Names::install(self).holder(name)?;
+        let id = Names::of(self)?.holder(name)?;
         self.connection(id)
     }
 

@@ -51,7 +51,7 @@ pub const MAX_DEPTH: usize = 128;
 
 drs_core::protocol! {
     /// The DRS v1 JSON protocol.
-    pub Json: "json", Lines, format JsonFormat, decode decode::command, encode encode
+    pub Json: "json", Lines, format &FORMAT, decode decode::command, encode encode
 }
 
 /// The body format of [`Json`]: bodies are JSON text.

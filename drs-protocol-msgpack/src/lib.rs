@@ -35,7 +35,7 @@ use serde::Serialize;
 
 drs_core::protocol! {
     /// The MessagePack protocol.
-    pub MsgPack: "msgpack", LengthPrefixed, format MsgPackFormat, decode decode_frame, encode encode
+    pub MsgPack: "msgpack", LengthPrefixed, format &FORMAT, decode decode_frame, encode encode
 }
 
 /// The body format of [`MsgPack`]: bodies are MessagePack values.
