@@ -1,11 +1,12 @@
 //! Authentication and the server's jails for drs, beside the kernel: a
 //! gate layer outside every other, a connect hook, and the built-in
 //! `drs.auth`; the identity it establishes is the connection's
-//! ([`Conn::identity`], [`Msg::identity`]).
+//! ([`ConnAuth::identity`], [`MsgAuth::identity`]), kept in the
+//! connection's extensions. The identity and jail types live here too.
 //!
 //! ```
-//! use drs_auth::ServerAuth;
-//! use drs_core::{Identity, Jail, Server};
+//! use drs_auth::{Identity, Jail, ServerAuth};
+//! use drs_core::Server;
 //!
 //! let server = Server::new();
 //! server.authenticate(|creds: drs_auth::Credentials| async move {
@@ -43,8 +44,15 @@ use std::{
 };
 
 use drs_core::{
-    is_always_allowed, not_allowed, Body, CloseReason, Conn, ConnInfo, HandlerError, Identity,
-    Jail, Layer, Msg, Next, Outcome, ReplyFuture, Server, AUTH, UNAUTHENTICATED,
+    Body, CloseReason, Conn, ConnInfo, HandlerError, Layer, Msg, Next, Outcome, ReplyFuture,
+    Server, AUTH, UNAUTHENTICATED,
+};
+
+mod identity;
+
+pub use identity::{
+    is_always_allowed, not_allowed, ClientAuth, ConfigAuth, ConnAuth, Identity, Jail, MsgAuth,
+    NOT_ALLOWED,
 };
 use serde::Serialize;
 
@@ -406,7 +414,7 @@ pub trait ServerAuth {
     ///   ([`ConnConfig::admission_timeout`](drs_core::ConnConfig::admission_timeout))
     ///   is told so and closed ([`CloseReason::Unauthenticated`]).
     /// - A successful `drs.auth` answers `{"name": …, "roles": […]}`; the
-    ///   identity is then on every [`Msg::identity`] of the connection, and
+    ///   identity is then on every [`MsgAuth::identity`] of the connection, and
     ///   a second `drs.auth` is refused.
     /// - Failures are logged with the peer's address, and counted per
     ///   address: past [`DEFAULT_MAX_FAILURES`] within

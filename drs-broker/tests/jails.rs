@@ -1,13 +1,13 @@
 //! Topic allowlists: server-wide and per role, for publishing and
 //! subscribing, refused with a clear error that changes nothing.
 
-use drs_auth::ServerAuth;
+use drs_auth::{Identity, Jail, ServerAuth};
 use drs_pubsub::PubSub;
 use std::{sync::Arc, time::Duration};
 
 use drs_auth::Credentials;
 use drs_broker::{Broker, BrokerConfig};
-use drs_core::{Client, Conn, Identity, Jail, Server};
+use drs_core::{Client, Conn, Server};
 use drs_protocol_json::Json;
 use drs_transport_tcp::{TcpDialer, TcpListener};
 use serde_json::{json, Value};

@@ -4,12 +4,12 @@
 //! nothing is kept for them; exposing is allowed per action pattern and
 //! role, never over the server's own handlers unless configured.
 
-use drs_auth::ServerAuth;
+use drs_auth::{Identity, Jail, ServerAuth};
 use std::{sync::Arc, time::Duration};
 
 use drs_auth::Credentials;
 use drs_broker::{Broker, BrokerConfig};
-use drs_core::{Client, Conn, HandlerResult, Identity, Jail, Server, IDENTIFY, NAME_TAKEN};
+use drs_core::{Client, Conn, HandlerResult, Server, IDENTIFY, NAME_TAKEN};
 use drs_names::{ServerNames, MAX_NAMES_PER_CONN};
 use drs_protocol_json::Json;
 use drs_transport_tcp::TcpDialer;
@@ -139,7 +139,7 @@ async fn the_jail_holds_for_built_in_actions_too() {
         ] {
             assert_eq!(
                 message(conn.call(action, body).await),
-                format!("{}{action}", drs_core::NOT_ALLOWED),
+                format!("{}{action}", drs_auth::NOT_ALLOWED),
             );
         }
         let echoed: Value = conn.call("echo", 1).await.unwrap();

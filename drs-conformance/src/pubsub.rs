@@ -361,7 +361,7 @@ pub async fn a_name_in_use_is_refused(pair: Pair) {
 /// (`expose_overrides`); without exposers the server's handler (or "No
 /// handlers for") answers; an exposer lost mid-call gives "closed".
 pub async fn expose_routes_and_relays(pair: Pair) {
-    let overrides = drs_core::Jail::parse("add").expect("jail");
+    let overrides = drs_auth::Jail::parse("add").expect("jail");
     let (server, broker) = broker_server(
         ConnConfig::default(),
         BrokerConfig::default().expose_overrides(overrides),

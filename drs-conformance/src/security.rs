@@ -1,8 +1,10 @@
 //! Authentication and jails (docs/PROTOCOL.md §2 `auth`, `not allowed`), for every
 //! pair: each refusal reaches the peer as a clear error and no handler.
 
-use drs_auth::{Credentials, ServerAuth};
-use drs_core::{Error, Identity, Jail, NOT_ALLOWED, UNAUTHENTICATED};
+use drs_auth::{
+    ClientAuth, ConfigAuth, ConnAuth, Credentials, Identity, Jail, MsgAuth, ServerAuth, NOT_ALLOWED,
+};
+use drs_core::{Error, UNAUTHENTICATED};
 
 use super::{behaviours::record_close_reasons, *};
 

@@ -1,20 +1,5 @@
 //! Memory held on behalf of peers, counted in bytes: a [`MemoryBudget`] for
 //! a whole server, a [`ReadMeter`] for each connection.
-//!
-//! What counts: bytes of frames a peer has started and not finished (held
-//! by the transport's read buffer), commands read but waiting to be
-//! served (behind an admission hook, or for an in-flight slot), and what
-//! anything else keeps on a peer's behalf through a [`MemoryHold`]: the
-//! items of a reply being collected, its subscriptions, a name's backlog.
-//! Outbound bytes are bounded per connection by `ConnConfig::max_outbound`
-//! instead.
-//!
-//! Policy past the server-wide limit: the connections holding the most are
-//! disconnected (their close reason is
-//! [`CloseReason::BudgetExceeded`](crate::CloseReason)) until the total is
-//! back under it. Reads never wait on the budget, so a new, well-behaved
-//! client (whose frames arrive whole and hold nothing between reads) is
-//! served while an offender is evicted.
 
 use std::{
     collections::HashMap,
@@ -32,8 +17,23 @@ use crate::sync::lock;
 /// The default server-wide memory budget: 256 MiB.
 pub const DEFAULT_MEMORY_BUDGET: usize = 256 * 1024 * 1024;
 
-/// A server-wide limit on the bytes held for peers (see the [module
-/// docs](self)). Cloning gives another handle to the same budget.
+/// A server-wide limit on the bytes held for peers. Cloning gives another
+/// handle to the same budget.
+///
+/// What counts: bytes of frames a peer has started and not finished (held
+/// by the transport's read buffer), commands read but waiting to be
+/// served (behind an admission hook, or for an in-flight slot), and what
+/// anything else keeps on a peer's behalf through a [`MemoryHold`]: the
+/// items of a reply being collected, its subscriptions, a name's backlog.
+/// Outbound bytes are bounded per connection by `ConnConfig::max_outbound`
+/// instead.
+///
+/// Policy past the server-wide limit: the connections holding the most are
+/// disconnected (their close reason is
+/// [`CloseReason::BudgetExceeded`](crate::CloseReason)) until the total is
+/// back under it. Reads never wait on the budget, so a new, well-behaved
+/// client (whose frames arrive whole and hold nothing between reads) is
+/// served while an offender is evicted.
 #[derive(Clone)]
 pub struct MemoryBudget {
     inner: Arc<BudgetInner>,

@@ -96,13 +96,6 @@ impl Client {
         self.routes(crate::Routes::new().layer(layer))
     }
 
-    /// Confines what the server may call or fire on this client to
-    /// `jail`: anything else gets `drs.error` "action not allowed: …" and
-    /// reaches no handler.
-    pub fn jail(self, jail: crate::Jail) -> Self {
-        self.layer(crate::identity::JailLayer(Arc::new(jail)))
-    }
-
     /// Adds a [`Layer`](crate::Layer) around the handler of one action.
     pub fn layer_for(self, action: impl Into<String>, layer: impl crate::Layer) -> Self {
         self.routes(crate::Routes::new().layer_for(action, layer))

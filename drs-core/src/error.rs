@@ -75,8 +75,9 @@ pub enum Error {
     /// was not sent.
     #[error("no connected peer is named {0:?}")]
     NoPeer(String),
-    /// The action is outside this side's outbound jail
-    /// ([`ConnConfig::outbound_jail`](crate::ConnConfig::outbound_jail)):
+    /// This side's outbound check refused the action
+    /// ([`ConnConfig::outbound_check`](crate::ConnConfig::outbound_check);
+    /// `drs-auth`'s outbound jail):
     /// the command was not sent.
     #[error("action not allowed: {0}")]
     NotAllowed(String),

@@ -80,19 +80,14 @@
 //!
 //! # Who may talk, and what they may ask
 //!
-//! - A connection carries its peer's [`Identity`] once something
-//!   authenticated it ([`Conn::authenticate_as`]; the crate `drs-auth`
-//!   does it for `drs.auth`, WebSocket `?token=` / `Authorization` and TLS
-//!   certificates, and adds server and role jails behind a gate, through
-//!   [`Server::layer_outermost`] and a connect hook). Handlers read it on
-//!   [`Msg::identity`].
-//! - [`Jail`]s (allowlists of actions) per connection ([`Conn::jail`]) and
-//!   client ([`Client::jail`]); what is outside gets "action not allowed:
-//!   …" and reaches no handler. [`ConnConfig::outbound_jail`] limits what
-//!   this side sends.
-//! - Peers named with `drs.identify` are reached by name through
-//!   `drs-names` (`ServerNames`), which the core serves through its
-//!   extensions and [`Server::on_disconnect_last`].
+//! The kernel runs no access control of its own; it gives the hooks:
+//! [`Server::layer_outermost`] for a gate outside every layer,
+//! [`Server::on_connect`] to admit or refuse, the connection's
+//! [`Extensions`] to carry who the peer is, and
+//! [`ConnConfig::outbound_check`] on what this side sends. The crate
+//! `drs-auth` builds on them: `drs.auth`, WebSocket and TLS credentials,
+//! identities, and server, role, connection and client jails. Peers named
+//! with `drs.identify` are reached by name through `drs-names`.
 //!
 //! The in-memory transport ([`memory`]) is always built; the `test-util`
 //! feature that once enabled it is kept, empty, so that old manifests
@@ -108,7 +103,6 @@ mod error;
 mod explain;
 mod ext;
 mod handler;
-mod identity;
 mod layer;
 pub mod memory;
 pub mod observe;
@@ -135,14 +129,13 @@ pub use command::{
     INVALID_STREAM, MAX_NAME_LEN, MORE, NAME_TAKEN, NEXT, PING, RESPONSE, SHUTTING_DOWN,
     UNAUTHENTICATED,
 };
-pub use conn::{Call, CallStream, Conn, ConnConfig, SentCall};
+pub use conn::{Call, CallStream, Conn, ConnConfig, OutboundCheck, SentCall};
 pub use error::{Error, RemoteError};
 pub use ext::Extensions;
 pub use handler::{
     erase as box_handler, BoxedHandler, FromMsg, Handler, HandlerError, HandlerResult, Msg,
     Outcome, ReplyFuture,
 };
-pub use identity::{is_always_allowed, not_allowed, Identity, Jail, NOT_ALLOWED};
 pub use layer::{layer_fn, FnLayer, Layer, Next};
 pub use observe::{ActionObserver, Io, Observer};
 pub use protocol::{

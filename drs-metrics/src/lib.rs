@@ -45,11 +45,11 @@
 //! exporter records through a process-wide recorder, which fits one server
 //! per process less well than a registry per endpoint).
 
-use drs_auth::ServerAuth;
+use drs_auth::{Jail, ServerAuth};
 use std::{fmt, io};
 
 use bytes::Bytes;
-use drs_core::{HandlerResult, Jail, Server, ServerConfig};
+use drs_core::{HandlerResult, Server, ServerConfig};
 use drs_protocol_json::Json;
 use drs_stats::{Stats, STATS};
 use drs_transport_ws::WsListener;

@@ -1,6 +1,7 @@
 //! TLS over TCP with certificates made at test time (rcgen; no private key
 //! is committed): calls, the peer certificate's identity, every rejection.
 
+use drs_auth::MsgAuth;
 use drs_auth::ServerAuth;
 use std::{
     sync::{
@@ -10,8 +11,8 @@ use std::{
     time::Duration,
 };
 
-use drs_auth::{CredentialSource, Credentials};
-use drs_core::{Client, Conn, ConnConfig, Error, HandlerResult, Identity, Msg, Server};
+use drs_auth::{CredentialSource, Credentials, Identity};
+use drs_core::{Client, Conn, ConnConfig, Error, HandlerResult, Msg, Server};
 use drs_protocol_json::Json;
 use drs_tls::test_pki::{TestCa, Usage};
 use drs_tls::{ClientTls, ServerTls, TlsDialer, TlsListener};

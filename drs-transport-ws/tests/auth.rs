@@ -2,6 +2,7 @@
 //! authenticate the connection before it is admitted; bad ones reject it
 //! with the reason.
 
+use drs_auth::MsgAuth;
 use drs_auth::ServerAuth;
 use std::{
     sync::{
@@ -11,8 +12,8 @@ use std::{
     time::Duration,
 };
 
-use drs_auth::{CredentialSource, Credentials};
-use drs_core::{HandlerResult, Identity, Msg, Server};
+use drs_auth::{CredentialSource, Credentials, Identity};
+use drs_core::{HandlerResult, Msg, Server};
 use drs_protocol_json::Json;
 use drs_transport_ws::WsListener;
 use futures::{SinkExt, StreamExt};

@@ -56,8 +56,9 @@ mod url;
 
 pub use drs_auth as auth;
 pub use drs_auth::{
-    CredentialSource, Credentials, ListenerTokens, ServerAuth, DEFAULT_FAILURE_WINDOW,
-    DEFAULT_MAX_FAILURES,
+    is_always_allowed, not_allowed, ClientAuth, ConfigAuth, ConnAuth, CredentialSource,
+    Credentials, Identity, Jail, ListenerTokens, MsgAuth, ServerAuth, DEFAULT_FAILURE_WINDOW,
+    DEFAULT_MAX_FAILURES, NOT_ALLOWED,
 };
 pub use drs_core::*;
 pub use drs_names as names;
@@ -105,6 +106,7 @@ pub use drs_transport_ws as ws;
 /// What most programs use: `use drs::prelude::*;`.
 pub mod prelude {
     pub use crate::{connect, listen};
+    pub use drs_auth::{ClientAuth, ConfigAuth, ConnAuth, MsgAuth, ServerAuth};
     pub use drs_core::{
         Body, Client, Conn, ConnConfig, Error, HandlerError, HandlerResult, Msg, Routes, Server,
         ServerConfig,

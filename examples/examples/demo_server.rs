@@ -31,10 +31,10 @@
 
 use std::{path::PathBuf, process::ExitCode, sync::Arc, time::Duration};
 
-use drs_auth::{ListenerTokens, ServerAuth};
+use drs_auth::{Jail, ListenerTokens, ServerAuth};
 use drs_broker::{Broker, BrokerConfig};
 use drs_broker::{NatsBroker, NatsBrokerConfig};
-use drs_core::{Jail, Protocol, Server, ServerConfig};
+use drs_core::{Protocol, Server, ServerConfig};
 use drs_protocol_json::Json;
 use drs_protocol_msgpack::MsgPack;
 use drs_rembus::Rembus;

@@ -17,8 +17,8 @@
 
 use std::{process::ExitCode, time::Duration};
 
-use drs_auth::{Credentials, ServerAuth};
-use drs_core::{Client, Error, HandlerResult, Identity, Jail, Msg, Server};
+use drs_auth::{Credentials, Identity, Jail, MsgAuth, ServerAuth};
+use drs_core::{Client, Error, HandlerResult, Msg, Server};
 use drs_protocol_json::Json;
 use drs_tls::test_pki::{TestCa, Usage};
 use drs_tls::{ClientTls, ServerTls, TlsDialer, TlsListener};

@@ -24,8 +24,9 @@ use std::{
     time::{Duration, SystemTime, UNIX_EPOCH},
 };
 
+use drs_auth::{ConnAuth, Jail};
 use drs_core::{
-    fanout, Body, Conn, Error, HandlerError, Jail, Layer, MemoryHold, Msg, Next, OutBody, Outcome,
+    fanout, Body, Conn, Error, HandlerError, Layer, MemoryHold, Msg, Next, OutBody, Outcome,
     ReplyFuture, Server,
 };
 use drs_names::{ConnName, ServerNames};

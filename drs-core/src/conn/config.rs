@@ -66,11 +66,11 @@ pub struct ConnConfig {
     /// round trip, so the window bounds its rate: on loopback, 16 gave a
     /// third of what 64 gives (`drs-bench --only Stream`).
     pub stream_window: u32,
-    /// The actions this side may call or fire on the peer (a server's
+    /// Which actions this side may call or fire on the peer (a server's
     /// limit on what it asks of its clients, a client's of a server);
     /// others fail with [`Error::NotAllowed`] and are not sent. Default:
-    /// none (all allowed).
-    pub outbound_jail: Option<crate::Jail>,
+    /// none (all allowed). `drs-auth`'s outbound jail is one.
+    pub outbound_check: Option<OutboundCheck>,
     /// Commands with a `delay` the peer may have held here at once; past
     /// it a delayed call is answered `drs.error` "too many delayed
     /// commands". Default 1024.
@@ -97,7 +97,7 @@ impl Default for ConnConfig {
             write_stall_timeout: Some(Duration::from_secs(30)),
             handler_timeout: None,
             stream_window: 64,
-            outbound_jail: None,
+            outbound_check: None,
             max_delayed: 1024,
             max_delay: Duration::from_secs(3600),
         }
@@ -183,9 +183,9 @@ impl ConnConfig {
         self
     }
 
-    /// Sets the actions this side may call or fire on the peer.
-    pub fn outbound_jail(mut self, jail: Option<crate::Jail>) -> Self {
-        self.outbound_jail = jail;
+    /// Sets the check on what this side may call or fire on the peer.
+    pub fn outbound_check(mut self, check: Option<OutboundCheck>) -> Self {
+        self.outbound_check = check;
         self
     }
 
@@ -209,5 +209,29 @@ impl ConnConfig {
 
     pub(crate) fn frame_spec(&self, protocol: &dyn Protocol) -> FrameSpec {
         FrameSpec::new(protocol.framing()).max_frame_len(self.max_frame_len)
+    }
+}
+
+/// A check on what this side sends, given the action
+/// ([`ConnConfig::outbound_check`]): `false` fails the call or fire with
+/// [`Error::NotAllowed`] before anything is sent.
+#[derive(Clone)]
+pub struct OutboundCheck(std::sync::Arc<dyn Fn(&str) -> bool + Send + Sync>);
+
+impl OutboundCheck {
+    /// A check of `allows`.
+    pub fn new(allows: impl Fn(&str) -> bool + Send + Sync + 'static) -> Self {
+        Self(std::sync::Arc::new(allows))
+    }
+
+    /// Whether `action` may be sent.
+    pub fn allows(&self, action: &str) -> bool {
+        (self.0)(action)
+    }
+}
+
+impl std::fmt::Debug for OutboundCheck {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("OutboundCheck(..)")
     }
 }

@@ -27,7 +27,7 @@ use tokio_util::sync::CancellationToken;
 
 use call::delay_ms;
 pub use call::{Call, SentCall};
-pub use config::ConnConfig;
+pub use config::{ConnConfig, OutboundCheck};
 pub(crate) use driver::Driver;
 pub(crate) use pending::{remote_error, ItemFate, Pending, PendingGuard, Reply, ReplyKind};
 pub(crate) use send::{encode_frame, KeyText};
@@ -89,7 +89,6 @@ impl Conn {
         let shared = Arc::new(Shared {
             outbound: Outbound::new(config.max_outbound),
             close_reason: Mutex::new(None),
-            identity: std::sync::OnceLock::new(),
             io: Default::default(),
             id: NEXT_CONN_ID.fetch_add(1, Ordering::Relaxed),
             weak_tx: tx.downgrade(),
@@ -332,33 +331,6 @@ impl Conn {
     /// How many calls on this connection are waiting for a reply.
     pub fn pending_calls(&self) -> usize {
         self.shared.pending.len()
-    }
-
-    /// Who the peer is, once something authenticated it
-    /// ([`authenticate_as`](Conn::authenticate_as); `drs-auth`).
-    pub fn identity(&self) -> Option<Arc<crate::Identity>> {
-        self.shared.identity.get().cloned()
-    }
-
-    /// Records who the peer is, as a connect hook that authenticated it
-    /// by other means would (a client certificate, a network it trusts);
-    /// `false` (and nothing changes) when it already has an identity.
-    pub fn authenticate_as(&self, identity: crate::Identity) -> bool {
-        self.set_identity(identity)
-    }
-
-    /// Records the peer's identity; `false` (and nothing changes) when it
-    /// already has one.
-    pub(crate) fn set_identity(&self, identity: crate::Identity) -> bool {
-        self.shared.identity.set(Arc::new(identity)).is_ok()
-    }
-
-    /// Confines what the peer may call on this connection to `jail`
-    /// (inside any server, role or identity jail): anything else gets
-    /// `drs.error` "action not allowed: …" and reaches no handler.
-    /// `drs.ping` and `drs.auth` are always allowed.
-    pub fn jail(&self, jail: crate::Jail) -> &Self {
-        self.layer(crate::identity::JailLayer(Arc::new(jail)))
     }
 
     /// Tells the peer why (a keyless `drs.error`) and closes for `reason`.

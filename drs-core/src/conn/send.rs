@@ -29,8 +29,8 @@ impl Conn {
 
     /// Whether the outbound jail lets us send `action`.
     pub(super) fn check_outbound(&self, action: &str) -> Result<(), Error> {
-        match &self.shared.config.outbound_jail {
-            Some(jail) if !jail.allows(action) => Err(Error::NotAllowed(action.to_string())),
+        match &self.shared.config.outbound_check {
+            Some(check) if !check.allows(action) => Err(Error::NotAllowed(action.to_string())),
             _ => Ok(()),
         }
     }

@@ -108,7 +108,6 @@ pub(crate) struct Shared {
     /// a reason (a slow consumer) puts it here first.
     pub(crate) close_reason: Mutex<Option<CloseReason>>,
     /// Who the peer is, once authenticated.
-    pub(crate) identity: std::sync::OnceLock<Arc<crate::Identity>>,
     /// Bytes and frames moved, counted by the driver.
     pub(crate) io: crate::observe::IoCounters,
     /// What the connection holds against the server's memory budget.

@@ -170,11 +170,6 @@ impl Msg {
         &self.inner.cmd
     }
 
-    /// Who the peer is, once authenticated ([`Conn::identity`]).
-    pub fn identity(&self) -> Option<Arc<crate::Identity>> {
-        self.inner.shared.identity.get().cloned()
-    }
-
     /// The connection the command arrived on; handlers may fire to or call the
     /// peer through it.
     pub fn conn(&self) -> &Conn {

@@ -1,20 +1,20 @@
-//! Who the peer is and what it may ask, as the kernel carries them:
-//! [`Identity`] (set once per connection, by whatever authenticated it:
-//! `drs-auth`, a connect hook, a TLS certificate check) and [`Jail`], an
-//! allowlist of actions, enforced per connection ([`Conn::jail`]) and per
-//! client, and on what this side sends
-//! ([`ConnConfig::outbound_jail`](crate::ConnConfig::outbound_jail)).
-//! Authentication itself, and the server's and roles' jails, are the
-//! crate `drs-auth`.
+//! Who the peer is and what it may ask: [`Identity`] (set once per
+//! connection, by whatever authenticated it: [`ServerAuth::authenticate`],
+//! a connect hook, a TLS certificate check) and [`Jail`], an allowlist of
+//! actions, enforced per server and role ([`ServerAuth`]), per connection
+//! ([`ConnAuth::jail`]), per client ([`ClientAuth::jail`]), and on what
+//! this side sends ([`ConfigAuth::outbound_jail`]).
 //!
-//! [`Conn::jail`]: crate::Conn::jail
+//! The identity lives in the connection's extensions: the kernel knows
+//! nothing of it.
+//!
+//! [`ServerAuth`]: crate::ServerAuth
+//! [`ServerAuth::authenticate`]: crate::ServerAuth::authenticate
 
 use std::{collections::BTreeMap, fmt, sync::Arc};
 
-use crate::{
-    command::{AUTH, PING},
-    handler::{Msg, Outcome, ReplyFuture},
-    layer::{Layer, Next},
+use drs_core::{
+    Client, Conn, ConnConfig, Layer, Msg, Next, OutboundCheck, Outcome, ReplyFuture, AUTH, PING,
 };
 
 /// What a `drs.error` says to a command outside the connection's jail:
@@ -23,11 +23,11 @@ pub const NOT_ALLOWED: &str = "action not allowed: ";
 
 /// Who the peer of a connection is, as an authenticator established it:
 /// a name, roles, and any other attributes; readable by every handler
-/// ([`Msg::identity`](crate::Msg::identity)) for the life of the
+/// ([`Msg::identity`](MsgAuth::identity)) for the life of the
 /// connection, and no longer.
 ///
 /// ```
-/// use drs_core::{Identity, Jail};
+/// use drs_auth::{Identity, Jail};
 /// let who = Identity::new("ada")
 ///     .role("billing")
 ///     .attribute("tenant", "acme")
@@ -85,12 +85,12 @@ impl Identity {
 /// (every action that starts with `billing.`); `*` alone allows all.
 ///
 /// ```
-/// let jail = drs_core::Jail::new(["echo", "billing.*"]).unwrap();
+/// let jail = drs_auth::Jail::new(["echo", "billing.*"]).unwrap();
 /// assert!(jail.allows("echo"));
 /// assert!(jail.allows("billing.invoice.send"));
 /// assert!(!jail.allows("billing"));
 /// assert!(!jail.allows("admin.drop"));
-/// assert!(drs_core::Jail::parse("echo, billing.*").unwrap() == jail);
+/// assert!(drs_auth::Jail::parse("echo, billing.*").unwrap() == jail);
 /// ```
 #[derive(Debug, Clone, PartialEq, Eq, Default)]
 pub struct Jail {
@@ -186,7 +186,7 @@ pub fn not_allowed(action: &str) -> ReplyFuture {
 
 /// The layer of one jail (a connection's, a client's).
 #[derive(Debug, Clone)]
-pub(crate) struct JailLayer(pub(crate) Arc<Jail>);
+struct JailLayer(Arc<Jail>);
 
 impl Layer for JailLayer {
     fn call(&self, msg: Msg, next: Next) -> ReplyFuture {
@@ -195,6 +195,93 @@ impl Layer for JailLayer {
         } else {
             not_allowed(msg.action())
         }
+    }
+}
+
+/// The identity a connection carries, in its extensions.
+#[derive(Clone)]
+struct Authenticated(Arc<Identity>);
+
+/// Identity and jails on a [`Conn`] (`use drs_auth::ConnAuth`, or the
+/// facade's prelude).
+pub trait ConnAuth {
+    /// Who the peer is, once something authenticated it
+    /// ([`authenticate_as`](ConnAuth::authenticate_as)).
+    fn identity(&self) -> Option<Arc<Identity>>;
+
+    /// Records who the peer is, as a connect hook that authenticated it
+    /// by other means would (a client certificate, a network it trusts);
+    /// `false` (and nothing changes) when it already has an identity.
+    fn authenticate_as(&self, identity: Identity) -> bool;
+
+    /// Confines what the peer may call on this connection to `jail`
+    /// (inside any server, role or identity jail): anything else gets
+    /// `drs.error` "action not allowed: …" and reaches no handler.
+    /// `drs.ping` and `drs.auth` are always allowed.
+    fn jail(&self, jail: Jail) -> &Self;
+}
+
+impl ConnAuth for Conn {
+    fn identity(&self) -> Option<Arc<Identity>> {
+        self.with_extensions(|ext| ext.get::<Authenticated>().map(|a| a.0.clone()))
+    }
+
+    fn authenticate_as(&self, identity: Identity) -> bool {
+        self.with_extensions(|ext| {
+            if ext.get::<Authenticated>().is_some() {
+                return false;
+            }
+            ext.insert(Authenticated(Arc::new(identity)));
+            true
+        })
+    }
+
+    fn jail(&self, jail: Jail) -> &Self {
+        self.layer(JailLayer(Arc::new(jail)))
+    }
+}
+
+/// The identity of the peer a command came from (`use
+/// drs_auth::MsgAuth`, or the facade's prelude).
+pub trait MsgAuth {
+    /// Who the peer is, once authenticated ([`ConnAuth::identity`]).
+    fn identity(&self) -> Option<Arc<Identity>>;
+}
+
+impl MsgAuth for Msg {
+    fn identity(&self) -> Option<Arc<Identity>> {
+        self.conn().identity()
+    }
+}
+
+/// A jail on what a server may ask of a [`Client`] (`use
+/// drs_auth::ClientAuth`, or the facade's prelude).
+pub trait ClientAuth {
+    /// Confines what the server may call or fire on this client to
+    /// `jail`: anything else gets `drs.error` "action not allowed: …" and
+    /// reaches no handler.
+    fn jail(self, jail: Jail) -> Self;
+}
+
+impl ClientAuth for Client {
+    fn jail(self, jail: Jail) -> Self {
+        self.layer(JailLayer(Arc::new(jail)))
+    }
+}
+
+/// A jail on what this side sends (`use drs_auth::ConfigAuth`, or the
+/// facade's prelude).
+pub trait ConfigAuth {
+    /// Sets the actions this side may call or fire on the peer (a
+    /// server's limit on what it asks of its clients, a client's of a
+    /// server); others fail with [`drs_core::Error::NotAllowed`] and are
+    /// not sent. `None` lifts it.
+    fn outbound_jail(self, jail: Option<Jail>) -> Self;
+}
+
+impl ConfigAuth for ConnConfig {
+    fn outbound_jail(self, jail: Option<Jail>) -> Self {
+        self.outbound_check(jail.map(|jail| OutboundCheck::new(move |action| jail.allows(action))))
     }
 }
 
