@@ -436,6 +436,3 @@ impl<T: AsyncWrite + Unpin> Sink<Bytes> for FramedIo<T> {
         Pin::new(&mut this.io).poll_shutdown(cx)
     }
 }
-
-#[cfg(test)]
-mod tests;

@@ -1,4 +1,12 @@
-use super::*;
+//! The framing layer (`FrameCodec`, `FramedIo`) through its public API:
+//! lines and length prefixes, limits, the first-bytes check, the end of a
+//! stream.
+
+use std::io;
+
+use bytes::{Bytes, BytesMut};
+use drs_core::*;
+use tokio_util::codec::{Decoder, Encoder};
 
 fn codec(framing: Framing, max: usize) -> FrameCodec {
     FrameCodec::new(FrameSpec::new(framing).max_frame_len(max))
