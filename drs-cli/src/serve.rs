@@ -20,6 +20,7 @@ Examples:
   drs serve --demo --listen tcp://127.0.0.1:0 --listen ws://127.0.0.1:0
   drs serve drs.toml                                 # listeners, limits, tokens from a file
   drs serve drs.toml --demo --timeout 10             # plus the demo actions; 10 s to drain
+  drs serve --demo --listen 'tls://0.0.0.0:12443?cert=cert.pem&key=key.pem'
 
 The file (a commented example: drs-cli/drs.example.toml):
 
@@ -377,10 +378,13 @@ async fn join_nats(
     Ok((format!("nats://{host}/{service}{suffix}"), local, joined))
 }
 
-/// Binds one listener: its URL and the local address its connections
-/// report.
+/// Binds one listener, through the registry of schemes as `drs::listen`
+/// does: its URL and the local address its connections report. A
+/// `tls = {…}` section becomes the URL's `cert`, `key` and `client_ca`.
 async fn bind(server: &Server, listener: &ListenerSection) -> Result<(String, String), Failure> {
-    let url = drs::Url::parse(&listener.url).map_err(|e| Failure::usage(e.to_string()))?;
+    let mut url = drs::Url::parse(&listener.url).map_err(|e| Failure::usage(e.to_string()))?;
+    let usage =
+        |e: &dyn std::fmt::Display| Failure::usage(format!("listener {}: {e}", listener.url));
     let cannot = |e: &dyn std::fmt::Display| {
         Failure::new(
             exit::CONNECTION,
@@ -388,76 +392,60 @@ async fn bind(server: &Server, listener: &ListenerSection) -> Result<(String, St
         )
     };
     let secure = matches!(url.scheme.as_str(), "tls" | "wss");
-    let tls = match (&listener.tls, secure) {
-        (Some(tls), true) => Some(
-            server_tls(tls)
-                .map_err(|e| Failure::usage(format!("listener {}: {e}", listener.url)))?,
-        ),
-        (None, true) => {
-            return Err(Failure::usage(format!(
-                "listener {}: a {}:// listener needs tls = {{ cert = \"…\", key = \"…\" }}",
-                listener.url, url.scheme
+    match (&listener.tls, secure) {
+        (Some(tls), true) => {
+            if url.param("cert").is_some() || url.param("key").is_some() {
+                return Err(usage(
+                    &"give the certificates once: in tls = {…} or in the URL",
+                ));
+            }
+            let files = [("cert", Some(&tls.cert)), ("key", Some(&tls.key))];
+            let client_ca = [("client_ca", tls.client_ca.as_ref())];
+            for (name, path) in files.into_iter().chain(client_ca) {
+                let Some(path) = path else { continue };
+                let path = path
+                    .to_str()
+                    .ok_or_else(|| usage(&format!("{name}: {} is not UTF-8", path.display())))?;
+                url.query.push((name.to_string(), path.to_string()));
+            }
+        }
+        (None, true) if url.param("cert").is_none() => {
+            return Err(usage(&format!(
+                "a {}:// listener needs tls = {{ cert = \"…\", key = \"…\" }}",
+                url.scheme
             )))
         }
-        (Some(_), false) => {
-            return Err(Failure::usage(format!(
-                "listener {}: tls is for tls:// and wss:// listeners",
-                listener.url
-            )))
-        }
-        (None, false) => None,
-    };
+        (Some(_), false) => return Err(usage(&"tls is for tls:// and wss:// listeners")),
+        _ => {}
+    }
+    if secure {
+        // Certificates that do not load are the configuration's fault:
+        // say so before anything is bound.
+        drs::tls::ServerTls::for_url(&url).map_err(|e| usage(&e))?;
+    }
     let protocol = drs::protocol_of(&url).map_err(|e| Failure::usage(e.to_string()))?;
-    let suffix = url
-        .param("protocol")
-        .map(|p| format!("?protocol={p}"))
-        .unwrap_or_default();
-    match (url.scheme.as_str(), tls) {
-        ("tls", Some(tls)) => {
-            let l = drs::tls::TlsListener::bind(&url.target, tls)
-                .await
-                .map_err(|e| cannot(&e))?;
-            let addr = server.listen_arc(l, protocol).map_err(|e| cannot(&e))?;
-            Ok((format!("tls://{addr}{suffix}"), addr))
-        }
-        ("wss", Some(tls)) => {
-            let host = url.target.split('/').next().unwrap_or_default();
-            let l = drs::ws::WsListener::bind(host)
-                .await
-                .map_err(|e| cannot(&e))?
-                .tls(tls);
-            let addr = server.listen_arc(l, protocol).map_err(|e| cannot(&e))?;
-            Ok((format!("wss://{addr}{suffix}"), addr))
-        }
-        _ => {
-            let bound = drs::listen(server, &listener.url)
-                .await
-                .map_err(|e| match &e {
-                    drs::Error::Io(io) if io.kind() == std::io::ErrorKind::InvalidInput => {
-                        Failure::usage(format!("listener {}: {e}", listener.url))
-                    }
-                    _ => cannot(&e),
-                })?;
-            // What connections report as their local address: the URL's
-            // address without scheme and query.
-            let local = bound
-                .split_once("://")
-                .map_or(bound.as_str(), |(_, rest)| rest)
-                .split('?')
-                .next()
-                .unwrap_or_default()
-                .to_string();
-            Ok((bound, local))
-        }
-    }
-}
-
-fn server_tls(tls: &TlsSection) -> std::io::Result<drs::tls::ServerTls> {
-    let mut builder = drs::tls::ServerTls::from_pem_files(&tls.cert, &tls.key)?;
-    if let Some(ca) = &tls.client_ca {
-        builder = builder.require_client_cert_file(ca)?;
-    }
-    builder.build()
+    let scheme = drs::registry().find_scheme(&url.scheme).ok_or_else(|| {
+        let known = drs::registry().schemes().join(", ");
+        usage(&format!("unknown scheme `{}` ({known})", url.scheme))
+    })?;
+    let bound = scheme
+        .listen(server, &url, protocol)
+        .await
+        .map_err(|e| match &e {
+            drs::Error::Io(io) if io.kind() == std::io::ErrorKind::InvalidInput => usage(&e),
+            _ => cannot(&e),
+        })?;
+    // What connections report as their local address: the URL's address
+    // without scheme.
+    let local = bound
+        .split_once("://")
+        .map_or(bound.as_str(), |(_, rest)| rest)
+        .to_string();
+    let bound = match url.param("protocol") {
+        Some(p) => format!("{bound}?protocol={p}"),
+        None => bound,
+    };
+    Ok((bound, local))
 }
 
 pub(crate) async fn run(args: ServeArgs) -> Result<(), Failure> {

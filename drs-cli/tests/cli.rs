@@ -589,6 +589,59 @@ token = "s3cret"
     assert_eq!(code(&o), 1, "the publish jail: {}", stderr(&o));
 }
 
+/// TLS listeners go through the registry like the others: from a
+/// `tls = {…}` section, or with the certificates in a `--listen` URL; a
+/// client dials the printed URL trusting the CA with `?ca=`.
+#[test]
+fn serve_listens_with_tls_from_a_section_or_the_url() {
+    use drs_tls::test_pki::{TestCa, Usage};
+    let ca = TestCa::new("drs cli test CA");
+    let (cert, key) = ca.issue("localhost", &["127.0.0.1"], Usage::Server, false);
+    let cert = tmp("tls-server.pem", &cert);
+    let key = tmp("tls-server.key", &key);
+    let ca_file = tmp("tls-ca.pem", &ca.pem());
+    let (cert, key, ca_file) = (
+        cert.to_str().expect("utf-8"),
+        key.to_str().expect("utf-8"),
+        ca_file.to_str().expect("utf-8"),
+    );
+    let config = tmp(
+        "tls-serve.toml",
+        &format!(
+            "demo = true\n[[listener]]\nurl = \"wss://127.0.0.1:0\"\ntls = {{ cert = {cert:?}, key = {key:?} }}\n"
+        ),
+    );
+    let from_url = format!("tls://127.0.0.1:0?cert={cert}&key={key}&protocol=msgpack");
+    let served = Served::start(
+        &[
+            "serve",
+            config.to_str().expect("utf-8"),
+            "--listen",
+            &from_url,
+        ],
+        2,
+    );
+    for url in &served.urls {
+        assert!(!url.contains("cert=") && !url.contains("key="), "{url}");
+        let sep = if url.contains('?') { '&' } else { '?' };
+        let o = drs(
+            &["call", &format!("{url}{sep}ca={ca_file}"), "echo", "7"],
+            None,
+        );
+        assert_eq!(
+            (code(&o), stdout(&o).as_str()),
+            (0, "7\n"),
+            "{url}: {}",
+            stderr(&o)
+        );
+    }
+    assert!(served.urls.iter().any(|u| u.starts_with("wss://")));
+    assert!(served
+        .urls
+        .iter()
+        .any(|u| u.starts_with("tls://") && u.ends_with("?protocol=msgpack")));
+}
+
 #[test]
 fn serve_refuses_bad_configs_with_usage_errors() {
     for (name, text, says) in [
@@ -602,6 +655,16 @@ fn serve_refuses_bad_configs_with_usage_errors() {
             "tls.toml",
             "[[listener]]\nurl = \"tls://127.0.0.1:0\"\n",
             "needs tls",
+        ),
+        (
+            "missing-cert.toml",
+            "[[listener]]\nurl = \"tls://127.0.0.1:0\"\ntls = { cert = \"/nonexistent/c.pem\", key = \"/nonexistent/k.pem\" }\n",
+            "/nonexistent/c.pem",
+        ),
+        (
+            "twice.toml",
+            "[[listener]]\nurl = \"tls://127.0.0.1:0?cert=a.pem&key=b.pem\"\ntls = { cert = \"c.pem\", key = \"k.pem\" }\n",
+            "give the certificates once",
         ),
         (
             "scheme.toml",

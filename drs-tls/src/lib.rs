@@ -142,6 +142,23 @@ impl ServerTls {
             acceptor: TlsAcceptor::from(config),
         }
     }
+
+    /// The server settings a listening URL asks for: its certificate
+    /// chain `?cert=FILE` and key `?key=FILE` (PEM), and, for mutual TLS,
+    /// the CA its clients' certificates must chain to, `?client_ca=FILE`.
+    pub fn for_url(url: &drs_core::Url) -> io::Result<ServerTls> {
+        let (Some(cert), Some(key)) = (url.param("cert"), url.param("key")) else {
+            return Err(invalid(format!(
+                "{}:// listeners need certificates: add ?cert=FILE&key=FILE (PEM), or bind a TlsListener (or a WsListener with .tls(…)) with a ServerTls",
+                url.scheme
+            )));
+        };
+        let mut builder = ServerTls::from_pem_files(cert, key)?;
+        if let Some(ca) = url.param("client_ca") {
+            builder = builder.require_client_cert_file(ca)?;
+        }
+        builder.build()
+    }
 }
 
 impl ServerTls {
@@ -555,9 +572,10 @@ impl ClientTls {
     }
 }
 
-/// `tls://HOST:PORT` (`?ca=FILE`) for a [`Registry`](drs_core::Registry):
-/// it dials; a TLS listener needs certificates, so it is bound in code
-/// ([`TlsListener`] with a [`ServerTls`]).
+/// `tls://HOST:PORT` for a [`Registry`](drs_core::Registry): it dials
+/// trusting `?ca=FILE` ([`ClientTls::for_url`]), and listens with the
+/// certificates of `?cert=FILE&key=FILE` (and `&client_ca=FILE` for mutual
+/// TLS; [`ServerTls::for_url`]). The URL it answers carries none of them.
 #[derive(Debug, Clone, Copy, Default)]
 pub struct TlsScheme;
 
@@ -580,19 +598,13 @@ impl drs_core::Scheme for TlsScheme {
 
     fn listen<'a>(
         &'a self,
-        _: &'a drs_core::Server,
+        server: &'a drs_core::Server,
         url: &'a drs_core::Url,
-        _: Arc<dyn drs_core::Protocol>,
+        protocol: Arc<dyn drs_core::Protocol>,
     ) -> drs_core::SchemeFuture<'a, String> {
-        Box::pin(async move { Err(needs_certificates(&url.scheme)) })
+        let bind = async move { TlsListener::bind(&url.target, ServerTls::for_url(url)?).await };
+        drs_core::listen_bound(server, "tls", bind, protocol)
     }
-}
-
-/// Why `tls://` and `wss://` cannot listen from a URL alone.
-pub fn needs_certificates(scheme: &str) -> drs_core::Error {
-    drs_core::Error::Io(invalid(format!(
-        "{scheme}:// listeners need certificates: bind drs::tls::TlsListener (or a WsListener with .tls(…)) with a ServerTls"
-    )))
 }
 
 #[cfg(test)]

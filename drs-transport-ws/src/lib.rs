@@ -903,8 +903,9 @@ pub async fn connect<P: Protocol>(url: &str, protocol: P) -> Result<Conn, Error>
 
 /// `ws://HOST:PORT/PATH` and `wss://…` (`?ca=FILE`) for a
 /// [`Registry`](drs_core::Registry); the query other than `protocol` and
-/// `ca` goes to the server (`?token=`). A `wss://` listener needs
-/// certificates, so it is bound in code.
+/// `ca` goes to the server (`?token=`). A `wss://` listener takes its
+/// certificates from `?cert=FILE&key=FILE` (and `&client_ca=FILE`;
+/// [`drs_tls::ServerTls::for_url`]).
 #[derive(Debug, Clone, Copy, Default)]
 pub struct WsScheme;
 
@@ -935,10 +936,14 @@ impl drs_core::Scheme for WsScheme {
         url: &'a drs_core::Url,
         protocol: std::sync::Arc<dyn drs_core::Protocol>,
     ) -> drs_core::SchemeFuture<'a, String> {
-        if url.scheme == "wss" {
-            return Box::pin(async { Err(drs_tls::needs_certificates("wss")) });
-        }
         let host = url.target.split('/').next().unwrap_or_default();
+        if url.scheme == "wss" {
+            let bind = async move {
+                let tls = drs_tls::ServerTls::for_url(url)?;
+                Ok(WsListener::bind(host).await?.tls(tls))
+            };
+            return drs_core::listen_bound(server, "wss", bind, protocol);
+        }
         drs_core::listen_bound(server, "ws", WsListener::bind(host), protocol)
     }
 }

@@ -90,9 +90,10 @@ pub async fn connect_with(client: Client, url: &str) -> Result<Conn, Error> {
 
 /// Makes `server` listen at `url` and returns the URL it listens at (a
 /// port 0 replaced by the one picked): `tcp://`, `ws://`, `ipc://`,
-/// `nats://HOST:PORT/SERVICE` (joins the service), `redis://HOST:PORT/DB/SERVICE`.
-/// TLS listeners need certificates: bind [`tls::TlsListener`](crate::tls)
-/// or a `WsListener` with `.tls(…)` yourself.
+/// `nats://HOST:PORT/SERVICE` (joins the service), `redis://HOST:PORT/DB/SERVICE`,
+/// and `tls://` and `wss://` with their certificates in the query
+/// (`?cert=FILE&key=FILE`, and `&client_ca=FILE` for mutual TLS; the URL
+/// answered carries none of them).
 pub async fn listen(server: &Server, url: &str) -> Result<String, Error> {
     let parsed = Url::parse(url)?;
     let protocol = protocol_of(&parsed)?;

@@ -100,9 +100,90 @@ async fn bad_urls_are_clear_errors() {
         let err = drs::connect(url).await.unwrap_err().to_string();
         assert!(err.contains(expected), "{url}: {err}");
     }
-    let err = drs::listen(&server, "tls://127.0.0.1:0").await.unwrap_err();
-    assert!(err.to_string().contains("need certificates"), "{err}");
+    for url in [
+        "tls://127.0.0.1:0",
+        "wss://127.0.0.1:0",
+        "tls://127.0.0.1:0?cert=c.pem",
+    ] {
+        let err = drs::listen(&server, url).await.unwrap_err().to_string();
+        assert!(
+            err.contains("need certificates: add ?cert=FILE&key=FILE"),
+            "{url}: {err}"
+        );
+    }
+    let err = drs::listen(
+        &server,
+        "tls://127.0.0.1:0?cert=/nonexistent.pem&key=/nonexistent.key",
+    )
+    .await
+    .unwrap_err()
+    .to_string();
+    assert!(err.contains("/nonexistent.pem"), "{err}");
     // Nothing listens there: a connection error, not a hang.
     let err = drs::connect("tcp://127.0.0.1:1").await.unwrap_err();
     assert!(matches!(err, drs::Error::Io(_)), "{err:?}");
+}
+
+/// `tls://` and `wss://` listen by URL with their certificates in the
+/// query (mutual TLS with `client_ca`); the URL answered carries none of
+/// them, and a client dials it with `?ca=`.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn tls_and_wss_listen_by_url_with_their_certificates() {
+    use drs_tls::test_pki::{TestCa, Usage};
+    tokio::time::timeout(LIMIT, async {
+        let dir = std::env::temp_dir().join(format!("drs-connect-tls-{}", std::process::id()));
+        std::fs::create_dir_all(&dir).unwrap();
+        let ca = TestCa::new("drs connect test CA");
+        let (cert, key) = ca.issue(
+            "localhost",
+            &["localhost", "127.0.0.1"],
+            Usage::Server,
+            false,
+        );
+        let file = |name: &str, text: &str| {
+            let path = dir.join(name);
+            std::fs::write(&path, text).unwrap();
+            path.to_str().unwrap().to_string()
+        };
+        let (cert, key, ca_file) = (
+            file("server.pem", &cert),
+            file("server.key", &key),
+            file("ca.pem", &ca.pem()),
+        );
+        let server = server();
+        for scheme in ["tls", "wss"] {
+            let at = drs::listen(
+                &server,
+                &format!("{scheme}://127.0.0.1:0?cert={cert}&key={key}&protocol=msgpack"),
+            )
+            .await
+            .unwrap();
+            assert!(at.starts_with(&format!("{scheme}://127.0.0.1:")), "{at}");
+            assert!(!at.contains("cert") && !at.contains("key"), "{at}");
+            assert!(at.ends_with("?protocol=msgpack"), "{at}");
+            let conn = drs::connect(&format!("{at}&ca={ca_file}")).await.unwrap();
+            let sum: i64 = conn.call("add", (40, 2)).await.unwrap();
+            assert_eq!((sum, conn.info().transport), (42, scheme));
+            // Without trusting the CA the handshake fails.
+            let host_port = at.trim_start_matches(&format!("{scheme}://"));
+            let untrusted = file("other.pem", &TestCa::new("another CA").pem());
+            let err = drs::connect(&format!("{scheme}://{host_port}&ca={untrusted}")).await;
+            assert!(
+                err.is_err(),
+                "{scheme}: a client trusting another CA connected"
+            );
+        }
+        // Mutual TLS: the listener asks for a client certificate from the CA.
+        let at = drs::listen(
+            &server,
+            &format!("tls://127.0.0.1:0?cert={cert}&key={key}&client_ca={ca_file}"),
+        )
+        .await
+        .unwrap();
+        let err = drs::connect(&format!("{at}?ca={ca_file}")).await;
+        assert!(err.is_err() || err.unwrap().call::<i64>("add", (1, 2)).await.is_err());
+        let _ = std::fs::remove_dir_all(&dir);
+    })
+    .await
+    .unwrap();
 }
