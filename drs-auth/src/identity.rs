@@ -13,8 +13,9 @@
 
 use std::{collections::BTreeMap, fmt, sync::Arc};
 
+use crate::AUTH;
 use drs_core::{
-    Client, Conn, ConnConfig, Layer, Msg, Next, OutboundCheck, Outcome, ReplyFuture, AUTH, PING,
+    Client, Conn, ConnConfig, Layer, Msg, Next, OutboundCheck, Outcome, ReplyFuture, PING,
 };
 
 /// What a `drs.error` says to a command outside the connection's jail:

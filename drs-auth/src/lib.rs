@@ -44,11 +44,18 @@ use std::{
 };
 
 use drs_core::{
-    Body, CloseReason, Conn, ConnInfo, HandlerError, Layer, Msg, Next, Outcome, ReplyFuture,
-    Server, AUTH, UNAUTHENTICATED,
+    Body, CloseReason, Conn, ConnInfo, HandlerError, Layer, Msg, Next, Outcome, ReplyFuture, Server,
 };
 
 mod identity;
+
+/// Authenticates the connection (docs/PROTOCOL.md §2): body `{"token": …}` (or
+/// whatever the server's authenticator reads), answered with the
+/// identity's `{"name": …, "roles": […]}` or `drs.error`.
+pub const AUTH: &str = "drs.auth";
+/// What a `drs.error` says to a command sent before authentication (on a
+/// server that authenticates: `drs-auth`).
+pub const UNAUTHENTICATED: &str = "unauthenticated";
 
 pub use identity::{
     is_always_allowed, not_allowed, ClientAuth, ConfigAuth, ConnAuth, Identity, Jail, MsgAuth,

@@ -5,8 +5,8 @@
 use std::{sync::Arc, time::Duration};
 
 use drs_broker::{Backlog, Broker, BrokerConfig};
-use drs_core::{Client, Conn, HandlerResult, Msg, Server, IDENTIFY};
-use drs_names::ServerNames;
+use drs_core::{Client, Conn, HandlerResult, Msg, Server};
+use drs_names::{ServerNames, IDENTIFY};
 use drs_protocol_json::Json;
 use drs_pubsub::Subscriptions;
 use drs_transport_tcp::{TcpDialer, TcpListener};

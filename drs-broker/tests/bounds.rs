@@ -6,8 +6,8 @@
 use std::{sync::Arc, time::Duration};
 
 use drs_broker::{Backlog, Broker, BrokerConfig, BUDGET_EXCEEDED};
-use drs_core::{Client, Conn, HandlerResult, Server, ServerConfig, IDENTIFY};
-use drs_names::ServerNames;
+use drs_core::{Client, Conn, HandlerResult, Server, ServerConfig};
+use drs_names::{ServerNames, IDENTIFY};
 use drs_protocol_json::Json;
 use drs_pubsub::{MAX_TOPIC_DEPTH, MAX_TOPIC_LEN};
 use drs_transport_tcp::TcpDialer;

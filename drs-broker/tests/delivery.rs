@@ -4,7 +4,8 @@ use drs_pubsub::PubSub;
 use std::{sync::Arc, time::Duration};
 
 use drs_broker::{Broker, BrokerConfig};
-use drs_core::{Client, HandlerResult, Server, IDENTIFY};
+use drs_core::{Client, HandlerResult, Server};
+use drs_names::IDENTIFY;
 use drs_protocol_json::Json;
 use drs_transport_tcp::{TcpDialer, TcpListener};
 use serde_json::{json, Value};

@@ -6,7 +6,8 @@ use drs_pubsub::PubSub;
 use std::{io::Write, sync::Arc, time::Duration};
 
 use drs_broker::{Broker, BrokerConfig, StoreError, STORE_FILE};
-use drs_core::{Client, Conn, HandlerResult, Msg, Server, IDENTIFY};
+use drs_core::{Client, Conn, HandlerResult, Msg, Server};
+use drs_names::IDENTIFY;
 use drs_protocol_json::Json;
 use drs_pubsub::Subscriptions;
 use drs_testkit::TestProcess;

@@ -9,8 +9,8 @@ use std::{sync::Arc, time::Duration};
 
 use drs_auth::Credentials;
 use drs_broker::{Broker, BrokerConfig};
-use drs_core::{Client, Conn, HandlerResult, Server, IDENTIFY, NAME_TAKEN};
-use drs_names::{ServerNames, MAX_NAMES_PER_CONN};
+use drs_core::{Client, Conn, HandlerResult, Server};
+use drs_names::{ServerNames, IDENTIFY, MAX_NAMES_PER_CONN, NAME_TAKEN};
 use drs_protocol_json::Json;
 use drs_transport_tcp::TcpDialer;
 use serde_json::{json, Value};
@@ -89,7 +89,7 @@ async fn a_name_is_served_only_after_authentication_and_only_to_its_owner() {
         let anonymous = raw(&addr).await;
         assert_eq!(
             message(identify(&anonymous, "billing").await),
-            drs_core::UNAUTHENTICATED
+            drs_auth::UNAUTHENTICATED
         );
         assert!(server.named("billing").is_none());
         // Another identity: the name is taken, and stays unclaimed.

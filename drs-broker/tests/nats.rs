@@ -6,8 +6,8 @@
 use std::time::Duration;
 
 use drs_broker::{Broker, BrokerConfig, NatsBroker, NatsBrokerConfig};
-use drs_core::{Client, Conn, HandlerResult, Server, IDENTIFY};
-use drs_names::ServerNames;
+use drs_core::{Client, Conn, HandlerResult, Server};
+use drs_names::{ServerNames, IDENTIFY};
 use drs_protocol_json::Json;
 use drs_protocol_msgpack::MsgPack;
 use drs_testkit::NatsServer;

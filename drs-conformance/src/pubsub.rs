@@ -4,7 +4,8 @@
 use std::sync::Mutex;
 
 use drs_broker::{Backlog, Broker, BrokerConfig};
-use drs_core::{CloseReason, Error, Handler, IDENTIFY, NAME_TAKEN};
+use drs_core::{CloseReason, Error, Handler};
+use drs_names::{IDENTIFY, NAME_TAKEN};
 use drs_pubsub::{PubSub, Subscriptions};
 
 use super::{behaviours::record_close_reasons, *};

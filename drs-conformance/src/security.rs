@@ -2,9 +2,10 @@
 //! pair: each refusal reaches the peer as a clear error and no handler.
 
 use drs_auth::{
-    ClientAuth, ConfigAuth, ConnAuth, Credentials, Identity, Jail, MsgAuth, ServerAuth, NOT_ALLOWED,
+    ClientAuth, ConfigAuth, ConnAuth, Credentials, Identity, Jail, MsgAuth, ServerAuth,
+    NOT_ALLOWED, UNAUTHENTICATED,
 };
-use drs_core::{Error, UNAUTHENTICATED};
+use drs_core::Error;
 
 use super::{behaviours::record_close_reasons, *};
 

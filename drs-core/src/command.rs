@@ -18,58 +18,10 @@ pub const ERROR: &str = "drs.error";
 pub const EXCEPTION: &str = "drs.exception";
 /// The built-in action answering with the current time in ms since the epoch.
 pub const PING: &str = "drs.ping";
-/// Authenticates the connection (docs/PROTOCOL.md §2): body `{"token": …}` (or
-/// whatever the server's authenticator reads), answered with the
-/// identity's `{"name": …, "roles": […]}` or `drs.error`.
-pub const AUTH: &str = "drs.auth";
 /// The message of the `drs.exception` answering a call whose handler ran
 /// past its deadline (`ConnConfig::handler_timeout`, or the one a layer
 /// set with `Msg::set_deadline`, as `drs-layers`' `Timeout` does).
 pub const DEADLINE_EXCEEDED: &str = "handler deadline exceeded";
-/// What a `drs.error` says to a command sent before authentication (on a
-/// server that authenticates: `drs-auth`).
-pub const UNAUTHENTICATED: &str = "unauthenticated";
-/// Names the connection's peer (docs/PROTOCOL.md §2): body `{"name": …}`, answered
-/// with `{"resumed": bool}`, or `drs.error` [`NAME_TAKEN`].
-pub const IDENTIFY: &str = "drs.identify";
-/// The message of the `drs.error` answering a `drs.identify` whose name
-/// another live connection holds.
-pub const NAME_TAKEN: &str = "name taken";
-
-/// The body of `drs.identify`: `{"name": …}`.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, serde::Deserialize)]
-#[non_exhaustive]
-pub struct IdentifyBody {
-    /// The name the peer takes (at most [`MAX_NAME_LEN`] bytes).
-    pub name: String,
-}
-
-impl IdentifyBody {
-    /// The body naming the peer `name`.
-    pub fn new(name: impl Into<String>) -> Self {
-        Self { name: name.into() }
-    }
-}
-
-/// The answer to `drs.identify`: `{"resumed": bool}`.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Serialize, serde::Deserialize)]
-#[non_exhaustive]
-pub struct Identified {
-    /// Whether the server still held state for the name: the core keeps
-    /// none across connections; an `on_identify` hook (a pub/sub
-    /// broker's) says whether it did.
-    #[serde(default)]
-    pub resumed: bool,
-}
-
-impl Identified {
-    /// The answer saying whether state was `resumed`.
-    pub fn new(resumed: bool) -> Self {
-        Self { resumed }
-    }
-}
-/// The longest name `drs.identify` accepts, in bytes.
-pub const MAX_NAME_LEN: usize = 256;
 /// The message of the `drs.error` a draining server (shutting down)
 /// answers new calls with: the call did not run, so it is safe to send it
 /// again elsewhere or later.

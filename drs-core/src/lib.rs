@@ -124,10 +124,9 @@ pub use codec::{
     starts_http_request, BadFrame, Foreign, FrameCodec, FrameError, FrameTooLarge, FramedIo,
 };
 pub use command::{
-    is_control_action, is_reply_action, Body, Command, FromBody, Identified, IdentifyBody, AUTH,
-    CANCEL, CANCELLED, DEADLINE_EXCEEDED, ERROR, EXCEPTION, IDENTIFY, INVALID_DELAY,
-    INVALID_STREAM, MAX_NAME_LEN, MORE, NAME_TAKEN, NEXT, PING, RESPONSE, SHUTTING_DOWN,
-    UNAUTHENTICATED,
+    is_control_action, is_reply_action, Body, Command, FromBody, CANCEL, CANCELLED,
+    DEADLINE_EXCEEDED, ERROR, EXCEPTION, INVALID_DELAY, INVALID_STREAM, MORE, NEXT, PING, RESPONSE,
+    SHUTTING_DOWN,
 };
 pub use conn::{Call, CallStream, Conn, ConnConfig, OutboundCheck, SentCall};
 pub use error::{Error, RemoteError};

@@ -29,11 +29,50 @@ use std::{
     sync::{Arc, Mutex, RwLock},
 };
 
-use drs_core::{
-    Call, Conn, Error, HandlerError, Identified, IdentifyBody, Server, WeakServer, IDENTIFY,
-    MAX_NAME_LEN, NAME_TAKEN,
-};
-use serde::Serialize;
+use drs_core::{Call, Conn, Error, HandlerError, Server, WeakServer};
+use serde::{Deserialize, Serialize};
+
+/// Names the connection's peer (docs/PROTOCOL.md §2): body `{"name": …}`, answered
+/// with `{"resumed": bool}`, or `drs.error` [`NAME_TAKEN`].
+pub const IDENTIFY: &str = "drs.identify";
+/// The message of the `drs.error` answering a `drs.identify` whose name
+/// another live connection holds.
+pub const NAME_TAKEN: &str = "name taken";
+
+/// The body of `drs.identify`: `{"name": …}`.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[non_exhaustive]
+pub struct IdentifyBody {
+    /// The name the peer takes (at most [`MAX_NAME_LEN`] bytes).
+    pub name: String,
+}
+
+impl IdentifyBody {
+    /// The body naming the peer `name`.
+    pub fn new(name: impl Into<String>) -> Self {
+        Self { name: name.into() }
+    }
+}
+
+/// The answer to `drs.identify`: `{"resumed": bool}`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Serialize, Deserialize)]
+#[non_exhaustive]
+pub struct Identified {
+    /// Whether the server still held state for the name: the names
+    /// table keeps none across connections; an `on_identify` hook (a
+    /// pub/sub broker's) says whether it did.
+    #[serde(default)]
+    pub resumed: bool,
+}
+
+impl Identified {
+    /// The answer saying whether state was `resumed`.
+    pub fn new(resumed: bool) -> Self {
+        Self { resumed }
+    }
+}
+/// The longest name `drs.identify` accepts, in bytes.
+pub const MAX_NAME_LEN: usize = 256;
 
 /// How many different names one connection may take with `drs.identify`
 /// over its life; past it `drs.identify` of a new name is refused.

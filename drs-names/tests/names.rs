@@ -6,8 +6,8 @@ use std::{
     time::Duration,
 };
 
-use drs_core::{memory, Client, Conn, Error, HandlerResult, Server, IDENTIFY, NAME_TAKEN};
-use drs_names::{ConnName, Names, ServerNames, MAX_NAMES_PER_CONN};
+use drs_core::{memory, Client, Conn, Error, HandlerResult, Server};
+use drs_names::{ConnName, Names, ServerNames, IDENTIFY, MAX_NAMES_PER_CONN, NAME_TAKEN};
 use drs_protocol_json::Json;
 use serde_json::{json, Value};
 

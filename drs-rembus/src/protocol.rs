@@ -23,10 +23,12 @@
 
 use bytes::{BufMut, Bytes, BytesMut};
 use ciborium::Value;
+use drs_auth::UNAUTHENTICATED;
 use drs_core::{
     Body, BodyFormat, Command, DecodeError, EncodeError, Framing, OutBody, Outgoing, Protocol,
-    Text, ERROR, EXCEPTION, IDENTIFY, NAME_TAKEN, RESPONSE, UNAUTHENTICATED,
+    Text, ERROR, EXCEPTION, RESPONSE,
 };
+use drs_names::{IDENTIFY, NAME_TAKEN};
 use serde::Serialize;
 
 /// Rembus message types.

@@ -3,7 +3,8 @@
 
 use bytes::{Bytes, BytesMut};
 use ciborium::Value;
-use drs_core::{Body, Command, OutBody, Outgoing, Protocol, NAME_TAKEN};
+use drs_core::{Body, Command, OutBody, Outgoing, Protocol};
+use drs_names::NAME_TAKEN;
 use drs_rembus::{status, topic_in, topic_out, Rembus, UNKNOWN_ADMIN};
 use serde_json::{json, Value as Json};
 

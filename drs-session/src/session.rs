@@ -11,9 +11,10 @@ use std::{
 };
 
 use drs_core::{
-    Body, Client, CloseReason, Conn, ConnConfig, Dialer, Error, FromBody, Handler, Identified,
-    IdentifyBody, Layer, Protocol, Routes, IDENTIFY, SHUTTING_DOWN,
+    Body, Client, CloseReason, Conn, ConnConfig, Dialer, Error, FromBody, Handler, Layer, Protocol,
+    Routes, SHUTTING_DOWN,
 };
+use drs_names::{Identified, IdentifyBody, IDENTIFY};
 use drs_pubsub::{PubSub, SubscribeBody, Subscriptions, EXPOSE, SUBSCRIBE};
 use futures::Stream;
 use serde::Serialize;

@@ -331,7 +331,7 @@ async fn names_are_unique_listed_and_reachable() {
             .unwrap_err();
         assert_eq!(
             err.remote().map(|r| r.message.as_str()),
-            Some(drs_core::NAME_TAKEN),
+            Some(drs_names::NAME_TAKEN),
             "{err:?}"
         );
         let err = Session::builder(TcpDialer::new(addr.clone()), Json)

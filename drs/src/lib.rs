@@ -57,12 +57,15 @@ mod url;
 pub use drs_auth as auth;
 pub use drs_auth::{
     is_always_allowed, not_allowed, ClientAuth, ConfigAuth, ConnAuth, CredentialSource,
-    Credentials, Identity, Jail, ListenerTokens, MsgAuth, ServerAuth, DEFAULT_FAILURE_WINDOW,
-    DEFAULT_MAX_FAILURES, NOT_ALLOWED,
+    Credentials, Identity, Jail, ListenerTokens, MsgAuth, ServerAuth, AUTH, DEFAULT_FAILURE_WINDOW,
+    DEFAULT_MAX_FAILURES, NOT_ALLOWED, UNAUTHENTICATED,
 };
 pub use drs_core::*;
 pub use drs_names as names;
-pub use drs_names::{ConnName, Names, Peer, ServerNames, MAX_NAMES_PER_CONN};
+pub use drs_names::{
+    ConnName, Identified, IdentifyBody, Names, Peer, ServerNames, IDENTIFY, MAX_NAMES_PER_CONN,
+    MAX_NAME_LEN, NAME_TAKEN,
+};
 pub use drs_pubsub as pubsub;
 pub use drs_pubsub::{topic, PubSub};
 pub use drs_stats as stats;

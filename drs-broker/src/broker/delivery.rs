@@ -71,7 +71,7 @@ impl Broker {
                         peer = conn.peer_addr(),
                         "drs.identify refused: the name belongs to another identity"
                     );
-                    return Err(drs_core::NAME_TAKEN.to_string());
+                    return Err(drs_names::NAME_TAKEN.to_string());
                 }
             }
             None => {
@@ -397,7 +397,7 @@ pub(super) struct Durable {
 impl Layer for Durable {
     fn call(&self, msg: Msg, next: Next) -> ReplyFuture {
         let store = &self.broker.inner.store;
-        let named = msg.conn().name().is_some() || msg.action() == drs_core::IDENTIFY;
+        let named = msg.conn().name().is_some() || msg.action() == drs_names::IDENTIFY;
         if !store.is_durable() || !named || msg.key().is_none() {
             return next.run(msg);
         }

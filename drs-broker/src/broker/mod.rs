@@ -342,7 +342,7 @@ impl Broker {
         });
         // What a name's subscription or claim changed is on disk before
         // the peer hears it is done, as a confirmed publication is.
-        for action in [SUBSCRIBE, UNSUBSCRIBE, drs_core::IDENTIFY] {
+        for action in [SUBSCRIBE, UNSUBSCRIBE, drs_names::IDENTIFY] {
             server.layer_for(
                 action,
                 Durable {
