@@ -197,6 +197,7 @@ impl NatsBroker {
         let mut broadcasts = nats.subscribe(broadcast.clone()).await.map_err(nats_err)?;
         nats.flush().await.map_err(nats_err)?;
         let local = server.clone();
+        let formats = broker.formats();
         tokio::spawn(async move {
             while let Some(msg) = broadcasts.next().await {
                 let action = msg
@@ -207,7 +208,7 @@ impl NatsBroker {
                 let Some(action) = action else {
                     continue;
                 };
-                let Some(body) = body_of(&msg.headers, msg.payload) else {
+                let Some(body) = body_of(&msg.headers, msg.payload, formats) else {
                     tracing::warn!(%action, "nats broker: an undecodable broadcast; dropped");
                     continue;
                 };
@@ -234,7 +235,7 @@ impl NatsBroker {
                 let Some(topic) = msg.subject.strip_prefix(inner.prefix.as_str()) else {
                     continue;
                 };
-                let Some(body) = body_of(&msg.headers, msg.payload) else {
+                let Some(body) = body_of(&msg.headers, msg.payload, inner.broker.formats()) else {
                     tracing::warn!(%topic, "nats broker: an undecodable publication; dropped");
                     continue;
                 };
@@ -440,7 +441,8 @@ impl NatsBroker {
                     let _ = msg.ack().await;
                     continue;
                 };
-                let Some(body) = body_of(&msg.headers, msg.payload.clone()) else {
+                let Some(body) = body_of(&msg.headers, msg.payload.clone(), inner.broker.formats())
+                else {
                     // Sent again it would fail again, forever: terminated,
                     // and the next message comes.
                     tracing::warn!(%durable, %topic, "nats broker: an undecodable message; terminated");
@@ -502,9 +504,14 @@ impl NatsBroker {
 /// A body from NATS: its bytes in the format its header names (JSON when
 /// none does), if they are a well-formed value of it. Anyone with access
 /// to the subjects can publish there: what does not decode, or names a
-/// format drs does not know, is `None`, never copied into a client's
-/// frames.
-fn body_of(headers: &Option<HeaderMap>, payload: Bytes) -> Option<Body> {
+/// format neither drs nor the broker's registry
+/// ([`BrokerConfig::formats`](crate::BrokerConfig::formats)) knows, is
+/// `None`, never copied into a client's frames.
+fn body_of(
+    headers: &Option<HeaderMap>,
+    payload: Bytes,
+    formats: Option<&'static drs_core::Registry>,
+) -> Option<Body> {
     if payload.is_empty() {
         return Some(Body::absent());
     }
@@ -513,7 +520,7 @@ fn body_of(headers: &Option<HeaderMap>, payload: Bytes) -> Option<Body> {
         .and_then(|h| h.get(FORMAT_HEADER))
         .map(|v| v.as_str().to_string());
     let format: &'static dyn BodyFormat =
-        crate::store::format_named(format.as_deref().unwrap_or("json"), None)?;
+        crate::store::format_named(format.as_deref().unwrap_or("json"), formats)?;
     let body = Body::from_raw(payload, format);
     body.deserialize::<serde::de::IgnoredAny>().ok()?;
     Some(body)
@@ -598,5 +605,37 @@ impl NatsBroker {
             Ok(()) => Outcome::value(()),
             Err(e) => Outcome::exception(format!("subscribe through JetStream failed: {e}")),
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// A body from NATS is read in the format its header names: JSON when
+    /// none does, a registered protocol's when the broker has the
+    /// registry, nothing when no one knows the format or the bytes do not
+    /// decode.
+    #[test]
+    fn bodies_from_nats_find_their_format_in_the_registry() {
+        let headers = |format: Option<&str>| {
+            let mut h = HeaderMap::new();
+            if let Some(format) = format {
+                h.insert(FORMAT_HEADER, format);
+            }
+            Some(h)
+        };
+        let registry = crate::store::tests::toy_registry();
+        let read = |format, payload: &'static [u8], formats| {
+            body_of(&headers(format), Bytes::from_static(payload), formats)
+        };
+        let json = read(None, b"[1,2]", None).expect("JSON by default");
+        assert_eq!(json.deserialize::<Vec<u8>>().unwrap(), [1, 2]);
+        assert!(read(Some("toy"), b"[1,2]", None).is_none());
+        let toy = read(Some("toy"), b"[1,2]", Some(registry)).expect("registered");
+        assert_eq!(toy.raw().unwrap().1.name(), "toy");
+        assert!(read(Some("toy"), b"[1,", Some(registry)).is_none());
+        assert!(read(Some("cbor"), b"\x01", Some(registry)).is_none());
+        assert!(read(Some("json"), b"", None).unwrap().is_absent());
     }
 }

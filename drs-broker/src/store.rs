@@ -476,7 +476,7 @@ pub(crate) fn format_named(
 }
 
 #[cfg(test)]
-mod tests {
+pub(crate) mod tests {
     use super::*;
 
     /// A format of one's own: JSON text under another name.
@@ -522,6 +522,16 @@ mod tests {
         Toy: "toy", Lines, format &ToyFormat, decode toy_decode, encode toy_encode
     }
 
+    /// A registry that knows [`Toy`].
+    pub(crate) fn toy_registry() -> &'static drs_core::Registry {
+        static REGISTRY: std::sync::OnceLock<drs_core::Registry> = std::sync::OnceLock::new();
+        REGISTRY.get_or_init(|| {
+            let r = drs_core::Registry::new();
+            r.protocol(Toy);
+            r
+        })
+    }
+
     /// Stored bodies come back in their format: JSON and MessagePack
     /// always, a registered protocol's when the broker is given the
     /// registry, none otherwise (the store is then reported damaged).
@@ -532,12 +542,7 @@ mod tests {
         assert_eq!(json.deserialize::<Vec<u8>>().unwrap(), [1, 2]);
         assert!(body("", None).unwrap().is_absent());
         assert!(body("toy", None).is_none(), "unknown without the registry");
-        static REGISTRY: std::sync::OnceLock<drs_core::Registry> = std::sync::OnceLock::new();
-        let registry = REGISTRY.get_or_init(|| {
-            let r = drs_core::Registry::new();
-            r.protocol(Toy);
-            r
-        });
+        let registry = toy_registry();
         let toy = body("toy", Some(registry)).expect("registered");
         assert_eq!(toy.raw().unwrap().1.name(), "toy");
         assert_eq!(toy.deserialize::<Vec<u8>>().unwrap(), [1, 2]);

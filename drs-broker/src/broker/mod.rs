@@ -94,6 +94,12 @@ pub struct BrokerStats {
 }
 
 impl Broker {
+    /// Where this broker looks body formats up by name
+    /// ([`BrokerConfig::formats`]), beside JSON's and MessagePack's.
+    pub(crate) fn formats(&self) -> Option<&'static drs_core::Registry> {
+        self.inner.config.formats
+    }
+
     /// Serves pub/sub and broker RPC on `server`, with `config`; opens and
     /// reads the durable store first if one is configured.
     pub fn attach(server: &Server, config: BrokerConfig) -> Result<Broker, StoreError> {
