@@ -2,9 +2,15 @@
 //! protocol traits and run for every transport × protocol pair.
 //!
 //! A pair is a [`Pair`]; [`conformance_suite!`] expands to one `#[tokio::test]`
-//! per behaviour, each under a timeout. Adding a transport or a protocol means
-//! adding a variant to [`Net`] or [`Proto`] (with its listen/connect arms) and
-//! one `conformance_suite!` line in `tests/suite.rs`.
+//! per behaviour, each under a timeout.
+//!
+//! Any transport with a [`Scheme`](drs_core::Scheme) runs the suite from
+//! its own crate, with no edit here: register the scheme and write one
+//! line, `conformance_suite!(mine_json, Pair::new(Net::registered(&REGISTRY,
+//! "mine://suite-{n}", "mine"), Proto::Json))` ([`Net::registered`]). The
+//! built-in transports have variants of their own, set up with the run's
+//! servers and certificates. A protocol is a [`Proto`] variant: the suite
+//! writes malformed frames in it by hand.
 
 use std::{
     future::Future,
@@ -19,7 +25,7 @@ use bytes::{Bytes, BytesMut};
 use drs_core::{
     memory::{self, MemoryDialer},
     Body, Client, Command, Conn, ConnConfig, FrameSpec, FramedIo, HandlerError, HandlerResult,
-    Inbound, Msg, Outgoing, Protocol, Server, Transport,
+    Inbound, Msg, Outgoing, Protocol, Registry, Scheme, Server, Transport, Url,
 };
 use drs_protocol_json::Json;
 use drs_protocol_msgpack::MsgPack;
@@ -46,7 +52,7 @@ pub use streams::*;
 pub const TEST_TIMEOUT: Duration = Duration::from_secs(30);
 
 /// A transport under test.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[derive(Debug, Clone, Copy)]
 #[non_exhaustive]
 pub enum Net {
     /// The in-memory transport.
@@ -69,12 +75,63 @@ pub enum Net {
     /// A service on a redis-server of the run (127.0.0.1, a free port),
     /// reached through a drs connection over Redis lists.
     Redis,
+    /// Any transport a registry knows, by URL: see [`Net::registered`].
+    Registered {
+        /// Where its scheme is registered.
+        registry: &'static Registry,
+        /// The URL each test listens at; `{n}` becomes a number unique in
+        /// the process.
+        listen: &'static str,
+        /// Its name in [`ConnInfo`](drs_core::ConnInfo).
+        transport: &'static str,
+    },
 }
 
+impl PartialEq for Net {
+    fn eq(&self, other: &Self) -> bool {
+        match (self, other) {
+            (
+                Net::Registered {
+                    registry: a,
+                    listen: la,
+                    transport: ta,
+                },
+                Net::Registered {
+                    registry: b,
+                    listen: lb,
+                    transport: tb,
+                },
+            ) => std::ptr::eq(*a, *b) && la == lb && ta == tb,
+            (a, b) => std::mem::discriminant(a) == std::mem::discriminant(b),
+        }
+    }
+}
+
+impl Eq for Net {}
+
 impl Net {
+    /// A transport found in `registry` by the scheme of `listen`: each test
+    /// listens at `listen` (`{n}` replaced by a number unique in the
+    /// process; port 0 where it has ports), dials the URL the scheme
+    /// answers, and opens raw peers there with
+    /// [`Scheme::open`](drs_core::Scheme::open). `transport` is its name in
+    /// [`ConnInfo`](drs_core::ConnInfo).
+    pub const fn registered(
+        registry: &'static Registry,
+        listen: &'static str,
+        transport: &'static str,
+    ) -> Self {
+        Net::Registered {
+            registry,
+            listen,
+            transport,
+        }
+    }
+
     /// The transport's name in [`ConnInfo`](drs_core::ConnInfo).
     pub fn name(&self) -> &'static str {
         match self {
+            Net::Registered { transport, .. } => transport,
             Net::Memory => "memory",
             Net::Tcp => "tcp",
             Net::Ws => "ws",
@@ -244,6 +301,18 @@ impl Pair {
                     .expect("listen");
                 Place::Redis(url, service)
             }
+            Net::Registered {
+                registry, listen, ..
+            } => {
+                static NEXT: AtomicUsize = AtomicUsize::new(0);
+                let n = NEXT.fetch_add(1, Ordering::Relaxed).to_string();
+                let url = Url::parse(&listen.replace("{n}", &n)).expect("a listening URL");
+                let at = scheme_of(registry, &url)
+                    .listen(server, &url, protocol.clone())
+                    .await
+                    .expect("listen");
+                Place::Url(Url::parse(&at).expect("the URL answered"), registry)
+            }
         };
         Endpoint { place, protocol }
     }
@@ -259,6 +328,14 @@ pub(crate) enum Place {
     Wss(String),
     Nats(async_nats::Client, String),
     Redis(String, String),
+    Url(Url, &'static Registry),
+}
+
+/// The scheme of `url` in `registry`.
+fn scheme_of(registry: &Registry, url: &Url) -> Arc<dyn Scheme> {
+    registry
+        .find_scheme(&url.scheme)
+        .unwrap_or_else(|| panic!("no scheme {} in the registry", url.scheme))
 }
 
 /// The redis-server of the run, started on first use (`None`: not
@@ -331,6 +408,7 @@ impl Place {
                     .connect(RedisDialer::new(url.clone(), service), protocol)
                     .await
             }
+            Place::Url(url, registry) => scheme_of(registry, url).dial(client, url, protocol).await,
         }
     }
 }
@@ -398,6 +476,13 @@ impl Endpoint {
             Place::Redis(url, service) => {
                 let dialer = RedisDialer::new(url.clone(), service);
                 Box::new(drs_core::Dialer::dial(&dialer, spec).await.expect("dial").0)
+            }
+            Place::Url(url, registry) => {
+                scheme_of(registry, url)
+                    .open(url, spec)
+                    .await
+                    .expect("open")
+                    .0
             }
         };
         RawPeer {

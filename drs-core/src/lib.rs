@@ -140,7 +140,7 @@ pub use observe::{ActionObserver, Io, Observer};
 pub use protocol::{
     BodyFormat, DecodeError, EncodeError, FrameKind, Framing, OutBody, Outgoing, Protocol,
 };
-pub use registry::{listen_bound, Registry, Scheme, SchemeFuture, Url};
+pub use registry::{listen_bound, open_dialed, Registry, Scheme, SchemeFuture, Url};
 pub use routes::Routes;
 
 /// For [`protocol!`]: the `bytes` crate the contracts are written in.

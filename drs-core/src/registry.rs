@@ -12,7 +12,7 @@ use std::{
     sync::{Arc, RwLock},
 };
 
-use crate::{Client, Conn, Error, Protocol, Server};
+use crate::{Client, Conn, ConnInfo, Dialer, Error, FrameSpec, Protocol, Server, Transport};
 
 fn invalid(msg: impl Into<String>) -> Error {
     Error::Io(io::Error::new(io::ErrorKind::InvalidInput, msg.into()))
@@ -149,6 +149,35 @@ pub trait Scheme: Send + Sync + 'static {
         url: &'a Url,
         protocol: Arc<dyn Protocol>,
     ) -> SchemeFuture<'a, String>;
+
+    /// Opens framed I/O to `url`, with no connection on top and nothing
+    /// sent of its own (no keepalive): for a peer that writes frames
+    /// itself, as a conformance suite's raw peer or a proxy does. Most
+    /// are [`open_dialed`]. The default says the scheme cannot.
+    fn open<'a>(
+        &'a self,
+        url: &'a Url,
+        spec: FrameSpec,
+    ) -> SchemeFuture<'a, (Box<dyn Transport>, ConnInfo)> {
+        let _ = spec;
+        Box::pin(async move {
+            Err(invalid(format!(
+                "{}:// does not open raw framed I/O",
+                url.scheme
+            )))
+        })
+    }
+}
+
+/// What most [`Scheme::open`]s are: dial `dialer` and box its framed I/O.
+pub fn open_dialed<'a, D: Dialer>(
+    dialer: D,
+    spec: FrameSpec,
+) -> SchemeFuture<'a, (Box<dyn Transport>, ConnInfo)> {
+    Box::pin(async move {
+        let (io, info) = dialer.dial(spec).await?;
+        Ok((Box::new(io) as Box<dyn Transport>, info))
+    })
 }
 
 /// What most [`Scheme::listen`]s are: await `bind`, serve what it accepts

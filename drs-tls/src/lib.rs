@@ -605,6 +605,17 @@ impl drs_core::Scheme for TlsScheme {
         let bind = async move { TlsListener::bind(&url.target, ServerTls::for_url(url)?).await };
         drs_core::listen_bound(server, "tls", bind, protocol)
     }
+
+    fn open<'a>(
+        &'a self,
+        url: &'a drs_core::Url,
+        spec: drs_core::FrameSpec,
+    ) -> drs_core::SchemeFuture<'a, (Box<dyn drs_core::Transport>, drs_core::ConnInfo)> {
+        Box::pin(async move {
+            let dialer = TlsDialer::new(&url.target, ClientTls::for_url(url)?);
+            drs_core::open_dialed(dialer, spec).await
+        })
+    }
 }
 
 #[cfg(test)]

@@ -278,4 +278,12 @@ impl drs_core::Scheme for IpcScheme {
         let bound = IpcListener::bind(url.target.clone());
         drs_core::listen_bound(server, "ipc", async move { bound }, protocol)
     }
+
+    fn open<'a>(
+        &'a self,
+        url: &'a drs_core::Url,
+        spec: drs_core::FrameSpec,
+    ) -> drs_core::SchemeFuture<'a, (Box<dyn drs_core::Transport>, drs_core::ConnInfo)> {
+        drs_core::open_dialed(IpcDialer::new(&url.target), spec)
+    }
 }

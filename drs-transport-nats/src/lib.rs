@@ -662,6 +662,17 @@ impl drs_core::Scheme for NatsScheme {
             Ok(format!("nats://{host}/{service}"))
         })
     }
+
+    fn open<'a>(
+        &'a self,
+        url: &'a drs_core::Url,
+        spec: drs_core::FrameSpec,
+    ) -> drs_core::SchemeFuture<'a, (Box<dyn drs_core::Transport>, drs_core::ConnInfo)> {
+        Box::pin(async move {
+            let (nats, service) = nats_service(url).await?;
+            drs_core::open_dialed(NatsDialer::new(nats, service), spec).await
+        })
+    }
 }
 
 #[cfg(test)]

@@ -103,4 +103,15 @@ impl drs_core::Scheme for RedisScheme {
             Ok(format!("{redis}/{service}"))
         })
     }
+
+    fn open<'a>(
+        &'a self,
+        url: &'a drs_core::Url,
+        spec: drs_core::FrameSpec,
+    ) -> drs_core::SchemeFuture<'a, (Box<dyn drs_core::Transport>, drs_core::ConnInfo)> {
+        Box::pin(async move {
+            let (redis, service) = redis_parts(url)?;
+            drs_core::open_dialed(RedisDialer::new(redis, &service), spec).await
+        })
+    }
 }

@@ -271,4 +271,12 @@ impl drs_core::Scheme for TcpScheme {
     ) -> drs_core::SchemeFuture<'a, String> {
         drs_core::listen_bound(server, "tcp", TcpListener::bind(&url.target), protocol)
     }
+
+    fn open<'a>(
+        &'a self,
+        url: &'a drs_core::Url,
+        spec: drs_core::FrameSpec,
+    ) -> drs_core::SchemeFuture<'a, (Box<dyn drs_core::Transport>, drs_core::ConnInfo)> {
+        drs_core::open_dialed(TcpDialer::new(&url.target), spec)
+    }
 }

@@ -901,6 +901,17 @@ pub async fn connect<P: Protocol>(url: &str, protocol: P) -> Result<Conn, Error>
     Client::new().connect(WsDialer::new(url), protocol).await
 }
 
+/// The dialer of a `ws://` or `wss://` URL: the query other than
+/// `protocol` and `ca` goes to the server; `wss://` trusts `?ca=FILE`.
+fn ws_dialer(url: &drs_core::Url) -> io::Result<WsDialer> {
+    let target = format!("{}://{}{}", url.scheme, url.target, url.rest_of_query());
+    let dialer = WsDialer::new(target);
+    if url.scheme == "wss" {
+        return Ok(dialer.tls(drs_tls::ClientTls::for_url(url)?));
+    }
+    Ok(dialer)
+}
+
 /// `ws://HOST:PORT/PATH` and `wss://…` (`?ca=FILE`) for a
 /// [`Registry`](drs_core::Registry); the query other than `protocol` and
 /// `ca` goes to the server (`?token=`). A `wss://` listener takes its
@@ -920,13 +931,17 @@ impl drs_core::Scheme for WsScheme {
         url: &'a drs_core::Url,
         protocol: std::sync::Arc<dyn drs_core::Protocol>,
     ) -> drs_core::SchemeFuture<'a, drs_core::Conn> {
+        Box::pin(async move { client.connect(ws_dialer(url)?, protocol).await })
+    }
+
+    fn open<'a>(
+        &'a self,
+        url: &'a drs_core::Url,
+        spec: drs_core::FrameSpec,
+    ) -> drs_core::SchemeFuture<'a, (Box<dyn drs_core::Transport>, drs_core::ConnInfo)> {
         Box::pin(async move {
-            let target = format!("{}://{}{}", url.scheme, url.target, url.rest_of_query());
-            let mut dialer = WsDialer::new(target);
-            if url.scheme == "wss" {
-                dialer = dialer.tls(drs_tls::ClientTls::for_url(url)?);
-            }
-            client.connect(dialer, protocol).await
+            let dialer = ws_dialer(url)?.config(WsConfig::default().keepalive(None));
+            drs_core::open_dialed(dialer, spec).await
         })
     }
 

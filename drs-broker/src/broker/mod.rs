@@ -96,6 +96,7 @@ pub struct BrokerStats {
 impl Broker {
     /// Where this broker looks body formats up by name
     /// ([`BrokerConfig::formats`]), beside JSON's and MessagePack's.
+    #[cfg(feature = "nats")]
     pub(crate) fn formats(&self) -> Option<&'static drs_core::Registry> {
         self.inner.config.formats
     }
