@@ -1,39 +1,4 @@
-//! Pub/sub across the workers of a service, through NATS, with JetStream
-//! keeping what named components miss.
-//!
-//! Each worker of a service has a drs [`Broker`] for its own connections.
-//! [`NatsBroker::attach`] makes them one broker:
-//!
-//! - **Topics are NATS subjects**: topic `a.b` of service `NAME` is subject
-//!   `drs.NAME.topic.a.b` (the wildcards `*` and `>` are NATS's own). A
-//!   `drs.publish` on any worker is published there; every worker
-//!   subscribes to `drs.NAME.topic.>` and hands what arrives to its own
-//!   broker, which delivers it to its own subscribers (so a publisher
-//!   receives its own publication through NATS, like everyone).
-//! - **Retroactive subscriptions of named components use JetStream**: the
-//!   service has a stream `DRS_NAME` on `drs.NAME.topic.>` (file storage;
-//!   bounded by [`NatsBrokerConfig`]); a named connection's retroactive
-//!   `drs.subscribe` creates a durable consumer for that name and pattern.
-//!   Whichever worker the name connects to next delivers from it: what was
-//!   published while it was away, then live, as calls, one at a time in
-//!   publish order; a reply of any kind acknowledges (JetStream `ack`); a
-//!   delivery cut by the connection's end is handed back (`nak`) and comes
-//!   first next time. The stream and the consumers live in NATS: they
-//!   survive worker and NATS restarts (JetStream's own durability).
-//!   `drs.unsubscribe` of that pattern deletes the consumer.
-//! - A confirmed `drs.publish` (a call) is answered once JetStream stored
-//!   it, with `1`; a worker cannot count the other workers' subscribers,
-//!   so the answer is not a count of subscribers here.
-//! - Jails are the local broker's: a publish or subscribe it would refuse
-//!   is refused.
-//!
-//! **Broadcasts** to every client of the service, on any worker:
-//! [`NatsBroker::broadcast`] publishes on `drs.NAME.broadcast`, and each
-//! worker broadcasts what arrives there to its own connections.
-//!
-//! Without JetStream ([`NatsBrokerConfig::jetstream`] off), retroactive
-//! subscriptions are the local broker's (kept by the worker that took
-//! them).
+//! [`NatsBroker`]: a service's workers' brokers joined through NATS.
 
 use std::{
     collections::HashMap,
@@ -114,8 +79,42 @@ struct Inner {
     deliveries: Mutex<HashMap<u64, Vec<(String, tokio::task::AbortHandle)>>>,
 }
 
-/// The workers' brokers of one service, joined through NATS; see the
-/// [module docs](self).
+/// Pub/sub across the workers of a service, through NATS, with JetStream
+/// keeping what named components miss.
+///
+/// Each worker of a service has a drs [`Broker`] for its own connections.
+/// [`NatsBroker::attach`] makes them one broker:
+///
+/// - **Topics are NATS subjects**: topic `a.b` of service `NAME` is subject
+///   `drs.NAME.topic.a.b` (the wildcards `*` and `>` are NATS's own). A
+///   `drs.publish` on any worker is published there; every worker
+///   subscribes to `drs.NAME.topic.>` and hands what arrives to its own
+///   broker, which delivers it to its own subscribers (so a publisher
+///   receives its own publication through NATS, like everyone).
+/// - **Retroactive subscriptions of named components use JetStream**: the
+///   service has a stream `DRS_NAME` on `drs.NAME.topic.>` (file storage;
+///   bounded by [`NatsBrokerConfig`]); a named connection's retroactive
+///   `drs.subscribe` creates a durable consumer for that name and pattern.
+///   Whichever worker the name connects to next delivers from it: what was
+///   published while it was away, then live, as calls, one at a time in
+///   publish order; a reply of any kind acknowledges (JetStream `ack`); a
+///   delivery cut by the connection's end is handed back (`nak`) and comes
+///   first next time. The stream and the consumers live in NATS: they
+///   survive worker and NATS restarts (JetStream's own durability).
+///   `drs.unsubscribe` of that pattern deletes the consumer.
+/// - A confirmed `drs.publish` (a call) is answered once JetStream stored
+///   it, with `1`; a worker cannot count the other workers' subscribers,
+///   so the answer is not a count of subscribers here.
+/// - Jails are the local broker's: a publish or subscribe it would refuse
+///   is refused.
+///
+/// **Broadcasts** to every client of the service, on any worker:
+/// [`NatsBroker::broadcast`] publishes on `drs.NAME.broadcast`, and each
+/// worker broadcasts what arrives there to its own connections.
+///
+/// Without JetStream ([`NatsBrokerConfig::jetstream`] off), retroactive
+/// subscriptions are the local broker's (kept by the worker that took
+/// them).
 #[derive(Clone)]
 pub struct NatsBroker {
     inner: Arc<Inner>,

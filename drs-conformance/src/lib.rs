@@ -4,7 +4,7 @@
 //! A pair is a [`Pair`]; [`conformance_suite!`] expands to one `#[tokio::test]`
 //! per behaviour, each under a timeout.
 //!
-//! Any transport with a [`Scheme`](drs_core::Scheme) runs the suite from
+//! Any transport with a [`Scheme`] runs the suite from
 //! its own crate, with no edit here: register the scheme and write one
 //! line, `conformance_suite!(mine_json, Pair::new(Net::registered(&REGISTRY,
 //! "mine://suite-{n}", "mine"), Proto::Json))` ([`Net::registered`]). The
@@ -114,7 +114,7 @@ impl Net {
     /// listens at `listen` (`{n}` replaced by a number unique in the
     /// process; port 0 where it has ports), dials the URL the scheme
     /// answers, and opens raw peers there with
-    /// [`Scheme::open`](drs_core::Scheme::open). `transport` is its name in
+    /// [`Scheme::open`]. `transport` is its name in
     /// [`ConnInfo`](drs_core::ConnInfo).
     pub const fn registered(
         registry: &'static Registry,
