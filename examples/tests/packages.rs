@@ -1,5 +1,5 @@
 //! What each package would publish: every publishable crate holds its
-//! sources, manifest and README and no tests; the Python client builds an
+//! sources, manifest, README and licenses and no tests; the Python client builds an
 //! sdist and a wheel; the JavaScript client packs with its types. Nothing
 //! is uploaded.
 
@@ -91,8 +91,10 @@ fn every_publishable_crate_holds_its_sources_and_readme_and_no_tests() {
             "a package holds {forbidden}: {files:?}"
         );
     }
-    let readmes = files.iter().filter(|f| **f == "README.md").count();
-    assert_eq!(readmes, crates.len(), "one README per crate");
+    for each in ["README.md", "LICENSE-MIT", "LICENSE-APACHE"] {
+        let count = files.iter().filter(|f| **f == each).count();
+        assert_eq!(count, crates.len(), "one {each} per crate");
+    }
     assert!(
         files.contains(&"src/dashboard.html"),
         "drs-metrics' dashboard"
@@ -123,8 +125,16 @@ fn the_javascript_client_packs_with_its_types() {
         "drs-client.d.ts",
         "README.md",
         "package.json",
+        "LICENSE-MIT",
+        "LICENSE-APACHE",
     ] {
         assert!(files.contains(&wanted), "{wanted} missing: {files:?}");
+    }
+    // npm packs no symlink: the client keeps copies of the licenses.
+    for license in ["LICENSE-MIT", "LICENSE-APACHE"] {
+        let copy = std::fs::read(dir.join(license)).expect("the client's license");
+        let root = std::fs::read(root().join(license)).expect("the license");
+        assert!(copy == root, "clients/js/{license} differs from the root's");
     }
     assert!(
         !files.iter().any(|f| f.starts_with("test/")),
@@ -166,11 +176,27 @@ fn the_python_client_builds_an_sdist_and_a_wheel() {
         built.iter().any(|f| f == "drsrpc-0.1.0.tar.gz"),
         "{built:?}"
     );
+    let sdist = run(
+        &out,
+        "python3",
+        &["-m", "tarfile", "-l", "drsrpc-0.1.0.tar.gz"],
+    )
+    .expect("python3");
     let wheel = built
         .iter()
         .find(|f| f.starts_with("drsrpc-0.1.0-") && f.ends_with(".whl"))
         .unwrap_or_else(|| panic!("no wheel: {built:?}"));
     let listing = run(&out, "python3", &["-m", "zipfile", "-l", wheel]).expect("python3");
+    for license in ["LICENSE-MIT", "LICENSE-APACHE"] {
+        assert!(
+            sdist.contains(&format!("drsrpc-0.1.0/{license}")),
+            "{license} not in the sdist:\n{sdist}"
+        );
+        assert!(
+            listing.contains(&format!("drsrpc-0.1.0.dist-info/{license}")),
+            "{license} not in the wheel:\n{listing}"
+        );
+    }
     for module in [
         "drs_client/__init__.py",
         "drs_client/aio.py",
