@@ -1,10 +1,11 @@
 //! The error type of drs and the error body that crosses the wire.
 
+use crate::body::DecodeError;
 use std::{fmt, io, time::Duration};
 
 use serde::{Deserialize, Serialize};
 
-use crate::protocol::{DecodeError, EncodeError};
+use crate::protocol::EncodeError;
 
 /// The body of a `drs.error` or `drs.exception` reply: `{"message": "…"}`.
 ///

@@ -93,6 +93,7 @@
 //! feature that once enabled it is kept, empty, so that old manifests
 //! still resolve.
 
+mod body;
 mod budget;
 mod client;
 mod close;
@@ -102,6 +103,7 @@ mod conn;
 mod error;
 mod explain;
 mod ext;
+mod frame;
 mod handler;
 mod layer;
 pub mod memory;
@@ -117,16 +119,14 @@ mod text;
 mod transcode;
 mod transport;
 
+pub use body::{Body, BodyFormat, DecodeError, FromBody};
 pub use budget::{BudgetExceeded, MemoryBudget, MemoryHold, ReadMeter, DEFAULT_MEMORY_BUDGET};
 pub use client::{connect, Client};
 pub use close::CloseReason;
-pub use codec::{
-    starts_http_request, BadFrame, Foreign, FrameCodec, FrameError, FrameTooLarge, FramedIo,
-};
+pub use codec::{starts_http_request, FrameCodec, FrameError, FramedIo};
 pub use command::{
-    is_control_action, is_reply_action, Body, Command, FromBody, CANCEL, CANCELLED,
-    DEADLINE_EXCEEDED, ERROR, EXCEPTION, INVALID_DELAY, INVALID_STREAM, MORE, NEXT, PING, RESPONSE,
-    SHUTTING_DOWN,
+    is_control_action, is_reply_action, Command, CANCEL, CANCELLED, DEADLINE_EXCEEDED, ERROR,
+    EXCEPTION, INVALID_DELAY, INVALID_STREAM, MORE, NEXT, PING, RESPONSE, SHUTTING_DOWN,
 };
 pub use conn::{Call, CallStream, Conn, ConnConfig, OutboundCheck, SentCall};
 pub use error::{Error, RemoteError};
@@ -137,22 +137,18 @@ pub use handler::{
 };
 pub use layer::{layer_fn, FnLayer, Layer, Next};
 pub use observe::{ActionObserver, Io, Observer};
-pub use protocol::{
-    BodyFormat, DecodeError, EncodeError, FrameKind, Framing, OutBody, Outgoing, Protocol,
-};
+pub use protocol::{EncodeError, FrameKind, Framing, OutBody, Outgoing, Protocol};
 pub use registry::{listen_bound, open_dialed, Registry, Scheme, SchemeFuture, Url};
 pub use routes::Routes;
 
 /// For [`protocol!`]: the `bytes` crate the contracts are written in.
 #[doc(hidden)]
 pub use bytes as __bytes;
+pub use frame::{BadFrame, Foreign, FrameSpec, FrameTooLarge, Inbound, DEFAULT_MAX_FRAME_LEN};
 pub use server::{fanout, Server, ServerConfig, WeakServer};
 pub use stream::{IntoOutcome, IntoReply, ItemSink, Produced, Reply, Streamed};
 pub use text::Text;
-pub use transport::{
-    ConnInfo, Dialer, FrameSpec, Inbound, Listener, PeerCertificate, Transport,
-    DEFAULT_MAX_FRAME_LEN,
-};
+pub use transport::{ConnInfo, Dialer, Listener, PeerCertificate, Transport};
 
 #[doc(hidden)]
 pub use erased_serde;

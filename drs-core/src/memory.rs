@@ -17,8 +17,8 @@ use tokio::sync::mpsc;
 use tokio_util::sync::PollSender;
 
 use crate::{
-    codec::FrameTooLarge,
-    transport::{ConnInfo, Dialer, FrameSpec, Inbound, Listener, DEFAULT_MAX_FRAME_LEN},
+    frame::{FrameSpec, FrameTooLarge, Inbound, DEFAULT_MAX_FRAME_LEN},
+    transport::{ConnInfo, Dialer, Listener},
 };
 
 /// Frames that may be in flight one way before the sender waits.

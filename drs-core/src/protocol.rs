@@ -4,7 +4,10 @@ use std::fmt;
 
 use bytes::{Bytes, BytesMut};
 
-use crate::command::{Body, Command};
+use crate::{
+    body::{Body, BodyFormat, DecodeError},
+    command::Command,
+};
 
 /// How a byte-stream transport (TCP, IPC) delimits frames for a protocol, and
 /// which kind of message a message transport (WebSocket) carries them in.
@@ -159,106 +162,6 @@ pub trait Protocol: Send + Sync + 'static {
 
     /// The encoding of bodies decoded by this protocol.
     fn body_format(&self) -> &'static dyn BodyFormat;
-}
-
-/// The encoding of a [`Body`]: lets any code deserialize (or transcode) a body
-/// without knowing which protocol it came from.
-pub trait BodyFormat: Send + Sync + 'static {
-    /// Unique name of the encoding; two formats with the same name must encode
-    /// identically (bodies are then copied verbatim between them).
-    fn name(&self) -> &'static str;
-
-    /// Runs `visit` with a deserializer over `raw`, then checks that nothing
-    /// but whitespace follows the value.
-    fn deserialize(
-        &self,
-        raw: &[u8],
-        visit: &mut dyn FnMut(
-            &mut dyn erased_serde::Deserializer<'_>,
-        ) -> Result<(), erased_serde::Error>,
-    ) -> Result<(), DecodeError>;
-
-    /// Whether the encoding is text; used only to show bodies in `Debug` output.
-    fn is_text(&self) -> bool;
-
-    /// Where, in `raw` (a map), the value of its top-level field `name`
-    /// lies: `Ok(None)` when the map has no such field, an error when
-    /// `raw` is no map. Lets a body be taken apart without decoding what
-    /// it carries ([`Body::field`](crate::Body::field)); the default says
-    /// the format cannot.
-    fn field(&self, raw: &[u8], name: &str) -> Result<Option<std::ops::Range<usize>>, DecodeError> {
-        let _ = (raw, name);
-        Err(DecodeError::new(format!(
-            "the {} format cannot take a field out of a body",
-            self.name()
-        )))
-    }
-}
-
-/// A frame, a command or a body could not be decoded.
-#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
-#[error("{message}")]
-pub struct DecodeError {
-    message: String,
-    key: Option<String>,
-    action: Option<String>,
-    whole: bool,
-}
-
-impl DecodeError {
-    /// A decode error with the given description.
-    pub fn new(message: impl Into<String>) -> Self {
-        Self {
-            message: message.into(),
-            key: None,
-            action: None,
-            whole: false,
-        }
-    }
-
-    /// Attaches the key of the command that failed to decode, when it could be read.
-    pub fn with_key(mut self, key: Option<String>) -> Self {
-        self.key = key;
-        self
-    }
-
-    /// The key of the offending command, if it could be read.
-    pub fn key(&self) -> Option<&str> {
-        self.key.as_deref()
-    }
-
-    /// Attaches the action of the command that failed to decode, when it
-    /// could be read. The connection answers a broken frame with a keyed
-    /// `drs.error` only when its action was read and is not a reply action:
-    /// a broken *reply* must not be answered with a reply (its key names a
-    /// call of ours, and the peer may have a call of its own with that key).
-    pub fn with_action(mut self, action: Option<String>) -> Self {
-        self.action = action;
-        self
-    }
-
-    /// Marks a frame that was read whole and is well-formed, but is not a
-    /// command (e.g. it has no action): such a frame, with a key, is a
-    /// broken call, not a broken reply (a reply has a reply action).
-    pub fn read_whole(mut self) -> Self {
-        self.whole = true;
-        self
-    }
-
-    /// Whether the frame was read whole (see [`read_whole`](Self::read_whole)).
-    pub fn is_whole(&self) -> bool {
-        self.whole
-    }
-
-    /// The action of the offending command, if it could be read.
-    pub fn action(&self) -> Option<&str> {
-        self.action.as_deref()
-    }
-
-    /// The description.
-    pub fn message(&self) -> &str {
-        &self.message
-    }
 }
 
 /// A command or body could not be encoded.

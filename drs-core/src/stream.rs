@@ -18,7 +18,8 @@ use serde::Serialize;
 use tokio::sync::Semaphore;
 
 use crate::{
-    command::{Body, NEXT},
+    body::Body,
+    command::NEXT,
     conn::encode_frame,
     error::Error,
     handler::{FromMsg, HandlerError, Msg, Outcome},

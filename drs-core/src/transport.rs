@@ -6,47 +6,7 @@ use std::{borrow::Cow, future::Future, io, sync::Arc};
 use bytes::Bytes;
 use futures::{Sink, Stream};
 
-use crate::{
-    budget::ReadMeter,
-    codec::{BadFrame, FrameTooLarge},
-    protocol::{FrameKind, Framing},
-};
-
-/// The default maximum frame size: 8 MiB.
-pub const DEFAULT_MAX_FRAME_LEN: usize = 8 * 1024 * 1024;
-
-/// What a transport's stream yields: a frame, or a frame it could not
-/// hand over. Framing problems are items of the stream, not errors: an
-/// error (`Err`) is the transport failing.
-#[derive(Debug, Clone, PartialEq, Eq)]
-#[non_exhaustive]
-pub enum Inbound {
-    /// One whole frame, without delimiter.
-    Frame(Bytes),
-    /// A frame of the wrong kind (a binary WebSocket message for a text
-    /// protocol): skipped, answered with a keyless `drs.error`; the stream
-    /// goes on.
-    Bad(BadFrame),
-    /// A frame over the maximum size: answered with a keyless `drs.error`,
-    /// and the connection closes (a byte stream cannot resynchronise; the
-    /// stream ends after it).
-    TooLarge(FrameTooLarge),
-    /// The peer's first bytes are another protocol's or HTTP: a server
-    /// answers with a keyless `drs.error` saying what the port speaks, a
-    /// client fails its calls with [`Error::WrongProtocol`](crate::Error::WrongProtocol);
-    /// the connection closes (the stream ends after it).
-    Foreign(crate::codec::Foreign),
-}
-
-impl Inbound {
-    /// The frame, if this is one.
-    pub fn frame(self) -> Option<Bytes> {
-        match self {
-            Inbound::Frame(frame) => Some(frame),
-            _ => None,
-        }
-    }
-}
+use crate::frame::{FrameSpec, Inbound};
 
 /// A connection's frames: a stream of inbound frames and a sink of outbound ones.
 ///
@@ -59,7 +19,7 @@ impl Inbound {
 /// ends the connection. The stream ends (`None`) when the peer closes. The
 /// sink may buffer: frames are only guaranteed to be sent after
 /// `poll_flush`; sending a frame over the maximum is an error wrapping
-/// [`FrameTooLarge`].
+/// [`FrameTooLarge`](crate::FrameTooLarge).
 pub trait Transport:
     Stream<Item = io::Result<Inbound>> + Sink<Bytes, Error = io::Error> + Send + Unpin + 'static
 {
@@ -68,56 +28,6 @@ pub trait Transport:
 impl<T> Transport for T where
     T: Stream<Item = io::Result<Inbound>> + Sink<Bytes, Error = io::Error> + Send + Unpin + 'static
 {
-}
-
-/// What a transport needs to know to cut one connection into frames.
-///
-/// A server makes one per connection: its [`meter`](FrameSpec::meter) is
-/// where the transport reports the bytes of a frame that has started and
-/// not finished (for the frame deadline and the server's memory budget).
-#[derive(Debug, Clone)]
-#[non_exhaustive]
-pub struct FrameSpec {
-    /// Lines or length prefixes on byte streams; text or binary messages elsewhere.
-    pub framing: Framing,
-    /// The largest frame accepted or sent, in bytes.
-    pub max_frame_len: usize,
-    /// The connection's read meter.
-    pub meter: ReadMeter,
-}
-
-impl PartialEq for FrameSpec {
-    fn eq(&self, other: &Self) -> bool {
-        self.framing == other.framing && self.max_frame_len == other.max_frame_len
-    }
-}
-
-impl FrameSpec {
-    /// A spec for `framing` with the default maximum frame size (8 MiB).
-    pub fn new(framing: Framing) -> Self {
-        Self {
-            framing,
-            max_frame_len: DEFAULT_MAX_FRAME_LEN,
-            meter: ReadMeter::default(),
-        }
-    }
-
-    /// Sets the maximum frame size.
-    pub fn max_frame_len(mut self, max: usize) -> Self {
-        self.max_frame_len = max;
-        self
-    }
-
-    /// Sets the read meter.
-    pub fn meter(mut self, meter: ReadMeter) -> Self {
-        self.meter = meter;
-        self
-    }
-
-    /// Text or binary messages, for message-based transports.
-    pub fn frame_kind(&self) -> FrameKind {
-        self.framing.frame_kind()
-    }
 }
 
 /// Facts about a connection, known when it is established: which transport,

@@ -4,7 +4,8 @@
 
 mod foreign;
 
-pub use foreign::{starts_http_request, Foreign};
+use foreign::sniff;
+pub use foreign::starts_http_request;
 
 use std::{
     fmt, io,
@@ -19,54 +20,9 @@ use tokio_util::codec::{Decoder, Encoder};
 
 use crate::{
     budget::{BudgetExceeded, ReadMeter},
+    frame::{Foreign, FrameSpec, FrameTooLarge, Inbound},
     protocol::Framing,
-    transport::{FrameSpec, Inbound},
 };
-
-/// A frame exceeded the maximum frame size. A transport yields it as an
-/// item of its stream ([`Inbound::TooLarge`](crate::Inbound::TooLarge));
-/// the connection answers with a keyless `drs.error` and closes. Sending
-/// one is an [`io::Error`] wrapping it ([`into_io`](FrameTooLarge::into_io)).
-#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
-#[error("frame exceeds the maximum frame size of {limit} bytes")]
-pub struct FrameTooLarge {
-    /// The configured maximum frame size.
-    pub limit: usize,
-}
-
-impl FrameTooLarge {
-    /// Wraps this error in an `io::Error` of kind `InvalidData`.
-    pub fn into_io(self) -> io::Error {
-        io::Error::new(io::ErrorKind::InvalidData, self)
-    }
-
-    /// Finds a `FrameTooLarge` inside an `io::Error` (a refused send).
-    pub fn find(err: &io::Error) -> Option<&FrameTooLarge> {
-        err.get_ref()
-            .and_then(|e| e.downcast_ref::<FrameTooLarge>())
-    }
-}
-
-/// A frame the transport could not hand over as a frame of the protocol's
-/// kind (e.g. a binary WebSocket message for a text protocol). A transport
-/// yields it as an item of its stream ([`Inbound::Bad`](crate::Inbound::Bad))
-/// and keeps going; the connection answers with a keyless `drs.error` and
-/// skips the frame, as it does for a frame that does not decode.
-#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
-#[error("{reason}")]
-pub struct BadFrame {
-    /// What was wrong with the frame.
-    pub reason: String,
-}
-
-impl BadFrame {
-    /// A bad frame, for `reason`.
-    pub fn new(reason: impl Into<String>) -> Self {
-        BadFrame {
-            reason: reason.into(),
-        }
-    }
-}
 
 /// Why [`FrameCodec`] could not cut a frame: one over the limit (the
 /// stream cannot be resynchronised after it), the peer speaking something
@@ -132,7 +88,7 @@ impl FrameCodec {
             // every read while it arrives.
             let head = &src[..src.len().min(16)];
             let head = &head[..memchr::memchr(b'\n', head).unwrap_or(head.len())];
-            if let Some(foreign @ Foreign::MessagePack) = Foreign::sniff(Framing::Lines, head) {
+            if let Some(foreign @ Foreign::MessagePack) = sniff(Framing::Lines, head) {
                 return Err(FrameError::Foreign(foreign));
             }
         }
@@ -160,7 +116,7 @@ impl FrameCodec {
             }
             if self.first {
                 self.first = false;
-                if let Some(foreign) = Foreign::sniff(Framing::Lines, &line) {
+                if let Some(foreign) = sniff(Framing::Lines, &line) {
                     return Err(FrameError::Foreign(foreign));
                 }
             }
@@ -175,7 +131,7 @@ impl FrameCodec {
         let len = u32::from_be_bytes([src[0], src[1], src[2], src[3]]) as usize;
         if len > self.max_frame_len {
             if self.first {
-                if let Some(foreign) = Foreign::sniff(Framing::LengthPrefixed, &src[..4]) {
+                if let Some(foreign) = sniff(Framing::LengthPrefixed, &src[..4]) {
                     return Err(FrameError::Foreign(foreign));
                 }
             }

@@ -36,15 +36,16 @@ pub(crate) use shared::{Outbound, Shared};
 pub use stream::CallStream;
 
 use crate::{
+    body::FromBody,
     close::CloseReason,
-    command::FromBody,
     error::Error,
     ext::Extensions,
+    frame::{FrameSpec, DEFAULT_MAX_FRAME_LEN},
     handler::Handler,
     protocol::{encode_into, OutBody, Outgoing, Protocol},
     router::Router,
     sync::lock,
-    transport::{ConnInfo, FrameSpec, DEFAULT_MAX_FRAME_LEN},
+    transport::ConnInfo,
 };
 
 /// A handle to one connection: cheap to clone, usable from any task.

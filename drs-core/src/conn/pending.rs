@@ -10,9 +10,9 @@ use std::{
 use tokio::sync::oneshot;
 
 use crate::{
-    command::{Body, FromBody, ERROR, EXCEPTION},
+    body::{Body, DecodeError, FromBody},
+    command::{ERROR, EXCEPTION},
     error::{Error, RemoteError},
-    protocol::DecodeError,
     sync::lock,
 };
 

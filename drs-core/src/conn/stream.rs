@@ -16,9 +16,10 @@ use tokio::time::{Instant, Sleep};
 
 use super::{encode_frame, pending::StreamSlot, remote_error, Conn, KeyText, ReplyKind};
 use crate::{
-    command::{Body, FromBody, MORE},
+    body::{Body, DecodeError, FromBody},
+    command::MORE,
     error::Error,
-    protocol::{DecodeError, OutBody, Outgoing},
+    protocol::{OutBody, Outgoing},
 };
 
 type Sending = Pin<Box<dyn Future<Output = Result<(), Error>> + Send>>;

@@ -16,7 +16,8 @@ use serde::{de::DeserializeOwned, Serialize};
 use tokio_util::sync::CancellationToken;
 
 use crate::{
-    command::{Body, Command},
+    body::Body,
+    command::Command,
     conn::{encode_frame, Conn},
     ext::Extensions,
     protocol::{OutBody, Outgoing},
@@ -310,13 +311,11 @@ macro_rules! impl_handler {
                     $(
                         let $arg = match $arg::from_msg(&msg) {
                             Ok(v) => v,
-                            Err(e) => return e.into_outcome(),
-                        };
+                            Err(e) => return e.into_outcome()};
                     )*
                     let outcome = match f($($arg),*).await.into_produced() {
                         Produced::Outcome(outcome) => outcome,
-                        Produced::Stream(items) => items.run(&msg).await,
-                    };
+                        Produced::Stream(items) => items.run(&msg).await};
                     msg.finish(outcome)
                 })
             }

@@ -11,12 +11,13 @@ use tokio::time::Instant;
 
 use super::{control::LastWord, dispatch::truncate, Driver, MAX_NOTICE};
 use crate::{
+    body::DecodeError,
     close::CloseReason,
-    codec::Foreign,
     command::{is_reply_action, Command, CANCEL, CANCELLED},
     error::Error,
+    frame::Foreign,
     handler::Outcome,
-    protocol::{DecodeError, OutBody},
+    protocol::OutBody,
     transport::Transport,
 };
 

@@ -49,13 +49,8 @@ use tracing::Instrument;
 
 use super::Shared;
 use crate::{
-    budget::ReadMeter,
-    close::CloseReason,
-    protocol::DecodeError,
-    router::Snapshot,
-    sync::lock,
-    text::Text,
-    transport::{Inbound, Transport},
+    body::DecodeError, budget::ReadMeter, close::CloseReason, frame::Inbound, router::Snapshot,
+    sync::lock, text::Text, transport::Transport,
 };
 
 mod admission;
