@@ -265,6 +265,11 @@ const TCP_SYSTEMS: &[(&str, &str, &str)] = &[
     ("drs msgpack", "drs-tcp-msgpack", "msgpack"),
     ("drs json, Rust client", "drs-tcp-json", "drs-rust"),
     ("drs json, no-op layer", "drs-tcp-json-layer", "lines"),
+    (
+        "drs json, jailed (drs-auth)",
+        "drs-tcp-json-jailed",
+        "lines",
+    ),
     ("tarpc json", "tarpc-tcp", "tarpc"),
 ];
 const WS_SYSTEMS: &[(&str, &str, &str)] = &[

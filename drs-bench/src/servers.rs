@@ -29,6 +29,7 @@ pub(crate) const SYSTEMS: &[&str] = &[
     "floor-wss",
     "drs-tcp-json",
     "drs-tcp-json-layer",
+    "drs-tcp-json-jailed",
     "drs-tcp-json-broker",
     "drs-tcp-json-durable",
     "drs-tcp-msgpack",
@@ -121,6 +122,7 @@ pub(crate) async fn serve(system: &str) -> Result<(), Box<dyn std::error::Error 
         }
         "drs-tcp-json"
         | "drs-tcp-json-layer"
+        | "drs-tcp-json-jailed"
         | "drs-tcp-json-broker"
         | "drs-tcp-json-durable"
         | "drs-tcp-msgpack"
@@ -344,6 +346,18 @@ async fn drs_server(system: &str) -> Result<(), Box<dyn std::error::Error + Send
         // What one layer on every route costs: the smallest one there is.
         server.layer(layer_fn(|msg, next: Next| next.run(msg)));
     }
+    if system == "drs-tcp-json-jailed" {
+        // What drs-auth's gate costs on every command: each connection is
+        // authenticated by a connect hook (as a trusted network would
+        // be), and every command passes the server's and its role's jails.
+        use drs_auth::{ConnAuth, Identity, Jail, ServerAuth};
+        server.jail(Jail::new(["echo", "bench.*"])?);
+        server.jail_role("bench", Jail::new(["echo", "bench.*"])?);
+        server.on_connect(|conn: drs_core::Conn| async move {
+            conn.authenticate_as(Identity::new("bench").role("bench"));
+            Ok::<(), String>(())
+        });
+    }
     let store = (system == "drs-tcp-json-durable")
         .then(|| std::env::temp_dir().join(format!("drs-bench-store-{}", std::process::id())));
     let broker = match system {
@@ -360,12 +374,14 @@ async fn drs_server(system: &str) -> Result<(), Box<dyn std::error::Error + Send
     let json = drs_protocol_json::Json;
     let msgpack = drs_protocol_msgpack::MsgPack;
     let addr = match system {
-        "drs-tcp-json" | "drs-tcp-json-layer" | "drs-tcp-json-broker" | "drs-tcp-json-durable" => {
-            server.listen(
-                drs_transport_tcp::TcpListener::bind("127.0.0.1:0").await?,
-                json,
-            )?
-        }
+        "drs-tcp-json"
+        | "drs-tcp-json-layer"
+        | "drs-tcp-json-jailed"
+        | "drs-tcp-json-broker"
+        | "drs-tcp-json-durable" => server.listen(
+            drs_transport_tcp::TcpListener::bind("127.0.0.1:0").await?,
+            json,
+        )?,
         "drs-tcp-msgpack" => server.listen(
             drs_transport_tcp::TcpListener::bind("127.0.0.1:0").await?,
             msgpack,

@@ -4,7 +4,32 @@ use std::{
     any::{Any, TypeId},
     collections::HashMap,
     fmt,
+    hash::{BuildHasherDefault, Hasher},
 };
+
+/// Hashes a [`TypeId`], which is a hash already, by taking it as it is:
+/// a lookup per command (an identity, a name) then costs no SipHash.
+#[derive(Default)]
+struct IdHasher(u64);
+
+impl Hasher for IdHasher {
+    fn write(&mut self, bytes: &[u8]) {
+        // TypeId hashes through write_u64 today; anything else is folded.
+        for &b in bytes {
+            self.0 = self.0.rotate_left(8) ^ u64::from(b);
+        }
+    }
+
+    fn write_u64(&mut self, n: u64) {
+        self.0 ^= n;
+    }
+
+    fn finish(&self) -> u64 {
+        self.0
+    }
+}
+
+type TypeMap = HashMap<TypeId, Box<dyn Any + Send + Sync>, BuildHasherDefault<IdHasher>>;
 
 /// A map from types to values, one value per type, as in `http::Extensions`.
 ///
@@ -13,7 +38,7 @@ use std::{
 /// the user an `on_connect` hook authenticated. Allocates nothing while empty.
 #[derive(Default)]
 pub struct Extensions {
-    map: Option<HashMap<TypeId, Box<dyn Any + Send + Sync>>>,
+    map: Option<TypeMap>,
 }
 
 impl Extensions {

@@ -550,3 +550,41 @@ async fn an_error_reply_without_a_body_says_so() {
     let e = within(call).await.unwrap().unwrap_err();
     assert_eq!(e.remote().unwrap().message, r#"{"code":7}"#);
 }
+
+/// What a connect hook attached to the connection, a handler reads
+/// through its command (`Msg::with_conn_extensions`) as through the
+/// connection's handle; what it changes there, the handle sees.
+#[tokio::test]
+async fn commands_read_and_write_their_connections_extensions() {
+    #[derive(Clone, Debug, PartialEq)]
+    struct Tenant(&'static str);
+    #[derive(Clone, Debug, PartialEq)]
+    struct Seen(u32);
+    within(async {
+        let server = Server::new();
+        server.on_connect(|conn: drs_core::Conn| async move {
+            conn.insert(Tenant("acme"));
+            Ok::<(), String>(())
+        });
+        server.on("whose", |msg: Msg| async move {
+            let tenant = msg.with_conn_extensions(|ext| {
+                let seen = ext.get::<Seen>().map_or(0, |s| s.0) + 1;
+                ext.insert(Seen(seen));
+                ext.get::<Tenant>().cloned()
+            });
+            let via_handle = msg.conn().get::<Tenant>();
+            assert_eq!(tenant, via_handle);
+            HandlerResult::Ok(tenant.map(|t| t.0))
+        });
+        let (listener, dialer) = memory::listener();
+        server.listen(listener, Json).unwrap();
+        let conn = Client::new().connect(dialer, Json).await.unwrap();
+        for _ in 0..2 {
+            let tenant: Option<String> = conn.call("whose", ()).await.unwrap();
+            assert_eq!(tenant.as_deref(), Some("acme"));
+        }
+        let server_side = server.connections().pop().unwrap();
+        assert_eq!(server_side.get::<Seen>(), Some(Seen(2)));
+    })
+    .await;
+}

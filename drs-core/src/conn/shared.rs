@@ -102,7 +102,7 @@ pub(crate) struct Shared {
     pub(crate) close: CancellationToken,
     /// Cancelled by the driver once the connection is closed.
     pub(crate) closed: CancellationToken,
-    pub(super) ext: Mutex<Extensions>,
+    pub(crate) ext: Mutex<Extensions>,
     pub(crate) outbound: Outbound,
     /// Set by the driver when the connection ends; a close requested with
     /// a reason (a slow consumer) puts it here first.

@@ -205,6 +205,14 @@ impl Msg {
     pub fn with_extensions<R>(&self, f: impl FnOnce(&mut Extensions) -> R) -> R {
         f(&mut lock(&self.inner.ext))
     }
+
+    /// Runs `f` with the extensions of the connection the command arrived
+    /// on, as [`Conn::with_extensions`] does, without making the
+    /// connection's handle: what a layer reading per-connection state on
+    /// every command (an identity, a name) should use.
+    pub fn with_conn_extensions<R>(&self, f: impl FnOnce(&mut Extensions) -> R) -> R {
+        f(&mut lock(&self.inner.shared.ext))
+    }
 }
 
 impl fmt::Debug for Msg {
