@@ -203,6 +203,11 @@ impl Layer for JailLayer {
 #[derive(Clone)]
 struct Authenticated(Arc<Identity>);
 
+/// The identity in a connection's extensions, if any.
+fn identity_in(ext: &drs_core::Extensions) -> Option<Arc<Identity>> {
+    ext.get::<Authenticated>().map(|a| a.0.clone())
+}
+
 /// Identity and jails on a [`Conn`] (`use drs_auth::ConnAuth`, or the
 /// facade's prelude).
 pub trait ConnAuth {
@@ -224,7 +229,7 @@ pub trait ConnAuth {
 
 impl ConnAuth for Conn {
     fn identity(&self) -> Option<Arc<Identity>> {
-        self.with_extensions(|ext| ext.get::<Authenticated>().map(|a| a.0.clone()))
+        self.with_extensions(|ext| identity_in(ext))
     }
 
     fn authenticate_as(&self, identity: Identity) -> bool {
@@ -253,7 +258,7 @@ impl MsgAuth for Msg {
     fn identity(&self) -> Option<Arc<Identity>> {
         // Every command of a gated server asks: read the connection's
         // extensions without making its handle.
-        self.with_conn_extensions(|ext| ext.get::<Authenticated>().map(|a| a.0.clone()))
+        self.with_conn_extensions(|ext| identity_in(ext))
     }
 }
 

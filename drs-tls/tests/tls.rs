@@ -1,8 +1,6 @@
 //! TLS over TCP with certificates made at test time (rcgen; no private key
 //! is committed): calls, the peer certificate's identity, every rejection.
 
-use drs_auth::MsgAuth;
-use drs_auth::ServerAuth;
 use std::{
     sync::{
         atomic::{AtomicUsize, Ordering},
@@ -11,7 +9,7 @@ use std::{
     time::Duration,
 };
 
-use drs_auth::{CredentialSource, Credentials, Identity};
+use drs_auth::{CredentialSource, Credentials, Identity, MsgAuth, ServerAuth};
 use drs_core::{Client, Conn, ConnConfig, Error, HandlerResult, Msg, Server};
 use drs_protocol_json::Json;
 use drs_tls::test_pki::{TestCa, Usage};

@@ -2,8 +2,6 @@
 //! authenticate the connection before it is admitted; bad ones reject it
 //! with the reason.
 
-use drs_auth::MsgAuth;
-use drs_auth::ServerAuth;
 use std::{
     sync::{
         atomic::{AtomicUsize, Ordering},
@@ -12,7 +10,7 @@ use std::{
     time::Duration,
 };
 
-use drs_auth::{CredentialSource, Credentials, Identity};
+use drs_auth::{CredentialSource, Credentials, Identity, MsgAuth, ServerAuth};
 use drs_core::{HandlerResult, Msg, Server};
 use drs_protocol_json::Json;
 use drs_transport_ws::WsListener;
